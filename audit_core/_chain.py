@@ -1,0 +1,215 @@
+"""Chain verification: pure functions over stored records.
+
+>>> from audit_core._chain import verify_records
+>>> verify_records("default", []).size
+0
+
+:func:`verify_records` streams a chain once, in constant memory, and returns its
+:class:`ChainHead` or raises the precise :class:`~audit_core.errors.VerificationError`
+subclass for the first record that fails, naming chain, seq, what was expected and what was
+found. For every record, in this order:
+
+1. its seq is the next one (no gap, no repeat, no reordering) → :class:`SequenceError`;
+2. SHA-256(0x00 || stored bytes) equals the stored hash → :class:`HashMismatchError`;
+3. the stored bytes are their own RFC 8785 form → :class:`NonCanonicalError`;
+4. the fields follow format v1 and name this chain and this seq → :class:`FormatError`;
+5. ``prev`` is the previous record's hash (the genesis value for seq 0) →
+   :class:`BrokenLinkError`.
+
+A hash chain alone cannot see its tail cut off or the whole chain rewritten; ``expect_size``
+and ``expect_head`` (kept elsewhere by the caller) catch the first, signed Merkle checkpoints
+(docs/FORMAT.md, "Checkpoints") both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from audit_core._jcs import canonical_bytes
+from audit_core._record import (
+    EVENT_TYPE,
+    FIELDS,
+    FORMAT_VERSION,
+    TIMESTAMP,
+    StoredRecord,
+    genesis,
+    leaf_hash,
+)
+from audit_core.errors import (
+    BrokenLinkError,
+    FormatError,
+    HashMismatchError,
+    HeadMismatchError,
+    InvalidRecordError,
+    NonCanonicalError,
+    SequenceError,
+)
+
+__all__ = ["ChainHead", "check_head", "verify_records"]
+
+_FIELD_SET = frozenset(FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """What a verified chain amounts to: its size and the hash of its last record."""
+
+    chain: str
+    size: int
+    head: str  # hex hash of record size-1; the genesis value when the chain is empty
+
+
+def _short(h: str) -> str:
+    return h[:16] + "…"
+
+
+def verify_records(
+    chain: str,
+    records: Iterable[StoredRecord],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 10_000,
+) -> ChainHead:
+    """Verify one chain's records, given in stored order, and return its head."""
+    prev = genesis(chain)
+    seq = 0
+    loads, canon, lhash = orjson.loads, canonical_bytes, leaf_hash
+    for rec in records:
+        if rec.seq != seq:
+            raise _sequence_error(chain, seq, rec.seq)
+        digest = lhash(rec.body)
+        if digest != rec.hash:
+            raise HashMismatchError(
+                f"chain {chain!r} seq {seq}: stored hash {_short(rec.hash.hex())} is not the "
+                f"hash of the stored bytes ({_short(digest.hex())}): the record was changed "
+                "after it was written",
+                chain=chain,
+                seq=seq,
+                expected=digest.hex(),
+                found=rec.hash.hex(),
+            )
+        try:
+            value = loads(rec.body)
+            canonical = canon(value)
+        except (orjson.JSONDecodeError, InvalidRecordError) as exc:
+            raise FormatError(
+                f"chain {chain!r} seq {seq}: stored bytes are not an RFC 8785 JSON record: {exc}",
+                chain=chain,
+                seq=seq,
+                expected="RFC 8785 JSON",
+                found=rec.body[:80].decode("utf-8", "replace"),
+            ) from exc
+        if canonical != rec.body:
+            raise NonCanonicalError(
+                f"chain {chain!r} seq {seq}: stored bytes are not in RFC 8785 canonical form "
+                "(same meaning, different bytes: the record was re-encoded after it was written)",
+                chain=chain,
+                seq=seq,
+                expected=canonical[:120].decode("utf-8", "replace"),
+                found=rec.body[:120].decode("utf-8", "replace"),
+            )
+        _check_format(chain, seq, value)
+        if value["prev"] != prev:
+            raise BrokenLinkError(
+                f"chain {chain!r} seq {seq}: prev is {_short(value['prev'])} but the "
+                + ("genesis value is " if seq == 0 else f"record at seq {seq - 1} hashes to ")
+                + f"{_short(prev)}: a record at or before seq {seq} was altered, "
+                "removed or replaced",
+                chain=chain,
+                seq=seq,
+                expected=prev,
+                found=value["prev"],
+            )
+        prev = digest.hex()
+        seq += 1
+        if on_progress is not None and seq % progress_every == 0:
+            on_progress(seq)
+    if on_progress is not None:
+        on_progress(seq)
+    return ChainHead(chain=chain, size=seq, head=prev)
+
+
+def check_head(
+    head: ChainHead, *, expect_size: int | None = None, expect_head: str | None = None
+) -> None:
+    """Compare a verified head with size and hash recorded elsewhere (truncation check)."""
+    if expect_size is not None and head.size != expect_size:
+        what = "records are missing from the tail" if head.size < expect_size else "it grew"
+        raise HeadMismatchError(
+            f"chain {head.chain!r}: expected {expect_size} records, found {head.size} ({what})",
+            chain=head.chain,
+            seq=head.size - 1 if head.size else None,
+            expected=str(expect_size),
+            found=str(head.size),
+        )
+    if expect_head is not None and head.head != expect_head.lower():
+        raise HeadMismatchError(
+            f"chain {head.chain!r}: expected head hash {_short(expect_head)} at size "
+            f"{head.size}, found {_short(head.head)} (the tail was cut, replaced or extended)",
+            chain=head.chain,
+            seq=head.size - 1 if head.size else None,
+            expected=expect_head.lower(),
+            found=head.head,
+        )
+
+
+def _sequence_error(chain: str, expected: int, found: int) -> SequenceError:
+    if found < expected:
+        detail = f"seq {found} appears again or out of order"
+    else:
+        missing = f"seq {expected}" if found == expected + 1 else f"seqs {expected}..{found - 1}"
+        detail = f"{missing} missing (deleted?)"
+    return SequenceError(
+        f"chain {chain!r}: expected seq {expected}, found seq {found}: {detail}",
+        chain=chain,
+        seq=expected,
+        expected=str(expected),
+        found=str(found),
+    )
+
+
+def _check_format(chain: str, seq: int, value: Any) -> None:
+    problem = _format_problem(chain, seq, value)
+    if problem is not None:
+        field, expected, found = problem
+        raise FormatError(
+            f"chain {chain!r} seq {seq}: field {field!r}: expected {expected}, found {found}",
+            chain=chain,
+            seq=seq,
+            expected=expected,
+            found=found,
+        )
+
+
+def _format_problem(chain: str, seq: int, value: Any) -> tuple[str, str, str] | None:
+    if not isinstance(value, dict) or value.keys() != _FIELD_SET:
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        return ("*", f"exactly the fields {list(FIELDS)}", str(keys))
+    checks: tuple[tuple[str, bool, str], ...] = (
+        ("v", value["v"] == FORMAT_VERSION and type(value["v"]) is int, str(FORMAT_VERSION)),
+        ("chain", value["chain"] == chain, repr(chain)),
+        ("seq", value["seq"] == seq and type(value["seq"]) is int, str(seq)),
+        (
+            "ts",
+            type(value["ts"]) is str and TIMESTAMP.fullmatch(value["ts"]) is not None,
+            "an RFC 3339 UTC timestamp with microseconds",
+        ),
+        (
+            "event",
+            type(value["event"]) is str and EVENT_TYPE.fullmatch(value["event"]) is not None,
+            "a dotted event type",
+        ),
+        ("actor", type(value["actor"]) is dict, "an object"),
+        ("subject", type(value["subject"]) is dict, "an object"),
+        ("trace", value["trace"] is None or type(value["trace"]) is dict, "null or an object"),
+        ("data", type(value["data"]) is dict, "an object"),
+        ("prev", type(value["prev"]) is str and len(value["prev"]) == 64, "a 64-hex hash"),
+    )
+    for field, ok, expected in checks:
+        if not ok:
+            return (field, expected, repr(value[field])[:80])
+    return None

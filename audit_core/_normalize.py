@@ -1,0 +1,394 @@
+"""Turn any payload into the JSON subset the record format allows, and keep secrets out.
+
+>>> from datetime import datetime, timezone
+>>> normalize({"when": datetime(2026, 1, 2, tzinfo=timezone.utc), "api_key": "s3cr3t",
+...            "loss": float("nan")}).value
+{'when': '2026-01-02T00:00:00.000000Z', 'api_key': '[REDACTED]', 'loss': 'NaN'}
+
+Two stages, both deterministic (the same input always yields the same record bytes):
+
+1. :func:`to_json` converts Python values to JSON values inside the RFC 8785 / I-JSON subset
+   (finite numbers, integers within ±(2^53-1), valid Unicode) and replaces oversized values by
+   a digest. Each *lossy* conversion is reported as an issue; ``strict=True`` raises instead.
+2. Processors, structlog-style plain callables ``dict -> dict``, run over the result:
+   :func:`redact_keys` and :func:`redact_values` by default; adapters add their own (Airflow's
+   secrets masker, for instance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any, TypeAlias
+
+import orjson
+
+from audit_core._jcs import MAX_SAFE_INTEGER, canonical_bytes
+from audit_core.errors import InvalidRecordError
+
+__all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
+    "DEFAULT_REDACT_KEYS",
+    "JSON",
+    "REDACTED",
+    "Normalized",
+    "Processor",
+    "format_timestamp",
+    "normalize",
+    "redact_keys",
+    "redact_values",
+    "to_json",
+]
+
+JSON: TypeAlias = "bool | int | float | str | list[JSON] | dict[str, JSON] | None"
+JSONObject = dict[str, JSON]
+#: A processor takes the normalized ``data`` object and returns the object to record.
+Processor = Callable[[JSONObject], JSONObject]
+
+REDACTED = "[REDACTED]"
+DEFAULT_MAX_VALUE_BYTES = 16 * 1024
+#: Hard cap on the whole ``data`` object; beyond it ``data`` itself becomes a digest.
+MAX_DATA_BYTES = 1024 * 1024
+_MAX_DEPTH = 64
+_REPR_LIMIT = 200
+
+#: NaN and infinities have no JSON form (RFC 8259 §6); they become these strings.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+#: Regular expressions searched in a key after :func:`_key_words` (lower case, words joined by
+#: "_"), so ``apiKey``, ``API-KEY`` and ``x_api_key`` all read ``api_key``.
+DEFAULT_REDACT_KEYS: tuple[str, ...] = (
+    r"passw(or)?d",
+    r"passphrase",
+    r"(^|_)pwd($|_)",
+    r"secret",
+    r"(^|_)token($|_)",
+    r"api_?key",
+    r"authori[sz]ation",
+    r"(^|_)auth($|_)",
+    r"private_?key",
+    r"access_?key",
+    r"credential",
+    r"(^|_)cookie($|_)",
+    r"session_?(id|key)",
+    r"(^|_)dsn($|_)",
+    r"conn(ection)?_?str(ing)?",
+)
+
+# userinfo of a URL (RFC 3986 §3.2.1: "use of the format user:password ... is deprecated");
+# and HTTP credentials of the Authorization header schemes (RFC 9110 §11.6.2).
+_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
+_AUTH_HEADER = re.compile(r"(?i)\b(?P<pre>(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Normalized:
+    """The normalized object and the lossy conversions made to reach it."""
+
+    value: JSONObject
+    issues: tuple[str, ...] = ()
+
+
+def format_timestamp(when: dt.datetime) -> str:
+    """RFC 3339 UTC with microseconds and ``Z``; a naive datetime is taken as UTC."""
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalize(
+    payload: object,
+    *,
+    processors: Iterable[Processor] | None = None,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    strict: bool = False,
+    path: str = "data",
+) -> Normalized:
+    """:func:`to_json` then each processor (default: key and value redaction)."""
+    result = to_json(payload, max_value_bytes=max_value_bytes, strict=strict, path=path)
+    value = result.value
+    chain = (redact_keys(), redact_values()) if processors is None else processors
+    for processor in chain:
+        value = processor(value)
+    return Normalized(value, result.issues)
+
+
+def to_json(
+    payload: object,
+    *,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    strict: bool = False,
+    path: str = "data",
+) -> Normalized:
+    """Convert ``payload`` to a JSON object; a non-mapping becomes ``{"value": payload}``.
+
+    Raises :class:`InvalidRecordError` with ``strict=True`` when any conversion is lossy.
+    """
+    issues: list[str] = []
+    if isinstance(payload, Mapping) or _is_structured(payload):
+        value = _convert(payload, path, issues, 0, set())
+    else:
+        issues.append(f"{path}: a {type(payload).__name__} is not an object; wrapped as value")
+        value = {"value": _convert(payload, f"{path}.value", issues, 0, set())}
+    assert isinstance(value, dict)
+    value = _fit(value, path, max_value_bytes, issues)
+    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
+        issues.append(f"{path}: larger than {MAX_DATA_BYTES} bytes; replaced by its digest")
+        value = _digest_of_json(value)
+    if strict and issues:
+        raise InvalidRecordError("lossy conversion refused (strict=True): " + "; ".join(issues))
+    return Normalized(value, tuple(issues))
+
+
+def _is_structured(value: object) -> bool:
+    # Objects that convert to a JSON object: dataclass instances and pydantic-style models.
+    return (dataclasses.is_dataclass(value) and not isinstance(value, type)) or callable(
+        getattr(value, "model_dump", None)
+    )
+
+
+def _convert(value: Any, path: str, issues: list[str], depth: int, seen: set[int]) -> JSON:
+    # Exact type checks first: they are the common case and must stay cheap on the hot path.
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]  # surrogates: found by _fit, once
+    if value is None or kind is bool:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value  # type: ignore[no-any-return]
+        issues.append(f"{path}: {value!r} has no JSON form; recorded as a string")
+        return NON_FINITE[repr(value)]
+    if depth >= _MAX_DEPTH:
+        issues.append(f"{path}: nested deeper than {_MAX_DEPTH}; cut")
+        return "[depth limit]"
+    if isinstance(value, (Mapping, list, tuple, Set)) or _is_structured(value):
+        if id(value) in seen:
+            issues.append(f"{path}: refers to itself; cut")
+            return "[cycle]"
+        seen.add(id(value))
+        try:
+            return _convert_container(value, path, issues, depth, seen)
+        finally:
+            seen.discard(id(value))
+    return _convert_scalar(value, path, issues, depth, seen)
+
+
+def _convert_container(
+    value: Any, path: str, issues: list[str], depth: int, seen: set[int]
+) -> JSON:
+    if isinstance(value, Mapping):
+        out: JSONObject = {}
+        for key, item in value.items():
+            name = _key(key, path, issues)
+            if name in out:
+                issues.append(f"{path}: key {name!r} occurs twice after conversion; last kept")
+            out[name] = _convert(item, f"{path}.{name}", issues, depth + 1, seen)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_convert(v, f"{path}[{i}]", issues, depth + 1, seen) for i, v in enumerate(value)]
+    if isinstance(value, Set):
+        items = [_convert(v, f"{path}[]", issues, depth + 1, seen) for v in value]
+        return sorted(items, key=_sort_key)  # sets have no order; canonical bytes do
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _convert_container(fields, path, issues, depth, seen)
+    dumped = value.model_dump(mode="json")  # pydantic v2 models
+    return _convert(dumped, path, issues, depth, seen)
+
+
+def _convert_scalar(value: Any, path: str, issues: list[str], depth: int, seen: set[int]) -> JSON:
+    if isinstance(value, enum.Enum):  # before int/str: IntEnum and StrEnum are both
+        return _convert(value.value, path, issues, depth + 1, seen)
+    if isinstance(value, bool):  # numpy.bool_ is not a bool; subclasses of bool do not exist
+        return bool(value)
+    if isinstance(value, int):  # int subclasses
+        return _convert(int(value), path, issues, depth, seen)
+    if isinstance(value, float):
+        return _convert(float(value), path, issues, depth, seen)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return format_timestamp(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else NON_FINITE.get(str(value).lower(), "NaN")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        return {"sha256": hashlib.sha256(raw).hexdigest(), "len": len(raw)}
+    if isinstance(value, (uuid.UUID, PurePath)):
+        return str(value)
+    if _is_array_like(value):  # numpy scalars and arrays, without importing numpy
+        return _convert(value.tolist(), path, issues, depth + 1, seen)
+    issues.append(f"{path}: {type(value).__qualname__} is not JSON; recorded as its repr")
+    return {"type": _type_name(value), "repr": _safe_repr(value)}
+
+
+def _is_array_like(value: object) -> bool:
+    return hasattr(value, "dtype") and callable(getattr(value, "tolist", None))
+
+
+def _key(key: object, path: str, issues: list[str]) -> str:
+    if isinstance(key, str):
+        return str(key)
+    if isinstance(key, enum.Enum):
+        return str(key.value)
+    if key is None or isinstance(key, (bool, int, float, uuid.UUID, PurePath)):
+        return str(key)
+    issues.append(f"{path}: key of type {type(key).__qualname__} recorded as its repr")
+    return _safe_repr(key)
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        text = repr(value)
+    # A user's __repr__ may raise anything; the record must still be written.
+    except Exception:  # noqa: BLE001
+        return f"<{_type_name(value)} with a failing __repr__>"
+    return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT] + "..."
+
+
+def _sort_key(item: JSON) -> bytes:
+    try:
+        return canonical_bytes(item)
+    except InvalidRecordError:
+        return orjson.dumps(item, default=str)
+
+
+def _fit(value: JSONObject, path: str, limit: int, issues: list[str]) -> JSONObject:
+    """Repair invalid Unicode, then replace every value larger than ``limit`` by its digest."""
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:  # lone surrogates (e.g. from surrogateescape decoding): U+FFFD them
+        value = _repair_unicode(value, path, issues)  # type: ignore[assignment]
+        size = len(orjson.dumps(value))
+    if size <= limit:
+        return value
+    return {k: _shrink(v, f"{path}.{k}", limit, issues) for k, v in value.items()}
+
+
+def _shrink(value: JSON, path: str, limit: int, issues: list[str]) -> JSON:
+    if isinstance(value, str):
+        if len(value) * 4 <= limit:  # at most 4 UTF-8 bytes a character: surely small enough
+            return value
+        raw = value.encode("utf-8")
+        if len(raw) <= limit:
+            return value
+        issues.append(f"{path}: {len(raw)} bytes exceed {limit}; replaced by its digest")
+        return {"sha256": hashlib.sha256(raw).hexdigest(), "len": len(raw), "truncated": True}
+    if not isinstance(value, (dict, list)) or len(orjson.dumps(value)) <= limit:
+        return value
+    shrunk: JSON
+    if isinstance(value, dict):
+        shrunk = {k: _shrink(v, f"{path}.{k}", limit, issues) for k, v in value.items()}
+    else:
+        shrunk = [_shrink(v, f"{path}[{i}]", limit, issues) for i, v in enumerate(value)]
+    if len(orjson.dumps(shrunk)) <= limit:
+        return shrunk
+    issues.append(f"{path}: larger than {limit} bytes; replaced by its digest")
+    return _digest_of_json(shrunk)
+
+
+def _digest_of_json(value: JSON) -> JSONObject:
+    raw = canonical_bytes(value)
+    return {"sha256": hashlib.sha256(raw).hexdigest(), "len": len(raw), "truncated": True}
+
+
+def _repair_unicode(value: JSON, path: str, issues: list[str]) -> JSON:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            issues.append(f"{path}: invalid Unicode (lone surrogate) replaced by U+FFFD")
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {
+            _repair_unicode(k, path, issues): _repair_unicode(v, f"{path}.{k}", issues)  # type: ignore[misc]
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_repair_unicode(v, f"{path}[{i}]", issues) for i, v in enumerate(value)]
+    return value
+
+
+def _key_words(key: str) -> str:
+    # "apiKey" -> "api_key", "X-Api-Key" -> "x_api_key"
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
+    return re.sub(r"[^a-z0-9]+", "_", spaced.lower())
+
+
+def redact_keys(patterns: Sequence[str] = DEFAULT_REDACT_KEYS) -> Processor:
+    """A processor that replaces the value of every key matching one of ``patterns``
+    (regular expressions searched in the key's lower-case words joined by ``_``), at any depth.
+    """
+    matcher = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+    cache: dict[str, bool] = {}
+
+    def is_secret(key: str) -> bool:
+        hit = cache.get(key)
+        if hit is None:
+            hit = matcher is not None and matcher.search(_key_words(key)) is not None
+            if len(cache) < 4096:
+                cache[key] = hit
+        return hit
+
+    def walk(value: JSON) -> JSON:
+        if isinstance(value, dict):
+            return {k: REDACTED if is_secret(k) else walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    def processor(data: JSONObject) -> JSONObject:
+        out = walk(data)
+        assert isinstance(out, dict)
+        return out
+
+    return processor
+
+
+def redact_values() -> Processor:
+    """A processor that masks credentials inside strings: the password of a URL's userinfo
+    (``postgresql://user:pw@host``) and HTTP ``Bearer``/``Basic``/``Token`` credentials."""
+
+    def scrub(text: str) -> str:
+        if "://" in text:
+            text = _URL_PASSWORD.sub(rf"\g<pre>{REDACTED}", text)
+        if " " in text:
+            text = _AUTH_HEADER.sub(rf"\g<pre>{REDACTED}", text)
+        return text
+
+    def walk(value: JSON) -> JSON:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    def processor(data: JSONObject) -> JSONObject:
+        out = walk(data)
+        assert isinstance(out, dict)
+        return out
+
+    return processor

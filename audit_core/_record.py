@@ -1,0 +1,231 @@
+"""The audit record, format version 1: fields, canonical bytes and hash (docs/FORMAT.md).
+
+>>> p = prepare(chain="default", event="task.succeeded", ts="2026-11-28T00:00:00.000000Z",
+...             actor={"type": "service", "id": "airflow"}, subject={"dag_id": "ml"},
+...             trace=None, data={"rows": 10})
+>>> body = p.seal(0, genesis("default"))
+>>> body[:59]
+b'{"actor":{"id":"airflow","type":"service"},"chain":"default",'
+>>> len(leaf_hash(body))
+32
+
+A record is a JSON object with exactly the fields of :data:`FIELDS`; its canonical bytes are
+its RFC 8785 form, and its hash is the RFC 9162 §2.1.1 Merkle leaf hash
+``SHA-256(0x00 || canonical bytes)``, so one value links the chain and feeds the Merkle tree.
+The ``0x00`` prefix separates leaf hashes from interior nodes (``0x01``); the ambiguous
+``sha256(json + prev)`` concatenation is deliberately not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from audit_core._jcs import canonical_bytes
+from audit_core._normalize import JSON, JSONObject
+from audit_core.errors import InvalidRecordError
+
+__all__ = [
+    "CHAIN_ID",
+    "EVENT_TYPE",
+    "FIELDS",
+    "FORMAT_VERSION",
+    "TIMESTAMP",
+    "PreparedRecord",
+    "Record",
+    "StoredRecord",
+    "genesis",
+    "leaf_hash",
+    "prepare",
+]
+
+FORMAT_VERSION = 1
+#: The fields of a version 1 record, in canonical (sorted) order.
+FIELDS = ("actor", "chain", "data", "event", "prev", "seq", "subject", "trace", "ts", "v")
+
+_LEAF_HASH_PREFIX = b"\x00"  # RFC 9162 §2.1.1
+_GENESIS_DOMAIN = b"workflow-audit/v1/genesis\x00"
+
+#: ``task.started``, ``model.deployed``; custom types under a namespace: ``acme.model.approved``.
+EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
+#: Chain ids are short, printable and safe in URLs, file names and S3 keys.
+CHAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
+#: RFC 3339, UTC, microseconds, ``Z``.
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_SPAN_ID = re.compile(r"[0-9a-f]{16}")
+
+
+@lru_cache(maxsize=256)
+def genesis(chain: str) -> str:
+    """The ``prev`` of seq 0: ``hex(SHA-256("workflow-audit/v1/genesis" || 0x00 || chain))``.
+
+    Deriving it from the chain id means a chain's first record cannot be moved to another chain.
+    """
+    return hashlib.sha256(_GENESIS_DOMAIN + chain.encode("utf-8")).hexdigest()
+
+
+def leaf_hash(body: bytes) -> bytes:
+    """RFC 9162 §2.1.1 leaf hash of a record's canonical bytes."""
+    return hashlib.sha256(_LEAF_HASH_PREFIX + body).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record as a ledger holds it: exactly the bytes that were hashed, and that hash."""
+
+    chain: str
+    seq: int
+    hash: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A record whose every field is encoded except ``seq`` and ``prev``.
+
+    The ledger seals it inside its append transaction; everything costly (normalizing,
+    canonicalizing) is done before, so the transaction holds its lock for microseconds.
+    Because RFC 8785 sorts members and every field name is ASCII, the canonical bytes of the
+    whole record are the concatenation below (proven equal to ``canonical_bytes`` by tests).
+    """
+
+    chain: str
+    event: str
+    ts: str
+    head: bytes  # '{"actor":…,"chain":…,"data":…,"event":…,"prev":"'
+    tail: bytes  # ',"subject":…,"trace":…,"ts":…,"v":1}'
+
+    def seal(self, seq: int, prev: str) -> bytes:
+        """The canonical bytes of this record at ``seq``, linked to the hash ``prev``."""
+        return b"".join((self.head, prev.encode("ascii"), b'","seq":', b"%d" % seq, self.tail))
+
+
+def prepare(
+    *,
+    chain: str,
+    event: str,
+    ts: str,
+    actor: JSONObject,
+    subject: JSONObject,
+    trace: JSONObject | None,
+    data: JSONObject,
+) -> PreparedRecord:
+    """Validate and encode a record's fields (already normalized JSON values)."""
+    if not CHAIN_ID.fullmatch(chain):
+        raise InvalidRecordError(f"chain id {chain!r} must match {CHAIN_ID.pattern}")
+    if not EVENT_TYPE.fullmatch(event):
+        raise InvalidRecordError(
+            f"event type {event!r} must be dotted lower-case words, like 'task.failed' "
+            "or 'acme.model.approved'"
+        )
+    if not TIMESTAMP.fullmatch(ts):
+        raise InvalidRecordError(f"timestamp {ts!r} must be RFC 3339 UTC with microseconds")
+    _check_actor(actor)
+    if trace is not None:
+        _check_trace(trace)
+    enc = canonical_bytes
+    head = b"".join(
+        (
+            b'{"actor":',
+            enc(actor),
+            b',"chain":',
+            enc(chain),
+            b',"data":',
+            enc(data),
+            b',"event":',
+            enc(event),
+            b',"prev":"',
+        )
+    )
+    tail = b"".join(
+        (
+            b',"subject":',
+            enc(subject),
+            b',"trace":',
+            enc(trace),
+            b',"ts":',
+            enc(ts),
+            b',"v":%d}' % FORMAT_VERSION,
+        )
+    )
+    return PreparedRecord(chain=chain, event=event, ts=ts, head=head, tail=tail)
+
+
+def _check_actor(actor: JSONObject) -> None:
+    kind, ident = actor.get("type"), actor.get("id")
+    if not (isinstance(kind, str) and kind and isinstance(ident, str) and ident):
+        raise InvalidRecordError(f"actor needs non-empty string 'type' and 'id', got {actor!r}")
+
+
+def _check_trace(trace: JSONObject) -> None:
+    trace_id, span_id = trace.get("trace_id"), trace.get("span_id")
+    # W3C Trace Context §3.2.2.3/§3.2.2.4: lower-case hex, all-zero ids are invalid.
+    if not (
+        isinstance(trace_id, str)
+        and _TRACE_ID.fullmatch(trace_id)
+        and trace_id != "0" * 32
+        and isinstance(span_id, str)
+        and _SPAN_ID.fullmatch(span_id)
+        and span_id != "0" * 16
+        and len(trace) == 2
+    ):
+        raise InvalidRecordError(
+            f"trace must be {{'trace_id': 32 hex, 'span_id': 16 hex}} (W3C), got {trace!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A parsed record, for reading, showing and exporting (not for hashing: use the bytes)."""
+
+    chain: str
+    seq: int
+    ts: str
+    event: str
+    actor: JSONObject
+    subject: JSONObject
+    trace: JSONObject | None
+    data: JSONObject
+    prev: str
+    hash: str
+    v: int = FORMAT_VERSION
+
+    @classmethod
+    def from_stored(cls, stored: StoredRecord) -> Record:
+        """Parse a stored record (no verification: see :mod:`audit_core.verify`)."""
+        value: dict[str, Any] = orjson.loads(stored.body)
+        return cls(
+            chain=value["chain"],
+            seq=value["seq"],
+            ts=value["ts"],
+            event=value["event"],
+            actor=value["actor"],
+            subject=value["subject"],
+            trace=value["trace"],
+            data=value["data"],
+            prev=value["prev"],
+            hash=stored.hash.hex(),
+            v=value["v"],
+        )
+
+    def to_json(self) -> dict[str, JSON]:
+        """The record's fields plus ``hash`` (drop ``hash``, canonicalize, hash: same value)."""
+        return {
+            "actor": self.actor,
+            "chain": self.chain,
+            "data": self.data,
+            "event": self.event,
+            "prev": self.prev,
+            "seq": self.seq,
+            "subject": self.subject,
+            "trace": self.trace,
+            "ts": self.ts,
+            "v": self.v,
+            "hash": self.hash,
+        }

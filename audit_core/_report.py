@@ -1,0 +1,301 @@
+"""Filtering, summarizing and rendering records for ``export`` and ``report``: pure functions.
+
+>>> from audit_core._report import pipeline_of, outcome_of
+>>> pipeline_of({"dag_id": "ml_pipeline"}), outcome_of("task.retry_scheduled")
+('ml_pipeline', 'retry_scheduled')
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fnmatch
+import io
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from audit_core._chain import ChainHead
+from audit_core._normalize import JSON, JSONObject, format_timestamp
+from audit_core._record import Record
+from audit_core.errors import ConfigError, VerificationError
+
+__all__ = [
+    "EXPORT_CSV_COLUMNS",
+    "Filter",
+    "Summary",
+    "outcome_of",
+    "parse_time",
+    "pipeline_of",
+    "render_report",
+    "summarize",
+    "to_csv",
+    "to_jsonl",
+]
+
+#: Subject keys naming the pipeline, in order of preference (Airflow, Prefect, generic).
+_PIPELINE_KEYS = ("dag_id", "flow_name", "pipeline")
+_TASK_KEYS = ("task_id", "task_name", "task")
+_OUTCOMES = ("succeeded", "failed", "retry_scheduled", "skipped", "unrecorded", "denied")
+EXPORT_CSV_COLUMNS = (
+    "chain",
+    "seq",
+    "ts",
+    "event",
+    "pipeline",
+    "task",
+    "actor",
+    "trace_id",
+    "data",
+    "hash",
+)
+
+
+def parse_time(text: str) -> str:
+    """An RFC 3339 time or a date (``2026-11-28``) as a comparable record timestamp."""
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{text!r} is not an RFC 3339 time or a YYYY-MM-DD date") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return format_timestamp(when)
+
+
+def pipeline_of(subject: JSONObject) -> str:
+    """The pipeline (DAG, flow) a record's subject names, or ``-``."""
+    for key in _PIPELINE_KEYS:
+        value = subject.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return "-"
+
+
+def task_of(subject: JSONObject) -> str:
+    """The task a record's subject names, or ``-``."""
+    for key in _TASK_KEYS:
+        value = subject.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return "-"
+
+
+def outcome_of(event: str) -> str | None:
+    """``task.failed`` → ``failed``; None for events that are not outcomes (``task.started``)."""
+    last = event.rsplit(".", 1)[-1]
+    return last if last in _OUTCOMES else None
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which records ``export``/``report``/``show`` keep; every given criterion must hold."""
+
+    since: str | None = None  # inclusive, as parse_time() returns
+    until: str | None = None  # exclusive
+    events: tuple[str, ...] = ()  # shell-style patterns: "task.*"
+    pipeline: str | None = None
+
+    def __call__(self, rec: Record) -> bool:
+        if self.since is not None and rec.ts < self.since:
+            return False
+        if self.until is not None and rec.ts >= self.until:
+            return False
+        if self.events and not any(fnmatch.fnmatchcase(rec.event, p) for p in self.events):
+            return False
+        return self.pipeline is None or pipeline_of(rec.subject) == self.pipeline
+
+
+@dataclass
+class Summary:
+    """Counts and failures of a set of records, with the verification verdict."""
+
+    records: int = 0
+    first_ts: str | None = None
+    last_ts: str | None = None
+    by_event: Counter[str] = field(default_factory=Counter)
+    by_pipeline: Counter[str] = field(default_factory=Counter)
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, JSON]] = field(default_factory=list)
+    heads: list[ChainHead] = field(default_factory=list)
+    error: VerificationError | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "valid" if self.error is None else "INVALID"
+
+
+def summarize(records: Iterable[Record], *, max_failures: int = 1000) -> Summary:
+    """Count records per event type, pipeline and outcome; list failures."""
+    s = Summary()
+    for rec in records:
+        s.records += 1
+        s.first_ts = rec.ts if s.first_ts is None or rec.ts < s.first_ts else s.first_ts
+        s.last_ts = rec.ts if s.last_ts is None or rec.ts > s.last_ts else s.last_ts
+        s.by_event[rec.event] += 1
+        pipeline = pipeline_of(rec.subject)
+        s.by_pipeline[pipeline] += 1
+        outcome = outcome_of(rec.event)
+        if outcome is not None:
+            s.by_outcome[outcome] += 1
+        if outcome in ("failed", "unrecorded", "denied") and len(s.failures) < max_failures:
+            s.failures.append(
+                {
+                    "chain": rec.chain,
+                    "seq": rec.seq,
+                    "ts": rec.ts,
+                    "event": rec.event,
+                    "pipeline": pipeline,
+                    "task": task_of(rec.subject),
+                    "try": rec.subject.get("try_number"),
+                    "error": _error_text(rec.data),
+                }
+            )
+    return s
+
+
+def _error_text(data: JSONObject) -> str:
+    for key in ("error", "exception", "message", "reason"):
+        value = data.get(key)
+        if isinstance(value, dict):
+            kind, msg = value.get("type"), value.get("message")
+            return f"{kind}: {msg}" if kind else str(msg)
+        if value is not None:
+            return str(value)
+    return ""
+
+
+def _record_row(rec: Record) -> dict[str, object]:
+    trace = rec.trace or {}
+    return {
+        "chain": rec.chain,
+        "seq": rec.seq,
+        "ts": rec.ts,
+        "event": rec.event,
+        "pipeline": pipeline_of(rec.subject),
+        "task": task_of(rec.subject),
+        "actor": f"{rec.actor.get('type')}:{rec.actor.get('id')}",
+        "trace_id": trace.get("trace_id", ""),
+        "data": orjson.dumps(rec.data, option=orjson.OPT_SORT_KEYS).decode(),
+        "hash": rec.hash,
+    }
+
+
+def to_jsonl(records: Iterable[Record]) -> Iterator[bytes]:
+    """One JSON object a line: the record's fields plus ``hash``."""
+    for rec in records:
+        yield orjson.dumps(rec.to_json(), option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def to_csv(records: Iterable[Record]) -> Iterator[str]:
+    """A header, then one row a record (``data`` as a JSON string)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EXPORT_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow(_record_row(rec))
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    yield buf.getvalue()
+
+
+def render_report(s: Summary, fmt: str, *, ledger: str, period: str) -> str:
+    """The report as Markdown, CSV or JSON; it carries the verdict and each chain's head."""
+    verification: dict[str, JSON] = {
+        "verdict": s.verdict,
+        "chains": [{"chain": h.chain, "size": h.size, "head": h.head} for h in s.heads],
+        "error": None if s.error is None else str(s.error),
+    }
+    if fmt == "json":
+        doc: dict[str, JSON] = {
+            "ledger": ledger,
+            "period": period,
+            "generated": format_timestamp(dt.datetime.now(dt.timezone.utc)),
+            "verification": verification,
+            "records": s.records,
+            "first_ts": s.first_ts,
+            "last_ts": s.last_ts,
+            "by_event": dict(sorted(s.by_event.items())),
+            "by_pipeline": dict(sorted(s.by_pipeline.items())),
+            "by_outcome": dict(sorted(s.by_outcome.items())),
+            "failures": list(s.failures),
+        }
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if fmt == "csv":
+        return _report_csv(s, verification)
+    if fmt == "md":
+        return _report_md(s, ledger=ledger, period=period)
+    raise ConfigError(f"unknown report format {fmt!r}; use md, csv or json")
+
+
+def _report_csv(s: Summary, verification: dict[str, JSON]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["section", "key", "value"])
+    w.writerow(["verification", "verdict", verification["verdict"]])
+    for h in s.heads:
+        w.writerow(["head", h.chain, f"{h.size} {h.head}"])
+    if s.error is not None:
+        w.writerow(["verification", "error", str(s.error)])
+    w.writerow(["total", "records", s.records])
+    for section, counts in (
+        ("event", s.by_event),
+        ("pipeline", s.by_pipeline),
+        ("outcome", s.by_outcome),
+    ):
+        for key, n in sorted(counts.items()):
+            w.writerow([section, key, n])
+    for f in s.failures:
+        w.writerow(
+            [
+                "failure",
+                f"{f['chain']}#{f['seq']}",
+                f"{f['ts']} {f['pipeline']}.{f['task']} try {f['try']}: {f['error']}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def _md_escape(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _report_md(s: Summary, *, ledger: str, period: str) -> str:
+    lines = [
+        "# workflow-audit report",
+        "",
+        f"- Ledger: `{ledger}`",
+        f"- Period: {period}",
+        f"- Records in period: {s.records} ({s.first_ts or '-'} … {s.last_ts or '-'})",
+        f"- Verification: **{s.verdict}**" + ("" if s.error is None else f" — {s.error}"),
+        "",
+        "| chain | records | head hash |",
+        "|---|---:|---|",
+        *(f"| {_md_escape(h.chain)} | {h.size} | `{h.head}` |" for h in s.heads),
+        "",
+    ]
+    for title, counts in (
+        ("Events by type", s.by_event),
+        ("Events by pipeline", s.by_pipeline),
+        ("Outcomes", s.by_outcome),
+    ):
+        lines += [f"## {title}", "", "| name | count |", "|---|---:|"]
+        lines += [f"| {_md_escape(k)} | {n} |" for k, n in sorted(counts.items())]
+        lines.append("")
+    lines += [f"## Failures ({len(s.failures)})", ""]
+    if s.failures:
+        lines += [
+            "| chain#seq | time | pipeline | task | try | error |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_md_escape(f['chain'])}#{f['seq']} | {f['ts']} | {_md_escape(f['pipeline'])} "
+            f"| {_md_escape(f['task'])} | {f['try'] if f['try'] is not None else '-'} "
+            f"| {_md_escape(f['error'])[:200]} |"
+            for f in s.failures
+        ]
+    else:
+        lines.append("None.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,360 @@
+"""``workflow-audit``: verify, show, tail, export and report on an audit ledger.
+
+Exit codes (stable, for scripts and CI):
+
+- 0: success; for ``verify``, every chain checked is valid
+- 1: ``verify`` found the trail invalid (the message names chain, seq, expected and found)
+- 2: usage error, or the ledger cannot be opened or read
+
+Run ``workflow-audit --help`` or ``workflow-audit COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO
+
+import orjson
+
+from audit_core import __version__
+from audit_core._chain import ChainHead, check_head
+from audit_core._record import Record
+from audit_core._report import Filter, parse_time, render_report, summarize, to_csv, to_jsonl
+from audit_core.config import AuditConfig
+from audit_core.errors import AuditError, ConfigError, VerificationError
+from audit_core.ledgers import Ledger, ledger_path
+from audit_core.ledgers.sqlite import SqliteLedger
+from audit_core.verify import verify_ledger
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+_WHAT_TO_DO = (
+    "What to do: treat records from this point on as untrustworthy; compare with an exported "
+    "copy, a report or a checkpoint kept elsewhere, and find who had write access to the ledger."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``workflow-audit`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        result: int = args.func(args)
+        return result
+    except VerificationError as exc:  # raised by report when asked to fail on invalid
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except AuditError as exc:
+        print(f"workflow-audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `workflow-audit export | head`
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="workflow-audit",
+        description="Tamper-evident audit trails for Airflow and Prefect.",
+        epilog="Exit codes: 0 ok/valid, 1 verification failed, 2 usage or I/O error.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, *, chain_help: str) -> None:
+        sp.add_argument(
+            "--ledger",
+            help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER, "
+            "else $XDG_DATA_HOME/workflow-audit/ledger.db)",
+        )
+        sp.add_argument("--chain", action="append", help=chain_help)
+
+    def filters(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--since", type=parse_time, help="from this time (RFC 3339 or date)")
+        sp.add_argument("--until", type=parse_time, help="before this time (exclusive)")
+        sp.add_argument(
+            "--event",
+            action="append",
+            default=[],
+            help="event type or pattern (task.*); repeatable",
+        )
+        sp.add_argument(
+            "--dag", "--pipeline", dest="pipeline", help="only records of this DAG / flow"
+        )
+
+    v = sub.add_parser("verify", help="check every record, link and hash of the chains")
+    common(v, chain_help="chain to verify (repeatable; default: every chain)")
+    v.add_argument("--expect-size", type=int, help="the chain must hold exactly N records")
+    v.add_argument("--expect-head", help="hex hash the chain's last record must have")
+    v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    v.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("show", help="records as a readable table")
+    common(s, chain_help="chain to show (repeatable; default: every chain)")
+    filters(s)
+    s.add_argument("--limit", type=int, default=50, help="at most N records (default 50)")
+    s.add_argument("--start", type=int, default=0, help="first seq to show")
+    s.add_argument("--json", action="store_true", help="full records as JSON lines")
+    s.set_defaults(func=_cmd_show)
+
+    t = sub.add_parser("tail", help="the last records, optionally following new ones")
+    common(t, chain_help="chain to tail (default: every chain)")
+    t.add_argument("-n", "--lines", type=int, default=20, help="how many (default 20)")
+    t.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    t.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    t.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
+    t.set_defaults(func=_cmd_tail)
+
+    e = sub.add_parser("export", help="records as JSON lines or CSV, for auditors and SIEMs")
+    common(e, chain_help="chain to export (repeatable; default: every chain)")
+    filters(e)
+    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    e.add_argument("-o", "--output", help="file to write (default: standard output)")
+    e.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("report", help="counts, failures and the verification verdict")
+    common(r, chain_help="chain to report on (repeatable; default: every chain)")
+    filters(r)
+    r.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    r.add_argument("-o", "--output", help="file to write (default: standard output)")
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> tuple[Ledger, str]:
+    url = args.ledger or AuditConfig.from_env().ledger_url
+    path = ledger_path(url) if url.startswith("sqlite:") or "://" not in url else None
+    if "://" in url and not url.startswith("sqlite:"):
+        raise ConfigError(f"only sqlite:/// ledgers are supported so far, not {url!r}")
+    if path is None:
+        raise ConfigError("an in-memory ledger cannot be read from the command line")
+    if not path.exists():
+        raise ConfigError(f"no ledger at {path} (set --ledger or WORKFLOW_AUDIT_LEDGER)")
+    return SqliteLedger(path, create=False), str(path)
+
+
+def _chains(args: argparse.Namespace, ledger: Ledger) -> list[str]:
+    return list(args.chain) if args.chain else ledger.chains()
+
+
+def _records(ledger: Ledger, chains: Sequence[str], start: int = 0) -> Iterator[Record]:
+    for chain in chains:
+        for stored in ledger.read(chain, start):
+            yield Record.from_stored(stored)
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    return Filter(
+        since=args.since, until=args.until, events=tuple(args.event), pipeline=args.pipeline
+    )
+
+
+def _output(args: argparse.Namespace, mode: str) -> IO[str] | IO[bytes]:
+    if args.output:
+        return open(args.output, mode)
+    return sys.stdout.buffer if "b" in mode else sys.stdout
+
+
+def _progress_verify(ledger: Ledger, chains: list[str] | None) -> list[ChainHead]:
+    """verify_ledger with a rich progress bar when standard error is a terminal."""
+    if not sys.stderr.isatty():
+        return verify_ledger(ledger, chains)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    names = chains if chains is not None else ledger.chains()
+    totals = {c: (h.seq + 1 if (h := ledger.head(c)) else 0) for c in names}
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        tasks = {c: bar.add_task(f"verify {c}", total=totals[c]) for c in names}
+
+        def on_progress(chain: str, n: int) -> None:
+            bar.update(tasks[chain], completed=n)
+
+        return verify_ledger(ledger, chains, on_progress=on_progress)
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    ledger, where = _open(args)
+    chains: list[str] | None = list(args.chain) if args.chain else None
+    if (args.expect_size is not None or args.expect_head) and (chains is None or len(chains) != 1):
+        raise ConfigError("--expect-size/--expect-head need exactly one --chain")
+    started = time.perf_counter()
+    try:
+        heads = _progress_verify(ledger, chains)
+        if chains is not None and len(chains) == 1:
+            check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
+    except VerificationError as exc:
+        if args.json:
+            print(
+                orjson.dumps(
+                    {
+                        "valid": False,
+                        "ledger": where,
+                        "error": {
+                            "reason": exc.reason,
+                            "chain": exc.chain,
+                            "seq": exc.seq,
+                            "expected": exc.expected,
+                            "found": exc.found,
+                            "message": str(exc),
+                        },
+                    }
+                ).decode()
+            )
+        else:
+            print(f"INVALID {exc}", file=sys.stderr)
+            if exc.expected is not None:
+                print(f"  expected: {exc.expected}\n  found:    {exc.found}", file=sys.stderr)
+            print(f"  {_WHAT_TO_DO}", file=sys.stderr)
+        return EXIT_INVALID
+    elapsed = time.perf_counter() - started
+    total = sum(h.size for h in heads)
+    if args.json:
+        print(
+            orjson.dumps(
+                {
+                    "valid": True,
+                    "ledger": where,
+                    "records": total,
+                    "chains": [{"chain": h.chain, "size": h.size, "head": h.head} for h in heads],
+                }
+            ).decode()
+        )
+        return EXIT_OK
+    if not heads:
+        print(f"valid: {where} holds no records yet")
+    for h in heads:
+        print(f"valid: chain {h.chain!r}: {h.size} records, head {h.head}")
+    rate = f", {total / elapsed:,.0f} records/s" if elapsed > 0 and total else ""
+    print(
+        f"verified {total} records in {len(heads)} chain(s) in {elapsed:.2f}s{rate}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _table(records: Sequence[Record]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False, header_style="bold")
+    for col in ("chain", "seq", "time (UTC)", "event", "pipeline", "task", "try", "data"):
+        table.add_column(col, overflow="fold")
+    from audit_core._report import pipeline_of, task_of
+
+    for rec in records:
+        data = orjson.dumps(rec.data).decode()
+        table.add_row(
+            rec.chain,
+            str(rec.seq),
+            rec.ts.replace("T", " ")[:23],
+            rec.event,
+            pipeline_of(rec.subject),
+            task_of(rec.subject),
+            str(rec.subject.get("try_number", "")),
+            data if len(data) <= 80 else data[:77] + "...",
+        )
+    Console(soft_wrap=False).print(table)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    ledger, _ = _open(args)
+    keep = _filter(args)
+    selected: list[Record] = []
+    for rec in _records(ledger, _chains(args, ledger), args.start):
+        if keep(rec):
+            selected.append(rec)
+            if len(selected) >= args.limit:
+                break
+    if args.json:
+        sys.stdout.buffer.writelines(to_jsonl(selected))
+    else:
+        _table(selected)
+    return EXIT_OK
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    ledger, _ = _open(args)
+    chains = _chains(args, ledger)
+    positions: dict[str, int] = {}
+    last: list[Record] = []
+    for chain in chains:
+        head = ledger.head(chain)
+        size = 0 if head is None else head.seq + 1
+        last += _records(ledger, [chain], max(0, size - args.lines))
+        positions[chain] = size
+    last.sort(key=lambda r: (r.ts, r.chain, r.seq))
+    _table(last[-args.lines :])
+    polls = 0
+    while args.follow and (args.max_polls is None or polls < args.max_polls):
+        time.sleep(args.interval)
+        polls += 1
+        for chain in args.chain or ledger.chains():
+            new = list(_records(ledger, [chain], positions.get(chain, 0)))
+            if new:
+                positions[chain] = new[-1].seq + 1
+                _table(new)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    ledger, _ = _open(args)
+    keep = _filter(args)
+    records = (r for r in _records(ledger, _chains(args, ledger)) if keep(r))
+    if args.format == "jsonl":
+        out_b = _output(args, "wb")
+        _write_all(out_b.write, to_jsonl(records))  # type: ignore[arg-type]
+        if out_b is not sys.stdout.buffer:
+            out_b.close()
+    else:
+        out_t = _output(args, "w")
+        _write_all(out_t.write, to_csv(records))  # type: ignore[arg-type]
+        if out_t is not sys.stdout:
+            out_t.close()
+    return EXIT_OK
+
+
+def _write_all(write: Callable[[object], object], chunks: Iterator[object]) -> None:
+    for chunk in chunks:
+        write(chunk)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    ledger, where = _open(args)
+    chains = _chains(args, ledger)
+    keep = _filter(args)
+    summary = summarize(r for r in _records(ledger, chains) if keep(r))
+    try:
+        summary.heads = verify_ledger(ledger, chains)
+    except VerificationError as exc:
+        summary.error = exc
+    period = f"{args.since or 'beginning'} … {args.until or 'now'}"
+    text = render_report(summary, args.format, ledger=where, period=period)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK if summary.error is None else EXIT_INVALID
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""One frozen configuration object: explicit arguments beat environment beat defaults.
+
+>>> cfg = AuditConfig.from_env({"WORKFLOW_AUDIT_CHAIN": "prod"}, ledger_url="sqlite:///a.db")
+>>> (cfg.chain, cfg.ledger_url)
+('prod', 'sqlite:///a.db')
+
+Environment variables (all optional; README "Configuration" lists them too):
+
+=================================  ==========================================================
+``WORKFLOW_AUDIT_LEDGER``          ledger URL, ``sqlite:///rel.db`` or ``sqlite:////abs.db``
+                                   (default ``$XDG_DATA_HOME/workflow-audit/ledger.db``, or
+                                   ``~/.local/share/workflow-audit/ledger.db``)
+``WORKFLOW_AUDIT_CHAIN``           chain id records go to (default ``default``)
+``WORKFLOW_AUDIT_ACTOR``           who records, ``type:id`` (default ``process:USER@HOST``)
+``WORKFLOW_AUDIT_SYNCHRONOUS``     SQLite ``synchronous``: ``FULL`` (default) or ``NORMAL``,
+                                   ``EXTRA``
+``WORKFLOW_AUDIT_BUSY_TIMEOUT``    seconds a writer waits for the ledger lock (default 30)
+``WORKFLOW_AUDIT_MAX_VALUE_BYTES`` values larger than this become a digest (default 16384)
+``WORKFLOW_AUDIT_REDACT_KEYS``     comma-separated extra key patterns (regular expressions)
+                                   to redact, added to the built-in list
+=================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from audit_core._normalize import DEFAULT_MAX_VALUE_BYTES, DEFAULT_REDACT_KEYS
+from audit_core.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "AuditConfig", "default_ledger_url"]
+
+ENV_PREFIX = "WORKFLOW_AUDIT_"
+
+
+def default_ledger_url(env: Mapping[str, str] | None = None) -> str:
+    """``sqlite:///`` + ``$XDG_DATA_HOME/workflow-audit/ledger.db`` (XDG Base Directory spec)."""
+    env = os.environ if env is None else env
+    data_home = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return "sqlite:///" + str(Path(data_home) / "workflow-audit" / "ledger.db")
+
+
+def _default_actor() -> tuple[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return ("process", f"{user}@{socket.gethostname()}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    """Everything the core needs; build it with :meth:`from_env` to honour the environment."""
+
+    ledger_url: str = field(default_factory=default_ledger_url)
+    chain: str = "default"
+    actor: tuple[str, str] = field(default_factory=_default_actor)
+    synchronous: str = "FULL"
+    busy_timeout_s: float = 30.0
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
+
+    def __post_init__(self) -> None:
+        if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(
+                f"synchronous must be FULL, NORMAL or EXTRA, not {self.synchronous!r}"
+            )
+        if self.busy_timeout_s <= 0:
+            raise ConfigError(f"busy_timeout_s must be positive, not {self.busy_timeout_s}")
+        if self.max_value_bytes < 64:
+            raise ConfigError(f"max_value_bytes must be at least 64, not {self.max_value_bytes}")
+        if len(self.actor) != 2 or not all(self.actor):
+            raise ConfigError(f"actor must be (type, id), both non-empty, not {self.actor!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AuditConfig:
+        """Defaults, overridden by ``WORKFLOW_AUDIT_*`` variables, overridden by ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {"ledger_url": default_ledger_url(env)}
+        get = env.get
+        if v := get(ENV_PREFIX + "LEDGER"):
+            values["ledger_url"] = v
+        if v := get(ENV_PREFIX + "CHAIN"):
+            values["chain"] = v
+        if v := get(ENV_PREFIX + "ACTOR"):
+            kind, sep, ident = v.partition(":")
+            if not sep:
+                raise ConfigError(f"{ENV_PREFIX}ACTOR must be 'type:id', not {v!r}")
+            values["actor"] = (kind, ident)
+        if v := get(ENV_PREFIX + "SYNCHRONOUS"):
+            values["synchronous"] = v
+        if v := get(ENV_PREFIX + "BUSY_TIMEOUT"):
+            values["busy_timeout_s"] = _number(ENV_PREFIX + "BUSY_TIMEOUT", v, float)
+        if v := get(ENV_PREFIX + "MAX_VALUE_BYTES"):
+            values["max_value_bytes"] = _number(ENV_PREFIX + "MAX_VALUE_BYTES", v, int)
+        if v := get(ENV_PREFIX + "REDACT_KEYS"):
+            extra = tuple(p.strip() for p in v.split(",") if p.strip())
+            values["redact_keys"] = DEFAULT_REDACT_KEYS + extra
+        values.update(overrides)
+        return cls(**values)
+
+    def evolve(self, **changes: Any) -> AuditConfig:
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+def _number(name: str, text: str, kind: type[float] | type[int]) -> Any:
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a {kind.__name__}, not {text!r}") from exc

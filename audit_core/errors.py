@@ -1,0 +1,104 @@
+"""Everything workflow-audit raises derives from :class:`AuditError`.
+
+The core raises precise subclasses; the orchestrator adapters catch ``Exception`` exactly once
+per hook, log it and count it (fail-open), so these never reach a user's task through a hook.
+
+>>> from audit_core.errors import AuditError, InvalidRecordError
+>>> issubclass(InvalidRecordError, AuditError)
+True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditError",
+    "BrokenLinkError",
+    "ConfigError",
+    "FormatError",
+    "HashMismatchError",
+    "HeadMismatchError",
+    "InvalidRecordError",
+    "LedgerError",
+    "NonCanonicalError",
+    "SequenceError",
+    "VerificationError",
+]
+
+
+class AuditError(Exception):
+    """Base class of every error workflow-audit raises."""
+
+
+class ConfigError(AuditError):
+    """A configuration value (argument or ``WORKFLOW_AUDIT_*`` variable) is invalid."""
+
+
+class InvalidRecordError(AuditError):
+    """A record cannot be built from what was given (bad event type, or, with ``strict=True``,
+    a payload that would need a lossy conversion)."""
+
+
+class LedgerError(AuditError):
+    """The ledger cannot be opened, read or written."""
+
+
+class VerificationError(AuditError):
+    """The trail is not what it claims to be.
+
+    ``chain`` and ``seq`` name the first record that fails; ``expected`` and ``found`` say what
+    the verifier computed and what the ledger holds.
+    """
+
+    #: short machine-readable reason, stable across releases (used by ``verify --json``)
+    reason = "invalid"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chain: str,
+        seq: int | None,
+        expected: str | None = None,
+        found: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.chain = chain
+        self.seq = seq
+        self.expected = expected
+        self.found = found
+
+
+class SequenceError(VerificationError):
+    """A sequence number is missing, duplicated or out of order."""
+
+    reason = "sequence"
+
+
+class HashMismatchError(VerificationError):
+    """A record's stored hash is not the hash of its stored bytes."""
+
+    reason = "hash"
+
+
+class BrokenLinkError(VerificationError):
+    """A record's ``prev`` is not the hash of the record before it."""
+
+    reason = "link"
+
+
+class NonCanonicalError(VerificationError):
+    """A record's stored bytes are not their own RFC 8785 canonical form."""
+
+    reason = "canonical"
+
+
+class FormatError(VerificationError):
+    """A record does not follow the record format (fields, types, version, chain id)."""
+
+    reason = "format"
+
+
+class HeadMismatchError(VerificationError):
+    """The chain's size or head hash differs from what the caller expected (truncation)."""
+
+    reason = "head"

@@ -1,0 +1,271 @@
+"""The embedded default ledger: one SQLite file in WAL mode.
+
+>>> from audit_core.ledgers.sqlite import SqliteLedger
+>>> ledger = SqliteLedger(None)  # None: in memory, for tests and examples
+>>> ledger.head("default") is None
+True
+
+Durability: ``synchronous=FULL`` by default, so a record is on disk (WAL fsynced) when
+``append`` returns — SQLite's documented guarantee for WAL mode ("FULL: a transaction is
+durable across power loss"). ``NORMAL`` trades the last transactions on power loss (never on
+a process crash) for speed and is configurable.
+
+Concurrency: ``seq`` and ``prev`` are read and written inside one ``BEGIN IMMEDIATE``
+transaction, which takes SQLite's single RESERVED write lock up front; concurrent writers, in
+any number of processes on one host, wait for it (``busy_timeout``) instead of forking or
+gapping the chain. A ``UNIQUE (chain, seq)`` index is the second line of defence.
+
+Triggers refuse UPDATE and DELETE on records, so mistakes cannot rewrite history; someone who
+drops the triggers is caught by ``workflow-audit verify``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from audit_core._record import PreparedRecord, StoredRecord, genesis, leaf_hash
+from audit_core.errors import ConfigError, LedgerError
+
+__all__ = ["SCHEMA_VERSION", "SqliteLedger"]
+
+SCHEMA_VERSION = 1
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    chain TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,    -- SHA-256(0x00 || body), RFC 9162 leaf hash
+    body  BLOB NOT NULL     -- the RFC 8785 canonical bytes that were hashed, exactly
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_chain_seq ON records (chain, seq);
+CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'workflow-audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
+BEGIN SELECT RAISE(ABORT, 'workflow-audit records are append-only'); END;
+CREATE TABLE IF NOT EXISTS cursors (
+    name  TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (name, chain)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+"""
+
+_HEAD = "SELECT seq, hash, body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
+_LAST = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
+_INSERT = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
+
+
+class SqliteLedger:
+    """A :class:`~audit_core.ledgers.Ledger` in one SQLite file (``path=None``: in memory)."""
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_s: float = 30.0,
+        create: bool = True,
+    ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ConfigError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
+        self.path = Path(path) if path is not None else None
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_s = busy_timeout_s
+        self._create = create
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        # A connection must not cross fork() (sqlite.org/howtocorrupt.html §2.6); connections
+        # abandoned in a child are kept referenced, not closed, so the parent's stay intact.
+        self._abandoned: list[sqlite3.Connection] = []
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({str(self.path) if self.path else ':memory:'!r})"
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        target = ":memory:" if self.path is None else str(self.path)
+        try:
+            if self.path is not None:
+                if not self._create and not self.path.exists():
+                    raise LedgerError(f"no ledger at {self.path}")
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                target,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # guarded by self._lock
+            )
+            if self.path is not None:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            if self._create:
+                # One transaction, so concurrent first writers do not race on the schema.
+                try:
+                    conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            return conn
+        except (sqlite3.Error, OSError) as exc:
+            raise LedgerError(f"cannot open ledger {target}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._conn is None or self._pid != pid:
+            if self._conn is not None:
+                self._abandoned.append(self._conn)
+            self._conn = self._connect()
+            self._pid = pid
+        return self._conn
+
+    def close(self) -> None:
+        """Close this process's connection; idempotent."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, record: PreparedRecord) -> StoredRecord:
+        """Seal and store ``record`` as the next of its chain; returns after COMMIT."""
+        return self.append_many((record,))[0]
+
+    def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
+        """Seal and store ``records`` in one transaction, in order; returns after COMMIT."""
+        if not records:
+            return []
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                committed = False
+                try:
+                    stored = self._seal_all(conn, records)
+                    conn.execute("COMMIT")
+                    committed = True
+                finally:
+                    if not committed and conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot append to {self!r}: {exc}") from exc
+        return stored
+
+    @staticmethod
+    def _seal_all(
+        conn: sqlite3.Connection, records: Sequence[PreparedRecord]
+    ) -> list[StoredRecord]:
+        heads: dict[str, tuple[int, str]] = {}
+        rows: list[tuple[str, int, bytes, bytes]] = []
+        stored: list[StoredRecord] = []
+        for rec in records:
+            head = heads.get(rec.chain)
+            if head is None:
+                row = conn.execute(_LAST, (rec.chain,)).fetchone()
+                head = (-1, genesis(rec.chain)) if row is None else (row[0], row[1].hex())
+            seq = head[0] + 1
+            body = rec.seal(seq, head[1])
+            digest = leaf_hash(body)
+            heads[rec.chain] = (seq, digest.hex())
+            rows.append((rec.chain, seq, digest, body))
+            stored.append(StoredRecord(rec.chain, seq, digest, body))
+        conn.executemany(_INSERT, rows)
+        return stored
+
+    # -- reading -------------------------------------------------------------------------
+
+    def head(self, chain: str) -> StoredRecord | None:
+        """The last record of ``chain`` (None if it has none)."""
+        with self._lock:
+            try:
+                row = self._connection().execute(_HEAD, (chain,)).fetchone()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        return None if row is None else StoredRecord(chain, row[0], row[1], row[2])
+
+    def read(self, chain: str, start: int = 0, stop: int | None = None) -> Iterator[StoredRecord]:
+        """Stream records ``start <= seq < stop`` of ``chain``, ordered by seq, from one
+        consistent snapshot, in constant memory (a connection of its own)."""
+        if self.path is None:  # an in-memory database exists only on its one connection
+            with self._lock:
+                rows = self._connection().execute(*_range_query(chain, start, stop)).fetchall()
+            yield from (StoredRecord(chain, s, h, b) for s, h, b in rows)
+            return
+        conn = self._reader()
+        try:
+            cur = conn.execute(*_range_query(chain, start, stop))
+            while batch := cur.fetchmany(2048):
+                for seq, digest, body in batch:
+                    yield StoredRecord(chain, seq, digest, body)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        assert self.path is not None
+        if not self.path.exists():
+            raise LedgerError(f"no ledger at {self.path}")
+        try:
+            conn = sqlite3.connect(
+                str(self.path), timeout=self.busy_timeout_s, isolation_level=None
+            )
+            conn.execute("PRAGMA query_only=1")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+        return conn
+
+    def chains(self) -> list[str]:
+        """Every chain id with at least one record, sorted."""
+        with self._lock:
+            try:
+                rows = (
+                    self._connection()
+                    .execute("SELECT DISTINCT chain FROM records ORDER BY chain")
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        return [r[0] for r in rows]
+
+    # -- consumer cursors (sinks) ----------------------------------------------------------
+
+    def get_cursor(self, name: str, chain: str) -> int:
+        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT seq FROM cursors WHERE name = ? AND chain = ?", (name, chain))
+                .fetchone()
+            )
+        return -1 if row is None else int(row[0])
+
+    def set_cursor(self, name: str, chain: str, seq: int) -> None:
+        """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
+        with self._lock:
+            self._connection().execute(
+                "INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (name, chain, seq),
+            )
+
+
+def _range_query(chain: str, start: int, stop: int | None) -> tuple[str, tuple[object, ...]]:
+    if stop is None:
+        return (
+            "SELECT seq, hash, body FROM records WHERE chain = ? AND seq >= ? ORDER BY seq",
+            (chain, start),
+        )
+    return (
+        "SELECT seq, hash, body FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq",
+        (chain, start, stop),
+    )

@@ -1,0 +1,165 @@
+"""``AuditTrail.record()``: normalize → prepare → ledger append, durable on return.
+
+>>> from audit_core import AuditConfig, AuditTrail
+>>> trail = AuditTrail(AuditConfig(ledger_url="sqlite:///:memory:"))
+>>> trail.record("model.deployed", {"model": "churn", "version": 7}).seq
+0
+
+Adapters (Airflow, Prefect) call :meth:`AuditTrail.record` from hooks that must never fail
+a task: they wrap it in their one ``except Exception``. Called directly, ``record`` raises
+:class:`~audit_core.errors.InvalidRecordError` for an invalid event type or actor, and, with
+``strict=True``, for a payload that needs a lossy conversion (NaN, an unknown type, invalid
+Unicode, an oversized value). Without ``strict`` such payloads are converted, the record is
+written, and the conversion is logged and counted (``normalization_issues``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from audit_core._metrics import COUNTERS
+from audit_core._normalize import (
+    JSONObject,
+    Processor,
+    format_timestamp,
+    redact_keys,
+    redact_values,
+    to_json,
+)
+from audit_core._record import TIMESTAMP, PreparedRecord, StoredRecord, prepare
+from audit_core.config import AuditConfig
+from audit_core.errors import InvalidRecordError
+from audit_core.ledgers import Ledger, open_ledger
+
+__all__ = ["AuditTrail", "Event"]
+
+logger = logging.getLogger("workflow_audit")
+
+Actor = tuple[str, str] | Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One thing that happened, before it becomes a record (see :meth:`AuditTrail.record`)."""
+
+    type: str
+    data: object = None
+    subject: Mapping[str, object] | None = None
+    actor: Actor | None = None
+    trace: Mapping[str, str] | None = None
+    ts: dt.datetime | str | None = None
+    chain: str | None = None
+
+
+class AuditTrail:
+    """Writes records to a ledger. Thread-safe; fork-safe (the ledger reconnects per process)."""
+
+    def __init__(
+        self,
+        config: AuditConfig | None = None,
+        *,
+        ledger: Ledger | None = None,
+        processors: Sequence[Processor] | None = None,
+    ) -> None:
+        self.config = AuditConfig.from_env() if config is None else config
+        self.ledger = ledger or open_ledger(
+            self.config.ledger_url,
+            synchronous=self.config.synchronous,
+            busy_timeout_s=self.config.busy_timeout_s,
+        )
+        if processors is None:
+            processors = (redact_keys(self.config.redact_keys), redact_values())
+        self.processors = tuple(processors)
+
+    def __enter__(self) -> AuditTrail:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the ledger; idempotent."""
+        self.ledger.close()
+
+    def record(
+        self,
+        event: str,
+        data: object = None,
+        *,
+        subject: Mapping[str, object] | None = None,
+        actor: Actor | None = None,
+        trace: Mapping[str, str] | None = None,
+        ts: dt.datetime | str | None = None,
+        chain: str | None = None,
+        strict: bool = False,
+    ) -> StoredRecord:
+        """Append one record and return it once it is durable in the ledger."""
+        spec = Event(
+            type=event, data=data, subject=subject, actor=actor, trace=trace, ts=ts, chain=chain
+        )
+        stored = self.ledger.append(self.prepare(spec, strict=strict))
+        COUNTERS.incr("records_written")
+        return stored
+
+    def record_many(self, events: Iterable[Event], *, strict: bool = False) -> list[StoredRecord]:
+        """Append several records in one transaction (all or none); durable on return."""
+        prepared = [self.prepare(e, strict=strict) for e in events]
+        stored = self.ledger.append_many(prepared)
+        COUNTERS.incr("records_written", len(stored))
+        return stored
+
+    def prepare(self, event: Event, *, strict: bool = False) -> PreparedRecord:
+        """Normalize, redact and encode ``event`` (everything but seq and prev)."""
+        limit = self.config.max_value_bytes
+        data = to_json(
+            {} if event.data is None else event.data, max_value_bytes=limit, strict=strict
+        )
+        subject = to_json(event.subject or {}, max_value_bytes=limit, strict=strict, path="subject")
+        issues = data.issues + subject.issues
+        value = data.value
+        for processor in self.processors:
+            value = processor(value)
+        if issues:
+            COUNTERS.incr("normalization_issues", len(issues))
+            logger.warning(
+                "workflow-audit: %s recorded with conversions: %s", event.type, "; ".join(issues)
+            )
+        return prepare(
+            chain=event.chain or self.config.chain,
+            event=event.type,
+            ts=_timestamp(event.ts),
+            actor=self._actor(event.actor, strict),
+            subject=subject.value,
+            trace=None if event.trace is None else dict(event.trace),
+            data=value,
+        )
+
+    def _actor(self, actor: Actor | None, strict: bool) -> JSONObject:
+        if actor is None:
+            kind, ident = self.config.actor
+            return {"type": kind, "id": ident}
+        if isinstance(actor, tuple):
+            return {"type": str(actor[0]), "id": str(actor[1])}
+        return to_json(actor, strict=strict, path="actor").value
+
+
+def _timestamp(ts: dt.datetime | str | None) -> str:
+    if ts is None:
+        return format_timestamp(dt.datetime.now(dt.timezone.utc))
+    if isinstance(ts, dt.datetime):
+        return format_timestamp(ts)
+    if TIMESTAMP.fullmatch(ts):
+        return ts
+    try:
+        return format_timestamp(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")))
+    except ValueError as exc:
+        raise InvalidRecordError(f"timestamp {ts!r} is not RFC 3339") from exc

@@ -1,0 +1,244 @@
+"""Payload normalization and redaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import uuid
+from decimal import Decimal
+from pathlib import PurePosixPath
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audit_core import REDACTED, canonical_bytes, normalize, redact_keys
+from audit_core._normalize import redact_values, to_json
+from audit_core.errors import InvalidRecordError
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+@dataclasses.dataclass
+class Params:
+    lr: float
+    api_key: str
+
+
+class FakeModel:
+    """Duck-typed pydantic v2 model."""
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        return {"name": "churn", "when": dt.date(2026, 1, 2) if mode == "python" else "2026-01-02"}
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque thing>"
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr explodes")
+
+
+class TestToJson:
+    """to_json(): Python values to the RFC 8785-safe JSON subset."""
+
+    def test_lossless_conversions(self) -> None:
+        """Datetimes, Decimal, bytes, sets, Enum, dataclasses, models, Path and UUID convert."""
+        uid = uuid.UUID(int=7)
+        payload = {
+            "aware": dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "naive": dt.datetime(2026, 1, 2, 3, 4, 5),
+            "date": dt.date(2026, 1, 2),
+            "delta": dt.timedelta(minutes=2),
+            "dec": Decimal("1.10"),
+            "raw": b"\xff\x00",
+            "tags": {"b", "a", "c"},
+            "color": Color.RED,
+            "level": Level.HIGH,
+            "params": Params(lr=0.1, api_key="k"),
+            "model": FakeModel(),
+            "path": PurePosixPath("/data/train.csv"),
+            "uid": uid,
+            "tuple": (1, 2),
+            "big": 2**60,
+        }
+        result = to_json(payload)
+        assert () == result.issues
+        assert {
+            "aware": "2026-01-02T01:04:05.000006Z",
+            "naive": "2026-01-02T03:04:05.000000Z",
+            "date": "2026-01-02",
+            "delta": 120.0,
+            "dec": "1.10",
+            "raw": {"sha256": hashlib.sha256(b"\xff\x00").hexdigest(), "len": 2},
+            "tags": ["a", "b", "c"],
+            "color": "red",
+            "level": 3,
+            "params": {"lr": 0.1, "api_key": "k"},
+            "model": {"name": "churn", "when": "2026-01-02"},
+            "path": "/data/train.csv",
+            "uid": str(uid),
+            "tuple": [1, 2],
+            "big": str(2**60),
+        } == result.value
+
+    def test_non_finite_numbers_become_strings(self) -> None:
+        """NaN and infinities become documented strings and are reported as lossy."""
+        result = to_json({"a": float("nan"), "b": float("inf"), "c": float("-inf")})
+        assert {"a": "NaN", "b": "Infinity", "c": "-Infinity"} == result.value
+        assert 3 == len(result.issues)
+
+    def test_unknown_type_becomes_typed_repr(self) -> None:
+        """An unknown object is recorded as its type and repr, and reported."""
+        result = to_json({"x": Opaque(), "y": BadRepr()})
+        assert {"type": f"{__name__}.Opaque", "repr": "<Opaque thing>"} == result.value["x"]
+        assert "failing __repr__" in str(result.value["y"])
+        assert 2 == len(result.issues)
+
+    def test_invalid_unicode_is_replaced(self) -> None:
+        """Lone surrogates (undecodable bytes) become U+FFFD instead of failing."""
+        text = b"caf\xe9".decode("utf-8", "surrogateescape")
+        result = to_json({"name": text, text: 1})
+        assert {"name": "caf\ufffd", "caf\ufffd": 1} == result.value
+        assert result.issues
+        canonical_bytes(result.value)  # now encodable
+
+    def test_oversized_values_are_digested(self) -> None:
+        """A value over the limit becomes {sha256, len, truncated}; small siblings stay."""
+        big = "x" * 20_000
+        result = to_json({"big": big, "small": "ok", "nested": {"blob": ["y" * 30_000]}})
+        assert {
+            "sha256": hashlib.sha256(big.encode()).hexdigest(),
+            "len": 20_000,
+            "truncated": True,
+        } == result.value["big"]
+        assert "ok" == result.value["small"]
+        blob = result.value["nested"]["blob"][0]  # type: ignore[index,call-overload]
+        assert True is blob["truncated"]
+        assert len(canonical_bytes(result.value)) < 2_000
+
+    def test_cycles_and_depth_are_cut(self) -> None:
+        """Self-referencing and absurdly deep structures are cut, not recursed forever."""
+        loop: dict[str, Any] = {}
+        loop["self"] = loop
+        deep: list[Any] = []
+        cur = deep
+        for _ in range(200):
+            cur.append([])
+            cur = cur[0]
+        result = to_json({"loop": loop, "deep": deep})
+        assert "[cycle]" == result.value["loop"]["self"]  # type: ignore[index,call-overload]
+        assert len(result.issues) == 2
+
+    def test_non_mapping_payload_is_wrapped(self) -> None:
+        """A list or scalar payload is recorded under 'value'."""
+        assert {"value": [1, 2]} == to_json([1, 2]).value
+
+    def test_strict_refuses_lossy_conversion(self) -> None:
+        """strict=True raises InvalidRecordError instead of converting NaN."""
+        with pytest.raises(InvalidRecordError, match=r"NaN|nan"):
+            to_json({"loss": float("nan")}, strict=True)
+
+    def test_strict_accepts_lossless_conversion(self) -> None:
+        """strict=True still accepts datetimes, Decimal and friends."""
+        assert {"d": "1.5"} == to_json({"d": Decimal("1.5")}, strict=True).value
+
+    def test_sets_are_deterministic(self) -> None:
+        """Mixed-type sets get one canonical order whatever the insertion order."""
+        a = to_json({"s": {3, "a", 1.5, None}}).value
+        b = to_json({"s": {None, 1.5, "a", 3}}).value
+        assert a == b
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats()
+            | st.text()
+            | st.binary(max_size=8)
+            | st.datetimes(timezones=st.timezones())
+            | st.decimals(),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+            max_leaves=12,
+        )
+    )
+    def test_anything_becomes_canonical_json(self, payload: object) -> None:
+        """Whatever goes in, the result encodes, and matches the rfc8785 reference."""
+        value = normalize({"p": payload}).value
+        assert rfc8785.dumps(value) == canonical_bytes(value)
+
+
+class TestRedaction:
+    """Secrets never enter the chain."""
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "password",
+            "db_password",
+            "PASSWD",
+            "client_secret",
+            "token",
+            "access_token",
+            "apiKey",
+            "X-Api-Key",
+            "Authorization",
+            "private_key",
+            "aws_access_key_id",
+            "credentials",
+            "sessionId",
+        ],
+    )
+    def test_secret_keys_are_redacted(self, key: str) -> None:
+        """Keys that name secrets, in any case or separator style, are replaced."""
+        assert {key: REDACTED} == normalize({key: "value"}).value
+
+    @pytest.mark.parametrize("key", ["tokenizer", "max_tokens", "num_tokens", "author", "keyword"])
+    def test_ordinary_keys_are_kept(self, key: str) -> None:
+        """ML-ish keys that merely contain a secret word are not redacted."""
+        assert {key: "v"} == normalize({key: "v"}).value
+
+    def test_nested_and_in_lists(self) -> None:
+        """Redaction reaches nested objects and objects inside lists."""
+        data = {"conn": {"password": "x", "host": "db"}, "hooks": [{"token": "t", "id": 1}]}
+        assert {
+            "conn": {"password": REDACTED, "host": "db"},
+            "hooks": [{"token": REDACTED, "id": 1}],
+        } == normalize(data).value
+
+    def test_dataclass_fields_are_redacted(self) -> None:
+        """A secret field of a dataclass payload is redacted after conversion."""
+        assert {"p": {"lr": 0.1, "api_key": REDACTED}} == normalize({"p": Params(0.1, "k")}).value
+
+    def test_custom_patterns(self) -> None:
+        """A configured pattern list replaces the default one."""
+        processor = redact_keys([r"(^|_)ssn($|_)"])
+        assert {"ssn": REDACTED, "password": "p"} == processor({"ssn": "1", "password": "p"})
+
+    def test_credentials_in_strings(self) -> None:
+        """URL passwords and bearer tokens inside strings are masked."""
+        out = redact_values()(
+            {
+                "dsn_url": "postgresql://etl:hunter2@db:5432/prod",
+                "msg": "401 for header Bearer abcdefghijklmnop",
+                "plain": "http://example.invalid/path",
+            }
+        )
+        assert "postgresql://etl:[REDACTED]@db:5432/prod" == out["dsn_url"]
+        assert "401 for header Bearer [REDACTED]" == out["msg"]
+        assert "http://example.invalid/path" == out["plain"]
