@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--chain", action="append", help=chain_help)
 
     def filters(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--since", type=parse_time, help="from this time (RFC 3339 or date)")
-        sp.add_argument("--until", type=parse_time, help="before this time (exclusive)")
+        sp.add_argument("--since", type=_time_arg, help="from this time (RFC 3339 or date)")
+        sp.add_argument("--until", type=_time_arg, help="before this time (exclusive)")
         sp.add_argument(
             "--event",
             action="append",
@@ -131,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
 # -- helpers ------------------------------------------------------------------------------
 
 
+def _time_arg(text: str) -> str:
+    # argparse turns ArgumentTypeError into a usage message and exit code 2.
+    try:
+        return parse_time(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _open(args: argparse.Namespace) -> tuple[Ledger, str]:
     url = args.ledger or AuditConfig.from_env().ledger_url
     path = ledger_path(url) if url.startswith("sqlite:") or "://" not in url else None
@@ -147,10 +155,21 @@ def _chains(args: argparse.Namespace, ledger: Ledger) -> list[str]:
     return list(args.chain) if args.chain else ledger.chains()
 
 
-def _records(ledger: Ledger, chains: Sequence[str], start: int = 0) -> Iterator[Record]:
+def _records(
+    ledger: Ledger,
+    chains: Sequence[str],
+    start: int = 0,
+    unreadable: list[VerificationError] | None = None,
+) -> Iterator[Record]:
+    """Parsed records; an unreadable one raises, or is collected in ``unreadable`` if given."""
     for chain in chains:
         for stored in ledger.read(chain, start):
-            yield Record.from_stored(stored)
+            try:
+                yield Record.from_stored(stored)
+            except VerificationError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append(exc)
 
 
 def _filter(args: argparse.Namespace) -> Filter:
@@ -341,11 +360,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ledger, where = _open(args)
     chains = _chains(args, ledger)
     keep = _filter(args)
-    summary = summarize(r for r in _records(ledger, chains) if keep(r))
+    unreadable: list[VerificationError] = []
+    summary = summarize(r for r in _records(ledger, chains, unreadable=unreadable) if keep(r))
     try:
         summary.heads = verify_ledger(ledger, chains)
     except VerificationError as exc:
         summary.error = exc
+    if summary.error is None and unreadable:  # cannot happen for a verified chain; belt and braces
+        summary.error = unreadable[0]
     period = f"{args.since or 'beginning'} … {args.until or 'now'}"
     text = render_report(summary, args.format, ledger=where, period=period)
     if args.output:

@@ -195,17 +195,17 @@ class SqliteLedger:
     def read(self, chain: str, start: int = 0, stop: int | None = None) -> Iterator[StoredRecord]:
         """Stream records ``start <= seq < stop`` of ``chain``, ordered by seq, from one
         consistent snapshot, in constant memory (a connection of its own)."""
+        make = StoredRecord._make
         if self.path is None:  # an in-memory database exists only on its one connection
             with self._lock:
                 rows = self._connection().execute(*_range_query(chain, start, stop)).fetchall()
-            yield from (StoredRecord(chain, s, h, b) for s, h, b in rows)
+            yield from map(make, rows)
             return
         conn = self._reader()
         try:
             cur = conn.execute(*_range_query(chain, start, stop))
-            while batch := cur.fetchmany(2048):
-                for seq, digest, body in batch:
-                    yield StoredRecord(chain, seq, digest, body)
+            while batch := cur.fetchmany(4096):
+                yield from map(make, batch)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read {self!r}: {exc}") from exc
         finally:
@@ -220,6 +220,9 @@ class SqliteLedger:
                 str(self.path), timeout=self.busy_timeout_s, isolation_level=None
             )
             conn.execute("PRAGMA query_only=1")
+            # A tampered row may hold a hash or body re-typed as TEXT that is not UTF-8; read it
+            # anyway so that the verifier names the record instead of the read failing.
+            conn.text_factory = _lenient_text
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
         return conn
@@ -259,13 +262,18 @@ class SqliteLedger:
             )
 
 
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def _range_query(chain: str, start: int, stop: int | None) -> tuple[str, tuple[object, ...]]:
     if stop is None:
         return (
-            "SELECT seq, hash, body FROM records WHERE chain = ? AND seq >= ? ORDER BY seq",
+            "SELECT chain, seq, hash, body FROM records WHERE chain = ? AND seq >= ? ORDER BY seq",
             (chain, start),
         )
     return (
-        "SELECT seq, hash, body FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq",
+        "SELECT chain, seq, hash, body FROM records WHERE chain = ? AND seq >= ? AND seq < ? "
+        "ORDER BY seq",
         (chain, start, stop),
     )
