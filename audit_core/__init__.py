@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from audit_core._chain import ChainHead
 from audit_core._jcs import canonical_bytes
 from audit_core._metrics import COUNTERS
-from audit_core._normalize import REDACTED, Normalized, Processor, normalize, redact_keys
+from audit_core._normalize import REDACTED, Normalized, Processor, normalize, redact
 from audit_core._record import FORMAT_VERSION, Record, StoredRecord, genesis, leaf_hash
 from audit_core.config import AuditConfig
 from audit_core.errors import AuditError, InvalidRecordError, LedgerError, VerificationError
@@ -50,7 +50,7 @@ __all__ = [
     "leaf_hash",
     "normalize",
     "open_ledger",
-    "redact_keys",
+    "redact",
     "verify_chain",
     "verify_ledger",
 ]

@@ -47,6 +47,7 @@ from audit_core.errors import (
     InvalidRecordError,
     NonCanonicalError,
     SequenceError,
+    VerificationError,
 )
 
 __all__ = ["ChainHead", "check_head", "verify_records"]
@@ -85,63 +86,23 @@ def verify_records(
     seq = 0
     loads, canon, lhash = orjson.loads, canonical_bytes, leaf_hash
     events: set[str] = set()
-    for rec in records:
-        if rec.seq != seq:
-            raise _sequence_error(chain, seq, rec.seq)
+    # The hot loop of `workflow-audit verify`: only checks here; errors are built elsewhere.
+    for _, stored_seq, stored_hash, body in records:
+        if stored_seq != seq:
+            raise _sequence_error(chain, seq, stored_seq)
         try:
-            digest = lhash(rec.body)
-        except TypeError:  # a body column rewritten as TEXT or a number
-            raise FormatError(
-                f"chain {chain!r} seq {seq}: stored body is a {type(rec.body).__name__}, "
-                "not bytes: the record was rewritten outside workflow-audit",
-                chain=chain,
-                seq=seq,
-                expected="bytes",
-                found=type(rec.body).__name__,
-            ) from None
-        if digest != rec.hash:
-            found = _hex(rec.hash)
-            raise HashMismatchError(
-                f"chain {chain!r} seq {seq}: stored hash {_short(found)} is not the "
-                f"hash of the stored bytes ({_short(digest.hex())}): the record was changed "
-                "after it was written",
-                chain=chain,
-                seq=seq,
-                expected=digest.hex(),
-                found=found,
-            )
-        try:
-            value = loads(rec.body)
+            digest = lhash(body)
+            value = loads(body)
             canonical = canon(value)
-        except (orjson.JSONDecodeError, InvalidRecordError) as exc:
-            raise FormatError(
-                f"chain {chain!r} seq {seq}: stored bytes are not an RFC 8785 JSON record: {exc}",
-                chain=chain,
-                seq=seq,
-                expected="RFC 8785 JSON",
-                found=rec.body[:80].decode("utf-8", "replace"),
-            ) from exc
-        if canonical != rec.body:
-            raise NonCanonicalError(
-                f"chain {chain!r} seq {seq}: stored bytes are not in RFC 8785 canonical form "
-                "(same meaning, different bytes: the record was re-encoded after it was written)",
-                chain=chain,
-                seq=seq,
-                expected=canonical[:120].decode("utf-8", "replace"),
-                found=rec.body[:120].decode("utf-8", "replace"),
-            )
+        except (TypeError, orjson.JSONDecodeError, InvalidRecordError) as exc:
+            raise _unreadable_error(chain, seq, body, stored_hash, exc) from exc
+        if digest != stored_hash:
+            raise _hash_error(chain, seq, digest, stored_hash)
+        if canonical != body:
+            raise _canonical_error(chain, seq, canonical, body)
         _check_format(chain, seq, value, events)
         if value["prev"] != prev:
-            raise BrokenLinkError(
-                f"chain {chain!r} seq {seq}: prev is {_short(value['prev'])} but the "
-                + ("genesis value is " if seq == 0 else f"record at seq {seq - 1} hashes to ")
-                + f"{_short(prev)}: a record at or before seq {seq} was altered, "
-                "removed or replaced",
-                chain=chain,
-                seq=seq,
-                expected=prev,
-                found=value["prev"],
-            )
+            raise _link_error(chain, seq, prev, value["prev"])
         prev = digest.hex()
         seq += 1
         if on_progress is not None and seq % progress_every == 0:
@@ -149,6 +110,65 @@ def verify_records(
     if on_progress is not None:
         on_progress(seq)
     return ChainHead(chain=chain, size=seq, head=prev)
+
+
+def _unreadable_error(
+    chain: str, seq: int, body: object, stored_hash: object, exc: Exception
+) -> VerificationError:
+    if not isinstance(body, bytes):  # a body column rewritten as TEXT or a number
+        return FormatError(
+            f"chain {chain!r} seq {seq}: stored body is a {type(body).__name__}, not bytes: "
+            "the record was rewritten outside workflow-audit",
+            chain=chain,
+            seq=seq,
+            expected="bytes",
+            found=type(body).__name__,
+        )
+    digest = leaf_hash(body)
+    if digest != stored_hash:  # changed bytes that no longer parse: say so first
+        return _hash_error(chain, seq, digest, stored_hash)
+    return FormatError(
+        f"chain {chain!r} seq {seq}: stored bytes are not an RFC 8785 JSON record: {exc}",
+        chain=chain,
+        seq=seq,
+        expected="RFC 8785 JSON",
+        found=body[:80].decode("utf-8", "replace"),
+    )
+
+
+def _hash_error(chain: str, seq: int, digest: bytes, stored_hash: object) -> HashMismatchError:
+    found = _hex(stored_hash)
+    return HashMismatchError(
+        f"chain {chain!r} seq {seq}: stored hash {_short(found)} is not the hash of the stored "
+        f"bytes ({_short(digest.hex())}): the record was changed after it was written",
+        chain=chain,
+        seq=seq,
+        expected=digest.hex(),
+        found=found,
+    )
+
+
+def _canonical_error(chain: str, seq: int, canonical: bytes, body: bytes) -> NonCanonicalError:
+    return NonCanonicalError(
+        f"chain {chain!r} seq {seq}: stored bytes are not in RFC 8785 canonical form (same "
+        "meaning, different bytes: the record was re-encoded after it was written)",
+        chain=chain,
+        seq=seq,
+        expected=canonical[:120].decode("utf-8", "replace"),
+        found=body[:120].decode("utf-8", "replace"),
+    )
+
+
+def _link_error(chain: str, seq: int, prev: str, found: str) -> BrokenLinkError:
+    what = "genesis value is " if seq == 0 else f"record at seq {seq - 1} hashes to "
+    return BrokenLinkError(
+        f"chain {chain!r} seq {seq}: prev is {_short(found)} but the {what}{_short(prev)}: "
+        f"a record at or before seq {seq} was altered, removed or replaced",
+        chain=chain,
+        seq=seq,
+        expected=prev,
+        found=found,
+    )
 
 
 def check_head(

@@ -45,9 +45,10 @@ _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 # writes a sign: "1e+16", "1e-7"), a number ending in ".0", and a character >= U+E000 (UTF-8
 # lead bytes 0xEE-0xF4) inside an object key. In compact output a number follows ':', ',' or
 # '[' and ends at ',', ']' or '}'. Python's re scans fast only for patterns that start with a
-# literal, so a literal-led hint runs first (~0.3 us a record) and the exact pattern only
-# when the hint hits (a string such as "v1.0]" or "1e-5" in text costs a second scan, and
-# at worst a needless exact encoding: never a wrong result).
+# literal, so literal-led hints run first (~1 us for a 500-byte record in all) and the exact
+# pattern only when a hint hits. Text such as "v1.0]" or "1e-5" inside a string costs a
+# second scan, at worst a needless exact encoding: never a wrong result. (A memchr for "+" is
+# cheaper but hits every Airflow run id: "scheduled__2026-11-28T00:00:00+00:00".)
 _EXPONENT_HINT = re.compile(rb"e[+-][0-9]")
 _EXPONENT = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+)?e[+-][0-9]")
 _POINT_ZERO_HINT = re.compile(rb"\.0[,\]}]")

@@ -11,8 +11,7 @@ Two stages, both deterministic (the same input always yields the same record byt
    (finite numbers, integers within ±(2^53-1), valid Unicode) and replaces oversized values by
    a digest. Each *lossy* conversion is reported as an issue; ``strict=True`` raises instead.
 2. Processors, structlog-style plain callables ``dict -> dict``, run over the result:
-   :func:`redact_keys` and :func:`redact_values` by default; adapters add their own (Airflow's
-   secrets masker, for instance).
+   :func:`redact` by default; adapters add their own (Airflow's secrets masker, for instance).
 """
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ __all__ = [
     "Processor",
     "format_timestamp",
     "normalize",
-    "redact_keys",
-    "redact_values",
+    "redact",
     "to_json",
 ]
 
@@ -112,10 +110,10 @@ def normalize(
     strict: bool = False,
     path: str = "data",
 ) -> Normalized:
-    """:func:`to_json` then each processor (default: key and value redaction)."""
+    """:func:`to_json` then each processor (default: :func:`redact`)."""
     result = to_json(payload, max_value_bytes=max_value_bytes, strict=strict, path=path)
     value = result.value
-    chain = (redact_keys(), redact_values()) if processors is None else processors
+    chain = (redact(),) if processors is None else processors
     for processor in chain:
         value = processor(value)
     return Normalized(value, result.issues)
@@ -140,9 +138,6 @@ def to_json(
         value = {"value": _convert(payload, f"{path}.value", issues, 0, set())}
     assert isinstance(value, dict)
     value = _fit(value, path, max_value_bytes, issues)
-    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
-        issues.append(f"{path}: larger than {MAX_DATA_BYTES} bytes; replaced by its digest")
-        value = _digest_of_json(value)
     if strict and issues:
         raise InvalidRecordError("lossy conversion refused (strict=True): " + "; ".join(issues))
     return Normalized(value, tuple(issues))
@@ -190,10 +185,23 @@ def _convert_container(
     if isinstance(value, Mapping):
         out: JSONObject = {}
         for key, item in value.items():
-            name = _key(key, path, issues)
-            if name in out:
-                issues.append(f"{path}: key {name!r} occurs twice after conversion; last kept")
-            out[name] = _convert(item, f"{path}.{name}", issues, depth + 1, seen)
+            # Inline fast path for the usual str key and JSON-ready scalar (record() hot path).
+            if type(key) is str:
+                name = key
+            else:
+                name = _key(key, path, issues)
+                if name in out:
+                    issues.append(f"{path}: key {name!r} occurs twice after conversion; last kept")
+            kind = type(item)
+            if (
+                kind is str
+                or kind is bool
+                or item is None
+                or (kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER)
+            ):
+                out[name] = item
+            else:
+                out[name] = _convert(item, f"{path}.{name}", issues, depth + 1, seen)
         return out
     if isinstance(value, (list, tuple)):
         return [_convert(v, f"{path}[{i}]", issues, depth + 1, seen) for i, v in enumerate(value)]
@@ -281,8 +289,12 @@ def _fit(value: JSONObject, path: str, limit: int, issues: list[str]) -> JSONObj
         value = _repair_unicode(value, path, issues)  # type: ignore[assignment]
         size = len(orjson.dumps(value))
     if size <= limit:
-        return value
-    return {k: _shrink(v, f"{path}.{k}", limit, issues) for k, v in value.items()}
+        return value  # the common case: one serialization, nothing to shrink
+    value = {k: _shrink(v, f"{path}.{k}", limit, issues) for k, v in value.items()}
+    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
+        issues.append(f"{path}: larger than {MAX_DATA_BYTES} bytes; replaced by its digest")
+        return _digest_of_json(value)
+    return value
 
 
 def _shrink(value: JSON, path: str, limit: int, issues: list[str]) -> JSON:
@@ -336,9 +348,17 @@ def _key_words(key: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", spaced.lower())
 
 
-def redact_keys(patterns: Sequence[str] = DEFAULT_REDACT_KEYS) -> Processor:
-    """A processor that replaces the value of every key matching one of ``patterns``
-    (regular expressions searched in the key's lower-case words joined by ``_``), at any depth.
+def redact(
+    patterns: Sequence[str] = DEFAULT_REDACT_KEYS, *, credentials_in_strings: bool = True
+) -> Processor:
+    """A processor that keeps secrets out of records, in one walk of the data:
+
+    - the value of every key matching one of ``patterns`` (regular expressions searched in the
+      key's lower-case words joined by ``_``: ``apiKey`` reads ``api_key``) becomes
+      ``"[REDACTED]"``, at any depth;
+    - with ``credentials_in_strings``, the password of a URL's userinfo
+      (``postgresql://user:pw@host``) and HTTP ``Bearer``/``Basic``/``Token`` credentials inside
+      strings are masked.
     """
     matcher = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
     cache: dict[str, bool] = {}
@@ -347,28 +367,9 @@ def redact_keys(patterns: Sequence[str] = DEFAULT_REDACT_KEYS) -> Processor:
         hit = cache.get(key)
         if hit is None:
             hit = matcher is not None and matcher.search(_key_words(key)) is not None
-            if len(cache) < 4096:
+            if len(cache) < 4096:  # keys repeat across records; bound the memory anyway
                 cache[key] = hit
         return hit
-
-    def walk(value: JSON) -> JSON:
-        if isinstance(value, dict):
-            return {k: REDACTED if is_secret(k) else walk(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return value
-
-    def processor(data: JSONObject) -> JSONObject:
-        out = walk(data)
-        assert isinstance(out, dict)
-        return out
-
-    return processor
-
-
-def redact_values() -> Processor:
-    """A processor that masks credentials inside strings: the password of a URL's userinfo
-    (``postgresql://user:pw@host``) and HTTP ``Bearer``/``Basic``/``Token`` credentials."""
 
     def scrub(text: str) -> str:
         if "://" in text:
@@ -378,12 +379,16 @@ def redact_values() -> Processor:
         return text
 
     def walk(value: JSON) -> JSON:
-        if isinstance(value, str):
-            return scrub(value)
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
+        kind = type(value)
+        if kind is str:
+            return scrub(value) if credentials_in_strings else value  # type: ignore[arg-type]
+        if kind is dict:
+            return {
+                k: REDACTED if is_secret(k) else walk(v)
+                for k, v in value.items()  # type: ignore[union-attr]
+            }
+        if kind is list:
+            return [walk(v) for v in value]  # type: ignore[union-attr]
         return value
 
     def processor(data: JSONObject) -> JSONObject:

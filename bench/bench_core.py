@@ -404,7 +404,7 @@ def prepare_parts(trail: AuditTrail, events: list[Event], rounds: int) -> list[t
         ),
         ("`format_timestamp(now)`", each(lambda _: format_timestamp(now), events)),
         (
-            "`_record.prepare()` (validate + 7x `canonical_bytes`)",
+            "`_record.prepare()` (validate + canonical-encode the fields)",
             each(encode, fields),
         ),
         ("`canonical_bytes(data)` alone", each(canonical_bytes, datas)),

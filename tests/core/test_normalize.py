@@ -16,8 +16,8 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit_core import REDACTED, canonical_bytes, normalize, redact_keys
-from audit_core._normalize import redact_values, to_json
+from audit_core import REDACTED, canonical_bytes, normalize, redact
+from audit_core._normalize import to_json
 from audit_core.errors import InvalidRecordError
 
 
@@ -227,12 +227,12 @@ class TestRedaction:
 
     def test_custom_patterns(self) -> None:
         """A configured pattern list replaces the default one."""
-        processor = redact_keys([r"(^|_)ssn($|_)"])
+        processor = redact([r"(^|_)ssn($|_)"])
         assert {"ssn": REDACTED, "password": "p"} == processor({"ssn": "1", "password": "p"})
 
     def test_credentials_in_strings(self) -> None:
         """URL passwords and bearer tokens inside strings are masked."""
-        out = redact_values()(
+        out = redact(())(
             {
                 "dsn_url": "postgresql://etl:hunter2@db:5432/prod",
                 "msg": "401 for header Bearer abcdefghijklmnop",

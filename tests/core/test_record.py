@@ -114,3 +114,13 @@ class TestHashes:
         assert bodies[1] == _prepared(event="task.failed", trace=None, data=data).seal(1, hashes[0])
         assert hashes == [leaf_hash(b).hex() for b in bodies]
         assert hashes[0] == orjson.loads(bodies[1])["prev"]
+
+
+class TestNameCache:
+    """Validated chain ids and event types are cached separately."""
+
+    def test_valid_chain_id_is_not_a_valid_event(self) -> None:
+        """A name accepted as a chain id ('default') is still refused as an event type."""
+        _prepared(chain="default")
+        with pytest.raises(InvalidRecordError, match="event type"):
+            _prepared(event="default")
