@@ -84,6 +84,7 @@ DEFAULT_REDACT_KEYS: tuple[str, ...] = (
 # userinfo of a URL (RFC 3986 §3.2.1: "use of the format user:password ... is deprecated");
 # and HTTP credentials of the Authorization header schemes (RFC 9110 §11.6.2).
 _URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
+_AUTH_WORD = re.compile(r"(?i)bearer|basic|token")
 _AUTH_HEADER = re.compile(r"(?i)\b(?P<pre>(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -131,7 +132,7 @@ def to_json(
     Raises :class:`InvalidRecordError` with ``strict=True`` when any conversion is lossy.
     """
     issues: list[str] = []
-    if isinstance(payload, Mapping) or _is_structured(payload):
+    if type(payload) is dict or isinstance(payload, Mapping) or _is_structured(payload):
         value = _convert(payload, path, issues, 0, set())
     else:
         issues.append(f"{path}: a {type(payload).__name__} is not an object; wrapped as value")
@@ -167,7 +168,7 @@ def _convert(value: Any, path: str, issues: list[str], depth: int, seen: set[int
     if depth >= _MAX_DEPTH:
         issues.append(f"{path}: nested deeper than {_MAX_DEPTH}; cut")
         return "[depth limit]"
-    if isinstance(value, (Mapping, list, tuple, Set)) or _is_structured(value):
+    if kind is dict or isinstance(value, (Mapping, list, tuple, Set)) or _is_structured(value):
         if id(value) in seen:
             issues.append(f"{path}: refers to itself; cut")
             return "[cycle]"
@@ -182,7 +183,7 @@ def _convert(value: Any, path: str, issues: list[str], depth: int, seen: set[int
 def _convert_container(
     value: Any, path: str, issues: list[str], depth: int, seen: set[int]
 ) -> JSON:
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         out: JSONObject = {}
         for key, item in value.items():
             # Inline fast path for the usual str key and JSON-ready scalar (record() hot path).
@@ -372,9 +373,10 @@ def redact(
         return hit
 
     def scrub(text: str) -> str:
-        if "://" in text:
+        # Substring tests first: the regular expressions run only on candidate strings.
+        if "://" in text and "@" in text:
             text = _URL_PASSWORD.sub(rf"\g<pre>{REDACTED}", text)
-        if " " in text:
+        if " " in text and _AUTH_WORD.search(text):
             text = _AUTH_HEADER.sub(rf"\g<pre>{REDACTED}", text)
         return text
 

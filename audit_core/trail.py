@@ -103,10 +103,8 @@ class AuditTrail:
         strict: bool = False,
     ) -> StoredRecord:
         """Append one record and return it once it is durable in the ledger."""
-        spec = Event(
-            type=event, data=data, subject=subject, actor=actor, trace=trace, ts=ts, chain=chain
-        )
-        stored = self.ledger.append(self.prepare(spec, strict=strict))
+        prepared = self._prepare(event, data, subject, actor, trace, ts, chain, strict)
+        stored = self.ledger.append(prepared)
         COUNTERS.incr("records_written")
         return stored
 
@@ -119,27 +117,47 @@ class AuditTrail:
 
     def prepare(self, event: Event, *, strict: bool = False) -> PreparedRecord:
         """Normalize, redact and encode ``event`` (everything but seq and prev)."""
-        limit = self.config.max_value_bytes
-        data = to_json(
-            {} if event.data is None else event.data, max_value_bytes=limit, strict=strict
+        return self._prepare(
+            event.type,
+            event.data,
+            event.subject,
+            event.actor,
+            event.trace,
+            event.ts,
+            event.chain,
+            strict,
         )
-        subject = to_json(event.subject or {}, max_value_bytes=limit, strict=strict, path="subject")
-        issues = data.issues + subject.issues
-        value = data.value
+
+    def _prepare(
+        self,
+        event: str,
+        data: object,
+        subject: Mapping[str, object] | None,
+        actor: Actor | None,
+        trace: Mapping[str, str] | None,
+        ts: dt.datetime | str | None,
+        chain: str | None,
+        strict: bool,
+    ) -> PreparedRecord:
+        limit = self.config.max_value_bytes
+        norm_data = to_json({} if data is None else data, max_value_bytes=limit, strict=strict)
+        norm_subject = to_json(subject or {}, max_value_bytes=limit, strict=strict, path="subject")
+        issues = norm_data.issues + norm_subject.issues
+        value = norm_data.value
         for processor in self.processors:
             value = processor(value)
         if issues:
             COUNTERS.incr("normalization_issues", len(issues))
             logger.warning(
-                "workflow-audit: %s recorded with conversions: %s", event.type, "; ".join(issues)
+                "workflow-audit: %s recorded with conversions: %s", event, "; ".join(issues)
             )
         return prepare(
-            chain=event.chain or self.config.chain,
-            event=event.type,
-            ts=_timestamp(event.ts),
-            actor=self._actor(event.actor, strict),
-            subject=subject.value,
-            trace=None if event.trace is None else dict(event.trace),
+            chain=chain or self.config.chain,
+            event=event,
+            ts=_timestamp(ts),
+            actor=self._actor(actor, strict),
+            subject=norm_subject.value,
+            trace=None if trace is None else dict(trace),
             data=value,
         )
 
