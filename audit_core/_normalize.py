@@ -381,21 +381,30 @@ def redact(
         return text
 
     def walk(value: JSON) -> JSON:
+        # Runs on every record: dispatch on exact types, recurse only into containers.
         kind = type(value)
         if kind is str:
             return scrub(value) if credentials_in_strings else value  # type: ignore[arg-type]
         if kind is dict:
-            return {
-                k: REDACTED if is_secret(k) else walk(v)
-                for k, v in value.items()  # type: ignore[union-attr]
-            }
+            return walk_object(value)  # type: ignore[arg-type]
         if kind is list:
             return [walk(v) for v in value]  # type: ignore[union-attr]
         return value
 
-    def processor(data: JSONObject) -> JSONObject:
-        out = walk(data)
-        assert isinstance(out, dict)
+    def walk_object(data: JSONObject) -> JSONObject:
+        out: JSONObject = {}
+        for key, value in data.items():
+            if is_secret(key):
+                out[key] = REDACTED
+            elif type(value) is str:
+                out[key] = scrub(value) if credentials_in_strings else value
+            elif type(value) is dict or type(value) is list:
+                out[key] = walk(value)
+            else:
+                out[key] = value
         return out
+
+    def processor(data: JSONObject) -> JSONObject:
+        return walk_object(data)
 
     return processor

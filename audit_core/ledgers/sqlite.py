@@ -166,7 +166,6 @@ class SqliteLedger:
         conn: sqlite3.Connection, records: Sequence[PreparedRecord]
     ) -> list[StoredRecord]:
         heads: dict[str, tuple[int, str]] = {}
-        rows: list[tuple[str, int, bytes, bytes]] = []
         stored: list[StoredRecord] = []
         for rec in records:
             head = heads.get(rec.chain)
@@ -177,9 +176,8 @@ class SqliteLedger:
             body = rec.seal(seq, head[1])
             digest = leaf_hash(body)
             heads[rec.chain] = (seq, digest.hex())
-            rows.append((rec.chain, seq, digest, body))
             stored.append(StoredRecord(rec.chain, seq, digest, body))
-        conn.executemany(_INSERT, rows)
+        conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
         return stored
 
     # -- reading -------------------------------------------------------------------------
