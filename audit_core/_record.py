@@ -4,7 +4,7 @@
 ...             actor={"type": "service", "id": "airflow"}, subject={"dag_id": "ml"},
 ...             trace=None, data={"rows": 10})
 >>> body = p.seal(0, genesis("default"))
->>> body[:60]
+>>> body[:61]
 b'{"actor":{"id":"airflow","type":"service"},"chain":"default",'
 >>> len(leaf_hash(body))
 32
