@@ -159,7 +159,11 @@ def _convert(value: Any, path: str, issues: list[str], depth: int, seen: set[int
     if value is None or kind is bool:
         return value  # type: ignore[no-any-return]
     if kind is int:
-        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
+        return (
+            value
+            if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+            else _big_int(value, path, issues)
+        )
     if kind is float:
         if math.isfinite(value):
             return value  # type: ignore[no-any-return]
@@ -244,6 +248,21 @@ def _convert_scalar(value: Any, path: str, issues: list[str], depth: int, seen: 
         return _convert(value.tolist(), path, issues, depth + 1, seen)
     issues.append(f"{path}: {type(value).__qualname__} is not JSON; recorded as its repr")
     return {"type": _type_name(value), "repr": _safe_repr(value)}
+
+
+def _big_int(value: int, path: str, issues: list[str]) -> JSON:
+    # Beyond I-JSON's range an integer is recorded exactly, as a decimal string; beyond
+    # CPython's int-to-str limit (sys.get_int_max_str_digits, 4300 digits) as its digest.
+    try:
+        return str(value)
+    except ValueError:
+        raw = value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
+        issues.append(f"{path}: an integer of {value.bit_length()} bits; replaced by its digest")
+        return {
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "bits": value.bit_length(),
+            "truncated": True,
+        }
 
 
 def _is_array_like(value: object) -> bool:

@@ -242,3 +242,19 @@ class TestRedaction:
         assert "postgresql://etl:[REDACTED]@db:5432/prod" == out["dsn_url"]
         assert "401 for header Bearer [REDACTED]" == out["msg"]
         assert "http://example.invalid/path" == out["plain"]
+
+
+class TestHostileInput:
+    """Inputs meant to break a naive serializer are recorded, never raised."""
+
+    def test_integer_beyond_str_conversion_limit(self) -> None:
+        """An integer too large for str() (CPython's 4300-digit limit) becomes a digest."""
+        result = to_json({"x": 10**5000, "y": 2**60})
+        assert True is result.value["x"]["truncated"]  # type: ignore[index,call-overload]
+        assert str(2**60) == result.value["y"]
+        assert 1 == len(result.issues)
+
+    def test_huge_list_is_digested(self) -> None:
+        """A list of a million numbers is replaced by its digest, not recorded whole."""
+        result = to_json({"xs": list(range(1_000_000))})
+        assert True is result.value["xs"]["truncated"]  # type: ignore[index,call-overload]
