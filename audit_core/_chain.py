@@ -23,13 +23,14 @@ and ``expect_head`` (kept elsewhere by the caller) catch the first, signed Merkl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from audit_core._jcs import canonical_bytes
+from audit_core._merkle import EMPTY_ROOT, node_hash
 from audit_core._record import (
     EVENT_TYPE,
     FIELDS,
@@ -41,6 +42,7 @@ from audit_core._record import (
 )
 from audit_core.errors import (
     BrokenLinkError,
+    CheckpointError,
     FormatError,
     HashMismatchError,
     HeadMismatchError,
@@ -50,7 +52,7 @@ from audit_core.errors import (
     VerificationError,
 )
 
-__all__ = ["ChainHead", "check_head", "verify_records"]
+__all__ = ["ChainHead", "TreeHeadClaim", "check_head", "verify_records"]
 
 _FIELD_SET = frozenset(FIELDS)
 _TIMESTAMP_MATCH = TIMESTAMP.fullmatch
@@ -58,11 +60,23 @@ _TIMESTAMP_MATCH = TIMESTAMP.fullmatch
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
-    """What a verified chain amounts to: its size and the hash of its last record."""
+    """What a verified chain amounts to: its size, the hash of its last record, and the
+    RFC 9162 Merkle root over all its record hashes."""
 
     chain: str
     size: int
     head: str  # hex hash of record size-1; the genesis value when the chain is empty
+    root: str = EMPTY_ROOT.hex()  # hex Merkle tree hash of the chain's records
+    checkpoints: int = 0  # how many checkpoints (tree head claims) the records matched
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHeadClaim:
+    """A tree size and root the records must reproduce (a checkpoint), and how to name it."""
+
+    size: int
+    root: bytes
+    label: str  # "stored checkpoint at size 1000", "checkpoint file cp.txt", …
 
 
 def _short(h: str) -> str:
@@ -78,14 +92,23 @@ def verify_records(
     chain: str,
     records: Iterable[StoredRecord],
     *,
+    claims: Sequence[TreeHeadClaim] = (),
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
 ) -> ChainHead:
-    """Verify one chain's records, given in stored order, and return its head."""
+    """Verify one chain's records, given in stored order, and return its head.
+
+    ``claims`` (checkpoints) are checked as the tree passes their size: the Merkle root of
+    the records so far must equal the claimed root, and a claim beyond the last record means
+    the tail was cut off.
+    """
     prev = genesis(chain)
     seq = 0
     loads, canon, lhash = orjson.loads, canonical_bytes, leaf_hash
     events: set[str] = set()
+    pending = sorted(claims, key=lambda c: c.size)
+    claim_at = pending[0].size if pending else -1
+    stack: list[bytes] = []  # the RFC 9162 compact frontier, as in Frontier.append
     # The hot loop of `workflow-audit verify`: only checks here; errors are built elsewhere.
     for _, stored_seq, stored_hash, body in records:
         if stored_seq != seq:
@@ -103,13 +126,58 @@ def verify_records(
         _check_format(chain, seq, value, events)
         if value["prev"] != prev:
             raise _link_error(chain, seq, prev, value["prev"])
+        node, n = digest, seq
+        while n & 1:
+            node = node_hash(stack.pop(), node)
+            n >>= 1
+        stack.append(node)
         prev = digest.hex()
         seq += 1
+        if seq == claim_at:
+            _check_claim(chain, pending.pop(0), _fold(stack))
+            while pending and pending[0].size == seq:  # several claims at one size
+                _check_claim(chain, pending.pop(0), _fold(stack))
+            claim_at = pending[0].size if pending else -1
         if on_progress is not None and seq % progress_every == 0:
             on_progress(seq)
     if on_progress is not None:
         on_progress(seq)
-    return ChainHead(chain=chain, size=seq, head=prev)
+    root = _fold(stack)
+    for claim in pending:
+        if claim.size == 0:
+            _check_claim(chain, claim, root)
+            continue
+        raise CheckpointError(
+            f"chain {chain!r} has {seq} records but the {claim.label} covers {claim.size}: "
+            f"the last {claim.size - seq} record(s) were removed after it was signed",
+            chain=chain,
+            seq=seq,
+            expected=f"at least {claim.size} records",
+            found=f"{seq} records",
+        )
+    return ChainHead(chain=chain, size=seq, head=prev, root=root.hex(), checkpoints=len(claims))
+
+
+def _fold(stack: Sequence[bytes]) -> bytes:
+    if not stack:
+        return EMPTY_ROOT
+    root = stack[-1]
+    for left in reversed(stack[:-1]):
+        root = node_hash(left, root)
+    return root
+
+
+def _check_claim(chain: str, claim: TreeHeadClaim, root: bytes) -> None:
+    if root != claim.root:
+        raise CheckpointError(
+            f"chain {chain!r}: the records' Merkle root at tree size {claim.size} is "
+            f"{root.hex()[:16]}…, but the {claim.label} says {claim.root.hex()[:16]}…: "
+            f"records before seq {claim.size} were rewritten after it was signed",
+            chain=chain,
+            seq=claim.size - 1,
+            expected=claim.root.hex(),
+            found=root.hex(),
+        )
 
 
 def _unreadable_error(

@@ -38,6 +38,7 @@ __all__ = [
     "TIMESTAMP",
     "PreparedRecord",
     "Record",
+    "StoredCheckpoint",
     "StoredRecord",
     "genesis",
     "leaf_hash",
@@ -87,6 +88,17 @@ class StoredRecord(NamedTuple):
     seq: int
     hash: bytes
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A signed checkpoint as a ledger holds it (docs/FORMAT.md, "Checkpoints")."""
+
+    chain: str
+    size: int
+    root: bytes
+    note: str  # the signed note: c2sp.org/tlog-checkpoint text, c2sp.org/signed-note lines
+    created: str  # RFC 3339 UTC
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,15 @@ Environment variables (all optional; README "Configuration" lists them too):
 ``WORKFLOW_AUDIT_MAX_VALUE_BYTES`` values larger than this become a digest (default 16384)
 ``WORKFLOW_AUDIT_REDACT_KEYS``     comma-separated extra key patterns (regular expressions)
                                    to redact, added to the built-in list
+``WORKFLOW_AUDIT_SIGNING_KEY``     checkpoint signing key: a ``PRIVATE+KEY+…`` string or the
+                                   path of a file holding one (default: a local key created
+                                   beside the ledger, ``<ledger>.key``, announced loudly)
+``WORKFLOW_AUDIT_ORIGIN``          checkpoint origin prefix; a chain's origin is
+                                   ``<prefix>/<chain>`` (default: the signing key's name)
+``WORKFLOW_AUDIT_CHECKPOINT_EVERY``  sign a checkpoint every N records (default 1000; 0: only
+                                   on demand and when a trail closes)
+``WORKFLOW_AUDIT_CHECKPOINT_INTERVAL``  ... or when the last one is older than this many
+                                   seconds at the next append (default 300)
 =================================  ==========================================================
 """
 
@@ -65,6 +74,10 @@ class AuditConfig:
     busy_timeout_s: float = 30.0
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
+    signing_key: str | None = None
+    origin: str | None = None
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -75,6 +88,8 @@ class AuditConfig:
             raise ConfigError(f"busy_timeout_s must be positive, not {self.busy_timeout_s}")
         if self.max_value_bytes < 64:
             raise ConfigError(f"max_value_bytes must be at least 64, not {self.max_value_bytes}")
+        if self.checkpoint_every < 0 or self.checkpoint_interval_s <= 0:
+            raise ConfigError("checkpoint_every must be >= 0 and checkpoint_interval_s > 0")
         if len(self.actor) != 2 or not all(self.actor):
             raise ConfigError(f"actor must be (type, id), both non-empty, not {self.actor!r}")
 
@@ -99,6 +114,14 @@ class AuditConfig:
             values["busy_timeout_s"] = _number(ENV_PREFIX + "BUSY_TIMEOUT", v, float)
         if v := get(ENV_PREFIX + "MAX_VALUE_BYTES"):
             values["max_value_bytes"] = _number(ENV_PREFIX + "MAX_VALUE_BYTES", v, int)
+        if v := get(ENV_PREFIX + "SIGNING_KEY"):
+            values["signing_key"] = v
+        if v := get(ENV_PREFIX + "ORIGIN"):
+            values["origin"] = v
+        if v := get(ENV_PREFIX + "CHECKPOINT_EVERY"):
+            values["checkpoint_every"] = _number(ENV_PREFIX + "CHECKPOINT_EVERY", v, int)
+        if v := get(ENV_PREFIX + "CHECKPOINT_INTERVAL"):
+            values["checkpoint_interval_s"] = _number(ENV_PREFIX + "CHECKPOINT_INTERVAL", v, float)
         if v := get(ENV_PREFIX + "REDACT_KEYS"):
             extra = tuple(p.strip() for p in v.split(",") if p.strip())
             values["redact_keys"] = DEFAULT_REDACT_KEYS + extra

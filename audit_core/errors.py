@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "AuditError",
     "BrokenLinkError",
+    "CheckpointError",
     "ConfigError",
     "FormatError",
     "HashMismatchError",
@@ -20,7 +21,9 @@ __all__ = [
     "InvalidRecordError",
     "LedgerError",
     "NonCanonicalError",
+    "ProofError",
     "SequenceError",
+    "SignatureError",
     "VerificationError",
 ]
 
@@ -102,3 +105,18 @@ class HeadMismatchError(VerificationError):
     """The chain's size or head hash differs from what the caller expected (truncation)."""
 
     reason = "head"
+
+
+class ProofError(AuditError):
+    """A Merkle inclusion or consistency proof does not verify (RFC 9162 §2.1.3.2, §2.1.4.2)."""
+
+
+class SignatureError(AuditError):
+    """A key is malformed, or a signed note has no valid signature from a trusted key."""
+
+
+class CheckpointError(VerificationError):
+    """The records do not match a signed checkpoint: the tail was cut, or the chain was
+    rewritten or forked after the checkpoint was signed."""
+
+    reason = "checkpoint"

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from audit_core._metrics import COUNTERS
@@ -30,10 +32,12 @@ from audit_core._normalize import (
     redact,
     to_json,
 )
-from audit_core._record import TIMESTAMP, PreparedRecord, StoredRecord, prepare
-from audit_core.config import AuditConfig
-from audit_core.errors import InvalidRecordError
-from audit_core.ledgers import Ledger, open_ledger
+from audit_core._note import Signer
+from audit_core._record import TIMESTAMP, PreparedRecord, StoredCheckpoint, StoredRecord, prepare
+from audit_core.checkpoint import load_signer, write_checkpoint
+from audit_core.config import AuditConfig, default_ledger_url
+from audit_core.errors import AuditError, ConfigError, InvalidRecordError
+from audit_core.ledgers import Ledger, ledger_path, open_ledger
 
 __all__ = ["AuditTrail", "Event"]
 
@@ -74,6 +78,10 @@ class AuditTrail:
         if processors is None:
             processors = (redact(self.config.redact_keys),)
         self.processors = tuple(processors)
+        self._signer: Signer | None = None
+        # chain -> (size of the latest checkpoint, time.monotonic() it was known at)
+        self._checkpointed: dict[str, tuple[int, float]] = {}
+        self._written: dict[str, int] = {}  # chain -> tree size after our last append
 
     def __enter__(self) -> AuditTrail:
         return self
@@ -87,8 +95,61 @@ class AuditTrail:
         self.close()
 
     def close(self) -> None:
-        """Close the ledger; idempotent."""
+        """Sign a checkpoint over what this trail wrote (unless checkpoints are off), then
+        close the ledger; idempotent."""
+        if self.config.checkpoint_every > 0:
+            for chain, size in list(self._written.items()):
+                if size > self._checkpointed.get(chain, (0, 0.0))[0]:
+                    self._auto_checkpoint(chain)
+        self._written.clear()
         self.ledger.close()
+
+    @property
+    def signer(self) -> Signer:
+        """The checkpoint signing key (loaded, or created beside the ledger, on first use)."""
+        if self._signer is None:
+            self._signer = load_signer(
+                self.config.signing_key,
+                default_path=_default_key_path(self.config.ledger_url),
+                name=f"workflow-audit.local/{socket.gethostname()}",
+            )
+        return self._signer
+
+    def origin(self, chain: str) -> str:
+        """The origin line of ``chain``'s checkpoints."""
+        return f"{self.config.origin or self.signer.name}/{chain}"
+
+    def checkpoint(self, chain: str | None = None) -> StoredCheckpoint | None:
+        """Sign and store a checkpoint of ``chain`` now (None: the chain has no records)."""
+        name = chain or self.config.chain
+        stored = write_checkpoint(self.ledger, name, self.signer, origin=self.origin(name))
+        if stored is not None:
+            self._checkpointed[name] = (stored.size, time.monotonic())
+            COUNTERS.incr("checkpoints_signed")
+        return stored
+
+    def _after_append(self, chain: str, size: int) -> None:
+        self._written[chain] = size
+        every = self.config.checkpoint_every
+        if every <= 0:
+            return
+        last = self._checkpointed.get(chain)
+        if last is None:
+            stored = self.ledger.checkpoints(chain)
+            last = (stored[-1].size if stored else 0, time.monotonic())
+            self._checkpointed[chain] = last
+        due = size - last[0] >= every
+        if due or time.monotonic() - last[1] >= self.config.checkpoint_interval_s:
+            self._auto_checkpoint(chain)
+
+    def _auto_checkpoint(self, chain: str) -> None:
+        # The records are durable already: a checkpoint that cannot be signed now is logged,
+        # counted and tried again at the next append; it never fails record().
+        try:
+            self.checkpoint(chain)
+        except AuditError:
+            COUNTERS.incr("checkpoint_failures")
+            logger.exception("workflow-audit: could not sign a checkpoint of chain %r", chain)
 
     def record(
         self,
@@ -106,6 +167,7 @@ class AuditTrail:
         prepared = self._prepare(event, data, subject, actor, trace, ts, chain, strict)
         stored = self.ledger.append(prepared)
         COUNTERS.incr("records_written")
+        self._after_append(stored.chain, stored.seq + 1)
         return stored
 
     def record_many(self, events: Iterable[Event], *, strict: bool = False) -> list[StoredRecord]:
@@ -113,6 +175,9 @@ class AuditTrail:
         prepared = [self.prepare(e, strict=strict) for e in events]
         stored = self.ledger.append_many(prepared)
         COUNTERS.incr("records_written", len(stored))
+        last: dict[str, int] = {s.chain: s.seq + 1 for s in stored}
+        for chain, size in last.items():
+            self._after_append(chain, size)
         return stored
 
     def prepare(self, event: Event, *, strict: bool = False) -> PreparedRecord:
@@ -168,6 +233,15 @@ class AuditTrail:
         if isinstance(actor, tuple):
             return {"type": str(actor[0]), "id": str(actor[1])}
         return to_json(actor, strict=strict, path="actor").value
+
+
+def _default_key_path(ledger_url: str) -> Path | None:
+    """``<ledger file>.key`` for a SQLite ledger; None (a throw-away key) for one in memory."""
+    try:
+        path = ledger_path(ledger_url)
+    except ConfigError:  # not a file ledger: the user's data directory
+        return Path(default_ledger_url()[len("sqlite:///") :]).with_name("signing.key")
+    return None if path is None else path.with_name(path.name + ".key")
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]

@@ -15,31 +15,115 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from audit_core._chain import ChainHead, check_head, verify_records
-from audit_core.errors import HeadMismatchError
+from audit_core._chain import ChainHead, TreeHeadClaim, check_head, verify_records
+from audit_core._note import Verifier, unverified_text
+from audit_core.checkpoint import Checkpoint, open_checkpoint
+from audit_core.errors import CheckpointError, HeadMismatchError, SignatureError
 from audit_core.ledgers import Ledger
 
-__all__ = ["ChainHead", "verify_chain", "verify_ledger"]
+__all__ = ["ChainHead", "stored_claims", "verify_chain", "verify_ledger"]
 
 
 def verify_chain(
     ledger: Ledger,
     chain: str,
     *,
+    keys: Sequence[Verifier] = (),
+    external: Sequence[tuple[Checkpoint, str]] = (),
     expect_size: int | None = None,
     expect_head: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ChainHead:
-    """Verify one chain; with ``expect_size``/``expect_head`` also detect a cut-off tail."""
-    head = verify_records(chain, ledger.read(chain), on_progress=on_progress)
+    """Verify one chain: every record, every link, the Merkle root at every stored
+    checkpoint (signatures too when ``keys`` are given), each ``external`` checkpoint (already
+    opened with trusted keys; the string names it in messages), and the stored frontier."""
+    claims = stored_claims(ledger, chain, keys)
+    for checkpoint, label in external:
+        _check_origin(chain, checkpoint, label)
+        claims.append(
+            TreeHeadClaim(checkpoint.size, checkpoint.root, f"{label} ({checkpoint.origin})")
+        )
+    head = verify_records(chain, ledger.read(chain), claims=claims, on_progress=on_progress)
     check_head(head, expect_size=expect_size, expect_head=expect_head)
+    _check_frontier(ledger, head)
     return head
+
+
+def stored_claims(ledger: Ledger, chain: str, keys: Sequence[Verifier]) -> list[TreeHeadClaim]:
+    """The chain's stored checkpoints as claims; with ``keys``, each signature is verified."""
+    claims = []
+    for stored in ledger.checkpoints(chain):
+        label = f"stored checkpoint at tree size {stored.size}"
+        try:
+            checkpoint = (
+                open_checkpoint(stored.note, keys)
+                if keys
+                else Checkpoint.parse(unverified_text(stored.note))
+            )
+        except (SignatureError, CheckpointError) as exc:
+            raise CheckpointError(
+                f"chain {chain!r}: the {label} does not verify: {exc} (forged, or signed by "
+                "another key than the one given)",
+                chain=chain,
+                seq=stored.size - 1,
+                expected="a checkpoint signed by " + ", ".join(map(str, keys)) if keys else None,
+                found=stored.note.split("\n", 1)[0],
+            ) from exc
+        _check_origin(chain, checkpoint, label)
+        if (checkpoint.size, checkpoint.root) != (stored.size, stored.root):
+            raise CheckpointError(
+                f"chain {chain!r}: the {label} says size {checkpoint.size}, root "
+                f"{checkpoint.root.hex()[:16]}… in its signed text but {stored.size}, "
+                f"{stored.root.hex()[:16]}… in the ledger's columns",
+                chain=chain,
+                seq=stored.size - 1,
+                expected=checkpoint.root.hex(),
+                found=stored.root.hex(),
+            )
+        claims.append(TreeHeadClaim(stored.size, stored.root, f"{label} ({checkpoint.origin})"))
+    return claims
+
+
+def _check_origin(chain: str, checkpoint: Checkpoint, label: str) -> None:
+    if not checkpoint.origin.endswith("/" + chain):
+        raise CheckpointError(
+            f"the {label} is for origin {checkpoint.origin!r}, not for chain {chain!r}",
+            chain=chain,
+            seq=None,
+            expected=f".../{chain}",
+            found=checkpoint.origin,
+        )
+
+
+def _check_frontier(ledger: Ledger, head: ChainHead) -> None:
+    # The stored frontier is what the next checkpoint will be signed from: it must describe
+    # these records. More leaves than records: records were deleted under it.
+    size, root = ledger.tree_head(head.chain)
+    if size == 0 and head.size > 0:
+        return  # a ledger written before Merkle trees; the next append rebuilds the frontier
+    if (size, root.hex()) != (head.size, head.root):
+        if size > head.size:
+            what = f"the last {size - head.size} record(s) were removed"
+        elif size < head.size:
+            what = "records were added outside workflow-audit"
+        else:
+            what = "records were rewritten"
+        raise CheckpointError(
+            f"chain {head.chain!r}: the ledger's Merkle frontier is for {size} records "
+            f"(root {root.hex()[:16]}…) but {head.size} records verify (root "
+            f"{head.root[:16]}…): {what}",
+            chain=head.chain,
+            seq=head.size - 1 if head.size else None,
+            expected=f"{size} {root.hex()}",
+            found=f"{head.size} {head.root}",
+        )
 
 
 def verify_ledger(
     ledger: Ledger,
     chains: Sequence[str] | None = None,
     *,
+    keys: Sequence[Verifier] = (),
     on_progress: Callable[[str, int], None] | None = None,
 ) -> list[ChainHead]:
     """Verify ``chains`` (default: every chain in the ledger). A chain named explicitly
@@ -48,7 +132,7 @@ def verify_ledger(
     heads = []
     for name in names:
         progress = None if on_progress is None else _bind(on_progress, name)
-        head = verify_chain(ledger, name, on_progress=progress)
+        head = verify_chain(ledger, name, keys=keys, on_progress=progress)
         if chains is not None and head.size == 0:
             raise HeadMismatchError(
                 f"chain {name!r} has no records (never written, or deleted)",

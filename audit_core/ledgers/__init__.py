@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from audit_core._record import PreparedRecord, StoredRecord
+from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
 from audit_core.errors import ConfigError
 
 __all__ = ["Ledger", "ledger_path", "open_ledger"]
@@ -46,6 +46,22 @@ class Ledger(Protocol):
 
     def chains(self) -> list[str]:
         """The ids of every chain with at least one record, sorted."""
+        ...
+
+    def tree_head(self, chain: str) -> tuple[int, bytes]:
+        """``(size, root)`` of the chain's RFC 9162 Merkle tree, in O(log n)."""
+        ...
+
+    def node(self, chain: str, level: int, index: int) -> bytes:
+        """Hash of the complete subtree ``(level, index)`` (level 0: a record's hash)."""
+        ...
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        """Store a signed checkpoint; False if one of that size is stored already."""
+        ...
+
+    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
+        """The chain's signed checkpoints, smallest tree first."""
         ...
 
     def get_cursor(self, name: str, chain: str) -> int:

@@ -21,6 +21,7 @@ drops the triggers is caught by ``workflow-audit verify``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -28,10 +29,14 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
-from audit_core._record import PreparedRecord, StoredRecord, genesis, leaf_hash
+from audit_core._merkle import Frontier
+from audit_core._metrics import COUNTERS
+from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
 from audit_core.errors import ConfigError, LedgerError
 
 __all__ = ["SCHEMA_VERSION", "SqliteLedger"]
+
+logger = logging.getLogger("workflow_audit")
 
 SCHEMA_VERSION = 1
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -54,6 +59,36 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq   INTEGER NOT NULL,
     PRIMARY KEY (name, chain)
 );
+-- RFC 9162 Merkle tree of each chain: the compact frontier (one row a chain, rewritten by
+-- every append, in the same transaction), and every complete subtree of level >= 1 as it
+-- forms (about one a record), so proofs need O(log^2 n) reads instead of a rescan.
+CREATE TABLE IF NOT EXISTS merkle_frontier (
+    chain    TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    frontier BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    chain TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (chain, level, idx)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
+BEGIN SELECT RAISE(ABORT, 'workflow-audit Merkle nodes are append-only'); END;
+-- Signed checkpoints (c2sp.org/tlog-checkpoint in a c2sp.org/signed-note).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    chain   TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    root    BLOB NOT NULL,
+    note    TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (chain, size)
+);
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'workflow-audit checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'workflow-audit checkpoints are append-only'); END;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
@@ -61,6 +96,8 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 _HEAD = "SELECT seq, hash, body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _LAST = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _INSERT = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
+_INSERT_NODE = "INSERT OR REPLACE INTO merkle_nodes (chain, level, idx, hash) VALUES (?, ?, ?, ?)"
+_SAVE_FRONTIER = "INSERT OR REPLACE INTO merkle_frontier (chain, size, frontier) VALUES (?, ?, ?)"
 
 
 class SqliteLedger:
@@ -166,18 +203,28 @@ class SqliteLedger:
         conn: sqlite3.Connection, records: Sequence[PreparedRecord]
     ) -> list[StoredRecord]:
         heads: dict[str, tuple[int, str]] = {}
+        frontiers: dict[str, Frontier] = {}
+        completed: list[tuple[int, int, bytes]] = []
+        nodes: list[tuple[str, int, int, bytes]] = []
         stored: list[StoredRecord] = []
         for rec in records:
-            head = heads.get(rec.chain)
+            chain = rec.chain
+            head = heads.get(chain)
             if head is None:
-                row = conn.execute(_LAST, (rec.chain,)).fetchone()
-                head = (-1, genesis(rec.chain)) if row is None else (row[0], row[1].hex())
+                row = conn.execute(_LAST, (chain,)).fetchone()
+                head = (-1, genesis(chain)) if row is None else (row[0], row[1].hex())
+                frontiers[chain] = _load_frontier(conn, chain, head[0] + 1)
             seq = head[0] + 1
             body = rec.seal(seq, head[1])
             digest = leaf_hash(body)
-            heads[rec.chain] = (seq, digest.hex())
-            stored.append(StoredRecord(rec.chain, seq, digest, body))
+            heads[chain] = (seq, digest.hex())
+            stored.append(StoredRecord(chain, seq, digest, body))
+            frontiers[chain] = frontiers[chain].append(digest, completed)
+            nodes += [(chain, level, idx, h) for level, idx, h in completed]
+            completed.clear()
         conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
+        conn.executemany(_INSERT_NODE, nodes)
+        conn.executemany(_SAVE_FRONTIER, [(c, f.size, f.to_bytes()) for c, f in frontiers.items()])
         return stored
 
     # -- reading -------------------------------------------------------------------------
@@ -237,6 +284,75 @@ class SqliteLedger:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
         return [r[0] for r in rows]
 
+    # -- Merkle tree and checkpoints -----------------------------------------------------
+
+    def tree_head(self, chain: str) -> tuple[int, bytes]:
+        """``(size, root)`` of the chain's Merkle tree, from the stored frontier (O(log n))."""
+        with self._lock:
+            try:
+                row = (
+                    self._connection()
+                    .execute("SELECT size, frontier FROM merkle_frontier WHERE chain = ?", (chain,))
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        if row is None:
+            return (0, Frontier.empty().root())
+        return (row[0], Frontier.from_bytes(row[0], row[1]).root())
+
+    def node(self, chain: str, level: int, index: int) -> bytes:
+        """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""
+        if level == 0:
+            sql, args = "SELECT hash FROM records WHERE chain = ? AND seq = ?", (chain, index)
+        else:
+            sql = "SELECT hash FROM merkle_nodes WHERE chain = ? AND level = ? AND idx = ?"
+            args = (chain, level, index)  # type: ignore[assignment]
+        with self._lock:
+            try:
+                row = self._connection().execute(sql, args).fetchone()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        if row is None or not isinstance(row[0], bytes):
+            raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
+        return bytes(row[0])
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        """Store a signed checkpoint; False when one of that size is already stored."""
+        with self._lock:
+            try:
+                cur = self._connection().execute(
+                    "INSERT OR IGNORE INTO checkpoints (chain, size, root, note, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        checkpoint.chain,
+                        checkpoint.size,
+                        checkpoint.root,
+                        checkpoint.note,
+                        checkpoint.created,
+                    ),
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
+        return cur.rowcount == 1
+
+    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
+        """The chain's stored checkpoints, smallest tree first."""
+        with self._lock:
+            try:
+                rows = (
+                    self._connection()
+                    .execute(
+                        "SELECT chain, size, root, note, created FROM checkpoints "
+                        "WHERE chain = ? ORDER BY size",
+                        (chain,),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        return [StoredCheckpoint(*row) for row in rows]
+
     # -- consumer cursors (sinks) ----------------------------------------------------------
 
     def get_cursor(self, name: str, chain: str) -> int:
@@ -257,6 +373,29 @@ class SqliteLedger:
                 "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
                 (name, chain, seq),
             )
+
+
+def _load_frontier(conn: sqlite3.Connection, chain: str, size: int) -> Frontier:
+    """The chain's stored frontier; rebuilt from the record hashes when it is missing or does
+    not match the records (a ledger written before Merkle trees existed, or tampering)."""
+    row = conn.execute("SELECT size, frontier FROM merkle_frontier WHERE chain = ?", (chain,))
+    found = row.fetchone()
+    if found is not None and found[0] == size:
+        return Frontier.from_bytes(found[0], found[1])
+    if size:
+        logger.warning(
+            "workflow-audit: rebuilding the Merkle tree of chain %r from its %d records "
+            "(stored frontier: %s)",
+            chain,
+            size,
+            "none" if found is None else f"size {found[0]}",
+        )
+        COUNTERS.incr("merkle_rebuilds")
+    completed: list[tuple[int, int, bytes]] = []
+    hashes = conn.execute("SELECT hash FROM records WHERE chain = ? ORDER BY seq", (chain,))
+    frontier = Frontier.empty().extend((h for (h,) in hashes), completed)
+    conn.executemany(_INSERT_NODE, [(chain, lvl, idx, h) for lvl, idx, h in completed])
+    return frontier
 
 
 def _lenient_text(raw: bytes) -> str:

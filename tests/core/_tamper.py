@@ -128,6 +128,15 @@ def delete(path: Path, chain: str, seq: int) -> None:
         conn.execute("DELETE FROM records WHERE chain = ? AND seq = ?", (chain, seq))
 
 
+def cover_tracks(path: Path, chain: str) -> None:
+    """What a careful attacker adds to a cut or rewrite: delete the chain's stored checkpoints
+    and Merkle frontier, so only a checkpoint or head kept elsewhere can tell."""
+    with _tampering(path) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+        conn.execute("DELETE FROM checkpoints WHERE chain = ?", (chain,))
+        conn.execute("DELETE FROM merkle_frontier WHERE chain = ?", (chain,))
+
+
 def swap(path: Path, chain: str, seq_a: int, seq_b: int) -> None:
     """Exchange the stored ``(hash, body)`` of two records; their row seqs stay."""
     a, b = row(path, chain, seq_a), row(path, chain, seq_b)

@@ -147,6 +147,8 @@ class TestVerifyCommand:
     def test_truncated_ledger_fails_expect_size(self, cli: Any, populated: Path) -> None:
         """--expect-size with --chain exits 1 when the last record was cut off."""
         _tamper.delete(populated, CHAIN, SIZE - 1)
+        assert 1 == cli("verify", "--ledger", populated).code  # the stored checkpoint
+        _tamper.cover_tracks(populated, CHAIN)
         assert 0 == cli("verify", "--ledger", populated).code
         run = cli("verify", "--ledger", populated, "--chain", CHAIN, "--expect-size", str(SIZE))
         assert 1 == run.code
@@ -156,6 +158,7 @@ class TestVerifyCommand:
         """--expect-head with --chain exits 1 when the last record was cut off."""
         head = head_of(populated)
         _tamper.delete(populated, CHAIN, SIZE - 1)
+        _tamper.cover_tracks(populated, CHAIN)
         run = cli("verify", "--ledger", populated, "--chain", CHAIN, "--expect-head", head)
         assert 1 == run.code
         assert f"expected: {head}\n" in run.err

@@ -28,6 +28,7 @@ from audit_core import (
 )
 from audit_core.errors import (
     BrokenLinkError,
+    CheckpointError,
     FormatError,
     HashMismatchError,
     HeadMismatchError,
@@ -36,6 +37,12 @@ from audit_core.errors import (
 )
 from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core import _tamper
+
+
+def _trip(head: ChainHead) -> tuple[str, int, str]:
+    """A verified head without its Merkle root (roots are checked in test_checkpoint.py)."""
+    return (head.chain, head.size, head.head)
+
 
 CHAIN = "default"
 #: Six records with varied payloads: numbers RFC 8785 writes specially, non-ASCII text and keys.
@@ -107,7 +114,7 @@ class TestVerifyChain:
 
     def test_untouched_chain_is_valid(self, six: Path) -> None:
         """A freshly written chain verifies to its size and the hash of its last record."""
-        assert ChainHead(CHAIN, SIZE, hashes(six)[-1]) == verify(six)
+        assert (CHAIN, SIZE, hashes(six)[-1]) == _trip(verify(six))
 
     def test_long_chain_is_valid(self, trail: AuditTrail) -> None:
         """A chain of a few hundred records written in batches verifies end to end."""
@@ -118,17 +125,17 @@ class TestVerifyChain:
             )
         head = trail.ledger.head(CHAIN)
         assert head is not None
-        assert ChainHead(CHAIN, 300, head.hash.hex()) == verify_chain(trail.ledger, CHAIN)
+        assert (CHAIN, 300, head.hash.hex()) == _trip(verify_chain(trail.ledger, CHAIN))
 
     def test_empty_chain_has_genesis_head(self, six: Path) -> None:
         """A chain without records verifies to size 0 and its genesis value."""
-        assert ChainHead("other", 0, genesis("other")) == verify(six, "other")
+        assert ("other", 0, genesis("other")) == _trip(verify(six, "other"))
 
     def test_expectations_that_hold_pass(self, six: Path) -> None:
         """expect_size and expect_head (any letter case) that match the chain pass."""
         head = hashes(six)[-1]
-        expected = ChainHead(CHAIN, SIZE, head)
-        assert expected == verify(six, expect_size=SIZE, expect_head=head.upper())
+        expected = (CHAIN, SIZE, head)
+        assert expected == _trip(verify(six, expect_size=SIZE, expect_head=head.upper()))
 
     def test_progress_reports_the_final_count(self, six: Path) -> None:
         """on_progress is called with the number of records verified when the chain ends."""
@@ -173,10 +180,14 @@ class TestChangedRecord:
         assert (old, "00" * 32) == (info.value.expected, info.value.found)
 
     def test_rewritten_last_record_is_caught_by_expect_head(self, six: Path) -> None:
-        """A rewritten, rehashed last record passes alone, and fails against the old head."""
+        """A rewritten, rehashed last record fails the stored checkpoint; with the checkpoint
+        and frontier deleted too, it passes alone and fails against the old head."""
         old = hashes(six)[-1]
         body = _tamper.edit_body(six, CHAIN, SIZE - 1, lambda r: {**r, "data": {}}, rehash=True)
-        assert ChainHead(CHAIN, SIZE, leaf_hash(body).hex()) == verify(six)
+        with pytest.raises(CheckpointError, match=f"tree size {SIZE}"):
+            verify(six)
+        _tamper.cover_tracks(six, CHAIN)
+        assert (CHAIN, SIZE, leaf_hash(body).hex()) == _trip(verify(six))
         with pytest.raises(HeadMismatchError) as info:
             verify(six, expect_head=old)
         assert (old, leaf_hash(body).hex()) == (info.value.expected, info.value.found)
@@ -228,15 +239,25 @@ class TestRemovedOrMovedRecords:
             verify(six)
         assert_names(info.value, CHAIN, 0)
 
-    def test_deleted_last_record_passes_without_expectations(self, six: Path) -> None:
-        """Cutting the last record off leaves a valid, shorter chain (the known limit)."""
+    def test_deleted_last_record_fails_the_stored_checkpoint(self, six: Path) -> None:
+        """Cutting the last record off fails: the stored checkpoint covers it."""
+        _tamper.delete(six, CHAIN, SIZE - 1)
+        with pytest.raises(CheckpointError, match=r"last 1 record\(s\) were removed") as info:
+            verify(six)
+        assert (CHAIN, SIZE - 1) == (info.value.chain, info.value.seq)
+
+    def test_deleted_last_record_and_checkpoints_pass_without_expectations(self, six: Path) -> None:
+        """Cutting the last record and the stored checkpoints leaves a valid, shorter chain:
+        the known limit, which an external checkpoint or head closes."""
         before = hashes(six)
         _tamper.delete(six, CHAIN, SIZE - 1)
-        assert ChainHead(CHAIN, SIZE - 1, before[-2]) == verify(six)
+        _tamper.cover_tracks(six, CHAIN)
+        assert (CHAIN, SIZE - 1, before[-2]) == _trip(verify(six))
 
     def test_deleted_last_record_fails_expect_size(self, six: Path) -> None:
         """Cutting the last record off fails with HeadMismatchError given the old size."""
         _tamper.delete(six, CHAIN, SIZE - 1)
+        _tamper.cover_tracks(six, CHAIN)
         with pytest.raises(HeadMismatchError, match="missing from the tail") as info:
             verify(six, expect_size=SIZE)
         assert (CHAIN, SIZE - 2) == (info.value.chain, info.value.seq)
@@ -247,6 +268,7 @@ class TestRemovedOrMovedRecords:
         """Cutting the last record off fails with HeadMismatchError given the old head hash."""
         before = hashes(six)
         _tamper.delete(six, CHAIN, SIZE - 1)
+        _tamper.cover_tracks(six, CHAIN)
         with pytest.raises(HeadMismatchError) as info:
             verify(six, expect_head=before[-1])
         assert (CHAIN, SIZE - 2) == (info.value.chain, info.value.seq)
@@ -269,10 +291,14 @@ class TestRemovedOrMovedRecords:
         assert (str(MIDDLE + 1), str(MIDDLE)) == (info.value.expected, info.value.found)
 
     def test_forged_record_appended_is_caught_by_expectations(self, six: Path) -> None:
-        """A well-linked record appended at the end passes alone and fails the old size/head."""
+        """A well-linked record appended behind the ledger's back fails the Merkle frontier;
+        with the frontier deleted too it passes alone and fails the old size/head."""
         before = hashes(six)
         forged = _tamper.insert_forged(six, CHAIN, SIZE, {"approved": True})
-        assert ChainHead(CHAIN, SIZE + 1, forged.hex()) == verify(six)
+        with pytest.raises(CheckpointError, match="added outside workflow-audit"):
+            verify(six)
+        _tamper.cover_tracks(six, CHAIN)
+        assert (CHAIN, SIZE + 1, forged.hex()) == _trip(verify(six))
         with pytest.raises(HeadMismatchError, match="it grew"):
             verify(six, expect_size=SIZE)
         with pytest.raises(HeadMismatchError) as info:
@@ -408,11 +434,11 @@ class TestVerifyLedger:
         heads = verify_ledger(ledger)
         ledger.close()
         expected = [
-            ChainHead("a", SIZE, hashes(several, "a")[-1]),
-            ChainHead("b", SIZE, hashes(several, "b")[-1]),
-            ChainHead("default", 1, hashes(several, "default", 1)[-1]),
+            ("a", SIZE, hashes(several, "a")[-1]),
+            ("b", SIZE, hashes(several, "b")[-1]),
+            ("default", 1, hashes(several, "default", 1)[-1]),
         ]
-        assert expected == heads
+        assert expected == [_trip(h) for h in heads]
 
     def test_chains_with_the_same_records_have_different_heads(self, several: Path) -> None:
         """Identical events in two chains hash differently (the chain id is in every record)."""

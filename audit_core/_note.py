@@ -1,0 +1,235 @@
+"""C2SP signed-note with Ed25519, and its key strings (byte-compatible with Go's
+``golang.org/x/mod/sumdb/note``, so any implementation verifies our notes and we verify theirs).
+
+>>> signer = Signer.generate("example.com/log")
+>>> note = sign_note("hello\\n", [signer])
+>>> open_note(note, [signer.verifier]).text
+'hello\\n'
+
+Formats (c2sp.org/signed-note):
+
+- key ID = SHA-256(name || 0x0A || 0x01 || 32-byte Ed25519 public key)[:4]
+- verifier key: ``name+hexkeyid+base64(0x01 || public key)``
+- signer key: ``PRIVATE+KEY+name+hexkeyid+base64(0x01 || 32-byte seed)``
+- note: text ending in "\\n", a blank line, then lines ``— name base64(keyid || signature)``
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from audit_core.errors import SignatureError
+
+__all__ = ["Note", "Signer", "Verifier", "open_note", "sign_note", "unverified_text"]
+
+_ALG_ED25519 = 0x01  # c2sp.org/signed-note "Signature types"
+_SIG_PREFIX = "\u2014 "  # em dash, space
+_MAX_SIGNATURES = 100  # the spec asks verifiers to accept at least 16
+_HEX8 = re.compile(r"[0-9a-f]{8}")
+
+
+def _check_name(name: str) -> None:
+    # c2sp.org/signed-note: "Key names MUST be non-empty and MUST NOT contain any Unicode
+    # spaces or plus (U+002B) characters."
+    if not name or "+" in name or any(c.isspace() for c in name):
+        raise SignatureError(f"key name {name!r} must be non-empty, without spaces or '+'")
+
+
+def _key_id(name: str, public: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + public).digest()[:4]
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{what} is not valid base64") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """A trusted public key: verifies signatures made by its :class:`Signer`."""
+
+    name: str
+    key_id: bytes
+    public: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Verifier:
+        """Parse ``name+hexkeyid+base64(0x01 || pubkey)``."""
+        parts = text.strip().split("+")
+        if len(parts) != 3 or not _HEX8.fullmatch(parts[1]):
+            raise SignatureError(f"not a verifier key (name+hexid+base64): {text.strip()!r}")
+        name, hex_id, b64 = parts
+        _check_name(name)
+        raw = _b64decode(b64, "verifier key")
+        if len(raw) != 33 or raw[0] != _ALG_ED25519:
+            raise SignatureError("verifier key is not an Ed25519 (0x01) key")
+        public = raw[1:]
+        if _key_id(name, public).hex() != hex_id:
+            raise SignatureError(f"verifier key id {hex_id} does not match its key")
+        return cls(name, bytes.fromhex(hex_id), public)
+
+    def __str__(self) -> str:
+        b64 = base64.b64encode(bytes([_ALG_ED25519]) + self.public).decode()
+        return f"{self.name}+{self.key_id.hex()}+{b64}"
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Signer:
+    """A private key that signs notes under ``name``. ``repr`` never shows the seed."""
+
+    name: str
+    seed: bytes
+
+    def __repr__(self) -> str:
+        return f"Signer({self.name!r}, key id {self.verifier.key_id.hex()})"
+
+    @classmethod
+    def generate(cls, name: str) -> Signer:
+        import os
+
+        _check_name(name)
+        return cls(name, os.urandom(32))
+
+    @classmethod
+    def parse(cls, text: str) -> Signer:
+        """Parse ``PRIVATE+KEY+name+hexkeyid+base64(0x01 || seed)``."""
+        parts = text.strip().split("+")
+        if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not _HEX8.fullmatch(parts[3]):
+            raise SignatureError("not a signer key (PRIVATE+KEY+name+hexid+base64)")
+        name, hex_id = parts[2], parts[3]
+        _check_name(name)
+        raw = _b64decode(parts[4], "signer key")
+        if len(raw) != 33 or raw[0] != _ALG_ED25519:
+            raise SignatureError("signer key is not an Ed25519 (0x01) key")
+        signer = cls(name, raw[1:])
+        if signer.verifier.key_id.hex() != hex_id:
+            raise SignatureError(f"signer key id {hex_id} does not match its key")
+        return signer
+
+    def __str__(self) -> str:
+        b64 = base64.b64encode(bytes([_ALG_ED25519]) + self.seed).decode()
+        return f"PRIVATE+KEY+{self.name}+{self.verifier.key_id.hex()}+{b64}"
+
+    @property
+    def verifier(self) -> Verifier:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        public = (
+            Ed25519PrivateKey.from_private_bytes(self.seed)
+            .public_key()
+            .public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
+        return Verifier(self.name, _key_id(self.name, public), public)
+
+    def sign(self, message: bytes) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A note whose signatures by ``verified`` keys checked out."""
+
+    text: str
+    verified: tuple[Verifier, ...]
+
+
+def sign_note(text: str, signers: Sequence[Signer], existing: str | None = None) -> str:
+    """Sign ``text`` (which must end in a newline) with each signer; with ``existing`` (a
+    signed note of the same text), add the signatures to those it already carries
+    (witness cosigning)."""
+    if not text.endswith("\n"):
+        raise SignatureError("note text must end with a newline")
+    if any(ord(c) < 0x20 and c != "\n" for c in text):
+        raise SignatureError("note text must not contain control characters")
+    lines = []
+    if existing is not None:
+        old_text, old_lines = _split(existing)
+        if old_text != text:
+            raise SignatureError("cannot cosign: the existing note has another text")
+        lines = old_lines
+    message = text.encode()
+    for signer in signers:
+        key_id = signer.verifier.key_id
+        sig = base64.b64encode(key_id + signer.sign(message)).decode()
+        lines.append(f"{_SIG_PREFIX}{signer.name} {sig}")
+    return text + "\n" + "".join(line + "\n" for line in lines)
+
+
+def _split(note: str) -> tuple[str, list[str]]:
+    if not note.endswith("\n"):
+        raise SignatureError("signed note must end with a newline")
+    # "the text is separated from the signatures by the last empty line in the note"
+    cut = note.rfind("\n\n")
+    if cut < 0:
+        raise SignatureError("signed note has no blank line before its signatures")
+    text, sig_block = note[: cut + 1], note[cut + 2 :]
+    lines = sig_block[:-1].split("\n") if sig_block else []
+    if not lines or len(lines) > _MAX_SIGNATURES:
+        raise SignatureError(f"signed note needs 1 to {_MAX_SIGNATURES} signature lines")
+    for line in lines:
+        if not line.startswith(_SIG_PREFIX):
+            raise SignatureError(f"malformed signature line {line[:40]!r}")
+    return text, lines
+
+
+def unverified_text(note: str) -> str:
+    """A signed note's text, signatures NOT checked (for display and structure checks only)."""
+    return _split(note)[0]
+
+
+def open_note(note: str, trusted: Iterable[Verifier], *, require_all: bool = True) -> Note:
+    """Verify a signed note against ``trusted`` keys and return its text.
+
+    Signatures by unknown keys are ignored (c2sp.org/signed-note: they enable key rotation
+    and witness cosigning). A signature by a trusted key that fails to verify rejects the
+    note. ``require_all``: every trusted key must have signed (cosigning policy); otherwise
+    one is enough.
+    """
+    keys = {(v.name, v.key_id): v for v in trusted}
+    if not keys:
+        raise SignatureError("no trusted verifier key given")
+    if any(ord(c) < 0x20 and c != "\n" for c in note):
+        raise SignatureError("signed note contains control characters")
+    text, lines = _split(note)
+    message = text.encode()
+    verified: dict[tuple[str, bytes], Verifier] = {}
+    for line in lines:
+        name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
+        if not sep or not name:
+            raise SignatureError(f"malformed signature line {line[:40]!r}")
+        raw = _b64decode(b64, f"signature by {name}")
+        if len(raw) < 5:
+            raise SignatureError(f"signature by {name} is too short")
+        key = keys.get((name, raw[:4]))
+        if key is None:
+            continue  # an unknown key: ignored, as the spec requires
+        if not key.verify(message, raw[4:]):
+            raise SignatureError(f"signature by {name} ({raw[:4].hex()}) does not verify")
+        verified[(name, raw[:4])] = key
+    missing = [f"{n}+{i.hex()}" for (n, i) in keys if (n, i) not in verified]
+    if (require_all and missing) or not verified:
+        raise SignatureError(
+            "note is not signed by the trusted key(s): "
+            + ", ".join(missing or list(map(str, keys)))
+        )
+    return Note(text, tuple(verified.values()))

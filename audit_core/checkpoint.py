@@ -1,0 +1,241 @@
+"""Signed checkpoints: a chain's tree size and Merkle root, signed, so that truncating the
+tail or rewriting the whole chain cannot go unnoticed.
+
+>>> from audit_core.checkpoint import Checkpoint
+>>> cp = Checkpoint(origin="workflow-audit.local/ci/default", size=2, root=bytes(32))
+>>> print(cp.text(), end="")
+workflow-audit.local/ci/default
+2
+AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=
+>>> Checkpoint.parse(cp.text()) == cp
+True
+
+Format: c2sp.org/tlog-checkpoint (origin line, decimal tree size, base64 RFC 9162 root) as the
+text of a c2sp.org/signed-note signed with Ed25519 (:mod:`audit_core._note`). One key may
+sign many chains: the origin is ``<origin prefix>/<chain>`` (the spec's SHOULD that the key
+name equal the origin holds only for a key dedicated to one chain).
+
+A log must never sign two inconsistent checkpoints (tlog-checkpoint, "Signatures"):
+:func:`write_checkpoint` proves consistency with the latest stored checkpoint (RFC 9162
+§2.1.4) before it signs, and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from audit_core._merkle import consistency_proof, verify_consistency
+from audit_core._normalize import format_timestamp
+from audit_core._note import Signer, Verifier, open_note, sign_note
+from audit_core._record import StoredCheckpoint
+from audit_core.errors import (
+    CheckpointError,
+    ConfigError,
+    ProofError,
+    SignatureError,
+)
+from audit_core.ledgers import Ledger
+
+__all__ = [
+    "Checkpoint",
+    "load_signer",
+    "load_verifiers",
+    "open_checkpoint",
+    "write_checkpoint",
+]
+
+logger = logging.getLogger("workflow_audit")
+_SIZE = re.compile(r"0|[1-9][0-9]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A tree head: ``origin``, ``size`` and RFC 9162 ``root`` (c2sp.org/tlog-checkpoint)."""
+
+    origin: str
+    size: int
+    root: bytes
+
+    def text(self) -> str:
+        """The checkpoint's note text."""
+        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Parse a checkpoint's note text; extension lines are allowed and ignored."""
+        lines = text.split("\n")
+        if len(lines) < 4 or lines[-1] != "" or any(not line for line in lines[:-1]):
+            raise CheckpointError(
+                "a checkpoint is at least three non-empty lines, each ending in a newline",
+                chain="?",
+                seq=None,
+            )
+        origin, size, root_b64 = lines[0], lines[1], lines[2]
+        if not _SIZE.fullmatch(size):
+            raise CheckpointError(
+                f"checkpoint tree size {size!r} is not decimal", chain="?", seq=None
+            )
+        try:
+            root = base64.b64decode(root_b64, validate=True)
+        except (binascii.Error, ValueError):
+            root = b""
+        if len(root) != 32:
+            raise CheckpointError(
+                "checkpoint root is not a base64 SHA-256 hash", chain="?", seq=None
+            )
+        return cls(origin, int(size), root)
+
+    def describe(self) -> str:
+        return f"checkpoint {self.origin} at tree size {self.size} (root {self.root.hex()[:16]}…)"
+
+
+def origin_for(prefix: str, chain: str) -> str:
+    """The origin line of a chain's checkpoints."""
+    return f"{prefix}/{chain}"
+
+
+def open_checkpoint(note: str, trusted: Sequence[Verifier]) -> Checkpoint:
+    """Verify a signed checkpoint against ``trusted`` keys (every one must have signed)."""
+    opened = open_note(note, trusted)
+    return Checkpoint.parse(opened.text)
+
+
+def write_checkpoint(
+    ledger: Ledger, chain: str, signer: Signer, *, origin: str
+) -> StoredCheckpoint | None:
+    """Sign and store a checkpoint of the chain's current tree; None if the chain is empty.
+
+    Returns the latest stored checkpoint unchanged when the tree has not grown since.
+    Raises :class:`CheckpointError` rather than sign a tree inconsistent with the latest
+    stored checkpoint (the records were rewritten or cut since it was signed).
+    """
+    size, root = ledger.tree_head(chain)
+    if size == 0:
+        return None
+    stored = ledger.checkpoints(chain)
+    if stored:
+        last = stored[-1]
+        if last.size >= size:
+            if last.size == size and last.root != root:
+                raise _fork(chain, last, size, root)
+            if last.size == size:
+                return last
+            # the frontier is older than the newest checkpoint: never sign backwards
+            raise CheckpointError(
+                f"chain {chain!r}: the tree has {size} leaves but a checkpoint at size "
+                f"{last.size} exists: records were removed",
+                chain=chain,
+                seq=size,
+                expected=str(last.size),
+                found=str(size),
+            )
+        proof = consistency_proof(partial(ledger.node, chain), last.size, size)
+        try:
+            verify_consistency(last.size, size, proof, last.root, root)
+        except ProofError as exc:
+            raise _fork(chain, last, size, root) from exc
+    text = Checkpoint(origin, size, root).text()
+    checkpoint = StoredCheckpoint(
+        chain=chain,
+        size=size,
+        root=root,
+        note=sign_note(text, [signer]),
+        created=format_timestamp(dt.datetime.now(dt.timezone.utc)),
+    )
+    ledger.add_checkpoint(checkpoint)
+    return checkpoint
+
+
+def _fork(chain: str, last: StoredCheckpoint, size: int, root: bytes) -> CheckpointError:
+    return CheckpointError(
+        f"chain {chain!r}: the tree at size {size} (root {root.hex()[:16]}…) is not an "
+        f"extension of the checkpoint at size {last.size} (root {last.root.hex()[:16]}…): "
+        "the records were rewritten; refusing to sign",
+        chain=chain,
+        seq=last.size - 1,
+        expected=last.root.hex(),
+        found=root.hex(),
+    )
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def load_signer(spec: str | None, *, default_path: Path | None, name: str) -> Signer:
+    """The signing key: ``spec`` is a ``PRIVATE+KEY+…`` string or a key file's path; without
+    one, a local key at ``default_path`` is created on first use (and announced loudly)."""
+    if spec:
+        if spec.startswith("PRIVATE+KEY+"):
+            return Signer.parse(spec)
+        try:
+            return Signer.parse(Path(spec).expanduser().read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key file {spec}: {exc}") from exc
+    if default_path is None:
+        signer = Signer.generate(name)
+        logger.warning(
+            "workflow-audit: signing checkpoints with a throw-away key (in-memory ledger): %s",
+            signer.verifier,
+        )
+        return signer
+    if default_path.exists():
+        return Signer.parse(default_path.read_text())
+    signer = Signer.generate(name)
+    try:
+        write_key_files(signer, default_path)
+    except FileExistsError:  # another process created it first: use theirs
+        return Signer.parse(default_path.read_text())
+    logger.warning(
+        "workflow-audit: created a LOCAL signing key %s for checkpoints. Fine for a demo; in "
+        "production set WORKFLOW_AUDIT_SIGNING_KEY to a key kept away from the ledger, and keep "
+        "the verifier key %s where the ledger's writers cannot change it.",
+        default_path,
+        signer.verifier,
+    )
+    return signer
+
+
+def write_key_files(signer: Signer, path: Path) -> Path:
+    """Write the signer key (mode 0600) and ``<path>.pub`` (the verifier key); returns the
+    latter. Raises FileExistsError rather than overwrite a key. The key appears whole or not
+    at all (written aside, then hard-linked into place), so concurrent first users agree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    public = path.with_name(path.name + ".pub")
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(signer) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(aside, path)  # atomic, and fails if the key exists
+    finally:
+        aside.unlink()
+    public.write_text(str(signer.verifier) + "\n")
+    return public
+
+
+def load_verifiers(specs: Sequence[str]) -> list[Verifier]:
+    """Verifier keys from key strings or files (one key a line)."""
+    keys: list[Verifier] = []
+    for spec in specs:
+        if "+" in spec and not Path(spec).exists():
+            keys.append(Verifier.parse(spec))
+            continue
+        try:
+            lines = Path(spec).expanduser().read_text().split()
+        except OSError as exc:
+            raise ConfigError(f"{spec!r} is neither a verifier key nor a readable file") from exc
+        keys += [Verifier.parse(line) for line in lines if line]
+    if not keys:
+        raise SignatureError("no verifier key given")
+    return keys
