@@ -33,6 +33,14 @@ _MAX_SIGNATURES = 100  # the spec asks verifiers to accept at least 16
 _HEX8 = re.compile(r"[0-9a-f]{8}")
 
 
+def _utf8(text: str, what: str) -> bytes:
+    # c2sp.org/signed-note: "Signed notes MUST be valid UTF-8" (no lone surrogates).
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SignatureError(f"{what} is not valid UTF-8") from exc
+
+
 def _check_name(name: str) -> None:
     # c2sp.org/signed-note: "Key names MUST be non-empty and MUST NOT contain any Unicode
     # spaces or plus (U+002B) characters."
@@ -62,7 +70,7 @@ class Verifier:
     @classmethod
     def parse(cls, text: str) -> Verifier:
         """Parse ``name+hexkeyid+base64(0x01 || pubkey)``."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may contain "+" itself
         if len(parts) != 3 or not _HEX8.fullmatch(parts[1]):
             raise SignatureError(f"not a verifier key (name+hexid+base64): {text.strip()!r}")
         name, hex_id, b64 = parts
@@ -110,7 +118,7 @@ class Signer:
     @classmethod
     def parse(cls, text: str) -> Signer:
         """Parse ``PRIVATE+KEY+name+hexkeyid+base64(0x01 || seed)``."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)  # base64 may contain "+" itself
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not _HEX8.fullmatch(parts[3]):
             raise SignatureError("not a signer key (PRIVATE+KEY+name+hexid+base64)")
         name, hex_id = parts[2], parts[3]
@@ -167,7 +175,7 @@ def sign_note(text: str, signers: Sequence[Signer], existing: str | None = None)
         if old_text != text:
             raise SignatureError("cannot cosign: the existing note has another text")
         lines = old_lines
-    message = text.encode()
+    message = _utf8(text, "note text")
     for signer in signers:
         key_id = signer.verifier.key_id
         sig = base64.b64encode(key_id + signer.sign(message)).decode()
@@ -210,6 +218,7 @@ def open_note(note: str, trusted: Iterable[Verifier], *, require_all: bool = Tru
         raise SignatureError("no trusted verifier key given")
     if any(ord(c) < 0x20 and c != "\n" for c in note):
         raise SignatureError("signed note contains control characters")
+    _utf8(note, "signed note")
     text, lines = _split(note)
     message = text.encode()
     verified: dict[tuple[str, bytes], Verifier] = {}

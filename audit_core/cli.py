@@ -12,21 +12,34 @@ Run ``workflow-audit --help`` or ``workflow-audit COMMAND --help``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import IO
 
 import orjson
 
 from audit_core import __version__
 from audit_core._chain import ChainHead, check_head
+from audit_core._note import Signer, Verifier, unverified_text
 from audit_core._record import Record
 from audit_core._report import Filter, parse_time, render_report, summarize, to_csv, to_jsonl
+from audit_core.checkpoint import Checkpoint, load_verifiers, open_checkpoint, write_key_files
 from audit_core.config import AuditConfig
-from audit_core.errors import AuditError, ConfigError, VerificationError
+from audit_core.errors import (
+    AuditError,
+    CheckpointError,
+    ConfigError,
+    ProofError,
+    SignatureError,
+    VerificationError,
+)
 from audit_core.ledgers import Ledger, ledger_path
 from audit_core.ledgers.sqlite import SqliteLedger
+from audit_core.proofs import make_inclusion_bundle, prove_consistency, verify_inclusion_bundle
+from audit_core.trail import AuditTrail
 from audit_core.verify import verify_ledger
 
 __all__ = ["main"]
@@ -94,7 +107,58 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--expect-size", type=int, help="the chain must hold exactly N records")
     v.add_argument("--expect-head", help="hex hash the chain's last record must have")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    v.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="trusted verifier key (string or file); checks every stored "
+        "checkpoint's signature (repeatable: all must have signed)",
+    )
+    v.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a signed checkpoint kept elsewhere: the ledger must still contain "
+        "its tree (catches truncation and rewrites); needs --key",
+    )
     v.set_defaults(func=_cmd_verify)
+
+    k = sub.add_parser("keygen", help="create a checkpoint signing key; print its verifier key")
+    k.add_argument(
+        "--name", required=True, help="key name, a schema-less URL such as example.com/audit/prod"
+    )
+    k.add_argument("-o", "--output", help="key file to write (default: NAME.key, mode 0600)")
+    k.set_defaults(func=_cmd_keygen)
+
+    c = sub.add_parser("checkpoint", help="sign a checkpoint of each chain now")
+    common(c, chain_help="chain to checkpoint (repeatable; default: every chain)")
+    c.set_defaults(func=_cmd_checkpoint)
+
+    pr = sub.add_parser("prove", help="write an inclusion proof bundle for one record")
+    pr.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
+    pr.add_argument("--chain", default=None, help="chain (default: $WORKFLOW_AUDIT_CHAIN)")
+    pr.add_argument("--seq", type=int, required=True, help="the record's seq")
+    pr.add_argument("--size", type=int, help="tree size of a stored checkpoint (default: latest)")
+    pr.add_argument("-o", "--output", help="bundle file (default: standard output)")
+    pr.set_defaults(func=_cmd_prove)
+
+    vp = sub.add_parser("verify-proof", help="check an inclusion proof bundle offline")
+    vp.add_argument("bundle", help="bundle file written by `prove`")
+    vp.add_argument("--key", action="append", required=True, help="trusted verifier key")
+    vp.set_defaults(func=_cmd_verify_proof)
+
+    cs = sub.add_parser("consistency", help="prove append-only growth between two checkpoints")
+    cs.add_argument("old", help="older signed checkpoint file")
+    cs.add_argument("new", help="newer signed checkpoint file")
+    cs.add_argument("--ledger", help="ledger URL to build the proof from")
+    cs.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="trusted verifier key (without one, signatures are NOT checked)",
+    )
+    cs.set_defaults(func=_cmd_consistency)
 
     s = sub.add_parser("show", help="records as a readable table")
     common(s, chain_help="chain to show (repeatable; default: every chain)")
@@ -184,10 +248,15 @@ def _output(args: argparse.Namespace, mode: str) -> IO[str] | IO[bytes]:
     return sys.stdout.buffer if "b" in mode else sys.stdout
 
 
-def _progress_verify(ledger: Ledger, chains: list[str] | None) -> list[ChainHead]:
+def _progress_verify(
+    ledger: Ledger,
+    chains: list[str] | None,
+    keys: Sequence[Verifier] = (),
+    external: Sequence[tuple[Checkpoint, str]] = (),
+) -> list[ChainHead]:
     """verify_ledger with a rich progress bar when standard error is a terminal."""
     if not sys.stderr.isatty():
-        return verify_ledger(ledger, chains)
+        return verify_ledger(ledger, chains, keys=keys, external=external)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     names = chains if chains is not None else ledger.chains()
@@ -204,7 +273,7 @@ def _progress_verify(ledger: Ledger, chains: list[str] | None) -> list[ChainHead
         def on_progress(chain: str, n: int) -> None:
             bar.update(tasks[chain], completed=n)
 
-        return verify_ledger(ledger, chains, on_progress=on_progress)
+        return verify_ledger(ledger, chains, keys=keys, external=external, on_progress=on_progress)
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -215,9 +284,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     chains: list[str] | None = list(args.chain) if args.chain else None
     if (args.expect_size is not None or args.expect_head) and (chains is None or len(chains) != 1):
         raise ConfigError("--expect-size/--expect-head need exactly one --chain")
+    keys = load_verifiers(args.key) if args.key else []
+    if args.checkpoint and not keys:
+        raise ConfigError(
+            "--checkpoint needs --key: a checkpoint is only evidence once its signature is checked"
+        )
+    external = [(_read_checkpoint(path, keys), f"checkpoint {path}") for path in args.checkpoint]
     started = time.perf_counter()
     try:
-        heads = _progress_verify(ledger, chains)
+        heads = _progress_verify(ledger, chains, keys, external)
         if chains is not None and len(chains) == 1:
             check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
     except VerificationError as exc:
@@ -253,15 +328,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                     "valid": True,
                     "ledger": where,
                     "records": total,
-                    "chains": [{"chain": h.chain, "size": h.size, "head": h.head} for h in heads],
+                    "signatures_checked": bool(keys),
+                    "chains": [
+                        {
+                            "chain": h.chain,
+                            "size": h.size,
+                            "head": h.head,
+                            "root": h.root,
+                            "checkpoints": h.checkpoints,
+                        }
+                        for h in heads
+                    ],
                 }
             ).decode()
         )
         return EXIT_OK
     if not heads:
         print(f"valid: {where} holds no records yet")
+    signed = "signatures checked" if keys else "signatures NOT checked: pass --key"
     for h in heads:
         print(f"valid: chain {h.chain!r}: {h.size} records, head {h.head}")
+        print(f"       Merkle root {h.root}, {h.checkpoints} checkpoint(s) matched ({signed})")
     rate = f", {total / elapsed:,.0f} records/s" if elapsed > 0 and total else ""
     print(
         f"verified {total} records in {len(heads)} chain(s) in {elapsed:.2f}s{rate}",
@@ -376,6 +463,134 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EXIT_OK if summary.error is None else EXIT_INVALID
+
+
+def _read_checkpoint(path: str, keys: Sequence[Verifier]) -> Checkpoint:
+    try:
+        note = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+    try:
+        return open_checkpoint(note, keys) if keys else Checkpoint.parse(unverified_text(note))
+    except SignatureError as exc:  # evidence that does not verify: "invalid", exit 1
+        raise CheckpointError(
+            f"checkpoint {path} does not verify: {exc}", chain="?", seq=None
+        ) from exc
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    signer = Signer.generate(args.name)
+    path = Path(args.output or re.sub(r"[^A-Za-z0-9._-]+", "_", args.name) + ".key")
+    try:
+        public = write_key_files(signer, path)
+    except FileExistsError as exc:
+        raise ConfigError(f"{path} exists; not overwriting a key") from exc
+    print(str(signer.verifier))
+    print(
+        f"signer key written to {path} (mode 0600); verifier key also in {public}.\n"
+        f"Use it: WORKFLOW_AUDIT_SIGNING_KEY={path}; keep the verifier key where the "
+        "ledger's writers cannot change it.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _trail_for(args: argparse.Namespace) -> AuditTrail:
+    overrides = {"ledger_url": args.ledger} if getattr(args, "ledger", None) else {}
+    return AuditTrail(AuditConfig.from_env(**overrides))
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    _open(args)  # the ledger must exist: never create an empty one here
+    trail = _trail_for(args)
+    for chain in args.chain or trail.ledger.chains():
+        stored = trail.checkpoint(chain)
+        if stored is not None:
+            print(stored.note, end="")
+    return EXIT_OK
+
+
+def _cmd_prove(args: argparse.Namespace) -> int:
+    ledger, _ = _open(args)
+    chain = args.chain or AuditConfig.from_env().chain
+    try:
+        bundle = make_inclusion_bundle(ledger, chain, args.seq, args.size)
+    except ProofError as exc:
+        raise ConfigError(str(exc)) from exc
+    text = orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote inclusion proof of chain {chain!r} seq {args.seq} at tree size "
+            f"{bundle['tree_size']} to {args.output}",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_verify_proof(args: argparse.Namespace) -> int:
+    keys = load_verifiers(args.key)
+    try:
+        bundle = orjson.loads(Path(args.bundle).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read bundle {args.bundle}: {exc}") from exc
+    try:
+        proven = verify_inclusion_bundle(bundle, keys)
+    except (ProofError, SignatureError, CheckpointError) as exc:
+        print(f"INVALID proof {args.bundle}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    rec, cp = proven.record, proven.checkpoint
+    print(
+        f"valid: chain {rec.chain!r} seq {rec.seq} ({rec.event} at {rec.ts}) is leaf "
+        f"{rec.seq} of {cp.origin} at tree size {cp.size}, signed by "
+        + ", ".join(v.name for v in proven.signed_by)
+    )
+    return EXIT_OK
+
+
+def _cmd_consistency(args: argparse.Namespace) -> int:
+    keys = load_verifiers(args.key) if args.key else []
+    if not keys:
+        print("warning: no --key: checkpoint signatures are NOT checked", file=sys.stderr)
+    try:
+        old, new = (_read_checkpoint(p, keys) for p in (args.old, args.new))
+    except (SignatureError, CheckpointError) as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if old.origin != new.origin:
+        raise ConfigError(f"checkpoints are of different logs: {old.origin!r}, {new.origin!r}")
+    ledger, _ = _open(args)
+    chain = next((c for c in ledger.chains() if old.origin.endswith("/" + c)), None)
+    if chain is None:
+        print(
+            f"INVALID: no chain of the ledger matches origin {old.origin!r} (deleted?)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        proof = prove_consistency(ledger, chain, old, new)
+    except (ProofError, CheckpointError) as exc:
+        print(f"INVALID: {old.describe()} -> {new.describe()}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        orjson.dumps(
+            {
+                "origin": old.origin,
+                "old_size": min(old.size, new.size),
+                "new_size": max(old.size, new.size),
+                "proof": [h.hex() for h in proof],
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
+    print(
+        f"valid: the tree at size {min(old.size, new.size)} is a prefix of the tree at size "
+        f"{max(old.size, new.size)} (RFC 9162 consistency proof, {len(proof)} hashes)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -124,15 +124,35 @@ def verify_ledger(
     chains: Sequence[str] | None = None,
     *,
     keys: Sequence[Verifier] = (),
+    external: Sequence[tuple[Checkpoint, str]] = (),
     on_progress: Callable[[str, int], None] | None = None,
 ) -> list[ChainHead]:
     """Verify ``chains`` (default: every chain in the ledger). A chain named explicitly
-    that has no records fails: deleting a whole chain must not pass as an empty one."""
+    that has no records fails: deleting a whole chain must not pass as an empty one. Each
+    ``external`` checkpoint goes to the chain its origin names (``…/<chain>``); one whose
+    chain is not in the ledger fails: the chain was deleted."""
     names = ledger.chains() if chains is None else list(chains)
+    by_chain: dict[str, list[tuple[Checkpoint, str]]] = {}
+    for checkpoint, label in external:
+        owner = _chain_of(checkpoint, names) or _chain_of(checkpoint, ledger.chains())
+        if owner is None:
+            raise CheckpointError(
+                f"the {label} ({checkpoint.describe()}) names no chain in this ledger: its "
+                "chain was deleted, or this is another ledger",
+                chain=checkpoint.origin.rsplit("/", 1)[-1],
+                seq=None,
+                expected=f"{checkpoint.size} records",
+                found="no chain",
+            )
+        by_chain.setdefault(owner, []).append((checkpoint, label))
+        if owner not in names:
+            names.append(owner)
     heads = []
     for name in names:
         progress = None if on_progress is None else _bind(on_progress, name)
-        head = verify_chain(ledger, name, keys=keys, on_progress=progress)
+        head = verify_chain(
+            ledger, name, keys=keys, external=by_chain.get(name, ()), on_progress=progress
+        )
         if chains is not None and head.size == 0:
             raise HeadMismatchError(
                 f"chain {name!r} has no records (never written, or deleted)",
@@ -143,6 +163,12 @@ def verify_ledger(
             )
         heads.append(head)
     return heads
+
+
+def _chain_of(checkpoint: Checkpoint, chains: Sequence[str]) -> str | None:
+    # Chain ids may contain "/": the longest chain id the origin ends with wins.
+    matches = [c for c in chains if checkpoint.origin.endswith("/" + c)]
+    return max(matches, key=len) if matches else None
 
 
 def _bind(fn: Callable[[str, int], None], chain: str) -> Callable[[int], None]:

@@ -137,6 +137,20 @@ def cover_tracks(path: Path, chain: str) -> None:
         conn.execute("DELETE FROM merkle_frontier WHERE chain = ?", (chain,))
 
 
+def cover_tracks_frontier_only(path: Path, chain: str) -> None:
+    """Delete the chain's Merkle frontier (so the next append rebuilds it from the records)."""
+    with _tampering(path) as conn:
+        conn.execute("DELETE FROM merkle_frontier WHERE chain = ?", (chain,))
+
+
+def delete_chain(path: Path, chain: str) -> None:
+    """Delete every trace of a chain: records, Merkle frontier and nodes, checkpoints."""
+    with _tampering(path) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+        for table in ("records", "merkle_frontier", "merkle_nodes", "checkpoints"):
+            conn.execute(f"DELETE FROM {table} WHERE chain = ?", (chain,))  # noqa: S608
+
+
 def swap(path: Path, chain: str, seq_a: int, seq_b: int) -> None:
     """Exchange the stored ``(hash, body)`` of two records; their row seqs stay."""
     a, b = row(path, chain, seq_a), row(path, chain, seq_b)

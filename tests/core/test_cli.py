@@ -16,6 +16,7 @@ import pytest
 import rfc8785
 
 from audit_core import AuditTrail
+from audit_core._merkle import root_of
 from audit_core._report import EXPORT_CSV_COLUMNS
 from audit_core.cli import main
 from tests.core import _tamper
@@ -86,6 +87,11 @@ def head_of(path: Path, seq: int = SIZE - 1) -> str:
     return _tamper.row(path, CHAIN, seq)[0].hex()
 
 
+def root_hex(path: Path) -> str:
+    """RFC 9162 Merkle root over the stored record hashes, hex."""
+    return root_of([bytes.fromhex(head_of(path, s)) for s in range(SIZE)]).hex()
+
+
 def exported(cli: Any, path: Path, *args: str) -> list[dict[str, Any]]:
     """``export --format jsonl`` with ``args``, parsed line by line."""
     run = cli("export", "--ledger", path, *args)
@@ -97,10 +103,14 @@ class TestVerifyCommand:
     """``workflow-audit verify``."""
 
     def test_valid_ledger_prints_chain_size_and_head(self, cli: Any, populated: Path) -> None:
-        """A valid ledger exits 0 and prints each chain with its size and head hash."""
+        """A valid ledger exits 0 and prints each chain with its size, head hash, Merkle root
+        and checkpoint count, and that signatures were not checked without --key."""
         run = cli("verify", "--ledger", populated)
         assert 0 == run.code
-        assert f"valid: chain 'default': {SIZE} records, head {head_of(populated)}\n" == run.out
+        first, second = run.out.splitlines()
+        assert f"valid: chain 'default': {SIZE} records, head {head_of(populated)}" == first
+        assert second.endswith("1 checkpoint(s) matched (signatures NOT checked: pass --key)")
+        assert root_hex(populated) in second
 
     def test_valid_ledger_as_json(self, cli: Any, populated: Path) -> None:
         """--json prints the verdict, the record count and each chain's head."""
@@ -110,7 +120,18 @@ class TestVerifyCommand:
             "valid": True,
             "ledger": str(populated),
             "records": SIZE,
-            "chains": [{"chain": CHAIN, "size": SIZE, "head": head_of(populated)}],
+            "signatures_checked": False,
+            "chains": [
+                {
+                    "chain": CHAIN,
+                    "size": SIZE,
+                    "head": head_of(populated),
+                    "root": root_of(
+                        [bytes.fromhex(head_of(populated, s)) for s in range(SIZE)]
+                    ).hex(),
+                    "checkpoints": 1,
+                }
+            ],
         }
         assert expected == json.loads(run.out)
 
