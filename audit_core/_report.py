@@ -120,6 +120,7 @@ class Summary:
     failures: list[dict[str, JSON]] = field(default_factory=list)
     heads: list[ChainHead] = field(default_factory=list)
     error: VerificationError | None = None
+    signatures_checked: bool = False
 
     @property
     def verdict(self) -> str:
@@ -205,7 +206,17 @@ def render_report(s: Summary, fmt: str, *, ledger: str, period: str) -> str:
     """The report as Markdown, CSV or JSON; it carries the verdict and each chain's head."""
     verification: dict[str, JSON] = {
         "verdict": s.verdict,
-        "chains": [{"chain": h.chain, "size": h.size, "head": h.head} for h in s.heads],
+        "signatures_checked": s.signatures_checked,
+        "chains": [
+            {
+                "chain": h.chain,
+                "size": h.size,
+                "head": h.head,
+                "root": h.root,
+                "checkpoints": h.checkpoints,
+            }
+            for h in s.heads
+        ],
         "error": None if s.error is None else str(s.error),
     }
     if fmt == "json":
@@ -237,6 +248,7 @@ def _report_csv(s: Summary, verification: dict[str, JSON]) -> str:
     w.writerow(["verification", "verdict", verification["verdict"]])
     for h in s.heads:
         w.writerow(["head", h.chain, f"{h.size} {h.head}"])
+        w.writerow(["merkle_root", h.chain, f"{h.size} {h.root} ({h.checkpoints} checkpoints)"])
     if s.error is not None:
         w.writerow(["verification", "error", str(s.error)])
     w.writerow(["total", "records", s.records])
@@ -270,10 +282,18 @@ def _report_md(s: Summary, *, ledger: str, period: str) -> str:
         f"- Period: {period}",
         f"- Records in period: {s.records} ({s.first_ts or '-'} … {s.last_ts or '-'})",
         f"- Verification: **{s.verdict}**" + ("" if s.error is None else f" — {s.error}"),
+        "- Checkpoint signatures: "
+        + ("checked" if s.signatures_checked else "not checked (run with --key)"),
         "",
-        "| chain | records | head hash |",
-        "|---|---:|---|",
-        *(f"| {_md_escape(h.chain)} | {h.size} | `{h.head}` |" for h in s.heads),
+        "Keep this table: a later `workflow-audit verify --chain C --expect-size N --expect-head H`"
+        " proves the chain still starts with these records.",
+        "",
+        "| chain | records | head hash | Merkle root | checkpoints |",
+        "|---|---:|---|---|---:|",
+        *(
+            f"| {_md_escape(h.chain)} | {h.size} | `{h.head}` | `{h.root}` | {h.checkpoints} |"
+            for h in s.heads
+        ),
         "",
     ]
     for title, counts in (

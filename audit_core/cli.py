@@ -187,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
     common(r, chain_help="chain to report on (repeatable; default: every chain)")
     filters(r)
     r.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    r.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="trusted verifier key: also check the checkpoints' signatures",
+    )
     r.add_argument("-o", "--output", help="file to write (default: standard output)")
     r.set_defaults(func=_cmd_report)
     return p
@@ -449,8 +455,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     keep = _filter(args)
     unreadable: list[VerificationError] = []
     summary = summarize(r for r in _records(ledger, chains, unreadable=unreadable) if keep(r))
+    keys = load_verifiers(args.key) if args.key else []
+    summary.signatures_checked = bool(keys)
     try:
-        summary.heads = verify_ledger(ledger, chains)
+        summary.heads = verify_ledger(ledger, chains, keys=keys)
     except VerificationError as exc:
         summary.error = exc
     if summary.error is None and unreadable:  # cannot happen for a verified chain; belt and braces

@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from audit_core import AuditConfig, AuditTrail
+from audit_core.ledgers import ledger_path
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("upload_dataset", "validate", "retrain", "evaluate", "deploy")
@@ -161,17 +162,31 @@ def main() -> int:
     print(f"writing a simulated ML-pipeline event stream from 4 processes into {ledger_url}")
     with ProcessPoolExecutor(max_workers=4) as pool:
         list(pool.map(run_pipeline, [ledger_url] * 4, range(4), [10] * 4))
-    cli = [sys.executable, "-m", "audit_core.cli"]
-    print("\n$ workflow-audit verify", flush=True)
-    verify = subprocess.run([*cli, "verify", "--ledger", ledger_url], check=False)
-    print("\n$ workflow-audit report", flush=True)
-    report = subprocess.run([*cli, "report", "--ledger", ledger_url], check=False)
+    path = ledger_path(ledger_url)
+    key = f"{path}.key.pub"  # the verifier key of the local signing key beside the ledger
+    bundle = f"{path}.proof-42.json"
+    steps = [
+        ("verify --key", ["verify", "--ledger", ledger_url, "--key", key]),
+        ("report --key", ["report", "--ledger", ledger_url, "--key", key]),
+        ("prove --seq 42", ["prove", "--ledger", ledger_url, "--seq", "42", "-o", bundle]),
+        (
+            "verify-proof (offline: the bundle and the key only)",
+            ["verify-proof", bundle, "--key", key],
+        ),
+    ]
+    failed = 0
+    for title, args in steps:
+        print(f"\n$ workflow-audit {title}", flush=True)
+        failed |= subprocess.run(
+            [sys.executable, "-m", "audit_core.cli", *args], check=False
+        ).returncode
     print(
-        f"\nThe ledger is at {ledger_url}. Try:\n"
+        f"\nThe ledger is at {ledger_url}; its checkpoints are signed with {path}.key "
+        f"(verifier key in {key}). Try:\n"
         f"  .venv-airflow/bin/workflow-audit show --ledger {ledger_url} --event 'task.failed'\n"
         f"  .venv-airflow/bin/workflow-audit export --ledger {ledger_url} --format jsonl"
     )
-    return verify.returncode or report.returncode
+    return failed
 
 
 if __name__ == "__main__":

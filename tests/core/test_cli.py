@@ -353,7 +353,16 @@ class TestReportCommand:
         doc = json.loads(run.out)
         assert {
             "verdict": "valid",
-            "chains": [{"chain": CHAIN, "size": SIZE, "head": head_of(populated)}],
+            "signatures_checked": False,
+            "chains": [
+                {
+                    "chain": CHAIN,
+                    "size": SIZE,
+                    "head": head_of(populated),
+                    "root": root_hex(populated),
+                    "checkpoints": 1,
+                }
+            ],
             "error": None,
         } == doc["verification"]
         assert SIZE == doc["records"]

@@ -542,6 +542,16 @@ class TestConsistencyProof:
         with pytest.raises(ProofError):
             verify_consistency(*other, proof, ROOTS[other[0]], ROOTS[other[1]])
 
+    @pytest.mark.parametrize(("old", "new"), [(1, 8), (3, 7), (4, 7), (6, 8), (7, 64)])
+    def test_length_is_checked(self, old: int, new: int) -> None:
+        """A proof with a hash too many or too few is refused for its length, before any root
+        comparison."""
+        proof = consistency_proof(range_reader(new), old, new)
+        with pytest.raises(ProofError, match="longer than needed"):
+            verify_consistency(old, new, [*proof, ROOTS[new]], ROOTS[old], ROOTS[new])
+        with pytest.raises(ProofError, match="shorter than needed"):
+            verify_consistency(old, new, proof[:-1], ROOTS[old], ROOTS[new])
+
     @pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 64, 300])
     def test_equal_sizes(self, size: int) -> None:
         """m == n: the proof is empty and verifies when both roots are equal."""

@@ -391,6 +391,16 @@ class TestOpenNote:
         with pytest.raises(SignatureError):
             open_note(note, [PETER_KEY])
 
+    @pytest.mark.parametrize("text", ["tab\there\n", "cr\r\n", "esc\x1b[0m\n", "nul\x00\n"])
+    def test_control_characters_signed(self, text: str) -> None:
+        """Text with a control character raises SignatureError even when the signature over it
+        is valid."""
+        raw = ALICE.verifier.key_id + ALICE.sign(text.encode())
+        note = f"{text}\n\u2014 {ALICE.name} {base64.b64encode(raw).decode()}\n"
+        assert ALICE.verifier.verify(text.encode(), raw[4:])
+        with pytest.raises(SignatureError, match="control"):
+            open_note(note, [ALICE.verifier])
+
     def test_lone_surrogate(self) -> None:
         """A note that is not valid Unicode (a lone surrogate in its text) raises
         SignatureError, as Go rejects invalid UTF-8."""
