@@ -46,10 +46,12 @@ def _check_name(name: str) -> None:
     # spaces or plus (U+002B) characters."
     if not name or "+" in name or any(c.isspace() for c in name):
         raise SignatureError(f"key name {name!r} must be non-empty, without spaces or '+'")
+    _utf8(name, "key name")
 
 
 def _key_id(name: str, public: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + public).digest()[:4]
+    material = _utf8(name, "key name") + b"\n" + bytes([_ALG_ED25519]) + public
+    return hashlib.sha256(material).digest()[:4]
 
 
 def _b64decode(text: str, what: str) -> bytes:

@@ -132,11 +132,15 @@ class TestVerifier:
         with pytest.raises(SignatureError):
             Verifier.parse(f"{name}+{_key_id(name, PETER_KEY.public).hex()}+{b64}")
 
+    def test_name_not_utf8(self) -> None:
+        """A name with a lone surrogate (not encodable as UTF-8) raises SignatureError."""
+        with pytest.raises(SignatureError):
+            Verifier.parse(PETER["verifier_key"].replace("PeterNeumann", "Peter\ud800"))
+
     @pytest.mark.parametrize(
         "key",
         [
             "PeterNeumann+c74f20a3",
-            "PeterNeumann+C74F20A3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
             "PeterNeumann+c74f20+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
             "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10T",
             "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW!",
@@ -146,7 +150,6 @@ class TestVerifier:
         ],
         ids=[
             "no-key",
-            "upper-hex",
             "short-id",
             "bad-padding",
             "bad-char",
@@ -195,6 +198,14 @@ class TestSigner:
         """Signer.generate refuses a name with a space or '+', or an empty one."""
         with pytest.raises(SignatureError):
             Signer.generate(name)
+
+    def test_name_not_utf8(self) -> None:
+        """A name with a lone surrogate (not encodable as UTF-8) raises SignatureError, in
+        parse and in generate."""
+        with pytest.raises(SignatureError):
+            Signer.parse(str(ALICE).replace(ALICE.name, "alice\ud800"))
+        with pytest.raises(SignatureError):
+            Signer.generate("alice\ud800")
 
     @pytest.mark.parametrize(
         "key",
