@@ -23,10 +23,16 @@ import orjson
 
 from audit_core import __version__
 from audit_core._chain import ChainHead, check_head
-from audit_core._note import Signer, Verifier, unverified_text
+from audit_core._note import Signer, Verifier, sign_note, unverified_text
 from audit_core._record import Record
 from audit_core._report import Filter, parse_time, render_report, summarize, to_csv, to_jsonl
-from audit_core.checkpoint import Checkpoint, load_verifiers, open_checkpoint, write_key_files
+from audit_core.checkpoint import (
+    Checkpoint,
+    load_signer,
+    load_verifiers,
+    open_checkpoint,
+    write_key_files,
+)
 from audit_core.config import AuditConfig
 from audit_core.errors import (
     AuditError,
@@ -122,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a signed checkpoint kept elsewhere: the ledger must still contain "
         "its tree (catches truncation and rewrites); needs --key",
     )
+    v.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        help="witness verifier key that must also have cosigned each --checkpoint",
+    )
     v.set_defaults(func=_cmd_verify)
 
     k = sub.add_parser("keygen", help="create a checkpoint signing key; print its verifier key")
@@ -147,6 +159,17 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("bundle", help="bundle file written by `prove`")
     vp.add_argument("--key", action="append", required=True, help="trusted verifier key")
     vp.set_defaults(func=_cmd_verify_proof)
+
+    co = sub.add_parser("cosign", help="add a witness signature to a signed checkpoint")
+    co.add_argument("checkpoint", help="signed checkpoint file (rewritten with the new line)")
+    co.add_argument("--signing-key", required=True, help="witness signer key (string or file)")
+    co.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        help="verifier key the checkpoint must already be signed by (the log's)",
+    )
+    co.set_defaults(func=_cmd_cosign)
 
     cs = sub.add_parser("consistency", help="prove append-only growth between two checkpoints")
     cs.add_argument("old", help="older signed checkpoint file")
@@ -295,7 +318,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--checkpoint needs --key: a checkpoint is only evidence once its signature is checked"
         )
-    external = [(_read_checkpoint(path, keys), f"checkpoint {path}") for path in args.checkpoint]
+    witnessed = keys + (load_verifiers(args.witness) if args.witness else [])
+    external = [
+        (_read_checkpoint(path, witnessed), f"checkpoint {path}") for path in args.checkpoint
+    ]
     started = time.perf_counter()
     try:
         heads = _progress_verify(ledger, chains, keys, external)
@@ -554,6 +580,22 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
         f"valid: chain {rec.chain!r} seq {rec.seq} ({rec.event} at {rec.ts}) is leaf "
         f"{rec.seq} of {cp.origin} at tree size {cp.size}, signed by "
         + ", ".join(v.name for v in proven.signed_by)
+    )
+    return EXIT_OK
+
+
+def _cmd_cosign(args: argparse.Namespace) -> int:
+    # A witness signs only what it has checked: the log's signature first (c2sp.org/signed-note
+    # cosigning); a witness that also tracks consistency runs `consistency` before this.
+    keys = load_verifiers(args.key)
+    path = Path(args.checkpoint)
+    note = path.read_text(encoding="utf-8")
+    checkpoint = _read_checkpoint(str(path), keys)
+    witness = load_signer(args.signing_key, default_path=None, name="unused")
+    path.write_text(sign_note(checkpoint.text(), [witness], existing=note), encoding="utf-8")
+    print(
+        f"cosigned {checkpoint.describe()} as {witness.name}; verifier key {witness.verifier}",
+        file=sys.stderr,
     )
     return EXIT_OK
 

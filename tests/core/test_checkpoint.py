@@ -330,3 +330,28 @@ class TestCli:
         assert lines[4].startswith("\u2014 ")
         assert orjson.loads(b"25") == int(lines[1])
         assert 32 == len(leaf_hash(b"")) == len(Checkpoint.parse("\n".join(lines[:3]) + "\n").root)
+
+
+class TestWitness:
+    """Witness cosigning from the command line."""
+
+    def test_cosign_and_require_witness(
+        self, ledger: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A cosigned checkpoint passes `verify --witness`; an uncosigned one fails (exit 1)."""
+        url = f"sqlite:///{ledger}"
+        log_key = str(ledger.with_name("ledger.db.key.pub"))
+        witness_key = tmp_path / "w.key"
+        assert 0 == main(["keygen", "--name", "witness.example/w", "-o", str(witness_key)])
+        witness_pub = str(witness_key) + ".pub"
+        plain, cosigned = tmp_path / "plain.txt", tmp_path / "cosigned.txt"
+        plain.write_text(_latest_note(ledger))
+        cosigned.write_text(_latest_note(ledger))
+        cosign = ["cosign", str(cosigned), "--signing-key", str(witness_key), "--key", log_key]
+        assert 0 == main(cosign)
+        assert 2 == cosigned.read_text().count("\u2014 ")
+        args = ["verify", "--ledger", url, "--key", log_key, "--witness", witness_pub]
+        assert 0 == main([*args, "--checkpoint", str(cosigned)])
+        capsys.readouterr()
+        assert 1 == main([*args, "--checkpoint", str(plain)])
+        assert "witness.example/w" in capsys.readouterr().err
