@@ -31,8 +31,11 @@ __all__ = [
     "Frontier",
     "NodeReader",
     "consistency_proof",
+    "fold",
+    "frontier_positions",
     "inclusion_proof",
     "node_hash",
+    "push",
     "root_of",
     "subtree_hash",
     "verify_consistency",
@@ -68,11 +71,51 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
     return node_hash(root_of(leaves[:k]), root_of(leaves[k:]))
 
 
+def push(
+    nodes: list[bytes],
+    size: int,
+    leaf: bytes,
+    completed: list[tuple[int, int, bytes]] | None = None,
+) -> None:
+    """Append ``leaf`` to the compact frontier ``nodes`` of a tree of ``size`` leaves, in
+    place. Each complete subtree this forms, of level ≥ 1, is added to ``completed`` as
+    ``(level, index, hash)``: exactly the subtrees whose last leaf is the new one."""
+    h, n, level = leaf, size, 0
+    while n & 1:  # the lowest subtree is as tall as the new one: merge them
+        h = node_hash(nodes.pop(), h)
+        n >>= 1
+        level += 1
+        if completed is not None:
+            completed.append((level, ((size + 1) >> level) - 1, h))
+    nodes.append(h)
+
+
+def fold(nodes: Sequence[bytes]) -> bytes:
+    """MTH of a tree from its compact frontier: the nodes folded from the right (§2.1.1)."""
+    if not nodes:
+        return EMPTY_ROOT
+    h = nodes[-1]
+    for left in reversed(nodes[:-1]):
+        h = node_hash(left, h)
+    return h
+
+
+def frontier_positions(size: int) -> list[tuple[int, int]]:
+    """``(level, index)`` of the maximal complete subtrees of a tree of ``size`` leaves, left to
+    right: one per set bit of ``size``, largest first."""
+    positions, start = [], 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            positions.append((level, start >> level))
+            start += 1 << level
+    return positions
+
+
 @dataclass(frozen=True, slots=True)
 class Frontier:
     """The compact range of a tree of ``size`` leaves: the roots of its maximal complete
-    subtrees, left to right (one per set bit of ``size``, largest first). O(log n) hashes
-    are all it takes to append a leaf and to compute the root."""
+    subtrees, left to right (:func:`frontier_positions`). O(log n) hashes are all it takes to
+    append a leaf and to compute the root."""
 
     size: int
     nodes: tuple[bytes, ...]
@@ -80,6 +123,11 @@ class Frontier:
     @classmethod
     def empty(cls) -> Frontier:
         return cls(0, ())
+
+    @classmethod
+    def at(cls, read: NodeReader, size: int) -> Frontier:
+        """The frontier of a tree of ``size`` leaves, from its stored subtrees."""
+        return cls(size, tuple(read(level, index) for level, index in frontier_positions(size)))
 
     @classmethod
     def from_bytes(cls, size: int, blob: bytes) -> Frontier:
@@ -95,35 +143,22 @@ class Frontier:
     def append(
         self, leaf: bytes, completed: list[tuple[int, int, bytes]] | None = None
     ) -> Frontier:
-        """The frontier after one more leaf. Each complete subtree this forms, of level ≥ 1,
-        is added to ``completed`` as ``(level, index, hash)`` (for the ledger to store)."""
-        nodes = list(self.nodes)
-        size, h, level = self.size, leaf, 0
-        while size & 1:  # the lowest subtree is as tall as the new one: merge them
-            h = node_hash(nodes.pop(), h)
-            size >>= 1
-            level += 1
-            if completed is not None:
-                completed.append((level, ((self.size + 1) >> level) - 1, h))
-        nodes.append(h)
-        return Frontier(self.size + 1, tuple(nodes))
+        """The frontier after one more leaf (see :func:`push` for ``completed``)."""
+        return self.extend((leaf,), completed)
 
     def extend(
         self, leaves: Iterable[bytes], completed: list[tuple[int, int, bytes]] | None = None
     ) -> Frontier:
-        frontier = self
+        """The frontier after ``leaves`` (see :func:`push` for ``completed``)."""
+        nodes, size = list(self.nodes), self.size
         for leaf in leaves:
-            frontier = frontier.append(leaf, completed)
-        return frontier
+            push(nodes, size, leaf, completed)
+            size += 1
+        return Frontier(size, tuple(nodes))
 
     def root(self) -> bytes:
-        """MTH of the tree: the frontier folded from the right (RFC 9162 §2.1.1)."""
-        if not self.nodes:
-            return EMPTY_ROOT
-        h = self.nodes[-1]
-        for left in reversed(self.nodes[:-1]):
-            h = node_hash(left, h)
-        return h
+        """MTH of the tree (RFC 9162 §2.1.1)."""
+        return fold(self.nodes)
 
 
 def subtree_hash(read: NodeReader, start: int, end: int) -> bytes:

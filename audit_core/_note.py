@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from audit_core.errors import SignatureError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["Note", "Signer", "Verifier", "open_note", "sign_note", "unverified_text"]
 
@@ -139,20 +144,27 @@ class Signer:
 
     @property
     def verifier(self) -> Verifier:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-        public = (
-            Ed25519PrivateKey.from_private_bytes(self.seed)
-            .public_key()
-            .public_bytes(Encoding.Raw, PublicFormat.Raw)
-        )
-        return Verifier(self.name, _key_id(self.name, public), public)
+        return _verifier_of(self.name, self.seed)
 
     def sign(self, message: bytes) -> bytes:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        return _private_key(self.seed).sign(message)
 
-        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(message)
+
+# Deriving an Ed25519 key from its seed costs more than signing with it; a process signs with
+# one or two keys, so keep the derived objects (values of frozen Signers, hence cacheable).
+@functools.lru_cache(maxsize=16)
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _verifier_of(name: str, seed: bytes) -> Verifier:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = _private_key(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return Verifier(name, _key_id(name, public), public)
 
 
 @dataclass(frozen=True, slots=True)

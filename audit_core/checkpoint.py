@@ -121,9 +121,8 @@ def write_checkpoint(
     size, root = ledger.tree_head(chain)
     if size == 0:
         return None
-    stored = ledger.checkpoints(chain)
-    if stored:
-        last = stored[-1]
+    last = ledger.latest_checkpoint(chain)
+    if last is not None:
         if last.size >= size:
             if last.size == size and last.root != root:
                 raise _fork(chain, last, size, root)

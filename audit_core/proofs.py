@@ -59,9 +59,11 @@ def make_inclusion_bundle(
 ) -> dict[str, Any]:
     """A bundle proving record ``seq`` is in the tree of a stored checkpoint: the one of
     ``size``, or else the latest. Raises :class:`ProofError` when no checkpoint covers it."""
-    stored = [c for c in ledger.checkpoints(chain) if c.size > seq]
-    if size is not None:
-        stored = [c for c in stored if c.size == size]
+    if size is None:
+        latest = ledger.latest_checkpoint(chain)
+        stored = [] if latest is None or latest.size <= seq else [latest]
+    else:
+        stored = [c for c in ledger.checkpoints(chain) if c.size == size > seq]
     if not stored:
         what = f"at tree size {size}" if size is not None else f"covering seq {seq}"
         raise ProofError(
@@ -131,7 +133,8 @@ def prove_consistency(ledger: Ledger, chain: str, old: Checkpoint, new: Checkpoi
     rewrite) or :class:`CheckpointError` (the ledger no longer holds the newer tree)."""
     if old.size > new.size:
         old, new = new, old
-    size, _ = ledger.tree_head(chain)
+    last = ledger.head(chain)
+    size = 0 if last is None else last.seq + 1
     if new.size > size:
         raise CheckpointError(
             f"chain {chain!r} holds {size} records but {new.describe()} covers {new.size}: "

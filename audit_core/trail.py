@@ -135,8 +135,8 @@ class AuditTrail:
             return
         last = self._checkpointed.get(chain)
         if last is None:
-            stored = self.ledger.checkpoints(chain)
-            last = (stored[-1].size if stored else 0, time.monotonic())
+            latest = self.ledger.latest_checkpoint(chain)
+            last = (0 if latest is None else latest.size, time.monotonic())
             self._checkpointed[chain] = last
         due = size - last[0] >= every
         if due or time.monotonic() - last[1] >= self.config.checkpoint_interval_s:

@@ -60,6 +60,10 @@ class Ledger(Protocol):
         """Store a signed checkpoint; False if one of that size is stored already."""
         ...
 
+    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        """The chain's checkpoint of the largest tree, or None."""
+        ...
+
     def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
         """The chain's signed checkpoints, smallest tree first."""
         ...

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
-from audit_core._merkle import Frontier
+from audit_core._merkle import Frontier, push
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
 from audit_core.errors import ConfigError, LedgerError
@@ -59,23 +59,19 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq   INTEGER NOT NULL,
     PRIMARY KEY (name, chain)
 );
--- RFC 9162 Merkle tree of each chain: the compact frontier (one row a chain, rewritten by
--- every append, in the same transaction), and every complete subtree of level >= 1 as it
--- forms (about one a record), so proofs need O(log^2 n) reads instead of a rescan.
-CREATE TABLE IF NOT EXISTS merkle_frontier (
-    chain    TEXT PRIMARY KEY,
-    size     INTEGER NOT NULL,
-    frontier BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS merkle_nodes (
+-- RFC 9162 Merkle tree of each chain: every complete subtree of level >= 1, stored by the
+-- append that completes it (n - popcount(n) rows for n records). Keyed by the subtree's last
+-- leaf so that one append's rows are neighbours at the right edge of the b-tree (one page).
+-- The compact frontier is the subtrees at the set bits of the size: O(log n) reads, cached.
+CREATE TABLE IF NOT EXISTS merkle_subtrees (
     chain TEXT NOT NULL,
+    last  INTEGER NOT NULL,   -- seq of the subtree's last leaf: (index + 1) * 2^level - 1
     level INTEGER NOT NULL,
-    idx   INTEGER NOT NULL,
     hash  BLOB NOT NULL,
-    PRIMARY KEY (chain, level, idx)
+    PRIMARY KEY (chain, last, level)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
-BEGIN SELECT RAISE(ABORT, 'workflow-audit Merkle nodes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS merkle_subtrees_no_update BEFORE UPDATE ON merkle_subtrees
+BEGIN SELECT RAISE(ABORT, 'workflow-audit Merkle subtrees are append-only'); END;
 -- Signed checkpoints (c2sp.org/tlog-checkpoint in a c2sp.org/signed-note).
 CREATE TABLE IF NOT EXISTS checkpoints (
     chain   TEXT NOT NULL,
@@ -96,8 +92,14 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 _HEAD = "SELECT seq, hash, body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _LAST = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _INSERT = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
-_INSERT_NODE = "INSERT OR REPLACE INTO merkle_nodes (chain, level, idx, hash) VALUES (?, ?, ?, ?)"
-_SAVE_FRONTIER = "INSERT OR REPLACE INTO merkle_frontier (chain, size, frontier) VALUES (?, ?, ?)"
+# OR IGNORE: a rebuild may meet subtrees that exist; they are derived data, and a wrong one
+# only makes a proof fail to verify (never pass).
+_INSERT_SUBTREE = (
+    "INSERT OR IGNORE INTO merkle_subtrees (chain, last, level, hash) VALUES (?, ?, ?, ?)"
+)
+_HASHES_FROM = "SELECT hash FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"
+_NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
+_NODE = "SELECT hash FROM merkle_subtrees WHERE chain = ? AND last = ? AND level = ?"
 
 
 class SqliteLedger:
@@ -123,6 +125,9 @@ class SqliteLedger:
         # A connection must not cross fork() (sqlite.org/howtocorrupt.html §2.6); connections
         # abandoned in a child are kept referenced, not closed, so the parent's stay intact.
         self._abandoned: list[sqlite3.Connection] = []
+        # chain -> Merkle frontier as of this process's last commit (checked against the
+        # chain's size inside every transaction, so other writers only make it catch up)
+        self._frontiers: dict[str, Frontier] = {}
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path) if self.path else ':memory:'!r})"
@@ -163,6 +168,7 @@ class SqliteLedger:
                 self._abandoned.append(self._conn)
             self._conn = self._connect()
             self._pid = pid
+            self._frontiers.clear()
         return self._conn
 
     def close(self) -> None:
@@ -188,9 +194,10 @@ class SqliteLedger:
                 conn.execute("BEGIN IMMEDIATE")
                 committed = False
                 try:
-                    stored = self._seal_all(conn, records)
+                    stored, frontiers = self._seal_all(conn, records)
                     conn.execute("COMMIT")
                     committed = True
+                    self._frontiers.update(frontiers)  # only what is committed
                 finally:
                     if not committed and conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -198,14 +205,13 @@ class SqliteLedger:
                 raise LedgerError(f"cannot append to {self!r}: {exc}") from exc
         return stored
 
-    @staticmethod
     def _seal_all(
-        conn: sqlite3.Connection, records: Sequence[PreparedRecord]
-    ) -> list[StoredRecord]:
+        self, conn: sqlite3.Connection, records: Sequence[PreparedRecord]
+    ) -> tuple[list[StoredRecord], dict[str, Frontier]]:
         heads: dict[str, tuple[int, str]] = {}
-        frontiers: dict[str, Frontier] = {}
+        frontiers: dict[str, tuple[list[bytes], int]] = {}  # chain -> (nodes, size), mutable
         completed: list[tuple[int, int, bytes]] = []
-        nodes: list[tuple[str, int, int, bytes]] = []
+        subtrees: list[tuple[str, int, int, bytes]] = []
         stored: list[StoredRecord] = []
         for rec in records:
             chain = rec.chain
@@ -213,19 +219,41 @@ class SqliteLedger:
             if head is None:
                 row = conn.execute(_LAST, (chain,)).fetchone()
                 head = (-1, genesis(chain)) if row is None else (row[0], row[1].hex())
-                frontiers[chain] = _load_frontier(conn, chain, head[0] + 1)
+                frontier = self._frontier(conn, chain, head[0] + 1)
+                frontiers[chain] = (list(frontier.nodes), frontier.size)
             seq = head[0] + 1
             body = rec.seal(seq, head[1])
             digest = leaf_hash(body)
             heads[chain] = (seq, digest.hex())
             stored.append(StoredRecord(chain, seq, digest, body))
-            frontiers[chain] = frontiers[chain].append(digest, completed)
-            nodes += [(chain, level, idx, h) for level, idx, h in completed]
+            nodes, size = frontiers[chain]
+            push(nodes, size, digest, completed)
+            frontiers[chain] = (nodes, size + 1)
+            subtrees += [(chain, seq, level, h) for level, _, h in completed]
             completed.clear()
         conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
-        conn.executemany(_INSERT_NODE, nodes)
-        conn.executemany(_SAVE_FRONTIER, [(c, f.size, f.to_bytes()) for c, f in frontiers.items()])
-        return stored
+        conn.executemany(_INSERT_SUBTREE, subtrees)
+        return stored, {c: Frontier(n, tuple(nodes)) for c, (nodes, n) in frontiers.items()}
+
+    def _frontier(
+        self, conn: sqlite3.Connection, chain: str, size: int, *, rebuild: bool = True
+    ) -> Frontier:
+        """The chain's frontier at ``size`` leaves: this process's cached one, brought up to
+        date with the hashes other processes appended since, or read from the stored
+        subtrees; with ``rebuild`` (write paths only), recomputed from every record hash when
+        subtrees are missing, else LedgerError."""
+        cached = self._frontiers.get(chain)
+        if cached is not None and cached.size == size:
+            return cached
+        if cached is not None and cached.size < size:  # others appended: their subtrees exist
+            rows = conn.execute(_HASHES_FROM, (chain, cached.size))
+            return cached.extend(h for (h,) in rows)
+        try:
+            return Frontier.at(partial(_read_node, conn, chain), size)
+        except LedgerError:
+            if not rebuild:
+                raise
+            return _rebuild(conn, chain, size)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -287,35 +315,24 @@ class SqliteLedger:
     # -- Merkle tree and checkpoints -----------------------------------------------------
 
     def tree_head(self, chain: str) -> tuple[int, bytes]:
-        """``(size, root)`` of the chain's Merkle tree, from the stored frontier (O(log n))."""
+        """``(size, root)`` of the chain's Merkle tree, from its stored subtrees (O(log n)).
+        Raises LedgerError when they are missing (the next append rebuilds them)."""
         with self._lock:
             try:
-                row = (
-                    self._connection()
-                    .execute("SELECT size, frontier FROM merkle_frontier WHERE chain = ?", (chain,))
-                    .fetchone()
-                )
+                conn = self._connection()
+                row = conn.execute(_LAST, (chain,)).fetchone()
+                size = 0 if row is None else row[0] + 1
+                return (size, self._frontier(conn, chain, size, rebuild=False).root())
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-        if row is None:
-            return (0, Frontier.empty().root())
-        return (row[0], Frontier.from_bytes(row[0], row[1]).root())
 
     def node(self, chain: str, level: int, index: int) -> bytes:
         """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""
-        if level == 0:
-            sql, args = "SELECT hash FROM records WHERE chain = ? AND seq = ?", (chain, index)
-        else:
-            sql = "SELECT hash FROM merkle_nodes WHERE chain = ? AND level = ? AND idx = ?"
-            args = (chain, level, index)  # type: ignore[assignment]
         with self._lock:
             try:
-                row = self._connection().execute(sql, args).fetchone()
+                return _read_node(self._connection(), chain, level, index)
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-        if row is None or not isinstance(row[0], bytes):
-            raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
-        return bytes(row[0])
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         """Store a signed checkpoint; False when one of that size is already stored."""
@@ -335,6 +352,23 @@ class SqliteLedger:
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
         return cur.rowcount == 1
+
+    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        """The chain's checkpoint of the largest tree (an index seek, whatever their number)."""
+        with self._lock:
+            try:
+                row = (
+                    self._connection()
+                    .execute(
+                        "SELECT chain, size, root, note, created FROM checkpoints "
+                        "WHERE chain = ? ORDER BY size DESC LIMIT 1",
+                        (chain,),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        return None if row is None else StoredCheckpoint(*row)
 
     def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
         """The chain's stored checkpoints, smallest tree first."""
@@ -375,26 +409,30 @@ class SqliteLedger:
             )
 
 
-def _load_frontier(conn: sqlite3.Connection, chain: str, size: int) -> Frontier:
-    """The chain's stored frontier; rebuilt from the record hashes when it is missing or does
-    not match the records (a ledger written before Merkle trees existed, or tampering)."""
-    row = conn.execute("SELECT size, frontier FROM merkle_frontier WHERE chain = ?", (chain,))
-    found = row.fetchone()
-    if found is not None and found[0] == size:
-        return Frontier.from_bytes(found[0], found[1])
-    if size:
-        logger.warning(
-            "workflow-audit: rebuilding the Merkle tree of chain %r from its %d records "
-            "(stored frontier: %s)",
-            chain,
-            size,
-            "none" if found is None else f"size {found[0]}",
-        )
-        COUNTERS.incr("merkle_rebuilds")
+def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:
+    if level == 0:
+        row = conn.execute(_NODE_LEAF, (chain, index)).fetchone()
+    else:
+        row = conn.execute(_NODE, (chain, ((index + 1) << level) - 1, level)).fetchone()
+    if row is None or not isinstance(row[0], bytes):
+        raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
+    return bytes(row[0])
+
+
+def _rebuild(conn: sqlite3.Connection, chain: str, size: int) -> Frontier:
+    """Recompute a chain's subtrees from its record hashes (a ledger written before Merkle
+    trees, or subtrees deleted); loudly, since it reads the whole chain."""
+    logger.warning(
+        "workflow-audit: rebuilding the Merkle tree of chain %r from its %d records", chain, size
+    )
+    COUNTERS.incr("merkle_rebuilds")
     completed: list[tuple[int, int, bytes]] = []
-    hashes = conn.execute("SELECT hash FROM records WHERE chain = ? ORDER BY seq", (chain,))
-    frontier = Frontier.empty().extend((h for (h,) in hashes), completed)
-    conn.executemany(_INSERT_NODE, [(chain, lvl, idx, h) for lvl, idx, h in completed])
+    rows = conn.execute(_HASHES_FROM, (chain, 0))
+    frontier = Frontier.empty().extend((h for (h,) in rows), completed)
+    conn.executemany(
+        _INSERT_SUBTREE,
+        [(chain, ((idx + 1) << lvl) - 1, lvl, h) for lvl, idx, h in completed],
+    )
     return frontier
 
 

@@ -134,20 +134,20 @@ def cover_tracks(path: Path, chain: str) -> None:
     with _tampering(path) as conn:
         conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
         conn.execute("DELETE FROM checkpoints WHERE chain = ?", (chain,))
-        conn.execute("DELETE FROM merkle_frontier WHERE chain = ?", (chain,))
+        conn.execute("DELETE FROM merkle_subtrees WHERE chain = ?", (chain,))
 
 
 def cover_tracks_frontier_only(path: Path, chain: str) -> None:
-    """Delete the chain's Merkle frontier (so the next append rebuilds it from the records)."""
+    """Delete the chain's Merkle subtrees (so the next append rebuilds them from the records)."""
     with _tampering(path) as conn:
-        conn.execute("DELETE FROM merkle_frontier WHERE chain = ?", (chain,))
+        conn.execute("DELETE FROM merkle_subtrees WHERE chain = ?", (chain,))
 
 
 def delete_chain(path: Path, chain: str) -> None:
     """Delete every trace of a chain: records, Merkle frontier and nodes, checkpoints."""
     with _tampering(path) as conn:
         conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
-        for table in ("records", "merkle_frontier", "merkle_nodes", "checkpoints"):
+        for table in ("records", "merkle_subtrees", "checkpoints"):
             conn.execute(f"DELETE FROM {table} WHERE chain = ?", (chain,))  # noqa: S608
 
 

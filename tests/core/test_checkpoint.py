@@ -221,8 +221,7 @@ class TestFrontier:
     ) -> None:
         """A ledger without a frontier (written before Merkle trees) is rebuilt on append."""
         with sqlite3.connect(ledger) as conn:
-            conn.execute("DELETE FROM merkle_frontier")
-            conn.execute("DELETE FROM merkle_nodes")
+            conn.execute("DELETE FROM merkle_subtrees")
         with caplog.at_level(logging.WARNING, logger="workflow_audit"):
             _fill(ledger, 1)
         db = SqliteLedger(ledger)
