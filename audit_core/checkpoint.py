@@ -118,10 +118,12 @@ def write_checkpoint(
     Raises :class:`CheckpointError` rather than sign a tree inconsistent with the latest
     stored checkpoint (the records were rewritten or cut since it was signed).
     """
+    # The latest checkpoint first, then the tree: trees only grow, so a checkpoint another
+    # process signs in between can never look newer than the tree read after it.
+    last = ledger.latest_checkpoint(chain)
     size, root = ledger.tree_head(chain)
     if size == 0:
         return None
-    last = ledger.latest_checkpoint(chain)
     if last is not None:
         if last.size >= size:
             if last.size == size and last.root != root:
