@@ -1,6 +1,7 @@
 """Benchmarks for the Merkle tree and checkpoints of ``audit_core``: the cost of keeping the
-RFC 9162 frontier on every append, signed checkpoints, proofs, verification with root
-recomputation, and the storage the tree takes.
+RFC 9162 tree on every append (the in-process frontier and the ``merkle_subtrees`` rows),
+where the frontier comes from when the cache cannot serve it, signed checkpoints, proofs,
+verification with root recomputation, and the storage the tree takes.
 
 Run from the repository root (full mode takes one to two minutes, ``--quick`` under 30 s)::
 
@@ -14,7 +15,7 @@ never fails because something is slow.
 Method, as in ``bench_core.py`` (whose helpers it imports): whatever is compared is measured in
 the same run, interleaved call by call or round by round, and reported as a median. The
 "without Merkle" ledger of section 1 is a bench-only subclass of ``SqliteLedger`` whose
-``_seal_all`` is a copy of the real one minus the frontier and node writes; the report warns
+``_seal_all`` is a copy of the real one minus the frontier and subtree work; the report warns
 when the real ``_seal_all`` has changed since that copy was made.
 """
 
@@ -63,12 +64,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_core import AuditConfig, AuditTrail, Event, leaf_hash, verify_chain
 from audit_core._merkle import (
-    EMPTY_ROOT,
     Frontier,
     NodeReader,
     consistency_proof,
+    fold,
     inclusion_proof,
     node_hash,
+    push,
     subtree_hash,
     verify_consistency,
     verify_inclusion,
@@ -93,7 +95,7 @@ CHAIN = "default"
 VARIANTS = ("A", "B")
 SIGNER_NAME = "bench.workflow-audit.local"
 #: sha256[:12] of ``inspect.getsource(SqliteLedger._seal_all)`` when NoMerkleLedger copied it.
-SEAL_ALL_COPIED_FROM = "1aaf057ee9d4"
+SEAL_ALL_COPIED_FROM = "a7be5deeac15"
 #: Verify rounds stop early once another round would take the time spent past this budget.
 VERIFY_BUDGET_S = 60.0
 
@@ -117,6 +119,7 @@ class Sizes:
     micro_calls: int
     verify_reps: int
     fold_rounds: int
+    frontier_runs: int
 
 
 FULL = Sizes(
@@ -135,6 +138,7 @@ FULL = Sizes(
     micro_calls=2_000,
     verify_reps=3,
     fold_rounds=3,
+    frontier_runs=20,
 )
 QUICK = Sizes(
     append_warmup=50,
@@ -152,6 +156,7 @@ QUICK = Sizes(
     micro_calls=300,
     verify_reps=1,
     fold_rounds=2,
+    frontier_runs=5,
 )
 
 
@@ -168,14 +173,15 @@ def pct(fraction: float) -> str:
 
 class NoMerkleLedger(SqliteLedger):
     """BENCH-ONLY variant B: ``SqliteLedger`` whose append seals and inserts the records and
-    does nothing else (no frontier read or write, no node inserts). Never use it for data:
-    its ledgers carry no Merkle tree (verify treats them as written before trees existed)."""
+    does nothing else (no frontier cache lookup or catch-up, no ``push``, no
+    ``merkle_subtrees`` inserts; it returns no frontiers, so ``append_many`` caches none).
+    Never use it for data: its ledgers carry no Merkle tree (``tree_head`` raises, verify
+    treats them as ledgers whose subtrees are missing)."""
 
-    @staticmethod
     def _seal_all(
-        conn: sqlite3.Connection, records: Sequence[PreparedRecord]
-    ) -> list[StoredRecord]:
-        # A copy of SqliteLedger._seal_all with every frontier/nodes line removed.
+        self, conn: sqlite3.Connection, records: Sequence[PreparedRecord]
+    ) -> tuple[list[StoredRecord], dict[str, Frontier]]:
+        # BENCH ONLY: a copy of SqliteLedger._seal_all with every frontier/subtree line removed.
         heads: dict[str, tuple[int, str]] = {}
         stored: list[StoredRecord] = []
         for rec in records:
@@ -190,7 +196,7 @@ class NoMerkleLedger(SqliteLedger):
             heads[chain] = (seq, digest.hex())
             stored.append(StoredRecord(chain, seq, digest, body))
         conn.executemany(_INSERT, stored)
-        return stored
+        return stored, {}
 
 
 def seal_all_fingerprint() -> str:
@@ -239,7 +245,7 @@ class AppendResult:
     wal_pages: dict[str, float]  # variant -> WAL frames (pages) written per FULL commit
     grow_calls: dict[str, int]  # synchronous -> calls until both WALs reached full size
     batch: Pair
-    frontier_ns: float  # Frontier.from_bytes + append + to_bytes, in memory, near 2**20
+    frontier_ns: float  # _seal_all's Python frontier work for one record, near 2**20 leaves
     node_hash_ns: float
     both_verify: str
     seal_all_now: str
@@ -385,19 +391,25 @@ def batch_pair(trails: dict[str, AuditTrail], events: list[Event], sizes: Sizes)
 
 
 def frontier_micro(n: int) -> tuple[float, float]:
-    """ns per call: the Python side of one append's frontier update at a 1M-leaf tree
-    (``from_bytes`` + ``append`` + ``to_bytes``, as ``_seal_all`` does), and ``node_hash``."""
+    """ns per call: the Python side of a single-record append's frontier work at a 1M-leaf
+    tree, as ``SqliteLedger._seal_all`` does it (cache lookup, ``list(nodes)``, ``push``, the
+    subtree rows, the new ``Frontier`` for the cache), and ``node_hash``."""
     rng = random.Random(7)
     states = []
     for _ in range(n):
         size = (1 << 20) - 512 + rng.randrange(1024)
-        blob = rng.randbytes(32 * size.bit_count())
-        states.append((size, blob, rng.randbytes(32)))
+        nodes = tuple(rng.randbytes(32) for _ in range(size.bit_count()))
+        states.append(({CHAIN: Frontier(size, nodes)}, rng.randbytes(32)))
     pairs = [(rng.randbytes(32), rng.randbytes(32)) for _ in range(n)]
 
-    def update(state: tuple[int, bytes, bytes]) -> bytes:
+    def update(state: tuple[dict[str, Frontier], bytes]) -> object:
+        cache, leaf = state
+        frontier = cache[CHAIN]
+        nodes, size = list(frontier.nodes), frontier.size
         completed: list[tuple[int, int, bytes]] = []
-        return Frontier.from_bytes(state[0], state[1]).append(state[2], completed).to_bytes()
+        push(nodes, size, leaf, completed)
+        rows = [(CHAIN, size, level, h) for level, _, h in completed]
+        return rows, Frontier(size + 1, tuple(nodes))
 
     steps: list[tuple[str, Callable[[], object]]] = [
         ("frontier", each(update, states)),
@@ -468,8 +480,8 @@ def default_checkpoint_every() -> int:
 
 
 PIECES = (
-    "`ledger.tree_head` (frontier row → root)",
-    "`ledger.checkpoints` (all stored, to take the latest)",
+    "`ledger.latest_checkpoint` (index seek)",
+    "`ledger.tree_head` (last seq; cached frontier → root)",
     "`consistency_proof` + `verify_consistency` from the latest",
     "`sign_note` (Ed25519)",
     "`ledger.add_checkpoint` (INSERT, FULL commit)",
@@ -520,7 +532,9 @@ def bench_checkpoint(
                         totals.append(sum(parts))
         size_after = ledger.tree_head(CHAIN)[0]
         stored_after = len(ledger.checkpoints(CHAIN))
-        note = ledger.checkpoints(CHAIN)[-1].note
+        latest = ledger.latest_checkpoint(CHAIN)
+        assert latest is not None
+        note = latest.note
     return CheckpointResult(
         whole=Stats.of(whole),
         pieces=[(name, Stats.of(v)) for name, v in pieces.items()],
@@ -532,13 +546,16 @@ def bench_checkpoint(
 
 
 def checkpoint_pieces(ledger: SqliteLedger, signer: Signer, origin: str, size: int) -> list[int]:
-    """What ``write_checkpoint`` does, step by step, timed; stores the checkpoint too."""
+    """What ``write_checkpoint`` does, step by step and in its order, timed; stores the
+    checkpoint too."""
     clock = perf_counter_ns
     t0 = clock()
-    tree_size, root = ledger.tree_head(CHAIN)
+    last = ledger.latest_checkpoint(CHAIN)
     t1 = clock()
-    last = ledger.checkpoints(CHAIN)[-1]
+    tree_size, root = ledger.tree_head(CHAIN)
     t2 = clock()
+    if last is None:
+        raise RuntimeError("the big ledger has no checkpoint")
     proof = consistency_proof(partial(ledger.node, CHAIN), last.size, tree_size)
     verify_consistency(last.size, tree_size, proof, last.root, root)
     t3 = clock()
@@ -564,14 +581,18 @@ def signing_micro(signer: Signer, note: str, n: int) -> list[tuple[str, float]]:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("`sign_note(text, [signer])`", each(lambda _: sign_note(text, [signer]), calls)),
         (
-            "  ↳ `signer.verifier` (derives the public key, for the key id)",
+            "  ↳ `signer.verifier` (cached per key: an `lru_cache` hit)",
             each(lambda _: signer.verifier, calls),
         ),
         (
-            "  ↳ `signer.sign(text)` (derives the key from the seed, signs)",
+            "  ↳ `signer.sign(text)` (cached key object, signs)",
             each(lambda _: signer.sign(message), calls),
         ),
         ("  ↳ Ed25519 sign alone, key object kept", each(lambda _: key.sign(message), calls)),
+        (
+            "what the cache saves: `Ed25519PrivateKey.from_private_bytes(seed)`",
+            each(lambda _: Ed25519PrivateKey.from_private_bytes(signer.seed), calls),
+        ),
         (
             "`open_checkpoint(note, [verifier])`",
             each(lambda _: open_checkpoint(note, [verifier]), calls),
@@ -615,14 +636,16 @@ def bench_proofs(ledger: SqliteLedger, verifier: Verifier, sizes: Sizes) -> Proo
     """Inclusion bundles for random seqs: make, verify, and verify the bare path, call by
     call; then consistency proofs between random sizes."""
     rng = random.Random(20261129)
-    latest = ledger.checkpoints(CHAIN)[-1]
+    latest = ledger.latest_checkpoint(CHAIN)
+    if latest is None:
+        raise RuntimeError("the big ledger has no checkpoint")
     clock = perf_counter_ns
     make: list[int] = []
     verify: list[int] = []
     opened: list[int] = []
     bare: list[int] = []
     parts: dict[str, list[int]] = {
-        "`ledger.checkpoints` (all stored)": [],
+        "`ledger.latest_checkpoint` (index seek)": [],
         "`ledger.read(chain, seq, seq + 1)` (opens a connection)": [],
         "`inclusion_proof` (`ledger.node` reads)": [],
     }
@@ -644,7 +667,7 @@ def bench_proofs(ledger: SqliteLedger, verifier: Verifier, sizes: Sizes) -> Proo
         t4 = clock()
         verify_inclusion(leaf, seq, latest.size, path, latest.root)
         t5 = clock()
-        ledger.checkpoints(CHAIN)
+        ledger.latest_checkpoint(CHAIN)
         t6 = clock()
         next(iter(ledger.read(CHAIN, seq, seq + 1)))
         t7 = clock()
@@ -748,13 +771,13 @@ def fold_loops(
     conn: sqlite3.Connection, rounds: int, roots: list[bytes]
 ) -> list[tuple[str, float]]:
     """Iterate the stored hashes; the same plus the compact-frontier fold ``verify_records``
-    does inline; the same plus ``Frontier.append`` instead (the ledger's class)."""
+    does inline; the same plus ``_merkle.push`` per leaf instead (what the ledger calls)."""
 
     def read_only() -> None:
         for _seq, (_h,) in enumerate(conn.execute(_HASHES, (CHAIN,))):
             pass
 
-    def fold() -> None:
+    def inline() -> None:
         stack: list[bytes] = []
         for seq, (h,) in enumerate(conn.execute(_HASHES, (CHAIN,))):
             node, n = h, seq
@@ -762,29 +785,20 @@ def fold_loops(
                 node = node_hash(stack.pop(), node)
                 n >>= 1
             stack.append(node)
-        roots.append(_fold(stack))
+        roots.append(fold(stack))
 
-    def frontier() -> None:
-        f = Frontier.empty()
-        for _seq, (h,) in enumerate(conn.execute(_HASHES, (CHAIN,))):
-            f = f.append(h)
-        roots.append(f.root())
+    def pushed() -> None:
+        nodes: list[bytes] = []
+        for seq, (h,) in enumerate(conn.execute(_HASHES, (CHAIN,))):
+            push(nodes, seq, h)
+        roots.append(fold(nodes))
 
     steps: list[tuple[str, Callable[[], object]]] = [
         ("iterate `SELECT hash … ORDER BY seq` (baseline)", read_only),
-        ("+ compact-frontier fold, as inlined in `verify_records`", fold),
-        ("+ `Frontier.append` per leaf instead (the ledger's immutable class)", frontier),
+        ("+ compact-frontier fold, as inlined in `verify_records`", inline),
+        ("+ `_merkle.push` per leaf instead (as `_seal_all` and the catch-up call it)", pushed),
     ]
     return interleaved(steps, rounds)
-
-
-def _fold(stack: Sequence[bytes]) -> bytes:
-    if not stack:
-        return EMPTY_ROOT
-    root = stack[-1]
-    for left in reversed(stack[:-1]):
-        root = node_hash(left, root)
-    return root
 
 
 # -- 5. storage -----------------------------------------------------------------------------------
@@ -793,8 +807,8 @@ def _fold(stack: Sequence[bytes]) -> bytes:
 @dataclasses.dataclass(frozen=True, slots=True)
 class StorageResult:
     records: int
-    nodes: int
-    expected_nodes: int
+    subtrees: int
+    expected_subtrees: int
     objects: list[tuple[str, int, int, int, int]]  # name, pages, bytes, payload, unused
     file_bytes: int
     method: str
@@ -803,9 +817,7 @@ class StorageResult:
 _OBJECTS = (
     "records",
     "records_chain_seq",
-    "merkle_nodes",
-    "merkle_frontier",
-    "sqlite_autoindex_merkle_frontier_1",
+    "merkle_subtrees",  # WITHOUT ROWID: the table is its primary-key b-tree, no other index
     "checkpoints",
     "sqlite_autoindex_checkpoints_1",
 )
@@ -818,7 +830,7 @@ def bench_storage(path: Path) -> StorageResult:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         records = conn.execute("SELECT COUNT(*) FROM records WHERE chain = ?", (CHAIN,))
         n = int(records.fetchone()[0])
-        nodes = int(conn.execute("SELECT COUNT(*) FROM merkle_nodes").fetchone()[0])
+        subtrees = int(conn.execute("SELECT COUNT(*) FROM merkle_subtrees").fetchone()[0])
         try:
             rows = conn.execute(
                 "SELECT name, COUNT(*), SUM(pgsize), SUM(payload), SUM(unused) FROM dbstat "
@@ -827,21 +839,98 @@ def bench_storage(path: Path) -> StorageResult:
             method = "`dbstat` virtual table (pages of each b-tree, incl. interior pages)"
         except sqlite3.OperationalError:  # SQLite built without SQLITE_ENABLE_DBSTAT_VTAB
             payload = conn.execute(
-                "SELECT SUM(LENGTH(CAST(chain AS BLOB)) + LENGTH(hash) + 6) FROM merkle_nodes"
+                "SELECT SUM(LENGTH(CAST(chain AS BLOB)) + LENGTH(hash) + 8) FROM merkle_subtrees"
             ).fetchone()[0]
-            rows = [("merkle_nodes", 0, int(payload or 0), int(payload or 0), 0)]
-            method = "payload lower bound (no `dbstat` in this SQLite): chain + hash + ~6 B"
+            rows = [("merkle_subtrees", 0, int(payload or 0), int(payload or 0), 0)]
+            method = "payload lower bound (no `dbstat` in this SQLite): chain + hash + ~8 B"
     finally:
         conn.close()
     found = {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
     objects = [(name, *found[name]) for name in _OBJECTS if name in found]
     return StorageResult(
         records=n,
-        nodes=nodes,
-        expected_nodes=n - n.bit_count(),  # complete subtrees of level >= 1 in a tree of n
+        subtrees=subtrees,
+        expected_subtrees=n - n.bit_count(),  # complete subtrees of level >= 1 in a tree of n
         objects=objects,
         file_bytes=path.stat().st_size,
         method=method,
+    )
+
+
+# -- 6. where the frontier comes from ------------------------------------------------------------
+
+#: How far behind the chain a ledger's cached frontier is made to fall (appends by another).
+BEHIND = (1, 100, 10_000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrontierResult:
+    size_before: int
+    size_after: int
+    rows: list[tuple[str, Stats]]
+    consistent: bool  # every tree_head above equals the writer's
+
+
+def bench_frontier_sources(
+    path: Path, sizes: Sizes, signer: Signer, events: list[Event]
+) -> FrontierResult:
+    """``tree_head`` then a one-record ``append_many`` on a ledger instance X, synchronous=OFF,
+    with X's frontier cache empty (a fresh instance, as in a new process), current, and ``k``
+    records behind after another instance (as another process) appended ``k``. Runs last: it
+    grows the chain by about ``frontier_runs * (sum(BEHIND) + 2 + len(BEHIND))`` records."""
+    clock = perf_counter_ns
+    # (records the other instance appends first, tree_head label, append label)
+    cases: list[tuple[int, str, str]] = [
+        (
+            0,
+            "`tree_head`, no cache (fresh instance): `Frontier.at`, one read per set bit",
+            "`append_many` of 1, no cache: `Frontier.at`, then as below",
+        ),
+        (0, "`tree_head`, cache current", "`append_many` of 1, cache current"),
+    ]
+    cases += [
+        (
+            k,
+            f"`tree_head`, cache {k:,} behind: {k:,} record hash(es) read and `push`ed",
+            f"`append_many` of 1, cache {k:,} behind (catches up, caches)",
+        )
+        for k in BEHIND
+    ]
+    times: dict[str, list[int]] = {label: [] for _, *pair in cases for label in pair}
+    consistent = True
+    with AuditTrail(big_config(path, signer, "OFF")) as writer:
+        other = writer.ledger
+        assert isinstance(other, SqliteLedger)
+        pool = [writer.prepare(e) for e in events]
+        size_before = other.tree_head(CHAIN)[0]
+        used = 0
+        for _ in range(sizes.frontier_runs):
+            x = SqliteLedger(path, synchronous="OFF", create=False)
+            try:
+                x.head(CHAIN)  # opens the connection outside the timings
+                for k, head_label, append_label in cases:
+                    while k:
+                        n = min(k, len(pool))
+                        other.append_many(pool[:n])
+                        k -= n
+                    t0 = clock()
+                    head = x.tree_head(CHAIN)
+                    t1 = clock()
+                    x.append_many(pool[used % len(pool) : used % len(pool) + 1])
+                    t2 = clock()
+                    used += 1
+                    times[head_label].append(t1 - t0)
+                    times[append_label].append(t2 - t1)
+                    consistent &= head[0] + 1 == other.tree_head(CHAIN)[0]
+                    consistent &= x.tree_head(CHAIN) == other.tree_head(CHAIN)
+            finally:
+                x.close()
+        size_after = other.tree_head(CHAIN)[0]
+    return FrontierResult(
+        size_before=size_before,
+        size_after=size_after,
+        rows=[(label, Stats.of(v)) for label, v in times.items()],
+        consistent=consistent,
     )
 
 
@@ -866,6 +955,7 @@ def report(
     proofs: ProofResult,
     ver: VerifyResult,
     disk: StorageResult,
+    sources: FrontierResult,
     elapsed_s: float,
     code_changed: bool,
     load: tuple[str, str],
@@ -875,9 +965,9 @@ def report(
     full = app.single["FULL"]
     verify_rps = statistics.median(r.size / r.wall_s for r in ver.runs)
     verify_cpu_rps = statistics.median(r.size / r.cpu_s for r in ver.runs)
-    nodes_per_record = disk.nodes / disk.records
-    node_obj = next((o for o in disk.objects if o[0] == "merkle_nodes"), None)
-    node_bytes = node_obj[2] if node_obj else 0
+    subtrees_per_record = disk.subtrees / disk.records
+    subtree_obj = next((o for o in disk.objects if o[0] == "merkle_subtrees"), None)
+    subtree_bytes = subtree_obj[2] if subtree_obj else 0
 
     add("## audit_core Merkle tree and checkpoint benchmarks\n")
     add(f"Command: `{command}`  ")
@@ -931,10 +1021,10 @@ def report(
                     met(verify_rps >= GOAL_VERIFY_RPS),
                 ),
                 (
-                    "5. `merkle_nodes` rows per record",
+                    "5. `merkle_subtrees` rows per record",
                     "≈ 1",
-                    f"{nodes_per_record:.5f} ({disk.nodes:,} for {disk.records:,})",
-                    met(abs(nodes_per_record - 1) < 0.01),
+                    f"{subtrees_per_record:.5f} ({disk.subtrees:,} for {disk.records:,})",
+                    met(abs(subtrees_per_record - 1) < 0.01),
                 ),
             ],
         )
@@ -942,12 +1032,17 @@ def report(
 
     add(f"\n### 1. Frontier maintenance on append (A vs B, {sizes.append_calls:,} calls)\n")
     add(
-        "A = the current `SqliteLedger`: each append also reads the `merkle_frontier` row, "
-        "updates the frontier, rewrites the row and inserts the completed subtree nodes. "
+        "A = the current `SqliteLedger`: inside the append's transaction, `_seal_all` also "
+        "takes the chain's frontier from the instance's in-process cache (checked against the "
+        "size just read from `records`; here always current, one writer per ledger), copies "
+        "its nodes into a list, `_merkle.push`es the new leaf hash in place, and inserts the "
+        "subtrees that leaf completes into `merkle_subtrees` (none for an even seq, one or "
+        "more for an odd one: one a record on average); after COMMIT `append_many` stores the "
+        "new frontier in the cache. Nothing else is written: the frontier is not persisted. "
         "**B = `NoMerkleLedger`, a bench-only subclass** whose `_seal_all` is a copy of A's "
-        "without those steps (records and their hash chain only). Both through "
-        "`AuditTrail.record()` with `checkpoint_every=0` (no signing), two ledgers, A and B "
-        "alternating call by call (the order flipping every call). Warm-up: "
+        "without those steps (records and their hash chain only; it returns no frontiers). "
+        "Both through `AuditTrail.record()` with `checkpoint_every=0` (no signing), two "
+        "ledgers, A and B alternating call by call (the order flipping every call). Warm-up: "
         f"{app.grow_calls.get('FULL', 0):,} calls (OFF: {app.grow_calls.get('OFF', 0):,}) "
         "until both WAL files had reached their full size (SQLite's autocheckpoint), as in a "
         "long-running process (while a WAL file grows, every commit also changes its size, "
@@ -999,15 +1094,18 @@ def report(
     if app.wal_pages:
         add(
             f"\nWAL pages appended per single-record FULL commit ({sizes.wal_commits} commits "
-            f"after a WAL truncate): A {app.wal_pages['A']:.1f}, B {app.wal_pages['B']:.1f} "
-            "(A's extra pages: the `merkle_frontier` row, a rowid table plus the index of its "
-            "TEXT primary key, so two pages, and the new `merkle_nodes` rows, whose "
-            "`(chain, level, idx)` keys put nodes of different levels on different pages)."
+            f"after a WAL truncate): A {app.wal_pages['A']:.2f}, B {app.wal_pages['B']:.2f}, "
+            f"A - B {app.wal_pages['A'] - app.wal_pages['B']:+.2f}. A's extra pages are the "
+            "`merkle_subtrees` rows of the commit: keyed `(chain, last, level)` in a WITHOUT "
+            "ROWID table, one append's rows are neighbours at the right edge of the b-tree, so "
+            "they touch its rightmost leaf page (and interior pages when that page splits); an "
+            "append at an even seq completes no subtree and writes none."
         )
     add(
-        "\nIn memory, per call: the Python side of one frontier update near 2^20 leaves "
-        f"(`Frontier.from_bytes` + `append` + `to_bytes`) {us(app.frontier_ns)}; "
-        f"`node_hash` {us(app.node_hash_ns)}. Sanity: {app.both_verify}."
+        "\nIn memory, per call: `_seal_all`'s Python frontier work for one record near 2^20 "
+        "leaves (cache lookup, `list(nodes)`, `push`, the subtree rows, the new `Frontier` "
+        f"for the cache) {us(app.frontier_ns)}; `node_hash` {us(app.node_hash_ns)}. "
+        f"Sanity: {app.both_verify}."
     )
 
     add(f"\n### 2. Checkpoints of a {build.size:,}-record chain\n")
@@ -1020,9 +1118,11 @@ def report(
         f"sizes {build.every:,} to {build.size:,}: median {ms(build.build_checkpoints.p50)}, "
         f"p90 {ms(build.build_checkpoints.p90)}, max {ms(build.build_checkpoints.max)}). "
         "Then, synchronous=FULL: append one record, time "
-        f'`trail.checkpoint("{CHAIN}")` (reads the frontier, reads the stored checkpoints, '
-        "proves consistency with the latest, signs, stores); alternating run by run with the "
-        "same steps done by hand and timed one by one. "
+        f'`trail.checkpoint("{CHAIN}")` (`write_checkpoint`: the latest stored checkpoint by '
+        "an index seek, the tree head from the ledger's cached frontier, current since the "
+        "same instance just appended, a consistency proof from the latest checkpoint, the "
+        "Ed25519 signature with the signer's cached key, the INSERT); alternating run by run "
+        "with the same steps done by hand, in the same order, and timed one by one. "
         f"{sizes.checkpoint_runs} runs each after "
         f"{sizes.checkpoint_warmup} warm-up; the chain ends at {cp.size_after:,} records "
         f"with {cp.stored_after:,} checkpoints.\n"
@@ -1117,8 +1217,9 @@ def report(
     add(f"\n### 5. Storage ({disk.records:,} records)\n")
     add(
         f"Method: {disk.method}; WAL checkpointed first. Main file {disk.file_bytes / 2**20:,.1f} "
-        f"MiB. `merkle_nodes` rows: {disk.nodes:,} (a tree of n leaves has n - popcount(n) = "
-        f"{disk.expected_nodes:,} complete subtrees of level ≥ 1).\n"
+        f"MiB. `merkle_subtrees` rows: {disk.subtrees:,} (a tree of n leaves has n - "
+        f"popcount(n) = {disk.expected_subtrees:,} complete subtrees of level ≥ 1). No "
+        "frontier table: the frontier lives in each ledger instance's memory.\n"
     )
     rows = [
         (
@@ -1140,10 +1241,29 @@ def report(
     records_obj = sum(o[2] for o in disk.objects if o[0] in ("records", "records_chain_seq"))
     if records_obj:
         add(
-            f"\n`merkle_nodes` takes {node_bytes / disk.records:.1f} bytes per record "
-            f"({node_bytes / max(disk.nodes, 1):.1f} per node), "
-            f"{node_bytes / records_obj:.1%} on top of the records and their index."
+            f"\n`merkle_subtrees` takes {subtree_bytes / disk.records:.1f} bytes per record "
+            f"({subtree_bytes / max(disk.subtrees, 1):.1f} per subtree), "
+            f"{subtree_bytes / records_obj:.1%} on top of the records and their index."
         )
+
+    add(
+        f"\n### 6. Where the frontier comes from ({sources.size_before:,} → "
+        f"{sources.size_after:,} records)\n"
+    )
+    add(
+        "`SqliteLedger._frontier`, on every append (inside its transaction) and every "
+        "`tree_head`: the instance's cached frontier when its size is the chain's; when the "
+        "chain has grown past it (another process appended), the cache extended with the "
+        "record hashes appended since; with no cache (a new process, or one that has not "
+        "appended), `Frontier.at` reading the stored subtrees at the set bits of the size. "
+        "Only a commit stores the result in the cache; `tree_head` does not. Measured on a "
+        "ledger instance X (synchronous=OFF) while another instance on the same file "
+        f"appends, which is what another process does; {sizes.frontier_runs} runs, each "
+        "with a fresh X, every row once a run, in the order shown (run last: it grows the "
+        "chain). Every tree head X returned matched the other instance's: "
+        f"{met(sources.consistent)}.\n"
+    )
+    add(table(LATENCY_HEADER, [(label, *st.cells()) for label, st in sources.rows]))
     return "\n".join(out)
 
 
@@ -1181,6 +1301,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ver = bench_verify(big, sizes)
         progress("5. storage (dbstat)")
         disk = bench_storage(big)
+        progress(f"6. frontier sources, {sizes.frontier_runs} runs")
+        sources = bench_frontier_sources(big, sizes, signer, events)
     print(
         report(
             command=command,
@@ -1192,6 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             proofs=proofs,
             ver=ver,
             disk=disk,
+            sources=sources,
             elapsed_s=perf_counter() - started,
             code_changed=source_fingerprint() != fingerprint,
             load=(load_start, _load()),

@@ -98,6 +98,8 @@ _INSERT_SUBTREE = (
     "INSERT OR IGNORE INTO merkle_subtrees (chain, last, level, hash) VALUES (?, ?, ?, ?)"
 )
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"
+_HASHES_BETWEEN = "SELECT hash FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq"
+_CATCH_UP_LIMIT = 64
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
 _NODE = "SELECT hash FROM merkle_subtrees WHERE chain = ? AND last = ? AND level = ?"
 
@@ -245,8 +247,10 @@ class SqliteLedger:
         cached = self._frontiers.get(chain)
         if cached is not None and cached.size == size:
             return cached
-        if cached is not None and cached.size < size:  # others appended: their subtrees exist
-            rows = conn.execute(_HASHES_FROM, (chain, cached.size))
+        # Others appended since: their subtrees exist. Hashing the few new leaves is cheaper
+        # than reading the O(log n) subtrees (measured: break-even near 100 records).
+        if cached is not None and cached.size < size <= cached.size + _CATCH_UP_LIMIT:
+            rows = conn.execute(_HASHES_BETWEEN, (chain, cached.size, size))
             return cached.extend(h for (h,) in rows)
         try:
             return Frontier.at(partial(_read_node, conn, chain), size)
@@ -322,9 +326,12 @@ class SqliteLedger:
                 conn = self._connection()
                 row = conn.execute(_LAST, (chain,)).fetchone()
                 size = 0 if row is None else row[0] + 1
-                return (size, self._frontier(conn, chain, size, rebuild=False).root())
+                frontier = self._frontier(conn, chain, size, rebuild=False)
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+            # committed records never change: the frontier of a size read is safe to keep
+            self._frontiers[chain] = frontier
+            return (size, frontier.root())
 
     def node(self, chain: str, level: int, index: int) -> bytes:
         """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""

@@ -16,7 +16,8 @@ from audit_core import AuditConfig, AuditTrail, Event
 
 def main() -> None:
     path, writer, count, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    config = AuditConfig(ledger_url=f"sqlite:///{path}", actor=("process", writer))
+    # from_env: the tests set WORKFLOW_AUDIT_CHECKPOINT_EVERY and friends through the environment
+    config = AuditConfig.from_env(ledger_url=f"sqlite:///{path}", actor=("process", writer))
     trail = AuditTrail(config)
     subject = {"dag_id": "ml_pipeline", "task_id": f"worker_{writer}", "run_id": "r1"}
     out = sys.stdout

@@ -354,3 +354,23 @@ class TestWitness:
         capsys.readouterr()
         assert 1 == main([*args, "--checkpoint", str(plain)])
         assert "witness.example/w" in capsys.readouterr().err
+
+
+class TestFrontierCache:
+    """Each ledger instance caches its chain's frontier; other writers make it catch up."""
+
+    @pytest.mark.parametrize("others", [1, 3, 200])
+    def test_tree_head_after_other_writers(self, ledger: Path, others: int) -> None:
+        """An instance whose cache is behind (another process appended) returns the exact
+        tree head of the current size, near (catch-up) or far (stored subtrees) behind."""
+        mine = SqliteLedger(ledger)
+        assert 25 == mine.tree_head(CHAIN)[0]  # caches the frontier at 25
+        _fill(ledger, others, every=0)  # another instance appends
+        hashes = [r.hash for r in SqliteLedger(ledger).read(CHAIN)]
+        assert (25 + others, root_of(hashes)) == mine.tree_head(CHAIN)
+        with _trail(ledger, every=0) as trail:  # and appending through a stale cache is exact
+            trail.ledger.tree_head(CHAIN)
+            _fill(ledger, 2, every=0)
+            trail.record("task.started")
+        hashes = [r.hash for r in SqliteLedger(ledger).read(CHAIN)]
+        assert (len(hashes), root_of(hashes)) == SqliteLedger(ledger).tree_head(CHAIN)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from audit_core import AuditConfig, AuditTrail, Event, open_ledger, verify_chain, verify_ledger
+from audit_core._note import Verifier
 from audit_core.errors import ConfigError, LedgerError
 from audit_core.ledgers import Ledger, ledger_path
 from audit_core.ledgers.sqlite import SqliteLedger
@@ -20,12 +21,15 @@ from audit_core.ledgers.sqlite import SqliteLedger
 WRITER = Path(__file__).with_name("_writer.py")
 
 
-def _spawn(ledger: Path, writer: str, count: int, batch: int = 1) -> subprocess.Popen[str]:
+def _spawn(
+    ledger: Path, writer: str, count: int, batch: int = 1, **env: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(WRITER), str(ledger), writer, str(count), str(batch)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), **env},
     )
 
 
@@ -143,16 +147,20 @@ class TestConcurrency:
     def test_eight_processes_never_fork_or_gap(self, ledger_file: Path) -> None:
         """8 processes x 1,000 appends give one valid chain of 8,000 records."""
         SqliteLedger(ledger_file).head("default")  # create the schema once
-        procs = [_spawn(ledger_file, f"w{i}", 1000) for i in range(8)]
+        every = {"WORKFLOW_AUDIT_CHECKPOINT_EVERY": "250"}
+        procs = [_spawn(ledger_file, f"w{i}", 1000, **every) for i in range(8)]
         acknowledged = []
         for p in procs:
-            out, _ = p.communicate(timeout=240)
+            out, err = p.communicate(timeout=240)
             assert 0 == p.returncode
+            assert "could not sign" not in err  # no checkpoint refused under concurrency
             acknowledged += out.split("\n")[:-1]
         assert 8000 == len(acknowledged)
         ledger = SqliteLedger(ledger_file)
-        head = verify_chain(ledger, "default", expect_size=8000)
+        key = Verifier.parse(ledger_file.with_name("ledger.db.key.pub").read_text())
+        head = verify_chain(ledger, "default", keys=[key], expect_size=8000)
         assert 8000 == head.size
+        assert head.checkpoints >= 8000 // 250  # signed by 8 writers, all consistent
         seqs = sorted(int(line.split()[0]) for line in acknowledged)
         assert list(range(8000)) == seqs  # every acknowledged seq is unique: no fork
         writers = {r.body.split(b'"writer":"')[1][:2] for r in ledger.read("default")}
