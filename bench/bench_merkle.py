@@ -830,7 +830,12 @@ def bench_storage(path: Path) -> StorageResult:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         records = conn.execute("SELECT COUNT(*) FROM records WHERE chain = ?", (CHAIN,))
         n = int(records.fetchone()[0])
-        subtrees = int(conn.execute("SELECT COUNT(*) FROM merkle_subtrees").fetchone()[0])
+        # one row per leaf that completes subtrees, 32 bytes per subtree hash in it
+        subtrees = int(
+            conn.execute(
+                "SELECT COALESCE(SUM(LENGTH(hashes)), 0) / 32 FROM merkle_subtrees"
+            ).fetchone()[0]
+        )
         try:
             rows = conn.execute(
                 "SELECT name, COUNT(*), SUM(pgsize), SUM(payload), SUM(unused) FROM dbstat "
@@ -839,7 +844,7 @@ def bench_storage(path: Path) -> StorageResult:
             method = "`dbstat` virtual table (pages of each b-tree, incl. interior pages)"
         except sqlite3.OperationalError:  # SQLite built without SQLITE_ENABLE_DBSTAT_VTAB
             payload = conn.execute(
-                "SELECT SUM(LENGTH(CAST(chain AS BLOB)) + LENGTH(hash) + 8) FROM merkle_subtrees"
+                "SELECT SUM(LENGTH(CAST(chain AS BLOB)) + LENGTH(hashes) + 8) FROM merkle_subtrees"
             ).fetchone()[0]
             rows = [("merkle_subtrees", 0, int(payload or 0), int(payload or 0), 0)]
             method = "payload lower bound (no `dbstat` in this SQLite): chain + hash + ~8 B"
@@ -1021,7 +1026,7 @@ def report(
                     met(verify_rps >= GOAL_VERIFY_RPS),
                 ),
                 (
-                    "5. `merkle_subtrees` rows per record",
+                    "5. subtree hashes stored per record (`merkle_subtrees`)",
                     "≈ 1",
                     f"{subtrees_per_record:.5f} ({disk.subtrees:,} for {disk.records:,})",
                     met(abs(subtrees_per_record - 1) < 0.01),
@@ -1036,9 +1041,10 @@ def report(
         "takes the chain's frontier from the instance's in-process cache (checked against the "
         "size just read from `records`; here always current, one writer per ledger), copies "
         "its nodes into a list, `_merkle.push`es the new leaf hash in place, and inserts the "
-        "subtrees that leaf completes into `merkle_subtrees` (none for an even seq, one or "
-        "more for an odd one: one a record on average); after COMMIT `append_many` stores the "
-        "new frontier in the cache. Nothing else is written: the frontier is not persisted. "
+        "subtrees that leaf completes into `merkle_subtrees` as one row (none for an even "
+        "seq; for an odd one a row of their hashes: one hash a record on average); after "
+        "COMMIT `append_many` stores the new frontier in the cache. Nothing else is "
+        "written: the frontier is not persisted. "
         "**B = `NoMerkleLedger`, a bench-only subclass** whose `_seal_all` is a copy of A's "
         "without those steps (records and their hash chain only; it returns no frontiers). "
         "Both through `AuditTrail.record()` with `checkpoint_every=0` (no signing), two "
@@ -1096,10 +1102,10 @@ def report(
             f"\nWAL pages appended per single-record FULL commit ({sizes.wal_commits} commits "
             f"after a WAL truncate): A {app.wal_pages['A']:.2f}, B {app.wal_pages['B']:.2f}, "
             f"A - B {app.wal_pages['A'] - app.wal_pages['B']:+.2f}. A's extra pages are the "
-            "`merkle_subtrees` rows of the commit: keyed `(chain, last, level)` in a WITHOUT "
-            "ROWID table, one append's rows are neighbours at the right edge of the b-tree, so "
-            "they touch its rightmost leaf page (and interior pages when that page splits); an "
-            "append at an even seq completes no subtree and writes none."
+            "`merkle_subtrees` row of the commit: keyed `(chain, last)` in a WITHOUT ROWID "
+            "table, it lands at the right edge of the b-tree, on its rightmost leaf page (and "
+            "interior pages when that page splits); an append at an even seq completes no "
+            "subtree and writes no row."
         )
     add(
         "\nIn memory, per call: `_seal_all`'s Python frontier work for one record near 2^20 "
@@ -1217,7 +1223,7 @@ def report(
     add(f"\n### 5. Storage ({disk.records:,} records)\n")
     add(
         f"Method: {disk.method}; WAL checkpointed first. Main file {disk.file_bytes / 2**20:,.1f} "
-        f"MiB. `merkle_subtrees` rows: {disk.subtrees:,} (a tree of n leaves has n - "
+        f"MiB. Subtree hashes in `merkle_subtrees`: {disk.subtrees:,} (a tree of n leaves has n - "
         f"popcount(n) = {disk.expected_subtrees:,} complete subtrees of level ≥ 1). No "
         "frontier table: the frontier lives in each ledger instance's memory.\n"
     )

@@ -59,16 +59,16 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq   INTEGER NOT NULL,
     PRIMARY KEY (name, chain)
 );
--- RFC 9162 Merkle tree of each chain: every complete subtree of level >= 1, stored by the
--- append that completes it (n - popcount(n) rows for n records). Keyed by the subtree's last
--- leaf so that one append's rows are neighbours at the right edge of the b-tree (one page).
+-- RFC 9162 Merkle tree of each chain: the complete subtrees (level >= 1) that each leaf
+-- completes, stored by its append as one row: the hashes of levels 1..k concatenated, k the
+-- number of trailing 1 bits of the leaf's seq (even seqs complete none and have no row).
+-- n/2 rows, n - popcount(n) hashes for n records; appends write to the right edge only.
 -- The compact frontier is the subtrees at the set bits of the size: O(log n) reads, cached.
 CREATE TABLE IF NOT EXISTS merkle_subtrees (
-    chain TEXT NOT NULL,
-    last  INTEGER NOT NULL,   -- seq of the subtree's last leaf: (index + 1) * 2^level - 1
-    level INTEGER NOT NULL,
-    hash  BLOB NOT NULL,
-    PRIMARY KEY (chain, last, level)
+    chain  TEXT NOT NULL,
+    last   INTEGER NOT NULL,  -- seq of the leaf completing them: (index + 1) * 2^level - 1
+    hashes BLOB NOT NULL,     -- 32 bytes per level, level 1 first
+    PRIMARY KEY (chain, last)
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS merkle_subtrees_no_update BEFORE UPDATE ON merkle_subtrees
 BEGIN SELECT RAISE(ABORT, 'workflow-audit Merkle subtrees are append-only'); END;
@@ -94,14 +94,12 @@ _LAST = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1
 _INSERT = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
 # OR IGNORE: a rebuild may meet subtrees that exist; they are derived data, and a wrong one
 # only makes a proof fail to verify (never pass).
-_INSERT_SUBTREE = (
-    "INSERT OR IGNORE INTO merkle_subtrees (chain, last, level, hash) VALUES (?, ?, ?, ?)"
-)
+_INSERT_SUBTREE = "INSERT OR IGNORE INTO merkle_subtrees (chain, last, hashes) VALUES (?, ?, ?)"
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"
 _HASHES_BETWEEN = "SELECT hash FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq"
 _CATCH_UP_LIMIT = 64
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
-_NODE = "SELECT hash FROM merkle_subtrees WHERE chain = ? AND last = ? AND level = ?"
+_NODE = "SELECT hashes FROM merkle_subtrees WHERE chain = ? AND last = ?"
 
 
 class SqliteLedger:
@@ -213,7 +211,7 @@ class SqliteLedger:
         heads: dict[str, tuple[int, str]] = {}
         frontiers: dict[str, tuple[list[bytes], int]] = {}  # chain -> (nodes, size), mutable
         completed: list[tuple[int, int, bytes]] = []
-        subtrees: list[tuple[str, int, int, bytes]] = []
+        subtrees: list[tuple[str, int, bytes]] = []
         stored: list[StoredRecord] = []
         for rec in records:
             chain = rec.chain
@@ -231,8 +229,9 @@ class SqliteLedger:
             nodes, size = frontiers[chain]
             push(nodes, size, digest, completed)
             frontiers[chain] = (nodes, size + 1)
-            subtrees += [(chain, seq, level, h) for level, _, h in completed]
-            completed.clear()
+            if completed:  # levels 1..k, in order
+                subtrees.append((chain, seq, b"".join(h for _, _, h in completed)))
+                completed.clear()
         conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
         conn.executemany(_INSERT_SUBTREE, subtrees)
         return stored, {c: Frontier(n, tuple(nodes)) for c, (nodes, n) in frontiers.items()}
@@ -419,11 +418,13 @@ class SqliteLedger:
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:
     if level == 0:
         row = conn.execute(_NODE_LEAF, (chain, index)).fetchone()
+        found = row[0] if row is not None else None
     else:
-        row = conn.execute(_NODE, (chain, ((index + 1) << level) - 1, level)).fetchone()
-    if row is None or not isinstance(row[0], bytes):
+        row = conn.execute(_NODE, (chain, ((index + 1) << level) - 1)).fetchone()
+        found = row[0][(level - 1) * 32 : level * 32] if row is not None else None
+    if not isinstance(found, bytes) or len(found) != 32:
         raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
-    return bytes(row[0])
+    return bytes(found)
 
 
 def _rebuild(conn: sqlite3.Connection, chain: str, size: int) -> Frontier:
@@ -436,10 +437,10 @@ def _rebuild(conn: sqlite3.Connection, chain: str, size: int) -> Frontier:
     completed: list[tuple[int, int, bytes]] = []
     rows = conn.execute(_HASHES_FROM, (chain, 0))
     frontier = Frontier.empty().extend((h for (h,) in rows), completed)
-    conn.executemany(
-        _INSERT_SUBTREE,
-        [(chain, ((idx + 1) << lvl) - 1, lvl, h) for lvl, idx, h in completed],
-    )
+    by_leaf: dict[int, list[bytes]] = {}
+    for level, index, digest in completed:  # in level order for each leaf
+        by_leaf.setdefault(((index + 1) << level) - 1, []).append(digest)
+    conn.executemany(_INSERT_SUBTREE, [(chain, last, b"".join(hs)) for last, hs in by_leaf.items()])
     return frontier
 
 
