@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from audit_core._merkle import Frontier, push
 from audit_core._metrics import COUNTERS
@@ -208,33 +209,35 @@ class SqliteLedger:
     def _seal_all(
         self, conn: sqlite3.Connection, records: Sequence[PreparedRecord]
     ) -> tuple[list[StoredRecord], dict[str, Frontier]]:
-        heads: dict[str, tuple[int, str]] = {}
-        frontiers: dict[str, tuple[list[bytes], int]] = {}  # chain -> (nodes, size), mutable
+        # chain -> [next seq, prev hash hex, frontier nodes]: mutable, for the per-record loop
+        states: dict[str, list[Any]] = {}
         completed: list[tuple[int, int, bytes]] = []
         subtrees: list[tuple[str, int, bytes]] = []
         stored: list[StoredRecord] = []
+        lhash = leaf_hash
         for rec in records:
             chain = rec.chain
-            head = heads.get(chain)
-            if head is None:
+            state = states.get(chain)
+            if state is None:
                 row = conn.execute(_LAST, (chain,)).fetchone()
-                head = (-1, genesis(chain)) if row is None else (row[0], row[1].hex())
-                frontier = self._frontier(conn, chain, head[0] + 1)
-                frontiers[chain] = (list(frontier.nodes), frontier.size)
-            seq = head[0] + 1
-            body = rec.seal(seq, head[1])
-            digest = leaf_hash(body)
-            heads[chain] = (seq, digest.hex())
+                size = 0 if row is None else row[0] + 1
+                prev = genesis(chain) if row is None else row[1].hex()
+                state = states[chain] = [size, prev, list(self._frontier(conn, chain, size).nodes)]
+            seq, prev, nodes = state
+            body = rec.seal(seq, prev)
+            digest = lhash(body)
             stored.append(StoredRecord(chain, seq, digest, body))
-            nodes, size = frontiers[chain]
-            push(nodes, size, digest, completed)
-            frontiers[chain] = (nodes, size + 1)
-            if completed:  # levels 1..k, in order
+            if seq & 1:  # an odd seq completes subtrees: levels 1..k, stored as one row
+                push(nodes, seq, digest, completed)
                 subtrees.append((chain, seq, b"".join(h for _, _, h in completed)))
                 completed.clear()
+            else:
+                nodes.append(digest)  # what push() does for an even tree size
+            state[0] = seq + 1
+            state[1] = digest.hex()
         conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
         conn.executemany(_INSERT_SUBTREE, subtrees)
-        return stored, {c: Frontier(n, tuple(nodes)) for c, (nodes, n) in frontiers.items()}
+        return stored, {c: Frontier(n, tuple(nodes)) for c, (n, _, nodes) in states.items()}
 
     def _frontier(
         self, conn: sqlite3.Connection, chain: str, size: int, *, rebuild: bool = True
