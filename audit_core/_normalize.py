@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from decimal import Decimal
 from pathlib import PurePath
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import orjson
 
@@ -88,9 +88,11 @@ _AUTH_WORD = re.compile(r"(?i)bearer|basic|token")
 _AUTH_HEADER = re.compile(r"(?i)\b(?P<pre>(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Normalized:
-    """The normalized object and the lossy conversions made to reach it."""
+class Normalized(NamedTuple):
+    """The normalized object and the lossy conversions made to reach it.
+
+    A NamedTuple, immutable like a frozen dataclass but built several times faster: two are
+    made for every record (data and subject)."""
 
     value: JSONObject
     issues: tuple[str, ...] = ()
