@@ -51,9 +51,10 @@ lint: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/ruff format --check .
 	$(AIRFLOW_VENV)/bin/mypy --strict audit_core
 
-## bench: print the core's numbers (see BENCHMARKS.md).
+## bench: print the numbers in BENCHMARKS.md (core, then Merkle tree and checkpoints).
 bench: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_core.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_merkle.py
 
 clean:
 	rm -rf $(AIRFLOW_VENV) $(PREFECT_VENV) .demo .pytest_cache .mypy_cache .ruff_cache
