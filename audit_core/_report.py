@@ -285,8 +285,10 @@ def _report_md(s: Summary, *, ledger: str, period: str) -> str:
         "- Checkpoint signatures: "
         + ("checked" if s.signatures_checked else "not checked (run with --key)"),
         "",
-        "Keep this table: a later `workflow-audit verify --chain C --expect-size N --expect-head H`"
-        " proves the chain still starts with these records.",
+        "Keep this report where the ledger's writers cannot reach it: head hash and Merkle root"
+        " pin each chain at its size (`workflow-audit verify --chain C --expect-size N"
+        " --expect-head H` while it has not grown; `--checkpoint` with a signed checkpoint"
+        " after).",
         "",
         "| chain | records | head hash | Merkle root | checkpoints |",
         "|---|---:|---|---|---:|",

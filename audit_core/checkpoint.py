@@ -188,13 +188,16 @@ def load_signer(spec: str | None, *, default_path: Path | None, name: str) -> Si
             signer.verifier,
         )
         return signer
-    if default_path.exists():
-        return Signer.parse(default_path.read_text())
-    signer = Signer.generate(name)
     try:
-        write_key_files(signer, default_path)
-    except FileExistsError:  # another process created it first: use theirs
-        return Signer.parse(default_path.read_text())
+        if default_path.exists():
+            return Signer.parse(default_path.read_text())
+        signer = Signer.generate(name)
+        try:
+            write_key_files(signer, default_path)
+        except FileExistsError:  # another process created it first: use theirs
+            return Signer.parse(default_path.read_text())
+    except OSError as exc:  # an unreadable key, a read-only directory
+        raise ConfigError(f"cannot read or create the signing key {default_path}: {exc}") from exc
     logger.warning(
         "workflow-audit: created a LOCAL signing key %s for checkpoints. Fine for a demo; in "
         "production set WORKFLOW_AUDIT_SIGNING_KEY to a key kept away from the ledger, and keep "

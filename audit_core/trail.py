@@ -144,12 +144,13 @@ class AuditTrail:
 
     def _auto_checkpoint(self, chain: str) -> None:
         # The records are durable already: a checkpoint that cannot be signed now is logged,
-        # counted and tried again at the next append; it never fails record().
+        # counted and tried again a period later (not at every append); it never fails record().
         try:
             self.checkpoint(chain)
         except AuditError:
             COUNTERS.incr("checkpoint_failures")
             logger.exception("workflow-audit: could not sign a checkpoint of chain %r", chain)
+            self._checkpointed[chain] = (self._written.get(chain, 0), time.monotonic())
 
     def record(
         self,

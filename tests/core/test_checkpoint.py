@@ -374,3 +374,26 @@ class TestFrontierCache:
             trail.record("task.started")
         hashes = [r.hash for r in SqliteLedger(ledger).read(CHAIN)]
         assert (len(hashes), root_of(hashes)) == SqliteLedger(ledger).tree_head(CHAIN)
+
+
+class TestSigningFailures:
+    """A checkpoint that cannot be signed never fails record()."""
+
+    def test_unreadable_key_is_logged_counted_and_backed_off(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With a key file that cannot be read, records are written; the failure is logged
+        and counted once a period, not at every append."""
+        config = AuditConfig(
+            ledger_url=f"sqlite:///{tmp_path / 'l.db'}",
+            signing_key=str(tmp_path / "missing.key"),
+            checkpoint_every=5,
+        )
+        before = COUNTERS.snapshot().get("checkpoint_failures", 0)
+        with caplog.at_level(logging.ERROR, logger="workflow_audit"), AuditTrail(config) as trail:
+            stored = [trail.record("task.started", {"i": i}) for i in range(12)]
+        assert list(range(12)) == [s.seq for s in stored]
+        failures = COUNTERS.snapshot()["checkpoint_failures"] - before
+        assert 3 == failures  # at 5, at 10, and when the trail closed
+        assert "cannot read signing key file" in caplog.text
+        verify_chain(SqliteLedger(tmp_path / "l.db"), CHAIN)
