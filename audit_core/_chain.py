@@ -69,6 +69,16 @@ class ChainHead:
     root: str = EMPTY_ROOT.hex()  # hex Merkle tree hash of the chain's records
     checkpoints: int = 0  # how many checkpoints (tree head claims) the records matched
 
+    def to_json(self) -> dict[str, str | int]:
+        """The head as a JSON object (``verify --json``, reports)."""
+        return {
+            "chain": self.chain,
+            "size": self.size,
+            "head": self.head,
+            "root": self.root,
+            "checkpoints": self.checkpoints,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class TreeHeadClaim:

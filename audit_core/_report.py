@@ -207,16 +207,7 @@ def render_report(s: Summary, fmt: str, *, ledger: str, period: str) -> str:
     verification: dict[str, JSON] = {
         "verdict": s.verdict,
         "signatures_checked": s.signatures_checked,
-        "chains": [
-            {
-                "chain": h.chain,
-                "size": h.size,
-                "head": h.head,
-                "root": h.root,
-                "checkpoints": h.checkpoints,
-            }
-            for h in s.heads
-        ],
+        "chains": [h.to_json() for h in s.heads],  # type: ignore[misc]  # list invariance: dict[str, str | int] is JSON
         "error": None if s.error is None else str(s.error),
     }
     if fmt == "json":

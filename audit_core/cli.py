@@ -361,16 +361,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                     "ledger": where,
                     "records": total,
                     "signatures_checked": bool(keys),
-                    "chains": [
-                        {
-                            "chain": h.chain,
-                            "size": h.size,
-                            "head": h.head,
-                            "root": h.root,
-                            "checkpoints": h.checkpoints,
-                        }
-                        for h in heads
-                    ],
+                    "chains": [h.to_json() for h in heads],
                 }
             ).decode()
         )
