@@ -52,7 +52,15 @@ from audit_core.errors import (
     VerificationError,
 )
 
-__all__ = ["ChainHead", "TreeHeadClaim", "check_head", "verify_records"]
+__all__ = [
+    "ChainHead",
+    "Scan",
+    "TreeHeadClaim",
+    "check_head",
+    "claim_beyond_end",
+    "scan_records",
+    "verify_records",
+]
 
 _FIELD_SET = frozenset(FIELDS)
 _TIMESTAMP_MATCH = TIMESTAMP.fullmatch
@@ -112,13 +120,82 @@ def verify_records(
     the records so far must equal the claimed root, and a claim beyond the last record means
     the tail was cut off.
     """
-    prev = genesis(chain)
-    seq = 0
+    by_size: dict[int, list[TreeHeadClaim]] = {}
+    for claim in claims:
+        by_size.setdefault(claim.size, []).append(claim)
+
+    def at_size(size: int, stack: list[bytes]) -> None:
+        root = fold(stack)
+        for claim in by_size.pop(size):
+            _check_claim(chain, claim, root)
+
+    scan = scan_records(
+        chain,
+        records,
+        start=0,
+        prev=genesis(chain),
+        sizes=sorted(s for s in by_size if s > 0),
+        at_size=at_size,
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )
+    root = fold(scan.nodes)
+    for size, pending in sorted(by_size.items()):
+        if size == 0:
+            for claim in pending:
+                _check_claim(chain, claim, root)
+            continue
+        raise claim_beyond_end(chain, scan.end, pending[0])
+    return ChainHead(
+        chain=chain, size=scan.end, head=scan.last, root=root.hex(), checkpoints=len(claims)
+    )
+
+
+def claim_beyond_end(chain: str, size: int, claim: TreeHeadClaim) -> CheckpointError:
+    """The error for a checkpoint that covers more records than the chain has."""
+    return CheckpointError(
+        f"chain {chain!r} has {size} records but the {claim.label} covers {claim.size}: "
+        f"the last {claim.size - size} record(s) were removed after it was signed",
+        chain=chain,
+        seq=size,
+        expected=f"at least {claim.size} records",
+        found=f"{size} records",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What :func:`scan_records` saw of records ``start <= seq < end``."""
+
+    end: int
+    first_prev: str | None  # the first record's prev (None: no record)
+    last: str  # hash of the last record (the ``prev`` given when there is none)
+    nodes: list[bytes]  # compact range of [start, end): the frontier when start == 0
+
+
+def scan_records(
+    chain: str,
+    records: Iterable[StoredRecord],
+    *,
+    start: int,
+    prev: str | None,
+    sizes: Sequence[int] = (),
+    at_size: Callable[[int, list[bytes]], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 10_000,
+) -> Scan:
+    """The per-record checks over records ``start, start + 1, …``: seq, hash, canonical form,
+    format, and each ``prev`` link (the first one only when ``prev`` is given). Folds the
+    record hashes into the compact range of ``[start, end)`` (RFC 9162), and calls
+    ``at_size(size, nodes)`` when the range reaches each of the sorted ``sizes``; ``start``
+    must be a multiple of a power of two no smaller than the range (0 always is)."""
+    seq = start
+    first_prev: str | None = None
     loads, canon, lhash = orjson.loads, canonical_bytes, leaf_hash
     events: set[str] = set()
-    pending = sorted(claims, key=lambda c: c.size)
-    claim_at = pending[0].size if pending else -1
-    stack: list[bytes] = []  # the RFC 9162 compact frontier; _merkle.push, inlined for speed
+    pending = list(sizes)
+    next_size = pending.pop(0) if pending else -1
+    stack: list[bytes] = []  # the compact range; _merkle.push, inlined for speed
     # The hot loop of `workflow-audit verify`: only checks here; errors are built elsewhere.
     for _, stored_seq, stored_hash, body in records:
         if stored_seq != seq:
@@ -135,37 +212,27 @@ def verify_records(
             raise _canonical_error(chain, seq, canonical, body)
         _check_format(chain, seq, value, events)
         if value["prev"] != prev:
-            raise _link_error(chain, seq, prev, value["prev"])
-        node, n = digest, seq
+            if prev is not None:
+                raise _link_error(chain, seq, prev, value["prev"])
+            first_prev = value["prev"]
+        elif first_prev is None:
+            first_prev = prev
+        node, n = digest, seq - start
         while n & 1:
             node = node_hash(stack.pop(), node)
             n >>= 1
         stack.append(node)
         prev = digest.hex()
         seq += 1
-        if seq == claim_at:
-            _check_claim(chain, pending.pop(0), fold(stack))
-            while pending and pending[0].size == seq:  # several claims at one size
-                _check_claim(chain, pending.pop(0), fold(stack))
-            claim_at = pending[0].size if pending else -1
+        if seq == next_size:
+            if at_size is not None:
+                at_size(seq, stack)
+            next_size = pending.pop(0) if pending else -1
         if on_progress is not None and seq % progress_every == 0:
             on_progress(seq)
     if on_progress is not None:
         on_progress(seq)
-    root = fold(stack)
-    for claim in pending:
-        if claim.size == 0:
-            _check_claim(chain, claim, root)
-            continue
-        raise CheckpointError(
-            f"chain {chain!r} has {seq} records but the {claim.label} covers {claim.size}: "
-            f"the last {claim.size - seq} record(s) were removed after it was signed",
-            chain=chain,
-            seq=seq,
-            expected=f"at least {claim.size} records",
-            found=f"{seq} records",
-        )
-    return ChainHead(chain=chain, size=seq, head=prev, root=root.hex(), checkpoints=len(claims))
+    return Scan(end=seq, first_prev=first_prev, last=prev or "", nodes=stack)
 
 
 def _check_claim(chain: str, claim: TreeHeadClaim, root: bytes) -> None:

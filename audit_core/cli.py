@@ -12,6 +12,7 @@ Run ``workflow-audit --help`` or ``workflow-audit COMMAND --help``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -127,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a signed checkpoint kept elsewhere: the ledger must still contain "
         "its tree (catches truncation and rewrites); needs --key",
+    )
+    v.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="verify large chains in N processes (0: one per CPU); a failure found there is "
+        "re-verified in one process for the exact message",
     )
     v.add_argument(
         "--witness",
@@ -282,10 +290,11 @@ def _progress_verify(
     chains: list[str] | None,
     keys: Sequence[Verifier] = (),
     external: Sequence[tuple[Checkpoint, str]] = (),
+    jobs: int = 1,
 ) -> list[ChainHead]:
     """verify_ledger with a rich progress bar when standard error is a terminal."""
     if not sys.stderr.isatty():
-        return verify_ledger(ledger, chains, keys=keys, external=external)
+        return verify_ledger(ledger, chains, keys=keys, external=external, jobs=jobs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     names = chains if chains is not None else ledger.chains()
@@ -302,7 +311,9 @@ def _progress_verify(
         def on_progress(chain: str, n: int) -> None:
             bar.update(tasks[chain], completed=n)
 
-        return verify_ledger(ledger, chains, keys=keys, external=external, on_progress=on_progress)
+        return verify_ledger(
+            ledger, chains, keys=keys, external=external, on_progress=on_progress, jobs=jobs
+        )
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -324,7 +335,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     ]
     started = time.perf_counter()
     try:
-        heads = _progress_verify(ledger, chains, keys, external)
+        jobs = (os.cpu_count() or 1) if args.jobs <= 0 else args.jobs
+        heads = _progress_verify(ledger, chains, keys, external, jobs)
         if chains is not None and len(chains) == 1:
             check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
     except VerificationError as exc:

@@ -11,6 +11,7 @@ size, the RFC 9162 audit path, and the signed checkpoint at that size.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -71,7 +72,8 @@ def make_inclusion_bundle(
             "(`workflow-audit checkpoint`)"
         )
     checkpoint = stored[-1]
-    record = next(iter(ledger.read(chain, seq, seq + 1)), None)
+    with closing(ledger.read(chain, seq, seq + 1)) as rows:
+        record = next(rows, None)
     if record is None:
         raise ProofError(f"chain {chain!r} has no record at seq {seq}")
     path = inclusion_proof(partial(ledger.node, chain), seq, checkpoint.size)

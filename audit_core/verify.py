@@ -14,9 +14,11 @@ returns a bool (the sigstore-python habit: a verdict cannot be ignored by accide
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import closing
 
 from audit_core._chain import ChainHead, TreeHeadClaim, check_head, verify_records
 from audit_core._note import Verifier, unverified_text
+from audit_core._parallel import verify_parallel
 from audit_core.checkpoint import Checkpoint, open_checkpoint
 from audit_core.errors import CheckpointError, HeadMismatchError, LedgerError, SignatureError
 from audit_core.ledgers import Ledger
@@ -33,17 +35,25 @@ def verify_chain(
     expect_size: int | None = None,
     expect_head: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> ChainHead:
     """Verify one chain: every record, every link, the Merkle root at every stored
     checkpoint (signatures too when ``keys`` are given), each ``external`` checkpoint (already
-    opened with trusted keys; the string names it in messages), and the stored frontier."""
+    opened with trusted keys; the string names it in messages), and the stored frontier.
+
+    ``jobs`` > 1 verifies a large SQLite chain in that many processes (see
+    :mod:`audit_core._parallel`); any failure there is re-verified in one process, so the
+    error raised is exactly the one-process error."""
     claims = stored_claims(ledger, chain, keys)
     for checkpoint, label in external:
         _check_origin(chain, checkpoint, label)
         claims.append(
             TreeHeadClaim(checkpoint.size, checkpoint.root, f"{label} ({checkpoint.origin})")
         )
-    head = verify_records(chain, ledger.read(chain), claims=claims, on_progress=on_progress)
+    head = verify_parallel(ledger, chain, claims, jobs, on_progress) if jobs > 1 else None
+    if head is None:
+        with closing(ledger.read(chain)) as records:  # closed now, even when verify raises
+            head = verify_records(chain, records, claims=claims, on_progress=on_progress)
     check_head(head, expect_size=expect_size, expect_head=expect_head)
     _check_frontier(ledger, head)
     return head
@@ -127,6 +137,7 @@ def verify_ledger(
     keys: Sequence[Verifier] = (),
     external: Sequence[tuple[Checkpoint, str]] = (),
     on_progress: Callable[[str, int], None] | None = None,
+    jobs: int = 1,
 ) -> list[ChainHead]:
     """Verify ``chains`` (default: every chain in the ledger). A chain named explicitly
     that has no records fails: deleting a whole chain must not pass as an empty one. Each
@@ -152,7 +163,12 @@ def verify_ledger(
     for name in names:
         progress = None if on_progress is None else _bind(on_progress, name)
         head = verify_chain(
-            ledger, name, keys=keys, external=by_chain.get(name, ()), on_progress=progress
+            ledger,
+            name,
+            keys=keys,
+            external=by_chain.get(name, ()),
+            on_progress=progress,
+            jobs=jobs,
         )
         if chains is not None and head.size == 0:
             raise HeadMismatchError(

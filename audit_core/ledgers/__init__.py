@@ -13,7 +13,7 @@ can fork or gap a chain, and returns only once the record is durable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -40,8 +40,11 @@ class Ledger(Protocol):
         """The last record of ``chain``, or None when the chain is empty."""
         ...
 
-    def read(self, chain: str, start: int = 0, stop: int | None = None) -> Iterator[StoredRecord]:
-        """Records ``start <= seq < stop`` of ``chain`` in stored order, streamed."""
+    def read(
+        self, chain: str, start: int = 0, stop: int | None = None
+    ) -> Generator[StoredRecord, None, None]:
+        """Records ``start <= seq < stop`` of ``chain`` in stored order, streamed; ``close()``
+        releases the read early."""
         ...
 
     def chains(self) -> list[str]:

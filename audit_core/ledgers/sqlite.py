@@ -25,7 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -272,7 +272,9 @@ class SqliteLedger:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
         return None if row is None else StoredRecord(chain, row[0], row[1], row[2])
 
-    def read(self, chain: str, start: int = 0, stop: int | None = None) -> Iterator[StoredRecord]:
+    def read(
+        self, chain: str, start: int = 0, stop: int | None = None
+    ) -> Generator[StoredRecord, None, None]:
         """Stream records ``start <= seq < stop`` of ``chain``, ordered by seq, from one
         consistent snapshot, in constant memory (a connection of its own)."""
         make = partial(tuple.__new__, StoredRecord)  # C-level, unlike _make: one call a row
@@ -294,8 +296,13 @@ class SqliteLedger:
         if not self.path.exists():
             raise LedgerError(f"no ledger at {self.path}")
         try:
+            # check_same_thread=False: an abandoned read() generator may be finalized (and its
+            # connection closed) by the garbage collector in another thread
             conn = sqlite3.connect(
-                str(self.path), timeout=self.busy_timeout_s, isolation_level=None
+                str(self.path),
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
             )
             conn.execute("PRAGMA query_only=1")
             # A tampered row may hold a hash or body re-typed as TEXT that is not UTF-8; read it
