@@ -129,17 +129,6 @@ class Frontier:
         """The frontier of a tree of ``size`` leaves, from its stored subtrees."""
         return cls(size, tuple(read(level, index) for level, index in frontier_positions(size)))
 
-    @classmethod
-    def from_bytes(cls, size: int, blob: bytes) -> Frontier:
-        """Inverse of :meth:`to_bytes` (the nodes, 32 bytes each, concatenated)."""
-        nodes = tuple(blob[i : i + 32] for i in range(0, len(blob), 32))
-        if len(nodes) != size.bit_count() or len(blob) % 32:
-            raise ProofError(f"frontier of size {size} needs {size.bit_count()} nodes")
-        return cls(size, nodes)
-
-    def to_bytes(self) -> bytes:
-        return b"".join(self.nodes)
-
     def append(
         self, leaf: bytes, completed: list[tuple[int, int, bytes]] | None = None
     ) -> Frontier:

@@ -98,11 +98,6 @@ class Checkpoint:
         return f"checkpoint {self.origin} at tree size {self.size} (root {self.root.hex()[:16]}…)"
 
 
-def origin_for(prefix: str, chain: str) -> str:
-    """The origin line of a chain's checkpoints."""
-    return f"{prefix}/{chain}"
-
-
 def open_checkpoint(note: str, trusted: Sequence[Verifier]) -> Checkpoint:
     """Verify a signed checkpoint against ``trusted`` keys (every one must have signed)."""
     opened = open_note(note, trusted)

@@ -29,6 +29,7 @@ from audit_core._normalize import (
     JSONObject,
     Processor,
     format_timestamp,
+    normalize,
     redact,
     to_json,
 )
@@ -206,12 +207,16 @@ class AuditTrail:
         strict: bool,
     ) -> PreparedRecord:
         limit = self.config.max_value_bytes
-        norm_data = to_json({} if data is None else data, max_value_bytes=limit, strict=strict)
+        norm_data = normalize(
+            {} if data is None else data,
+            processors=self.processors,
+            max_value_bytes=limit,
+            strict=strict,
+        )
+        # subjects are orchestrator identifiers: converted, never redacted
         norm_subject = to_json(subject or {}, max_value_bytes=limit, strict=strict, path="subject")
         issues = norm_data.issues + norm_subject.issues
         value = norm_data.value
-        for processor in self.processors:
-            value = processor(value)
         if issues:
             COUNTERS.incr("normalization_issues", len(issues))
             logger.warning(

@@ -1060,17 +1060,23 @@ def report(
     return "\n".join(out)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def parse_bench_args(
+    doc: str | None, script: str, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, str]:
+    """The options every bench script takes, and the command line to print in its report."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--quick", action="store_true", help="small sizes (< 30 s), smoke test")
     parser.add_argument(
         "--tmpdir", type=Path, default=None, help="parent of the temporary ledger directory"
     )
     args = parser.parse_args(argv)
+    quick = ["--quick"] if args.quick else []
+    return args, " ".join([_relative(sys.executable), _relative(script), *quick])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, command = parse_bench_args(__doc__, __file__, argv)
     sizes = QUICK if args.quick else FULL
-    command = " ".join(
-        [_relative(sys.executable), _relative(__file__), *(["--quick"] if args.quick else [])]
-    )
     started = perf_counter()
     fingerprint = source_fingerprint()
     load_start = _load()

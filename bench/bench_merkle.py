@@ -21,7 +21,6 @@ when the real ``_seal_all`` has changed since that copy was made.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import hashlib
@@ -30,7 +29,6 @@ import inspect
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -44,7 +42,6 @@ from bench_core import (
     ChildRun,
     Stats,
     _load,
-    _relative,
     each,
     interleaved,
     machine,
@@ -52,6 +49,7 @@ from bench_core import (
     met,
     mib,
     ms,
+    parse_bench_args,
     progress,
     rate,
     source_fingerprint,
@@ -1274,16 +1272,8 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes (< 30 s), smoke test")
-    parser.add_argument(
-        "--tmpdir", type=Path, default=None, help="parent of the temporary ledger directory"
-    )
-    args = parser.parse_args(argv)
+    args, command = parse_bench_args(__doc__, __file__, argv)
     sizes = QUICK if args.quick else FULL
-    command = " ".join(
-        [_relative(sys.executable), _relative(__file__), *(["--quick"] if args.quick else [])]
-    )
     started = perf_counter()
     fingerprint = source_fingerprint()
     load_start = _load()

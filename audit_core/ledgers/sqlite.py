@@ -21,6 +21,7 @@ drops the triggers is caught by ``workflow-audit verify``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -99,6 +100,7 @@ _INSERT_SUBTREE = "INSERT OR IGNORE INTO merkle_subtrees (chain, last, hashes) V
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"
 _HASHES_BETWEEN = "SELECT hash FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq"
 _CATCH_UP_LIMIT = 64
+_CHECKPOINTS = "SELECT chain, size, root, note, created FROM checkpoints WHERE chain = ?"
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
 _NODE = "SELECT hashes FROM merkle_subtrees WHERE chain = ? AND last = ?"
 
@@ -265,12 +267,8 @@ class SqliteLedger:
 
     def head(self, chain: str) -> StoredRecord | None:
         """The last record of ``chain`` (None if it has none)."""
-        with self._lock:
-            try:
-                row = self._connection().execute(_HEAD, (chain,)).fetchone()
-            except sqlite3.Error as exc:
-                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-        return None if row is None else StoredRecord(chain, row[0], row[1], row[2])
+        rows = self._rows(_HEAD, (chain,))
+        return StoredRecord(chain, *rows[0]) if rows else None
 
     def read(
         self, chain: str, start: int = 0, stop: int | None = None
@@ -314,16 +312,7 @@ class SqliteLedger:
 
     def chains(self) -> list[str]:
         """Every chain id with at least one record, sorted."""
-        with self._lock:
-            try:
-                rows = (
-                    self._connection()
-                    .execute("SELECT DISTINCT chain FROM records ORDER BY chain")
-                    .fetchall()
-                )
-            except sqlite3.Error as exc:
-                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-        return [r[0] for r in rows]
+        return [r[0] for r in self._rows("SELECT DISTINCT chain FROM records ORDER BY chain")]
 
     # -- Merkle tree and checkpoints -----------------------------------------------------
 
@@ -352,77 +341,53 @@ class SqliteLedger:
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         """Store a signed checkpoint; False when one of that size is already stored."""
-        with self._lock:
-            try:
-                cur = self._connection().execute(
-                    "INSERT OR IGNORE INTO checkpoints (chain, size, root, note, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        checkpoint.chain,
-                        checkpoint.size,
-                        checkpoint.root,
-                        checkpoint.note,
-                        checkpoint.created,
-                    ),
-                )
-            except sqlite3.Error as exc:
-                raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
-        return cur.rowcount == 1
+        return 1 == self._write(
+            "INSERT OR IGNORE INTO checkpoints (chain, size, root, note, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            tuple(dataclasses.astuple(checkpoint)),
+        )
 
     def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
         """The chain's checkpoint of the largest tree (an index seek, whatever their number)."""
-        with self._lock:
-            try:
-                row = (
-                    self._connection()
-                    .execute(
-                        "SELECT chain, size, root, note, created FROM checkpoints "
-                        "WHERE chain = ? ORDER BY size DESC LIMIT 1",
-                        (chain,),
-                    )
-                    .fetchone()
-                )
-            except sqlite3.Error as exc:
-                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-        return None if row is None else StoredCheckpoint(*row)
+        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
+        return StoredCheckpoint(*rows[0]) if rows else None
 
     def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
         """The chain's stored checkpoints, smallest tree first."""
-        with self._lock:
-            try:
-                rows = (
-                    self._connection()
-                    .execute(
-                        "SELECT chain, size, root, note, created FROM checkpoints "
-                        "WHERE chain = ? ORDER BY size",
-                        (chain,),
-                    )
-                    .fetchall()
-                )
-            except sqlite3.Error as exc:
-                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-        return [StoredCheckpoint(*row) for row in rows]
+        return [
+            StoredCheckpoint(*row) for row in self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))
+        ]
 
     # -- consumer cursors (sinks) ----------------------------------------------------------
 
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT seq FROM cursors WHERE name = ? AND chain = ?", (name, chain))
-                .fetchone()
-            )
-        return -1 if row is None else int(row[0])
+        rows = self._rows("SELECT seq FROM cursors WHERE name = ? AND chain = ?", (name, chain))
+        return int(rows[0][0]) if rows else -1
 
     def set_cursor(self, name: str, chain: str, seq: int) -> None:
         """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
+        self._write(
+            "INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
+            "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
+            (name, chain, seq),
+        )
+
+    # -- one statement on this process's connection ----------------------------------------
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            self._connection().execute(
-                "INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
-                "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
-                (name, chain, seq),
-            )
+            try:
+                return self._connection().execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> int:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, args).rowcount
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
 
 
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:

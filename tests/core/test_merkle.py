@@ -255,29 +255,6 @@ class TestFrontier:
                 start += 1 << level
         assert tuple(expected) == Frontier.empty().extend(LEAVES[:size]).nodes
 
-    @pytest.mark.parametrize("size", range(70))
-    def test_bytes_round_trip(self, size: int) -> None:
-        """from_bytes(size, to_bytes()) gives back an equal frontier (32 bytes per node)."""
-        frontier = Frontier.empty().extend(LEAVES[:size])
-        blob = frontier.to_bytes()
-        assert 32 * size.bit_count() == len(blob)
-        assert frontier == Frontier.from_bytes(size, blob)
-        assert ROOTS[size] == Frontier.from_bytes(size, blob).root()
-
-    @pytest.mark.parametrize(
-        ("size", "n_nodes"), [(0, 1), (1, 0), (1, 2), (3, 1), (3, 3), (8, 2), (255, 7), (256, 0)]
-    )
-    def test_from_bytes_wrong_node_count(self, size: int, n_nodes: int) -> None:
-        """A blob with another number of nodes than set bits in size raises ProofError."""
-        with pytest.raises(ProofError, match=f"size {size} needs"):
-            Frontier.from_bytes(size, bytes(32 * n_nodes))
-
-    @pytest.mark.parametrize("extra", [1, 31, 33, -1])
-    def test_from_bytes_ragged_blob(self, extra: int) -> None:
-        """A blob whose length is not a multiple of 32 raises ProofError."""
-        with pytest.raises(ProofError):
-            Frontier.from_bytes(3, bytes(64 + extra))
-
     @pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 7, 8, 9, 100, 127, 128, 255, 256, 300])
     def test_completed_are_exactly_the_complete_subtrees(self, size: int) -> None:
         """After n appends, `completed` holds each complete subtree of level ≥ 1 once, with the
