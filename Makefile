@@ -8,8 +8,8 @@ PYTHON ?= python3
 AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
-AIRFLOW_EXTRAS := dev
-PREFECT_EXTRAS := dev
+AIRFLOW_EXTRAS := dev,airflow
+PREFECT_EXTRAS := dev,prefect
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -41,7 +41,7 @@ demo: $(AIRFLOW_VENV)/.stamp
 test: lint test-airflow test-prefect
 
 test-airflow: $(AIRFLOW_VENV)/.stamp
-	$(AIRFLOW_VENV)/bin/python -m pytest tests/core audit_core --doctest-modules $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
 
 test-prefect: $(PREFECT_VENV)/.stamp
 	$(PREFECT_VENV)/bin/python -m pytest tests/core audit_core --doctest-modules $(PYTEST_ARGS)
@@ -49,7 +49,7 @@ test-prefect: $(PREFECT_VENV)/.stamp
 lint: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/ruff check .
 	$(AIRFLOW_VENV)/bin/ruff format --check .
-	$(AIRFLOW_VENV)/bin/mypy --strict audit_core
+	$(AIRFLOW_VENV)/bin/mypy --strict audit_core airflow_audit
 
 ## bench: print the numbers in BENCHMARKS.md (core, then Merkle tree and checkpoints).
 bench: $(AIRFLOW_VENV)/.stamp

@@ -1,0 +1,178 @@
+"""Every difference between Airflow versions and process kinds, in one place (STYLE rule 9).
+
+Airflow 3 hands listeners two shapes of task instance:
+
+- the Task SDK's ``RuntimeTaskInstance`` in the task-runner process (a pydantic model with the
+  server's run context in ``_ti_context_from_server``), and
+- the ORM ``TaskInstance`` in scheduler / API-server processes (executor-reported failures,
+  states set by hand in the UI or the REST API), whose relationships may be detached.
+
+The functions here read what both shapes have, and never raise for a missing attribute: a
+listener that fails to read an optional field must still write the record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "airflow_conf_get",
+    "airflow_home",
+    "airflow_maskers",
+    "current_task_instance",
+    "dag_run_conf",
+    "dagrun_task_instances",
+    "enum_value",
+    "logical_date",
+    "operator_name",
+    "optional",
+    "task_carrier",
+]
+
+logger = logging.getLogger("workflow_audit.airflow")
+
+
+def optional(obj: object, *names: str) -> Any:
+    """``obj.<names[0]>.<names[1]>…`` or None when any step is missing or cannot be loaded.
+
+    A detached ORM object raises SQLAlchemy's ``DetachedInstanceError`` on a lazy relationship;
+    a Task SDK model raises ``AttributeError``. Both mean "not available here", not a failure.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    value: Any = obj
+    for name in names:
+        if value is None:
+            return None
+        try:
+            value = getattr(value, name)
+        except (AttributeError, SQLAlchemyError):
+            return None
+    return value
+
+
+def enum_value(value: object) -> object:
+    """``TaskInstanceState.SUCCESS`` -> ``"success"``; other values unchanged."""
+    inner = getattr(value, "value", value)
+    return inner if isinstance(inner, str | int | float | bool) or inner is None else str(inner)
+
+
+def airflow_conf_get(section: str, key: str, fallback: str) -> str:
+    """``[section] key`` from Airflow's configuration (``AIRFLOW__SECTION__KEY`` first, then
+    ``airflow.cfg``), or ``fallback`` when neither sets it."""
+    try:
+        from airflow.configuration import conf as parser
+    except ImportError:  # a Task-SDK-only worker without airflow-core
+        from airflow.sdk.configuration import conf as parser  # type: ignore[no-redef]
+    value = parser.get(section, key, fallback=fallback)
+    return fallback if value is None else str(value)
+
+
+def airflow_home() -> str:
+    """``$AIRFLOW_HOME`` as Airflow resolves it (default ``~/airflow``)."""
+    try:
+        from airflow import configuration
+    except ImportError:
+        from airflow.sdk import configuration  # type: ignore[no-redef]
+    return str(configuration.AIRFLOW_HOME)
+
+
+def airflow_maskers() -> list[Callable[[Any], Any]]:
+    """Airflow's secrets maskers, most specific first.
+
+    Airflow keeps one masker per import path: the Task SDK's (in task processes it knows the
+    connections and variables the task read) and the core's (scheduler, API server). Both are
+    applied; a masker that is not installed is skipped.
+    """
+    found: list[Callable[[Any], Any]] = []
+    for module in ("airflow.sdk._shared.secrets_masker", "airflow._shared.secrets_masker"):
+        try:
+            redact = __import__(module, fromlist=["redact"]).redact
+        except (ImportError, AttributeError):
+            continue
+        found.append(redact)
+    if not found:
+        logger.warning("workflow-audit: Airflow's secrets masker not found; core redaction only")
+    return found
+
+
+def current_task_instance() -> Any:
+    """The running task's ``RuntimeTaskInstance``, or None outside a task."""
+    try:
+        from airflow.sdk import get_current_context
+    except ImportError:
+        return None
+    try:
+        context = get_current_context()
+    except RuntimeError:  # "no context was found": not inside a task
+        return None
+    return context.get("ti")
+
+
+def logical_date(ti: object) -> object:
+    """The logical date of the task's DAG run, in either task-instance shape."""
+    from_server = optional(ti, "_ti_context_from_server", "dag_run", "logical_date")
+    if from_server is not None:
+        return from_server
+    return optional(ti, "dag_run", "logical_date") or optional(ti, "logical_date")
+
+
+def operator_name(ti: object) -> object:
+    """``@task`` for TaskFlow tasks, else the operator's class name."""
+    task = optional(ti, "task")
+    if task is not None:
+        return optional(task, "custom_operator_name") or optional(task, "task_type")
+    return optional(ti, "custom_operator_name") or optional(ti, "operator")
+
+
+def dag_run_conf(dag_run: object) -> object:
+    return optional(dag_run, "conf")
+
+
+def task_carrier(ti: object) -> Any:
+    """The task's trace carrier (W3C ``traceparent``, child of the DAG run's trace).
+
+    The executor path gives the task runner the carrier in its workload. ``airflow dags test``
+    without ``--use-executor`` builds the Task SDK instance from ids only; the carrier is then
+    read from the metadata DB, which that in-process mode (and only it) can reach.
+    """
+    carrier = optional(ti, "context_carrier")
+    if carrier or not _in_process_test():
+        return carrier
+    ti_id = optional(ti, "id")
+    if ti_id is None:
+        return None
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(TaskInstance.context_carrier).where(TaskInstance.id == ti_id))
+
+
+def _in_process_test() -> bool:
+    try:
+        from airflow.sdk.execution_time import task_runner
+        from airflow.sdk.execution_time.supervisor import InProcessSupervisorComms
+    except ImportError:
+        return False
+    return isinstance(getattr(task_runner, "SUPERVISOR_COMMS", None), InProcessSupervisorComms)
+
+
+def dagrun_task_instances(dag_run: Any) -> list[Any]:
+    """The run's task instances, read through the session the run is attached to (the
+    scheduler's transaction: no second connection, no lock wait), or through a new short
+    session when the run is detached (``airflow dags test`` hands listeners a detached run)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy.orm import object_session
+
+    session = object_session(dag_run)
+    if session is not None:
+        return list(dag_run.get_task_instances(session=session))
+    with create_session() as own:
+        tis = DagRun.fetch_task_instances(dag_id=dag_run.dag_id, run_id=dag_run.run_id, session=own)
+        own.expunge_all()  # read after the session closes: keep loaded attributes
+        return list(tis)

@@ -1,0 +1,203 @@
+"""The ``[workflow_audit]`` section of Airflow's configuration, mapped onto the core config.
+
+Precedence, highest first (README "Airflow"):
+
+1. ``AIRFLOW__WORKFLOW_AUDIT__<OPTION>`` environment variables,
+2. ``[workflow_audit] <option>`` in ``airflow.cfg``,
+3. the core's ``WORKFLOW_AUDIT_*`` environment variables (``WORKFLOW_AUDIT_LEDGER``, …),
+4. Airflow defaults: ledger ``sqlite:///$AIRFLOW_HOME/workflow_audit/ledger.db``, chain
+   ``airflow``; then the core's defaults.
+
+Options left empty (the default for ledger_url, chain, signing_key, redact_keys) fall through
+to level 3, so one ``WORKFLOW_AUDIT_LEDGER`` serves the Airflow plugin and the CLI alike.
+``OPTIONS`` is the single table behind both this module and ``airflow config list``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit_core import AuditConfig
+from audit_core.config import ENV_PREFIX
+from audit_core.errors import ConfigError
+from audit_core.hooks import EventFilter
+
+__all__ = ["OPTIONS", "SECTION", "AirflowAuditSettings", "Option", "load_settings"]
+
+SECTION = "workflow_audit"
+DEFAULT_CHAIN = "airflow"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One ``[workflow_audit]`` option, as ``provider_info.schema.json`` describes options."""
+
+    description: str
+    type: str  # string | boolean | integer | float
+    default: str
+    example: str | None = None
+    sensitive: bool = False
+
+
+OPTIONS: Mapping[str, Option] = {
+    "enabled": Option(
+        "Record Airflow events on the audit chain. When False the plugin registers no listener "
+        "and airflow_audit.audit.record() writes nothing.",
+        "boolean",
+        "True",
+    ),
+    "ledger_url": Option(
+        "Ledger URL. Empty: $WORKFLOW_AUDIT_LEDGER, else "
+        "sqlite:///$AIRFLOW_HOME/workflow_audit/ledger.db. Every process that runs tasks, the "
+        "scheduler and the API server must reach the same ledger.",
+        "string",
+        "",
+        "sqlite:////var/lib/airflow/workflow_audit/ledger.db",
+    ),
+    "chain": Option(
+        "Chain id of Airflow's records. Empty: $WORKFLOW_AUDIT_CHAIN, else 'airflow'.",
+        "string",
+        "",
+        "airflow-prod",
+    ),
+    "signing_key": Option(
+        "Checkpoint signing key: a PRIVATE+KEY+... string or the path of a file holding one. "
+        "Empty: $WORKFLOW_AUDIT_SIGNING_KEY, else a local key created beside the ledger.",
+        "string",
+        "",
+        "/run/secrets/workflow-audit.key",
+        sensitive=True,
+    ),
+    "redact_keys": Option(
+        "Comma-separated regular expressions of payload keys to redact, added to the built-in "
+        "list (password, secret, token, api_key, ...) and to $WORKFLOW_AUDIT_REDACT_KEYS. "
+        "Airflow's own secrets masker also runs on every record.",
+        "string",
+        "",
+        "customer_email,iban",
+    ),
+    "hook_timeout": Option(
+        "Seconds a listener hook waits for its records to be durable before returning to "
+        "Airflow; the write then finishes in the background (logged and counted).",
+        "float",
+        "5.0",
+    ),
+    "events": Option(
+        "Which events to record: comma-separated patterns, '!' excludes. Events: task.started, "
+        "task.succeeded, task.failed, task.retry_scheduled, task.skipped, "
+        "task.upstream_failed, dagrun.started, dagrun.succeeded, dagrun.failed, "
+        "asset.updated, dag.import_error, and the task-side API's own.",
+        "string",
+        "*",
+        "task.*,dagrun.*,!task.started",
+    ),
+    "record_not_run": Option(
+        "When a DAG run ends, record task.skipped / task.upstream_failed for task instances "
+        "that never ran (Airflow fires no task hook for them).",
+        "boolean",
+        "True",
+    ),
+    "record_conf": Option(
+        "Record DAG run conf values in dagrun.started (redacted). False: only its SHA-256.",
+        "boolean",
+        "False",
+    ),
+}
+
+_TRUE = {"true", "t", "1", "yes", "y", "on"}
+_FALSE = {"false", "f", "0", "no", "n", "off"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AirflowAuditSettings:
+    """What the Airflow adapter needs: the core config plus the adapter's own options."""
+
+    enabled: bool = True
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    hook_timeout_s: float = 5.0
+    events: EventFilter = field(default_factory=EventFilter)
+    record_not_run: bool = True
+    record_conf: bool = False
+
+
+def load_settings(
+    get: Callable[[str, str, str], str] | None = None,
+    env: Mapping[str, str] | None = None,
+    home: str | None = None,
+) -> AirflowAuditSettings:
+    """Read Airflow's configuration (``get(section, key, fallback)``) and the environment."""
+    if get is None or home is None:
+        from airflow_audit._compat import airflow_conf_get, airflow_home
+
+        get = get or airflow_conf_get
+        home = home or airflow_home()
+    env = os.environ if env is None else env
+
+    def option(key: str) -> str:
+        return get(SECTION, key, OPTIONS[key].default).strip()
+
+    overrides: dict[str, Any] = {}
+    ledger = option("ledger_url") or env.get(ENV_PREFIX + "LEDGER")
+    overrides["ledger_url"] = ledger or "sqlite:///" + str(
+        Path(home) / "workflow_audit" / "ledger.db"
+    )
+    overrides["chain"] = option("chain") or env.get(ENV_PREFIX + "CHAIN") or DEFAULT_CHAIN
+    if key := option("signing_key"):
+        overrides["signing_key"] = key
+    audit = AuditConfig.from_env(env, **overrides)
+    if extra := option("redact_keys"):
+        patterns = tuple(p.strip() for p in extra.split(",") if p.strip())
+        audit = audit.evolve(redact_keys=audit.redact_keys + patterns)
+    return AirflowAuditSettings(
+        enabled=_boolean("enabled", option("enabled")),
+        audit=audit,
+        hook_timeout_s=_positive("hook_timeout", option("hook_timeout")),
+        events=EventFilter(option("events")),
+        record_not_run=_boolean("record_not_run", option("record_not_run")),
+        record_conf=_boolean("record_conf", option("record_conf")),
+    )
+
+
+def _boolean(key: str, text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ConfigError(f"[{SECTION}] {key} must be True or False, not {text!r}")
+
+
+def _positive(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ConfigError(f"[{SECTION}] {key} must be a number of seconds, not {text!r}") from exc
+    if not value > 0:
+        raise ConfigError(f"[{SECTION}] {key} must be positive, not {text!r}")
+    return value
+
+
+def provider_config() -> dict[str, Any]:
+    """The ``config`` entry of the provider info (``airflow config list`` shows it)."""
+    options = {}
+    for key, opt in OPTIONS.items():
+        entry: dict[str, Any] = {
+            "description": opt.description,
+            "version_added": "0.1.0",
+            "type": opt.type,
+            "example": opt.example,
+            "default": opt.default,
+        }
+        if opt.sensitive:
+            entry["sensitive"] = True
+        options[key] = entry
+    return {
+        SECTION: {
+            "description": "workflow-audit: tamper-evident audit trail of every task, DAG run "
+            "and asset event (see the workflow-audit README).",
+            "options": options,
+        }
+    }

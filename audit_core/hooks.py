@@ -1,0 +1,224 @@
+"""What orchestrator adapters share: bounded fail-open hook calls, failure facts, event filters.
+
+>>> from audit_core import AuditConfig, AuditTrail, Event
+>>> trail = AuditTrail(AuditConfig(ledger_url="sqlite:///:memory:"))
+>>> runner = HookRunner(budget_s=5.0)
+>>> runner.run("task.started", lambda: [Event(type="task.started")], trail.record_many)
+True
+>>> runner.run("task.started", lambda: 1 / 0, trail.record_many)  # logged and counted
+False
+>>> COUNTERS.snapshot()["hook_failures"] >= 1
+True
+
+The contract every adapter hook keeps (README "Guarantees"):
+
+- **Fail-open**: a hook never raises into the orchestrator. Translating the hook's arguments
+  and writing the records happen inside the one ``except Exception`` of :meth:`HookRunner.run`,
+  which logs with ``exc_info`` and counts ``hook_failures``. ``BaseException`` (KeyboardInterrupt,
+  SystemExit) is never caught: the orchestrator owns those.
+- **Time-bounded**: the records are written by one background thread per process; the hook
+  waits at most ``budget_s`` for them to be durable. Past the budget it returns, counts
+  ``hook_timeouts`` and the write goes on in the background (a locked ledger, a slow disk);
+  :meth:`HookRunner.drain` (called when a task process stops, and at exit) waits a bounded time
+  for what is still queued and logs and counts ``records_abandoned`` for what it gives up on.
+  One thread and a queue, never a fork per event: forking from a hook is what left Airflow
+  tasks "running" with the OpenLineage listener on Airflow 3.1.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import hashlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from audit_core._jcs import canonical_bytes
+from audit_core._metrics import COUNTERS
+from audit_core._normalize import JSONObject, to_json
+from audit_core.trail import Event
+
+__all__ = ["COUNTERS", "EventFilter", "HookRunner", "digest", "failure_data"]
+
+logger = logging.getLogger("workflow_audit")
+
+#: Longest failure message kept in a record; the full text stays in the orchestrator's log.
+MAX_MESSAGE_CHARS = 2000
+
+
+class _Job:
+    __slots__ = ("done", "events", "what", "write")
+
+    def __init__(self, what: str, events: Sequence[Event], write: Callable[..., Any]) -> None:
+        self.what = what
+        self.events = events
+        self.write = write
+        self.done = threading.Event()
+
+
+class HookRunner:
+    """Runs adapter hooks fail-open; writes on one background thread; waits at most a budget."""
+
+    def __init__(self, *, budget_s: float = 5.0, name: str = "workflow-audit") -> None:
+        self.budget_s = budget_s
+        self.name = name
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pending = 0
+        atexit.register(self._at_exit)
+
+    def run(
+        self,
+        what: str,
+        build: Callable[[], Sequence[Event] | None],
+        write: Callable[[Sequence[Event]], object],
+    ) -> bool:
+        """Build the events here (the hook's arguments may change once it returns), write them
+        on the background thread; True once durable within the budget, False otherwise."""
+        try:
+            events = build()
+            if not events:
+                return True
+            job = _Job(what, events, write)
+            if threading.current_thread() is self._thread:  # a hook fired by our own write
+                self._execute(job)
+                return True
+            self._enqueue(job)
+            if job.done.wait(self.budget_s):
+                return True
+            COUNTERS.incr("hook_timeouts")
+            logger.warning(
+                "workflow-audit: %s not durable after %.1fs; the hook returns and the write "
+                "goes on in the background",
+                what,
+                self.budget_s,
+            )
+            return False
+        except Exception:  # the one containment point: an audit hook never fails a task
+            COUNTERS.incr("hook_failures")
+            logger.exception("workflow-audit: could not record %s", what)
+            return False
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait up to ``timeout_s`` (default: the budget) for queued writes; True if none left."""
+        deadline = time.monotonic() + (self.budget_s if timeout_s is None else timeout_s)
+        while True:
+            with self._lock:
+                pending = self._pending if self._pid == os.getpid() else 0
+            if pending == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    @property
+    def pending(self) -> int:
+        """Writes queued or running in this process."""
+        with self._lock:
+            return self._pending if self._pid == os.getpid() else 0
+
+    def _enqueue(self, job: _Job) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child: the thread is gone
+                self._pid = os.getpid()
+                self._queue = queue.SimpleQueue()
+                self._pending = 0
+                self._thread = threading.Thread(
+                    target=self._work, args=(self._queue,), name=self.name, daemon=True
+                )
+                self._thread.start()
+            self._pending += 1
+            self._queue.put(job)
+
+    def _work(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := jobs.get()) is not None:
+            try:
+                self._execute(job)
+            finally:
+                job.done.set()
+                with self._lock:
+                    self._pending -= 1
+
+    def _execute(self, job: _Job) -> None:
+        try:
+            job.write(job.events)
+        except Exception:  # runs on our thread: nobody else would see it
+            COUNTERS.incr("hook_failures")
+            logger.exception("workflow-audit: could not write %s", job.what)
+
+    def _at_exit(self) -> None:
+        # Daemon threads die with the interpreter: give queued records one budget to land,
+        # and say how many did not (they are what `workflow-audit reconcile` will find).
+        if not self.drain():
+            left = self.pending
+            COUNTERS.incr("records_abandoned", left)
+            logger.error(
+                "workflow-audit: %d write(s) still pending at exit after %.1fs; abandoned",
+                left,
+                self.budget_s,
+            )
+
+
+def failure_data(error: BaseException | str | None, *, kind: str | None = None) -> JSONObject:
+    """Facts about a failure: exception type, message (processors redact it later), a SHA-256
+    of the formatted traceback (evidence without storing code paths), and ``kind``."""
+    out: JSONObject = {}
+    if isinstance(error, BaseException):
+        cls = type(error)
+        module = cls.__module__
+        out["error_type"] = (
+            cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        )
+        out["message"] = _clip(str(error))
+        if error.__traceback__ is not None:
+            text = "".join(traceback.format_exception(cls, error, error.__traceback__))
+            out["traceback_sha256"] = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+    elif isinstance(error, str) and error:
+        out["message"] = _clip(error)
+    if kind:
+        out["failure_kind"] = kind
+    return out
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[:MAX_MESSAGE_CHARS] + f"… [{len(text) - MAX_MESSAGE_CHARS} more characters]"
+
+
+def digest(value: object) -> str:
+    """``sha256:<hex>`` of ``value``'s canonical JSON (RFC 8785): proves what a value was
+    (parameters, run configuration) without recording it."""
+    norm = to_json(value, max_value_bytes=1 << 30)
+    return "sha256:" + hashlib.sha256(canonical_bytes(norm.value)).hexdigest()
+
+
+class EventFilter:
+    """Which event types to record: comma-separated shell patterns (``task.*,dagrun.*``);
+    a leading ``!`` excludes (``*,!task.started``). Empty means everything."""
+
+    def __init__(self, spec: str | Sequence[str] = "*") -> None:
+        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+        patterns = [p.strip() for p in parts if p.strip()] or ["*"]
+        include = [fnmatch.translate(p) for p in patterns if not p.startswith("!")] or [".*"]
+        exclude = [fnmatch.translate(p[1:]) for p in patterns if p.startswith("!")]
+        self.spec = ",".join(patterns)
+        self._include = re.compile("|".join(include))
+        self._exclude = re.compile("|".join(exclude)) if exclude else None
+
+    def __call__(self, event: str) -> bool:
+        if self._exclude is not None and self._exclude.match(event):
+            return False
+        return self._include.match(event) is not None
+
+    def __repr__(self) -> str:
+        return f"EventFilter({self.spec!r})"
