@@ -25,6 +25,7 @@ __all__ = [
     "dag_run_conf",
     "dagrun_task_instances",
     "enum_value",
+    "is_runtime",
     "logical_date",
     "operator_name",
     "optional",
@@ -51,6 +52,11 @@ def optional(obj: object, *names: str) -> Any:
         except (AttributeError, SQLAlchemyError):
             return None
     return value
+
+
+def is_runtime(ti: object) -> bool:
+    """True for the Task SDK's ``RuntimeTaskInstance`` (we are in the process running it)."""
+    return type(ti).__name__ == "RuntimeTaskInstance"
 
 
 def enum_value(value: object) -> object:
@@ -135,21 +141,22 @@ def task_carrier(ti: object) -> Any:
     """The task's trace carrier (W3C ``traceparent``, child of the DAG run's trace).
 
     The executor path gives the task runner the carrier in its workload. ``airflow dags test``
-    without ``--use-executor`` builds the Task SDK instance from ids only; the carrier is then
-    read from the metadata DB, which that in-process mode (and only it) can reach.
+    without ``--use-executor`` builds the Task SDK instance from ids only; that in-process mode
+    (and only it) can reach the metadata DB, so the DAG run's carrier is read from there: the
+    same trace id (a retried try moves its own row to the history table, the run's stays).
     """
     carrier = optional(ti, "context_carrier")
     if carrier or not _in_process_test():
         return carrier
-    ti_id = optional(ti, "id")
-    if ti_id is None:
-        return None
-    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    query = select(DagRun.context_carrier).where(
+        DagRun.dag_id == optional(ti, "dag_id"), DagRun.run_id == optional(ti, "run_id")
+    )
     with create_session() as session:
-        return session.scalar(select(TaskInstance.context_carrier).where(TaskInstance.id == ti_id))
+        return session.scalar(query)
 
 
 def _in_process_test() -> bool:

@@ -291,7 +291,8 @@ def task_subject(ti: Any) -> Data:
         "logical_date": _compat.logical_date(ti),
         "operator": _compat.operator_name(ti),
         "dag_version": None if dag_version is None else str(dag_version),
-        "hostname": hostname or socket.gethostname(),
+        # The Task SDK's instance lives in the worker running the try: this host ran it.
+        "hostname": hostname or (socket.gethostname() if _compat.is_runtime(ti) else None),
     }
 
 

@@ -175,8 +175,9 @@ def _positive(key: str, text: str) -> float:
         value = float(text)
     except ValueError as exc:
         raise ConfigError(f"[{SECTION}] {key} must be a number of seconds, not {text!r}") from exc
-    if not value > 0:
-        raise ConfigError(f"[{SECTION}] {key} must be positive, not {text!r}")
+    # threading's waits overflow past TIMEOUT_MAX; a hook budget of hours is a mistake anyway
+    if not 0 < value <= 3600:
+        raise ConfigError(f"[{SECTION}] {key} must be between 0 and 3600 seconds, not {text!r}")
     return value
 
 

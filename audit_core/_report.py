@@ -157,13 +157,17 @@ def summarize(records: Iterable[Record], *, max_failures: int = 1000) -> Summary
 
 
 def _error_text(data: JSONObject) -> str:
+    kind = data.get("error_type")  # the adapters' failure records (audit_core.hooks)
     for key in ("error", "exception", "message", "reason"):
         value = data.get(key)
         if isinstance(value, dict):
             kind, msg = value.get("type"), value.get("message")
             return f"{kind}: {msg}" if kind else str(msg)
         if value is not None:
-            return str(value)
+            return f"{kind}: {value}" if isinstance(kind, str) else str(value)
+    failed = data.get("failed_tasks")  # a failed run names its failed tasks
+    if isinstance(failed, list) and failed:
+        return "failed tasks: " + ", ".join(str(t) for t in failed)
     return ""
 
 

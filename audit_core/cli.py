@@ -214,6 +214,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="file to write (default: standard output)")
     e.set_defaults(func=_cmd_export)
 
+    rc = sub.add_parser(
+        "reconcile",
+        help="append *.unrecorded records for runs the orchestrator knows ended unrecorded",
+        description="Ask the orchestrator's database which runs ended in the window and append "
+        "a task.unrecorded / flowrun.unrecorded record for each one with no terminal record "
+        "(a SIGKILLed or OOM-killed process never runs its hooks). Idempotent.",
+    )
+    rc.add_argument("source", help="orchestrator: airflow or prefect (installed adapters)")
+    rc.add_argument("--since", required=True, type=_time_arg, help="runs that ended from then")
+    rc.add_argument("--until", type=_time_arg, help="... and before then (default: now)")
+    rc.add_argument("--ledger", help="ledger URL (default: the adapter's configuration)")
+    rc.add_argument("--chain", help="chain (default: the adapter's configuration)")
+    rc.add_argument("--dry-run", action="store_true", help="list the gaps, append nothing")
+    rc.set_defaults(func=_cmd_reconcile)
+
     r = sub.add_parser("report", help="counts, failures and the verification verdict")
     common(r, chain_help="chain to report on (repeatable; default: every chain)")
     filters(r)
@@ -513,6 +528,28 @@ def _read_checkpoint(path: str, keys: Sequence[Verifier]) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path} does not verify: {exc}", chain="?", seq=None
         ) from exc
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from audit_core.reconcile import load, reconcile
+
+    reconciler = load(args.source)
+    config = reconciler.config(args.ledger, args.chain)
+    with AuditTrail(config) as trail:
+        result = reconcile(
+            trail, reconciler, since=args.since, until=args.until, dry_run=args.dry_run
+        )
+    verb = "would append" if args.dry_run else "appended"
+    for event in result.missing:
+        subject = " ".join(f"{k}={v}" for k, v in (event.subject or {}).items() if v is not None)
+        print(f"{verb} {event.type}: {subject}")
+    print(
+        f"{args.source}: {result.checked} terminal run(s) since {args.since}, "
+        f"{len(result.missing)} without a record; {verb} {len(result.missing)} "
+        f"to chain {config.chain!r} of {config.ledger_url}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

@@ -13,9 +13,10 @@ True
 The contract every adapter hook keeps (README "Guarantees"):
 
 - **Fail-open**: a hook never raises into the orchestrator. Translating the hook's arguments
-  and writing the records happen inside the one ``except Exception`` of :meth:`HookRunner.run`,
-  which logs with ``exc_info`` and counts ``hook_failures``. ``BaseException`` (KeyboardInterrupt,
-  SystemExit) is never caught: the orchestrator owns those.
+  happens inside the one ``except Exception`` of :meth:`HookRunner.run` (in the hook's thread);
+  writing happens inside the one ``except Exception`` of the writer thread. Both log with
+  ``exc_info`` and count ``hook_failures``; ``run`` returns False for either. ``BaseException``
+  (KeyboardInterrupt, SystemExit) is never caught: the orchestrator owns those.
 - **Time-bounded**: the records are written by one background thread per process; the hook
   waits at most ``budget_s`` for them to be durable. Past the budget it returns, counts
   ``hook_timeouts`` and the write goes on in the background (a locked ledger, a slow disk);
@@ -54,12 +55,13 @@ MAX_MESSAGE_CHARS = 2000
 
 
 class _Job:
-    __slots__ = ("done", "events", "what", "write")
+    __slots__ = ("done", "events", "failed", "what", "write")
 
     def __init__(self, what: str, events: Sequence[Event], write: Callable[..., Any]) -> None:
         self.what = what
         self.events = events
         self.write = write
+        self.failed = False
         self.done = threading.Event()
 
 
@@ -75,6 +77,10 @@ class HookRunner:
         self._thread: threading.Thread | None = None
         self._pending = 0
         atexit.register(self._at_exit)
+        if hasattr(os, "register_at_fork"):
+            # A fork while another thread holds the lock would leave the child a lock nobody
+            # releases (the OpenTelemetry SDK's processors reset theirs the same way).
+            os.register_at_fork(after_in_child=self._after_fork)
 
     def run(
         self,
@@ -83,7 +89,7 @@ class HookRunner:
         write: Callable[[Sequence[Event]], object],
     ) -> bool:
         """Build the events here (the hook's arguments may change once it returns), write them
-        on the background thread; True once durable within the budget, False otherwise."""
+        on the background thread; True once written within the budget, False otherwise."""
         try:
             events = build()
             if not events:
@@ -91,10 +97,10 @@ class HookRunner:
             job = _Job(what, events, write)
             if threading.current_thread() is self._thread:  # a hook fired by our own write
                 self._execute(job)
-                return True
+                return not job.failed
             self._enqueue(job)
             if job.done.wait(self.budget_s):
-                return True
+                return not job.failed
             COUNTERS.incr("hook_timeouts")
             logger.warning(
                 "workflow-audit: %s not durable after %.1fs; the hook returns and the write "
@@ -144,22 +150,29 @@ class HookRunner:
             try:
                 self._execute(job)
             finally:
-                job.done.set()
-                with self._lock:
+                with self._lock:  # before done: a caller that saw done sees pending drop
                     self._pending -= 1
+                job.done.set()
 
     def _execute(self, job: _Job) -> None:
         try:
             job.write(job.events)
-        except Exception:  # runs on our thread: nobody else would see it
+        except Exception:  # the writer thread's one containment point: nobody else sees it
+            job.failed = True
             COUNTERS.incr("hook_failures")
             logger.exception("workflow-audit: could not write %s", job.what)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._thread = None
+        self._pending = 0
 
     def _at_exit(self) -> None:
         # Daemon threads die with the interpreter: give queued records one budget to land,
         # and say how many did not (they are what `workflow-audit reconcile` will find).
         if not self.drain():
-            left = self.pending
+            left = max(self.pending, 1)
             COUNTERS.incr("records_abandoned", left)
             logger.error(
                 "workflow-audit: %d write(s) still pending at exit after %.1fs; abandoned",
@@ -197,9 +210,14 @@ def _clip(text: str) -> str:
 
 def digest(value: object) -> str:
     """``sha256:<hex>`` of ``value``'s canonical JSON (RFC 8785): proves what a value was
-    (parameters, run configuration) without recording it."""
-    norm = to_json(value, max_value_bytes=1 << 30)
-    return "sha256:" + hashlib.sha256(canonical_bytes(norm.value)).hexdigest()
+    (parameters, run configuration) without recording it.
+
+    The value is converted as records are (:func:`~audit_core._normalize.to_json`), so values
+    a record could not tell apart digest alike: ``float("nan")`` and ``"NaN"``, a set and its
+    sorted list.
+    """
+    norm = to_json({"value": value}, max_value_bytes=1 << 30)
+    return "sha256:" + hashlib.sha256(canonical_bytes(norm.value["value"])).hexdigest()
 
 
 class EventFilter:

@@ -1,0 +1,119 @@
+"""Completeness: compare what the orchestrator says ran with what the chain recorded.
+
+Hooks cannot record a run whose process was SIGKILLed or OOM-killed: the hook never runs.
+The orchestrator's own database still knows the run ended. A *reconciler* lists the terminal
+runs it knows (:meth:`Reconciler.expected`) and says which records prove each one
+(:meth:`Reconciler.recorded_key`); :func:`reconcile` appends the prepared ``*.unrecorded``
+event of every run with no proof, so the gap is on the chain, visible and verifiable, instead
+of silently missing. Running it again appends nothing new (the ``*.unrecorded`` records are
+proof too).
+
+>>> from audit_core import AuditConfig, AuditTrail, Event
+>>> class Toy:
+...     name = "toy"
+...     def config(self, ledger_url, chain): return AuditConfig(ledger_url="sqlite:///:memory:")
+...     def expected(self, since, until):
+...         return [Expected(("a",), Event(type="task.unrecorded", subject={"task": "a"}))]
+...     def recorded_key(self, record):
+...         return (record.subject.get("task"),)
+>>> trail = AuditTrail(Toy().config(None, None))
+>>> [e.subject for e in reconcile(trail, Toy(), since="2026-01-01T00:00:00Z").missing]
+[{'task': 'a'}]
+>>> reconcile(trail, Toy(), since="2026-01-01T00:00:00Z").missing
+[]
+
+Orchestrator adapters register reconcilers under the ``workflow_audit.reconcilers`` entry
+point group; ``workflow-audit reconcile NAME --since …`` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from audit_core._record import Record, StoredRecord
+from audit_core.config import AuditConfig
+from audit_core.errors import ConfigError
+from audit_core.trail import AuditTrail, Event
+
+__all__ = ["ENTRY_POINT_GROUP", "Expected", "ReconcileResult", "Reconciler", "load", "reconcile"]
+
+ENTRY_POINT_GROUP = "workflow_audit.reconcilers"
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """A terminal run the orchestrator knows, and the record to append if the chain lacks it."""
+
+    key: Hashable
+    event: Event
+
+
+class Reconciler(Protocol):
+    """What an orchestrator adapter provides to ``workflow-audit reconcile``."""
+
+    name: str
+
+    def config(self, ledger_url: str | None, chain: str | None) -> AuditConfig:
+        """The ledger and chain the orchestrator's records go to (arguments override)."""
+        ...
+
+    def expected(self, since: str, until: str | None) -> Iterable[Expected]:
+        """Terminal runs that ended in ``[since, until)`` (RFC 3339 UTC strings)."""
+        ...
+
+    def recorded_key(self, record: Record) -> Hashable | None:
+        """The key of the run ``record`` proves ended, or None if it proves none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    """How many runs were checked, which were missing, and what was appended."""
+
+    checked: int
+    missing: list[Event] = field(default_factory=list)
+    appended: list[StoredRecord] = field(default_factory=list)
+
+
+def reconcile(
+    trail: AuditTrail,
+    reconciler: Reconciler,
+    *,
+    since: str,
+    until: str | None = None,
+    dry_run: bool = False,
+) -> ReconcileResult:
+    """Append the events of expected runs with no record on ``trail``'s chain."""
+    expected = list(reconciler.expected(since, until))
+    chain = trail.config.chain
+    proven: set[Hashable] = set()
+    for stored in trail.ledger.read(chain):
+        key = reconciler.recorded_key(Record.from_stored(stored))
+        if key is not None:
+            proven.add(key)
+    missing: list[Event] = []
+    seen: set[Hashable] = set()
+    for item in expected:
+        if item.key not in proven and item.key not in seen:
+            seen.add(item.key)
+            missing.append(item.event)
+    appended = [] if dry_run or not missing else trail.record_many(missing)
+    return ReconcileResult(checked=len(expected), missing=missing, appended=appended)
+
+
+def load(name: str) -> Reconciler:
+    """The reconciler registered as ``name`` (``airflow``, ``prefect``)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none installed"
+        raise ConfigError(
+            f"no reconciler {name!r} (installed: {known}); "
+            f'install the adapter, e.g. pip install "workflow-audit[{name}]"'
+        )
+    factory = found[name].load()
+    reconciler: Reconciler = factory()
+    return reconciler

@@ -1,0 +1,98 @@
+"""Real Airflow 3 for the adapter's tests: a throwaway AIRFLOW_HOME, ``airflow db migrate``,
+``airflow dags test`` subprocesses, and an ``airflow api-server`` on 127.0.0.1 for the
+executor path. Each test writes to its own ledger (``[workflow_audit] ledger_url``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import airflow
+import pytest
+
+from tests.airflow._airflow import BIN, BUNDLED, REPO, AirflowHome, free_port
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
+    """``airflow db migrate`` in a fresh home whose DAGs folder holds the example DAGs, the
+    tests' own DAGs and a few of Airflow's bundled examples."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    dags = home / "dags"
+    dags.mkdir()
+    for path in (REPO / "example_dags").glob("*.py"):
+        shutil.copy(path, dags)
+    shutil.copy(Path(__file__).with_name("dags") / "audit_test_dags.py", dags)
+    bundled = Path(airflow.__file__).parent / "example_dags"
+    for name in BUNDLED:
+        shutil.copy(bundled / name, dags)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "ML_PIPELINE_HOME": str(home / "ml_pipeline"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    for key in [k for k in env if k.startswith("WORKFLOW_AUDIT_")]:
+        del env[key]  # the tests configure the plugin through Airflow's configuration only
+    done = subprocess.run(
+        [str(BIN / "airflow"), "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr[-3000:]
+    return AirflowHome(home, env)
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    airflow_home: AirflowHome, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AirflowHome]:
+    """An ``airflow api-server`` on 127.0.0.1 and the LocalExecutor settings that use it; it
+    and the tests that use it share one ledger (the API server records asset events)."""
+    port = free_port()
+    ledger = tmp_path_factory.mktemp("executor") / "ledger.db"
+    env = {
+        **airflow_home.env,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "workflow-audit-tests-" + "x" * 32,
+    }
+    log = (airflow_home.path / f"api-server-{port}.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": f"sqlite:///{ledger}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "api-server exited; see " + log.name
+                assert time.monotonic() < deadline, "api-server did not start; see " + log.name
+                time.sleep(0.5)
+        yield AirflowHome(airflow_home.path, env, ledger)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

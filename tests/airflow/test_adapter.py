@@ -1,0 +1,150 @@
+"""The adapter on the ORM-shaped task instances the scheduler and API server pass (states set
+by hand, executor-reported failures), its event filter and switch, and the task-side API
+outside a task. Real ledgers; no Airflow processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_audit.adapter import AirflowAdapter
+from airflow_audit.api import Audit
+from airflow_audit.settings import load_settings
+from audit_core import Record
+from audit_core.errors import LedgerError
+from tests.airflow._airflow import records
+
+START = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
+
+
+def orm_ti(**changes: object) -> SimpleNamespace:
+    """What the scheduler hands a listener: an ORM TaskInstance's columns."""
+    values: dict[str, object] = {
+        "dag_id": "etl",
+        "task_id": "load",
+        "run_id": "scheduled__2026-11-28",
+        "try_number": 2,
+        "max_tries": 3,
+        "map_index": -1,
+        "state": "failed",
+        "hostname": "worker-7",
+        "operator": "PythonOperator",
+        "custom_operator_name": None,
+        "dag_version_id": "0193-aaaa",
+        "context_carrier": {
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        },
+        "start_date": START,
+        "end_date": START + dt.timedelta(seconds=90),
+        "logical_date": START,
+    }
+    values.update(changes)
+    return SimpleNamespace(**values)
+
+
+def adapter_for(tmp_path: Path, **options: str) -> AirflowAdapter:
+    defaults = {"ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    settings = load_settings(
+        get=lambda _section, key, fallback: {**defaults, **options}.get(key, fallback),
+        env={},
+        home=str(tmp_path),
+    )
+    return AirflowAdapter(settings)
+
+
+def written(tmp_path: Path) -> list[Record]:
+    return records(tmp_path / "ledger.db")
+
+
+class TestOrmTaskInstance:
+    """Task instances as the scheduler and API server pass them."""
+
+    def test_executor_reported_failure(self, tmp_path: Path) -> None:
+        """A string error from the scheduler is a task.failed of kind 'reported', with the
+        worker's hostname, not ours."""
+        adapter = adapter_for(tmp_path)
+        assert adapter.task_failed(orm_ti(), "Executor reports task finished (failed)", "running")
+        [rec] = written(tmp_path)
+        assert "task.failed" == rec.event
+        assert "reported" == rec.data["failure_kind"]
+        assert "Executor reports task finished (failed)" == rec.data["message"]
+        assert ("worker-7", "PythonOperator", 2) == (
+            rec.subject["hostname"],
+            rec.subject["operator"],
+            rec.subject["try_number"],
+        )
+        assert 90.0 == rec.data["duration_s"]
+        assert {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"} == (
+            rec.trace
+        )
+
+    def test_state_set_by_hand(self, tmp_path: Path) -> None:
+        """Marked failed or success in the UI (previous_state None) says so."""
+        adapter = adapter_for(tmp_path)
+        adapter.task_failed(orm_ti(), "TaskInstance's state was manually set to `failed`.", None)
+        adapter.task_success(orm_ti(state="success"), None)
+        failed, succeeded = written(tmp_path)
+        assert "set_by_api" == failed.data["failure_kind"]
+        assert "api" == succeeded.data["set_by"]
+
+    def test_up_for_retry_is_retry_scheduled(self, tmp_path: Path) -> None:
+        """A failed try that will be retried is task.retry_scheduled with the next try."""
+        adapter = adapter_for(tmp_path)
+        adapter.task_failed(orm_ti(state="up_for_retry"), ValueError("flaky"), "running")
+        [rec] = written(tmp_path)
+        assert ("task.retry_scheduled", 3, 3) == (
+            rec.event,
+            rec.data["next_try"],
+            rec.data["max_tries"],
+        )
+        assert ("ValueError", "exception") == (rec.data["error_type"], rec.data["failure_kind"])
+
+    def test_missing_hostname_stays_missing(self, tmp_path: Path) -> None:
+        """An ORM instance without a hostname is not given the recording host's name."""
+        adapter = adapter_for(tmp_path)
+        adapter.task_skipped(orm_ti(hostname=None, state="skipped"), None)
+        [rec] = written(tmp_path)
+        assert rec.subject["hostname"] is None
+        assert False is rec.data["ran"]
+
+
+class TestSwitches:
+    """The [workflow_audit] options that select what is recorded."""
+
+    def test_events_filter(self, tmp_path: Path) -> None:
+        """Excluded events are not written; the others are."""
+        adapter = adapter_for(tmp_path, events="*,!task.started")
+        adapter.task_running(orm_ti(state="running"))
+        adapter.task_success(orm_ti(state="success"), "running")
+        assert ["task.succeeded"] == [r.event for r in written(tmp_path)]
+
+    def test_disabled_writes_nothing(self, tmp_path: Path) -> None:
+        """enabled = False: hooks return without creating a ledger."""
+        adapter = adapter_for(tmp_path, enabled="False")
+        assert adapter.task_success(orm_ti(state="success"), "running")
+        assert not (tmp_path / "ledger.db").exists()
+
+    def test_required_record_raises_when_ledger_cannot_be_written(self, tmp_path: Path) -> None:
+        """audit.record(required=True) raises an AuditError instead of failing open."""
+        (tmp_path / "file").write_text("")
+        adapter = adapter_for(tmp_path, ledger_url=f"sqlite:///{tmp_path / 'file' / 'l.db'}")
+        assert False is adapter.task_record("model.deployed", {}, None, required=False)
+        with pytest.raises(LedgerError):
+            adapter.task_record("model.deployed", {}, None, required=True)
+
+
+class TestTaskSideApi:
+    """airflow_audit.audit outside a task."""
+
+    def test_outside_a_task_records_the_given_subject(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With no running task the record has only the subject passed in."""
+        adapter = adapter_for(tmp_path)
+        monkeypatch.setattr("airflow_audit.api.get_adapter", lambda: adapter)
+        assert Audit().record("drift.detected", {"psi": 0.31}, subject={"model": "churn"})
+        [rec] = written(tmp_path)
+        assert ({"model": "churn"}, {"psi": 0.31}) == (rec.subject, rec.data)

@@ -1,0 +1,427 @@
+"""audit_core.hooks: the bounded fail-open HookRunner, failure facts, digests, event filters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from audit_core import Event
+from audit_core.hooks import (
+    COUNTERS,
+    MAX_MESSAGE_CHARS,
+    EventFilter,
+    HookRunner,
+    digest,
+    failure_data,
+)
+
+# Long enough that a write blocked on a gate never finishes on its own while a test runs, short
+# enough that a broken test cannot hang the session.
+GATE_TIMEOUT_S = 10.0
+
+
+def _count(name: str) -> int:
+    return COUNTERS.snapshot().get(name, 0)
+
+
+def _events(*types: str) -> list[Event]:
+    return [Event(type=t) for t in types]
+
+
+def _wait_child(pid: int, timeout_s: float) -> int | None:
+    """The exit code of a forked child, or None (after killing it) if it is still running."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.fixture
+def gate() -> threading.Event:
+    """An event a test's write blocks on until the test sets it."""
+    return threading.Event()
+
+
+@pytest.fixture
+def runner(gate: threading.Event) -> Iterator[HookRunner]:
+    """A HookRunner with a 2 s budget; blocked writes are released and drained afterwards."""
+    hooks = HookRunner(budget_s=2.0, name="workflow-audit-test")
+    yield hooks
+    gate.set()
+    hooks.drain(GATE_TIMEOUT_S)
+
+
+class TestHookRunner:
+    """run(), drain() and pending: fail-open, time-bounded, ordered, fork- and exit-aware."""
+
+    def test_writes_built_events_and_returns_true(self, runner: HookRunner) -> None:
+        """The built events are handed to write() and run() returns True once it finished."""
+        events = _events("task.started", "task.succeeded")
+        written: list[Event] = []
+        assert True is runner.run("task.started", lambda: events, written.extend)
+        assert events == written
+
+    def test_build_error_is_contained_logged_and_counted(
+        self, runner: HookRunner, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An exception in build() returns False, is logged with exc_info and counted."""
+        written: list[Event] = []
+
+        def build() -> list[Event]:
+            raise ValueError("no dag_id")
+
+        before = _count("hook_failures")
+        with caplog.at_level(logging.ERROR, logger="workflow_audit"):
+            assert False is runner.run("task.failed", build, written.extend)
+        assert 1 == _count("hook_failures") - before
+        assert [] == written
+        [log] = [r for r in caplog.records if r.name == "workflow_audit"]
+        assert "workflow-audit: could not record task.failed" == log.getMessage()
+        assert log.exc_info is not None
+        assert ValueError is log.exc_info[0]
+
+    def test_write_error_is_logged_and_counted_and_run_returns_false(
+        self, runner: HookRunner, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An exception in write() is logged with exc_info and counted; run() returns False."""
+
+        def write(events: Sequence[Event]) -> None:
+            raise OSError("disk full")
+
+        before = _count("hook_failures")
+        with caplog.at_level(logging.ERROR, logger="workflow_audit"):
+            assert False is runner.run("task.failed", lambda: _events("task.failed"), write)
+        assert 1 == _count("hook_failures") - before
+        [log] = [r for r in caplog.records if r.name == "workflow_audit"]
+        assert "workflow-audit: could not write task.failed" == log.getMessage()
+        assert log.exc_info is not None
+        assert OSError is log.exc_info[0]
+
+    def test_slow_write_returns_false_after_budget_and_completes_later(
+        self, gate: threading.Event, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A write slower than the budget: run() returns False, counts a timeout, write goes on."""
+        budget = 0.2
+        hooks = HookRunner(budget_s=budget, name="workflow-audit-test")
+        events = _events("task.started")
+        written: list[Event] = []
+
+        def write(batch: Sequence[Event]) -> None:
+            gate.wait(GATE_TIMEOUT_S)
+            written.extend(batch)
+
+        before = _count("hook_timeouts")
+        with caplog.at_level(logging.WARNING, logger="workflow_audit"):
+            start = time.monotonic()
+            result = hooks.run("task.started", lambda: events, write)
+            elapsed = time.monotonic() - start
+        try:
+            assert False is result
+            assert budget * 0.9 <= elapsed < budget + 2.0  # waited the budget, not the write
+            assert 1 == _count("hook_timeouts") - before
+            assert "task.started not durable after 0.2s" in caplog.text
+            assert 1 == hooks.pending
+            assert [] == written
+        finally:
+            gate.set()
+        assert True is hooks.drain(GATE_TIMEOUT_S)
+        assert events == written
+        assert 0 == hooks.pending
+
+    def test_drain_gives_up_after_its_timeout(
+        self, runner: HookRunner, gate: threading.Event
+    ) -> None:
+        """drain() returns False while a write is still blocked, True once it has finished."""
+        runner.budget_s = 0.01
+        runner.run("task.started", lambda: _events("task.started"), lambda _: gate.wait(10))
+        assert False is runner.drain(0.05)
+        assert 1 == runner.pending
+        gate.set()
+        assert True is runner.drain(GATE_TIMEOUT_S)
+        assert 0 == runner.pending
+
+    def test_successive_runs_are_written_in_order(
+        self, runner: HookRunner, gate: threading.Event
+    ) -> None:
+        """Writes queued behind a blocked one are written in the order their runs were called."""
+        runner.budget_s = 0.01  # every run times out, so all five jobs wait in the queue
+        written: list[str] = []
+
+        def write(batch: Sequence[Event]) -> None:
+            gate.wait(GATE_TIMEOUT_S)
+            written.extend(e.type for e in batch)
+
+        types = [f"step.n{i}" for i in range(5)]
+        for t in types:
+            runner.run(t, lambda t=t: _events(t), write)
+        assert 5 == runner.pending
+        gate.set()
+        assert True is runner.drain(GATE_TIMEOUT_S)
+        assert types == written
+
+    @pytest.mark.parametrize("built", [[], None])
+    def test_nothing_built_writes_nothing(
+        self, runner: HookRunner, built: list[Event] | None
+    ) -> None:
+        """A build() returning [] or None returns True without calling write()."""
+        calls: list[Sequence[Event]] = []
+        assert True is runner.run("task.started", lambda: built, calls.append)
+        assert [] == calls
+        assert 0 == runner.pending
+
+    def test_hook_fired_by_a_write_runs_inline(self, runner: HookRunner) -> None:
+        """A hook called from the runner's own thread writes inline instead of deadlocking."""
+        written: list[str] = []
+        inner: list[bool] = []
+
+        def inner_write(batch: Sequence[Event]) -> None:
+            written.append("inner")
+
+        def outer_write(batch: Sequence[Event]) -> None:
+            inner.append(runner.run("asset.updated", lambda: _events("asset.updated"), inner_write))
+            written.append("outer")
+
+        assert True is runner.run("task.succeeded", lambda: _events("task.succeeded"), outer_write)
+        assert [True] == inner
+        assert ["inner", "outer"] == written
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_forked_child_runs_on_its_own_thread(self, runner: HookRunner) -> None:
+        """After fork() the child starts its own writer thread and its run() succeeds."""
+        parent_threads: list[threading.Thread] = []
+        runner.run(
+            "task.started",
+            lambda: _events("task.started"),
+            lambda _: parent_threads.append(threading.current_thread()),
+        )
+        assert True is runner.drain(GATE_TIMEOUT_S)  # the writer thread is idle, lock released
+        pid = os.fork()
+        if pid == 0:  # child: report through the exit code only
+            code = 1
+            try:
+                child_threads: list[threading.Thread] = []
+                ok = runner.run(
+                    "task.succeeded",
+                    lambda: _events("task.succeeded"),
+                    lambda _: child_threads.append(threading.current_thread()),
+                )
+                fresh = len(child_threads) == 1 and child_threads[0] is not parent_threads[0]
+                code = 0 if ok and fresh else 1
+            finally:
+                os._exit(code)
+        assert 0 == _wait_child(pid, timeout_s=5.0)
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_fork_while_another_thread_holds_the_lock(self, runner: HookRunner) -> None:
+        """A child forked while another thread is inside the runner's lock can still run()."""
+        # The writer thread takes the lock after every job, and pending/drain take it from any
+        # thread; a fork at that moment copies a locked lock into a child where no thread will
+        # ever release it. Holding the lock from a helper thread makes that moment certain.
+        runner.run("task.started", lambda: _events("task.started"), lambda _: None)
+        assert True is runner.drain(GATE_TIMEOUT_S)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with runner._lock:
+                holding.set()
+                release.wait(GATE_TIMEOUT_S)
+
+        helper = threading.Thread(target=hold)
+        helper.start()
+        holding.wait(GATE_TIMEOUT_S)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    ok = runner.run("task.succeeded", lambda: _events("x.y"), lambda _: None)
+                    code = 0 if ok else 1
+                finally:
+                    os._exit(code)
+        finally:
+            release.set()
+            helper.join()
+        assert 0 == _wait_child(pid, timeout_s=2.0)  # None: the child deadlocked
+
+    def test_pending_writes_are_reported_at_exit(self, tmp_path: Path) -> None:
+        """At exit a write still blocked after the budget is logged and counted as abandoned."""
+        script = textwrap.dedent(
+            """
+            import atexit, threading
+            from audit_core import Event
+            from audit_core.hooks import COUNTERS, HookRunner
+
+            # Registered first, so it runs after the runner's own at-exit handler.
+            atexit.register(lambda: print(COUNTERS.snapshot().get("records_abandoned", 0)))
+            runner = HookRunner(budget_s=0.2)
+            blocked = threading.Event()
+            ok = runner.run(
+                "task.started", lambda: [Event(type="task.started")], lambda _: blocked.wait()
+            )
+            print(ok)
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert 0 == done.returncode, done.stderr
+        assert ["False", "1"] == done.stdout.split()
+        assert "1 write(s) still pending at exit after 0.2s; abandoned" in done.stderr
+
+
+class _Outer:
+    class NestedError(Exception):
+        pass
+
+
+class TestFailureData:
+    """failure_data(): type, clipped message, traceback digest and kind of a failure."""
+
+    def test_builtin_exception_type_is_bare(self) -> None:
+        """A builtin exception is named by its bare class name."""
+        assert {"error_type": "ValueError", "message": "bad"} == failure_data(ValueError("bad"))
+
+    def test_other_exception_types_are_module_qualified(self) -> None:
+        """A non-builtin exception is named module.qualname."""
+        error = json.JSONDecodeError("Expecting value", "", 0)
+        assert "json.decoder.JSONDecodeError" == failure_data(error)["error_type"]
+        assert f"{__name__}._Outer.NestedError" == failure_data(_Outer.NestedError())["error_type"]
+
+    def test_traceback_digest_of_a_raised_exception(self) -> None:
+        """A raised exception carries the SHA-256 of its formatted traceback."""
+        try:
+            raise KeyError("dag_id")
+        except KeyError as exc:
+            error = exc
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        expected = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        data = failure_data(error)
+        assert expected == data["traceback_sha256"]
+        assert "'dag_id'" == data["message"]
+
+    def test_no_traceback_digest_without_a_traceback(self) -> None:
+        """An exception that was never raised has no traceback_sha256."""
+        assert "traceback_sha256" not in failure_data(RuntimeError("never raised"))
+
+    def test_long_message_is_clipped_with_a_suffix(self) -> None:
+        """Messages longer than MAX_MESSAGE_CHARS are cut and say how much was cut."""
+        data = failure_data(ValueError("x" * (MAX_MESSAGE_CHARS + 5)))
+        assert "x" * MAX_MESSAGE_CHARS + "… [5 more characters]" == data["message"]
+
+    def test_message_at_the_limit_is_kept_whole(self) -> None:
+        """A message of exactly MAX_MESSAGE_CHARS characters is not clipped."""
+        text = "y" * MAX_MESSAGE_CHARS
+        assert {"message": text} == failure_data(text)
+
+    def test_string_error_gives_message_only(self) -> None:
+        """A string error becomes the message; no type, no traceback."""
+        assert {"message": "killed by the executor"} == failure_data("killed by the executor")
+
+    @pytest.mark.parametrize("error", [None, ""])
+    def test_no_error_gives_no_message(self, error: str | None) -> None:
+        """None or an empty string give no message at all."""
+        assert {} == failure_data(error)
+
+    def test_kind_becomes_failure_kind(self) -> None:
+        """kind= is recorded as failure_kind, with or without an error."""
+        assert {"failure_kind": "timeout"} == failure_data(None, kind="timeout")
+        assert {"message": "oom", "failure_kind": "executor"} == failure_data(
+            "oom", kind="executor"
+        )
+
+
+class TestDigest:
+    """digest(): sha256 of a value's RFC 8785 canonical JSON."""
+
+    def test_is_sha256_of_canonical_json(self) -> None:
+        """The digest is sha256: plus the hex SHA-256 of the canonical bytes."""
+        expected = "sha256:" + hashlib.sha256(b'{"a":1,"b":[true,null,"x"]}').hexdigest()
+        assert expected == digest({"b": [True, None, "x"], "a": 1})
+
+    def test_key_order_does_not_matter(self) -> None:
+        """Dicts equal up to key order have equal digests."""
+        first = {"model": "xgb", "params": {"depth": 6, "eta": 0.3}}
+        second = {"params": {"eta": 0.3, "depth": 6}, "model": "xgb"}
+        assert digest(first) == digest(second)
+
+    def test_format(self) -> None:
+        """A digest is 'sha256:' followed by 64 lower-case hex digits."""
+        value = digest({"run_id": "manual__2026-11-28"})
+        assert "sha256:" == value[:7]
+        assert 64 == len(value[7:])
+        assert set(value[7:]) <= set("0123456789abcdef")
+
+    def test_different_values_differ(self) -> None:
+        """Different values give different digests."""
+        assert digest({"rows": 1000}) != digest({"rows": 1001})
+        assert digest({"a": "1"}) != digest({"a": 1})
+
+
+class TestEventFilter:
+    """EventFilter: comma-separated shell patterns; '!' excludes; empty means everything."""
+
+    EVENTS = ("task.started", "task.failed", "dagrun.succeeded", "asset.updated")
+
+    def test_star_accepts_everything(self) -> None:
+        """'*' (also the default) accepts every event type."""
+        assert all(EventFilter("*")(e) for e in self.EVENTS)
+        assert all(EventFilter()(e) for e in self.EVENTS)
+
+    def test_prefix_pattern_selects_one_family(self) -> None:
+        """'task.*' accepts task events only."""
+        accepted = [e for e in self.EVENTS if EventFilter("task.*")(e)]
+        assert ["task.started", "task.failed"] == accepted
+        assert False is EventFilter("task.*")("taskgroup.started")
+
+    def test_bang_excludes(self) -> None:
+        """'*,!task.started' accepts everything except task.started."""
+        accepted = [e for e in self.EVENTS if EventFilter("*,!task.started")(e)]
+        assert ["task.failed", "dagrun.succeeded", "asset.updated"] == accepted
+
+    def test_only_exclusions_include_the_rest(self) -> None:
+        """A spec of exclusions alone includes every other event type."""
+        accepted = [e for e in self.EVENTS if EventFilter("!task.*")(e)]
+        assert ["dagrun.succeeded", "asset.updated"] == accepted
+
+    @pytest.mark.parametrize("spec", ["", " , ", []])
+    def test_empty_spec_means_everything(self, spec: str | list[str]) -> None:
+        """An empty spec accepts every event type and reads back as '*'."""
+        events = EventFilter(spec)
+        assert all(events(e) for e in self.EVENTS)
+        assert "EventFilter('*')" == repr(events)
+
+    def test_list_spec_equals_string_spec(self) -> None:
+        """A list of patterns behaves like the same patterns joined by commas."""
+        from_list = EventFilter(["task.*", " !task.started "])
+        from_text = EventFilter("task.*,!task.started")
+        assert [from_text(e) for e in self.EVENTS] == [from_list(e) for e in self.EVENTS]
+        assert repr(from_text) == repr(from_list)
+
+    def test_repr_shows_the_normalized_spec(self) -> None:
+        """repr() shows the patterns stripped and comma-joined."""
+        assert "EventFilter('task.*,dagrun.*,!task.started')" == repr(
+            EventFilter(" task.* , dagrun.*,, !task.started ")
+        )
