@@ -57,6 +57,7 @@ bench: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_core.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_merkle.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_parallel.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_airflow.py
 
 clean:
 	rm -rf $(AIRFLOW_VENV) $(PREFECT_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

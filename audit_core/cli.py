@@ -255,8 +255,29 @@ def _time_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _default_ledger_url() -> str:
+    """$WORKFLOW_AUDIT_LEDGER, else the user's default ledger if it exists, else the Airflow
+    plugin's ($AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL, or $AIRFLOW_HOME/workflow_audit/ledger.db)
+    if that one exists: `workflow-audit verify` on an Airflow host finds Airflow's trail."""
+    url = AuditConfig.from_env().ledger_url
+    if os.environ.get("WORKFLOW_AUDIT_LEDGER"):
+        return url
+    path = ledger_path(url)
+    if path is not None and path.exists():
+        return url
+    airflow_url = os.environ.get("AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL")
+    if not airflow_url:
+        home = Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+        airflow_url = "sqlite:///" + str(home / "workflow_audit" / "ledger.db")
+    airflow_path = ledger_path(airflow_url) if airflow_url.startswith("sqlite:") else None
+    if airflow_path is not None and airflow_path.exists():
+        print(f"workflow-audit: using the Airflow plugin's ledger {airflow_path}", file=sys.stderr)
+        return airflow_url
+    return url
+
+
 def _open(args: argparse.Namespace) -> tuple[Ledger, str]:
-    url = args.ledger or AuditConfig.from_env().ledger_url
+    url = args.ledger or _default_ledger_url()
     path = ledger_path(url) if url.startswith("sqlite:") or "://" not in url else None
     if "://" in url and not url.startswith("sqlite:"):
         raise ConfigError(f"only sqlite:/// ledgers are supported so far, not {url!r}")
@@ -265,6 +286,12 @@ def _open(args: argparse.Namespace) -> tuple[Ledger, str]:
     if not path.exists():
         raise ConfigError(f"no ledger at {path} (set --ledger or WORKFLOW_AUDIT_LEDGER)")
     return SqliteLedger(path, create=False), str(path)
+
+
+def _only_chain(ledger: Ledger) -> str | None:
+    """The ledger's chain when it has exactly one (then --chain may be left out)."""
+    chains = ledger.chains()
+    return chains[0] if len(chains) == 1 else None
 
 
 def _chains(args: argparse.Namespace, ledger: Ledger) -> list[str]:
@@ -570,8 +597,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _trail_for(args: argparse.Namespace) -> AuditTrail:
-    overrides = {"ledger_url": args.ledger} if getattr(args, "ledger", None) else {}
-    return AuditTrail(AuditConfig.from_env(**overrides))
+    url = getattr(args, "ledger", None) or _default_ledger_url()
+    return AuditTrail(AuditConfig.from_env(ledger_url=url))
 
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
@@ -586,7 +613,7 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def _cmd_prove(args: argparse.Namespace) -> int:
     ledger, _ = _open(args)
-    chain = args.chain or AuditConfig.from_env().chain
+    chain = args.chain or _only_chain(ledger) or AuditConfig.from_env().chain
     try:
         bundle = make_inclusion_bundle(ledger, chain, args.seq, args.size)
     except ProofError as exc:

@@ -492,7 +492,7 @@ def report(
             )
         )
 
-    add(f"\n### Medians per variant ({rounds} rounds, variants alternating)\n")
+    add(f"\n### Medians per variant ({rounds} round(s), variants alternating)\n")
     rows = []
     for variant in VARIANTS:
         s = summaries.get(variant.name)
@@ -564,20 +564,27 @@ def report(
         reasons = [f"`{k}`: {v}" for k, v in results.not_run.items() if k.startswith("openl")]
         add("Not measured. " + ("; ".join(reasons) or (setup.reason or "")))
 
-    add("\n### Per round (DAG run / median task slot)\n")
+    add("\n### Per round (DAG run / median task slot; slot differences within the round)\n")
     names = [v.name for v in VARIANTS if results.runs.get(v.name)]
+    pairs = [
+        (a.name, b.name)
+        for a, b in ((ENABLED, DISABLED), (OPENLINEAGE, OPENLINEAGE_OFF))
+        if a.name in names and b.name in names
+    ]
     rows = []
     for i in range(rounds):
+        slots = {n: _round_slot_ms(results.runs[n], i) for n in names}
         cells = []
         for name in names:
             runs = results.runs[name]
-            if i < len(runs):
-                r = runs[i]
-                cells.append(f"{r.dag_s:.3f} s / {statistics.median(r.slot_s) * 1e3:.1f} ms")
-            else:
-                cells.append("—")
+            found = slots[name]
+            cells.append("—" if found is None else f"{runs[i].dag_s:.3f} s / {found:.1f} ms")
+        for a, b in pairs:
+            x, y = slots[a], slots[b]
+            cells.append("—" if x is None or y is None else f"{x - y:+.1f} ms")
         rows.append((str(i + 1), *cells))
-    add(table(("Round", *(f"`{n}`" for n in names)), rows))
+    header = ("Round", *(f"`{n}`" for n in names), *(f"`{a}` - `{b}`" for a, b in pairs))
+    add(table(header, rows))
     if results.warmup:
         warm = ", ".join(f"`{k}` {r.dag_s:.3f} s" for k, r in results.warmup.items())
         add(f"\nWarm-up round, discarded (DAG run): {warm}.")
@@ -631,6 +638,10 @@ def report(
         "of every variant, discarded; then the variants in the order above, round after round."
     )
     return "\n".join(out)
+
+
+def _round_slot_ms(runs: Sequence[Run], i: int) -> float | None:
+    return statistics.median(runs[i].slot_s) * 1e3 if i < len(runs) else None
 
 
 def _ratio(value: float, base: float | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import rfc8785
 
-from audit_core import AuditTrail
+from audit_core import AuditConfig, AuditTrail
 from audit_core._merkle import root_of
 from audit_core._report import EXPORT_CSV_COLUMNS
 from audit_core.cli import main
@@ -472,3 +472,44 @@ class TestConsoleScript:
         assert {"valid": True, "records": SIZE} == {
             k: json.loads(done.stdout)[k] for k in ("valid", "records")
         }
+
+
+class TestDefaultLedger:
+    """Which ledger the commands open when --ledger is not given."""
+
+    @pytest.fixture
+    def airflow_ledger(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        """An Airflow plugin ledger under $AIRFLOW_HOME, and an empty user data directory."""
+        monkeypatch.delenv("WORKFLOW_AUDIT_LEDGER", raising=False)
+        monkeypatch.delenv("AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL", raising=False)
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+        monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+        path = tmp_path / "airflow" / "workflow_audit" / "ledger.db"
+        path.parent.mkdir(parents=True)
+        with AuditTrail(AuditConfig(ledger_url=f"sqlite:///{path}", chain="airflow")) as trail:
+            trail.record("task.started", subject={"dag_id": "etl"})
+        return path
+
+    def test_airflow_ledger_found(self, cli: Any, airflow_ledger: Path) -> None:
+        """With no user ledger, verify opens $AIRFLOW_HOME/workflow_audit/ledger.db and says so."""
+        run = cli("verify")
+        assert 0 == run.code, run.err
+        assert f"using the Airflow plugin's ledger {airflow_ledger}" in run.err
+        assert "chain 'airflow': 1 records" in run.out
+
+    def test_workflow_audit_ledger_wins(
+        self, cli: Any, airflow_ledger: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """$WORKFLOW_AUDIT_LEDGER is used even when an Airflow ledger exists."""
+        monkeypatch.setenv("WORKFLOW_AUDIT_LEDGER", f"sqlite:///{tmp_path / 'none.db'}")
+        run = cli("verify")
+        assert 2 == run.code
+        assert "none.db" in run.err
+
+    def test_prove_defaults_to_the_only_chain(
+        self, cli: Any, airflow_ledger: Path, tmp_path: Path
+    ) -> None:
+        """prove needs no --chain when the ledger has one chain."""
+        run = cli("prove", "--seq", "0", "-o", tmp_path / "p.json")
+        assert 0 == run.code, run.err
+        assert "chain 'airflow' seq 0" in run.err
