@@ -148,15 +148,23 @@ def task_carrier(ti: object) -> Any:
     carrier = optional(ti, "context_carrier")
     if carrier or not _in_process_test():
         return carrier
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+    key = (optional(ti, "dag_id"), optional(ti, "run_id"))
+    if key not in _RUN_CARRIERS:  # one query per DAG run, not one per hook
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
 
-    query = select(DagRun.context_carrier).where(
-        DagRun.dag_id == optional(ti, "dag_id"), DagRun.run_id == optional(ti, "run_id")
-    )
-    with create_session() as session:
-        return session.scalar(query)
+        query = select(DagRun.context_carrier).where(
+            DagRun.dag_id == key[0], DagRun.run_id == key[1]
+        )
+        with create_session() as session:
+            if len(_RUN_CARRIERS) >= 64:
+                _RUN_CARRIERS.clear()
+            _RUN_CARRIERS[key] = session.scalar(query)
+    return _RUN_CARRIERS[key]
+
+
+_RUN_CARRIERS: dict[tuple[object, object], Any] = {}
 
 
 def _in_process_test() -> bool:

@@ -1,6 +1,6 @@
 """Per-task overhead of the Airflow listener plugin (``airflow_audit``), beside OpenLineage.
 
-Run from the repository root (full mode takes four to five minutes, ``--quick`` about two)::
+Run from the repository root (full mode takes about four minutes, ``--quick`` about two)::
 
     .venv-airflow/bin/python bench/bench_airflow.py             # numbers for BENCHMARKS.md
     .venv-airflow/bin/python bench/bench_airflow.py --quick     # 2 rounds

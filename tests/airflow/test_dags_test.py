@@ -293,3 +293,23 @@ class TestBrokenLedger:
         output = done.stdout + done.stderr
         assert "task.started not durable after 0.3s" in output
         assert "abandoned" in output
+
+
+class TestImportErrors:
+    """A DAG file that does not import is on the chain."""
+
+    def test_broken_dag_file_recorded(self, airflow_home: AirflowHome, tmp_path: Path) -> None:
+        """dag.import_error names the file and the error's last line, and digests the trace."""
+        dags = tmp_path / "dags"
+        dags.mkdir()
+        (dags / "broken.py").write_text("from airflow.sdk import dag\nraise ValueError('typo')\n")
+        done = airflow_home.run(
+            "dags", "reserialize", ledger=tmp_path / "ledger.db",
+            AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        )  # fmt: skip
+        assert 0 == done.returncode, done.stderr[-2000:]
+        [rec] = [r for r in records(tmp_path / "ledger.db") if r.event == "dag.import_error"]
+        assert str(rec.subject["filename"]).endswith("broken.py")
+        assert "ValueError: typo" == rec.data["message"]
+        assert True is rec.data["new"]
+        assert 64 == len(str(rec.data["stacktrace_sha256"]))
