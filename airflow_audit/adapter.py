@@ -30,6 +30,7 @@ event                        fired by                              process
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -128,15 +129,24 @@ class AirflowAdapter:
     def task_running(self, ti: Any, previous_state: object = None) -> bool:
         return self._run("task.started", lambda: [self._task_event("task.started", ti, {})])
 
+    # Everything that reads the hook's arguments runs inside ``build``, within the runner's
+    # containment: an odd attribute must cost at most this record, never the task.
+
     def task_success(self, ti: Any, previous_state: object = None) -> bool:
-        data = _timing(ti)
-        if previous_state is None:
-            data["set_by"] = "api"  # marked success by hand (UI / REST API)
-        return self._run("task.succeeded", lambda: [self._task_event("task.succeeded", ti, data)])
+        def build() -> list[Event]:
+            data = _timing(ti)
+            if previous_state is None:
+                data["set_by"] = "api"  # marked success by hand (UI / REST API)
+            return [self._task_event("task.succeeded", ti, data)]
+
+        return self._run("task.succeeded", build)
 
     def task_skipped(self, ti: Any, previous_state: object = None) -> bool:
-        data: Data = {"ran": previous_state is not None, **_timing(ti)}
-        return self._run("task.skipped", lambda: [self._task_event("task.skipped", ti, data)])
+        def build() -> list[Event]:
+            data: Data = {"ran": previous_state is not None, **_timing(ti)}
+            return [self._task_event("task.skipped", ti, data)]
+
+        return self._run("task.skipped", build)
 
     def task_failed(self, ti: Any, error: object, previous_state: object = None) -> bool:
         def build() -> list[Event]:
@@ -322,7 +332,12 @@ def _dagrun_data(dag_run: Any, msg: str | None) -> Data:
 def _timing(ti: Any) -> Data:
     start, end = _compat.optional(ti, "start_date"), _compat.optional(ti, "end_date")
     data: Data = {"started_at": start, "ended_at": end, "pid": os.getpid()}
-    if start is not None and end is not None:
+    comparable = (  # never subtract a naive from an aware datetime
+        isinstance(start, dt.datetime)
+        and isinstance(end, dt.datetime)
+        and (start.tzinfo is None) == (end.tzinfo is None)
+    )
+    if comparable:
         data["duration_s"] = round((end - start).total_seconds(), 6)
     return data
 

@@ -14,6 +14,26 @@ from audit_core.ledgers.sqlite import SqliteLedger
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
+#: (event, task_id, try_number) of the records one run of example_dags/ml_pipeline.py writes.
+ML_TIMELINE = [
+    ("task.started", "upload_dataset", 1),
+    ("data.uploaded", "upload_dataset", 1),
+    ("asset.updated", "upload_dataset", None),
+    ("task.succeeded", "upload_dataset", 1),
+    ("task.started", "validate", 1),
+    ("task.retry_scheduled", "validate", 1),
+    ("task.started", "validate", 2),
+    ("task.succeeded", "validate", 2),
+    ("task.started", "retrain", 1),
+    ("model.retrained", "retrain", 1),
+    ("task.succeeded", "retrain", 1),
+    ("task.started", "evaluate", 1),
+    ("task.succeeded", "evaluate", 1),
+    ("task.started", "deploy", 1),
+    ("model.deployed", "deploy", 1),
+    ("task.succeeded", "deploy", 1),
+    ("dagrun.succeeded", None, None),
+]
 BUNDLED = (
     "example_skip_dag.py",
     "example_nested_branch_dag.py",

@@ -111,6 +111,36 @@ class TestOrmTaskInstance:
         assert False is rec.data["ran"]
 
 
+class TestContainment:
+    """No hook raises into Airflow, whatever the arguments look like."""
+
+    @pytest.mark.parametrize("hook", ["task_running", "task_success", "task_skipped"])
+    def test_attribute_that_raises(self, tmp_path: Path, hook: str) -> None:
+        """A task instance whose attribute raises costs the record, never an exception."""
+
+        class Broken:
+            dag_id = task_id = "x"
+
+            @property
+            def start_date(self) -> object:
+                raise RuntimeError("lazy load failed")
+
+            @property
+            def context_carrier(self) -> object:
+                raise RuntimeError("lazy load failed")
+
+        adapter = adapter_for(tmp_path)
+        assert False is getattr(adapter, hook)(Broken(), "running")
+
+    def test_naive_and_aware_dates(self, tmp_path: Path) -> None:
+        """Mixed naive and aware dates record no duration instead of failing."""
+        adapter = adapter_for(tmp_path)
+        naive_end = dt.datetime(2026, 11, 28, 9, 1)
+        assert adapter.task_success(orm_ti(end_date=naive_end), "running")
+        [rec] = written(tmp_path)
+        assert "duration_s" not in rec.data
+
+
 class TestSwitches:
     """The [workflow_audit] options that select what is recorded."""
 

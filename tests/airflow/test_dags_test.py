@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from audit_core import Record
-from tests.airflow._airflow import BIN, AirflowHome, records
+from tests.airflow._airflow import BIN, ML_TIMELINE, AirflowHome, records
 
 pytestmark = pytest.mark.slow
 
@@ -64,27 +64,6 @@ def ml_run(airflow_home: AirflowHome, tmp_path_factory: pytest.TempPathFactory) 
 def bad_run(airflow_home: AirflowHome, tmp_path_factory: pytest.TempPathFactory) -> Run:
     ledger = tmp_path_factory.mktemp("bad") / "ledger.db"
     return dags_test(airflow_home, "ml_pipeline_bad_data", ledger)
-
-
-ML_TIMELINE = [
-    ("task.started", "upload_dataset", 1),
-    ("data.uploaded", "upload_dataset", 1),
-    ("asset.updated", "upload_dataset", None),
-    ("task.succeeded", "upload_dataset", 1),
-    ("task.started", "validate", 1),
-    ("task.retry_scheduled", "validate", 1),
-    ("task.started", "validate", 2),
-    ("task.succeeded", "validate", 2),
-    ("task.started", "retrain", 1),
-    ("model.retrained", "retrain", 1),
-    ("task.succeeded", "retrain", 1),
-    ("task.started", "evaluate", 1),
-    ("task.succeeded", "evaluate", 1),
-    ("task.started", "deploy", 1),
-    ("model.deployed", "deploy", 1),
-    ("task.succeeded", "deploy", 1),
-    ("dagrun.succeeded", None, None),
-]
 
 
 class TestMlPipeline:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.airflow._airflow import BIN, AirflowHome, records
+from tests.airflow._airflow import BIN, ML_TIMELINE, AirflowHome, records
 
 pytestmark = pytest.mark.slow
 
@@ -36,25 +36,7 @@ class TestExecutorPath:
         assert api_server.ledger is not None
         mine = [r for r in records(api_server.ledger) if r.subject.get("run_id") == run_id]
         events = [(r.event, r.subject.get("task_id"), r.subject.get("try_number")) for r in mine]
-        assert [
-            ("task.started", "upload_dataset", 1),
-            ("data.uploaded", "upload_dataset", 1),
-            ("asset.updated", "upload_dataset", None),
-            ("task.succeeded", "upload_dataset", 1),
-            ("task.started", "validate", 1),
-            ("task.retry_scheduled", "validate", 1),
-            ("task.started", "validate", 2),
-            ("task.succeeded", "validate", 2),
-            ("task.started", "retrain", 1),
-            ("model.retrained", "retrain", 1),
-            ("task.succeeded", "retrain", 1),
-            ("task.started", "evaluate", 1),
-            ("task.succeeded", "evaluate", 1),
-            ("task.started", "deploy", 1),
-            ("model.deployed", "deploy", 1),
-            ("task.succeeded", "deploy", 1),
-            ("dagrun.succeeded", None, None),
-        ] == events
+        assert ML_TIMELINE == events
         pids = {r.data["pid"] for r in mine if r.event == "task.succeeded"}
         assert 5 == len(pids)  # five task-runner processes, none of them ours
         traces = {(r.trace or {}).get("trace_id") for r in mine if r.event.startswith("task.")}
