@@ -45,12 +45,14 @@ test-airflow: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
 
 test-prefect: $(PREFECT_VENV)/.stamp
-	$(PREFECT_VENV)/bin/python -m pytest tests/core audit_core --doctest-modules $(PYTEST_ARGS)
+	$(PREFECT_VENV)/bin/python -m pytest tests/core tests/prefect audit_core prefect_audit --doctest-modules $(PYTEST_ARGS)
 
-lint: $(AIRFLOW_VENV)/.stamp
+# mypy checks each adapter in the venv that has its orchestrator.
+lint: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/ruff check .
 	$(AIRFLOW_VENV)/bin/ruff format --check .
 	$(AIRFLOW_VENV)/bin/mypy --strict audit_core airflow_audit
+	$(PREFECT_VENV)/bin/mypy --strict prefect_audit
 
 ## bench: print the numbers in BENCHMARKS.md (core, then Merkle tree and checkpoints).
 bench: $(AIRFLOW_VENV)/.stamp

@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from airflow_audit.adapter import get_adapter
+from audit_core.hooks import TaskApi
 
 __all__ = ["Audit", "audit"]
 
 
-class Audit:
-    """``audit.record(...)`` and shortcuts for the events ML pipelines record most."""
+class Audit(TaskApi):
+    """``audit.record(...)`` and the shortcuts of :class:`audit_core.hooks.TaskApi`."""
 
     def record(
         self,
@@ -36,22 +37,6 @@ class Audit:
     ) -> bool:
         """Record ``event`` for the running task; True once it is durable."""
         return get_adapter().task_record(event, data, subject, required=required)
-
-    def data_uploaded(self, uri: str, *, required: bool = False, **facts: object) -> bool:
-        """``data.uploaded``: a dataset was written (uri, rows, sha256, schema, ...)."""
-        return self.record("data.uploaded", {"uri": uri, **facts}, required=required)
-
-    def model_retrained(self, model: str, *, required: bool = False, **facts: object) -> bool:
-        """``model.retrained``: a model was trained (version, metrics, training data, ...)."""
-        return self.record("model.retrained", {"model": model, **facts}, required=required)
-
-    def model_deployed(self, model: str, *, required: bool = False, **facts: object) -> bool:
-        """``model.deployed``: a model went into service (version, target, approver, ...)."""
-        return self.record("model.deployed", {"model": model, **facts}, required=required)
-
-    def drift_detected(self, model: str, *, required: bool = False, **facts: object) -> bool:
-        """``drift.detected``: monitoring found drift (metric, value, threshold, ...)."""
-        return self.record("drift.detected", {"model": model, **facts}, required=required)
 
 
 audit = Audit()

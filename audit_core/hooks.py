@@ -38,7 +38,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from audit_core._jcs import canonical_bytes
@@ -46,7 +46,7 @@ from audit_core._metrics import COUNTERS
 from audit_core._normalize import JSONObject, to_json
 from audit_core.trail import Event
 
-__all__ = ["COUNTERS", "EventFilter", "HookRunner", "digest", "failure_data"]
+__all__ = ["COUNTERS", "EventFilter", "HookRunner", "TaskApi", "digest", "failure_data"]
 
 logger = logging.getLogger("workflow_audit")
 
@@ -240,3 +240,35 @@ class EventFilter:
 
     def __repr__(self) -> str:
         return f"EventFilter({self.spec!r})"
+
+
+class TaskApi:
+    """The task-side API both adapters offer: ``record`` (theirs) and shortcuts for the events
+    ML pipelines record most. Subclasses implement :meth:`record`."""
+
+    def record(
+        self,
+        event: str,
+        data: object = None,
+        *,
+        subject: Mapping[str, object] | None = None,
+        required: bool = False,
+    ) -> bool:
+        """Record ``event`` for the running task; True once it is durable."""
+        raise NotImplementedError
+
+    def data_uploaded(self, uri: str, *, required: bool = False, **facts: object) -> bool:
+        """``data.uploaded``: a dataset was written (uri, rows, sha256, schema, ...)."""
+        return self.record("data.uploaded", {"uri": uri, **facts}, required=required)
+
+    def model_retrained(self, model: str, *, required: bool = False, **facts: object) -> bool:
+        """``model.retrained``: a model was trained (version, metrics, training data, ...)."""
+        return self.record("model.retrained", {"model": model, **facts}, required=required)
+
+    def model_deployed(self, model: str, *, required: bool = False, **facts: object) -> bool:
+        """``model.deployed``: a model went into service (version, target, approver, ...)."""
+        return self.record("model.deployed", {"model": model, **facts}, required=required)
+
+    def drift_detected(self, model: str, *, required: bool = False, **facts: object) -> bool:
+        """``drift.detected``: monitoring found drift (metric, value, threshold, ...)."""
+        return self.record("drift.detected", {"model": model, **facts}, required=required)

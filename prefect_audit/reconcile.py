@@ -1,0 +1,128 @@
+"""``workflow-audit reconcile prefect --since …``: flow and task runs that ended unrecorded.
+
+Prefect runs no hook in a process killed with SIGKILL (Prefect issues #16427, #16436): its
+flow run stays ``Running`` in the API, and the task runs that finished before the kill were
+never recorded (an audited flow records its task runs when it ends). This reconciler asks
+Prefect's API for the flow runs that started in the window and their task runs, and the core
+appends ``flowrun.unrecorded`` / ``task.unrecorded`` for each run with no terminal record.
+
+A flow run still ``Running`` or ``Pending`` counts as a gap only when ``--until`` is given and
+it started before then: pass an ``--until`` older than your longest flow run, so a run that is
+merely still going is not reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from audit_core import AuditConfig, Event
+from audit_core._record import Record
+from audit_core.reconcile import Expected
+from prefect_audit.adapter import (
+    FLOW_TERMINAL_EVENTS,
+    TASK_TERMINAL_EVENTS,
+    _all_task_runs,
+    flow_subject,
+    task_subject,
+)
+from prefect_audit.settings import WorkflowAuditSettings
+
+__all__ = ["PrefectReconciler"]
+
+_ACTOR = {"type": "reconciler", "id": "workflow-audit reconcile prefect"}
+_REASON = (
+    "Prefect's API has this run and the chain has no terminal record for it: its process "
+    "probably died before its hooks ran (SIGKILL, OOM kill, lost infrastructure)."
+)
+
+
+class PrefectReconciler:
+    """Prefect's side of :class:`audit_core.reconcile.Reconciler`."""
+
+    name = "prefect"
+
+    def config(self, ledger_url: str | None, chain: str | None) -> AuditConfig:
+        config = WorkflowAuditSettings().audit_config()
+        return config.evolve(
+            ledger_url=ledger_url or config.ledger_url, chain=chain or config.chain
+        )
+
+    def expected(self, since: str, until: str | None) -> Iterator[Expected]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            FlowRunFilterStartTime,
+        )
+
+        start, end = _when(since), _when(until) if until else None
+        with get_client(sync_client=True) as client:
+            window = FlowRunFilterStartTime(after_=start, before_=end)  # type: ignore[arg-type]
+            flow_runs = _all_flow_runs(client, FlowRunFilter(start_time=window))
+            names = {f.id: f.name for f in _flows(client, {r.flow_id for r in flow_runs})}
+            for run in flow_runs:
+                final = run.state is not None and run.state.is_final()
+                if not final and end is None:
+                    continue  # may still be running: only an explicit --until judges it
+                flow = _Named(names.get(run.flow_id))
+                yield Expected(
+                    ("flow", str(run.id)), _unrecorded("flowrun", flow_subject(flow, run), run)
+                )
+                ids = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+                for task_run in _all_task_runs(client, ids):
+                    if task_run.state is not None and task_run.state.is_final():
+                        subject = task_subject(task_run, int(task_run.run_count or 1), flow, run)
+                        yield Expected(
+                            ("task", str(task_run.id)), _unrecorded("task", subject, task_run)
+                        )
+
+    def recorded_key(self, record: Record) -> Hashable | None:
+        if record.event in TASK_TERMINAL_EVENTS:
+            return ("task", record.subject.get("task_run_id"))
+        if record.event in FLOW_TERMINAL_EVENTS:
+            return ("flow", record.subject.get("flow_run_id"))
+        return None
+
+
+class _Named:
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+
+
+def _unrecorded(kind: str, subject: dict[str, Any], run: Any) -> Event:
+    state = run.state
+    return Event(
+        type=f"{kind}.unrecorded",
+        subject=subject,
+        actor=_ACTOR,
+        data={
+            "state": None if state is None else state.name,
+            "state_type": None if state is None else str(state.type.value),
+            "started_at": run.start_time,
+            "ended_at": run.end_time,
+            "reason": _REASON,
+        },
+    )
+
+
+def _all_flow_runs(client: Any, flow_filter: Any) -> list[Any]:
+    runs: list[Any] = []
+    while True:
+        page = client.read_flow_runs(flow_run_filter=flow_filter, offset=len(runs), limit=200)
+        runs.extend(page)
+        if len(page) < 200:
+            return runs
+
+
+def _flows(client: Any, ids: set[Any]) -> list[Any]:
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterId
+
+    if not ids:
+        return []
+    return list(client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=list(ids)))))
+
+
+def _when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

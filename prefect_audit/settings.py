@@ -1,0 +1,101 @@
+"""Settings in Prefect's style: ``PREFECT_INTEGRATIONS_WORKFLOW_AUDIT_*`` variables, or the
+``[integrations.workflow_audit]`` table of ``prefect.toml``, mapped onto the core config.
+
+>>> from prefect_audit.settings import WorkflowAuditSettings
+>>> WorkflowAuditSettings(chain="ml").audit_config(env={}).chain
+'ml'
+
+Precedence, highest first: arguments to :class:`WorkflowAuditSettings`, then
+``PREFECT_INTEGRATIONS_WORKFLOW_AUDIT_<FIELD>``, then ``prefect.toml`` / ``pyproject.toml``
+(``[tool.prefect.integrations.workflow_audit]``), then the core's ``WORKFLOW_AUDIT_*``
+variables, then defaults (the core's ledger, chain ``prefect``). Empty values fall through, so
+one ``WORKFLOW_AUDIT_LEDGER`` serves Prefect, Airflow and the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from prefect.settings.base import PrefectBaseSettings, build_settings_config
+from pydantic import Field
+
+from audit_core import AuditConfig
+from audit_core.config import ENV_PREFIX
+from audit_core.hooks import EventFilter
+
+__all__ = ["DEFAULT_CHAIN", "WorkflowAuditSettings"]
+
+DEFAULT_CHAIN = "prefect"
+
+
+class WorkflowAuditSettings(PrefectBaseSettings):
+    """Settings of the workflow-audit Prefect integration."""
+
+    model_config = build_settings_config(("integrations", "workflow_audit"))
+
+    enabled: bool = Field(
+        default=True,
+        description="Record flow and task runs on the audit chain. False: the hooks and "
+        "prefect_audit.record() write nothing.",
+    )
+    ledger_url: str = Field(
+        default="",
+        description="Ledger URL. Empty: $WORKFLOW_AUDIT_LEDGER, else the core default "
+        "(sqlite:///$XDG_DATA_HOME/workflow-audit/ledger.db).",
+    )
+    chain: str = Field(
+        default="",
+        description="Chain id of Prefect's records. Empty: $WORKFLOW_AUDIT_CHAIN, else 'prefect'.",
+    )
+    signing_key: str = Field(
+        default="",
+        description="Checkpoint signing key (a PRIVATE+KEY+... string or a file). Empty: "
+        "$WORKFLOW_AUDIT_SIGNING_KEY, else a local key beside the ledger.",
+    )
+    redact_keys: str = Field(
+        default="",
+        description="Comma-separated regular expressions of payload keys to redact, added to "
+        "the built-in list and to $WORKFLOW_AUDIT_REDACT_KEYS.",
+    )
+    hook_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a hook waits for its records to be durable before returning to "
+        "Prefect; the write then finishes in the background (logged and counted).",
+    )
+    sync_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds the flow's final hook waits for Prefect's API to hold every task "
+        "run's final state before recording the task runs (see prefect_audit.flows).",
+    )
+    events: str = Field(
+        default="*",
+        description="Which events to record: comma-separated patterns, '!' excludes "
+        "(e.g. 'flowrun.*,task.*,!task.started').",
+    )
+    record_parameters: bool = Field(
+        default=False,
+        description="Record flow parameter values (redacted). False: only their SHA-256.",
+    )
+
+    def audit_config(self, env: Mapping[str, str] | None = None) -> AuditConfig:
+        """The core configuration these settings select."""
+        env = os.environ if env is None else env
+        overrides: dict[str, Any] = {
+            "chain": self.chain or env.get(ENV_PREFIX + "CHAIN") or DEFAULT_CHAIN
+        }
+        if self.ledger_url:
+            overrides["ledger_url"] = self.ledger_url
+        if self.signing_key:
+            overrides["signing_key"] = self.signing_key
+        config = AuditConfig.from_env(env, **overrides)
+        extra = tuple(p.strip() for p in self.redact_keys.split(",") if p.strip())
+        return config.evolve(redact_keys=config.redact_keys + extra) if extra else config
+
+    def event_filter(self) -> EventFilter:
+        return EventFilter(self.events)
