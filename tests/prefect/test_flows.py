@@ -226,3 +226,30 @@ class TestBrokenLedger:
         messages = [r.getMessage() for r in caplog.records if r.name == "workflow_audit"]
         assert "workflow-audit: could not write flowrun.started" in messages
         assert "workflow-audit: could not write flowrun.succeeded" in messages
+
+
+class TestCrash:
+    """A flow that crashes (a BaseException, as on SIGTERM) is recorded as crashed."""
+
+    def test_crashed_flow(self, ledger: Path) -> None:
+        """on_crashed records flowrun.crashed with the exception's type and the tasks' runs."""
+
+        class Interrupted(BaseException):
+            pass
+
+        @task
+        def work() -> int:
+            return 1
+
+        @audited_flow(name="crashing")
+        def crashing() -> None:
+            work()
+            raise Interrupted("terminated by the platform")
+
+        with pytest.raises(Interrupted):
+            crashing()
+        recs = records(ledger)
+        assert ["flowrun.started", "task.started", "task.succeeded", "flowrun.crashed"] == [
+            r.event for r in recs
+        ]
+        assert "crashed" == recs[-1].data["failure_kind"]
