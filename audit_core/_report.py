@@ -26,6 +26,7 @@ __all__ = [
     "EXPORT_CSV_COLUMNS",
     "Filter",
     "Summary",
+    "attempt_of",
     "outcome_of",
     "parse_time",
     "pipeline_of",
@@ -71,6 +72,12 @@ def pipeline_of(subject: JSONObject) -> str:
         if isinstance(value, str) and value:
             return value
     return "-"
+
+
+def attempt_of(subject: JSONObject) -> object:
+    """The attempt a record's subject names: Airflow's try_number, Prefect's run_count."""
+    value = subject.get("try_number")
+    return subject.get("run_count") if value is None else value
 
 
 def task_of(subject: JSONObject) -> str:
@@ -149,7 +156,7 @@ def summarize(records: Iterable[Record], *, max_failures: int = 1000) -> Summary
                     "event": rec.event,
                     "pipeline": pipeline,
                     "task": task_of(rec.subject),
-                    "try": rec.subject.get("try_number"),
+                    "try": attempt_of(rec.subject),
                     "error": _error_text(rec.data),
                 }
             )

@@ -26,7 +26,15 @@ from audit_core import __version__
 from audit_core._chain import ChainHead, check_head
 from audit_core._note import Signer, Verifier, sign_note, unverified_text
 from audit_core._record import Record
-from audit_core._report import Filter, parse_time, render_report, summarize, to_csv, to_jsonl
+from audit_core._report import (
+    Filter,
+    attempt_of,
+    parse_time,
+    render_report,
+    summarize,
+    to_csv,
+    to_jsonl,
+)
 from audit_core.checkpoint import (
     Checkpoint,
     load_signer,
@@ -452,7 +460,7 @@ def _table(records: Sequence[Record]) -> None:
             rec.event,
             pipeline_of(rec.subject),
             task_of(rec.subject),
-            str(rec.subject.get("try_number", "")),
+            str(attempt_of(rec.subject) or ""),
             data if len(data) <= 80 else data[:77] + "...",
         )
     Console(soft_wrap=False).print(table)

@@ -1,17 +1,25 @@
-"""`make demo`: real Airflow runs of the example DAGs write the audit trail; then the
+"""`make demo`: real Airflow runs of the example DAGs and real Prefect runs of the example
+flows write the audit trail, each orchestrator on its own chain of one ledger; then the
 `workflow-audit` CLI checkpoints, verifies, reports, proves one record, and catches a tamper.
 
 Everything lives in .demo/ in the repository and is recreated on every run:
 
 - .demo/airflow       a throw-away AIRFLOW_HOME (airflow.cfg, the SQLite metadata database)
-- .demo/ledger.db     the audit ledger (chain 'airflow'); .key / .key.pub beside it
-- .demo/ml_pipeline   the example DAGs' synthetic data lake and "model registry"
-- .demo/logs          Airflow's output, one file per command
+- .demo/prefect       a throw-away PREFECT_HOME (profiles, the temporary server's database)
+- .demo/ledger.db     the audit ledger (chains 'airflow' and 'prefect'); .key / .key.pub
+- .demo/ml_pipeline   the examples' synthetic data lake and "model registry"
+- .demo/logs          Airflow's and Prefect's output, one file per command
 - .demo/tampered.db   a copy of the ledger with one record edited
 
-Airflow runs with a cleaned environment (no inherited AIRFLOW_* or WORKFLOW_AUDIT_*
-variables), so the demo never touches a real Airflow installation or ledger. No network
-access beyond loopback: `airflow dags test` runs the DAG in-process against SQLite.
+Airflow and Prefect run with a cleaned environment (no inherited AIRFLOW*, PREFECT_* or
+WORKFLOW_AUDIT_* variables), so the demo never touches a real Airflow or Prefect installation
+(~/.prefect included) or a real ledger. No network access beyond loopback: `airflow dags test`
+runs the DAG in-process against SQLite, and each Prefect flow starts Prefect's temporary
+local server on 127.0.0.1.
+
+Prefect lives in its own virtualenv (.venv-prefect: Airflow and Prefect pin disjoint fastapi
+ranges), so the flows run as subprocesses of that venv's python; this script, the CLI and
+Airflow run in .venv-airflow.
 """
 
 from __future__ import annotations
@@ -32,12 +40,17 @@ from audit_core import Record, open_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin/: airflow and workflow-audit
-CHAIN = "airflow"  # the chain the Airflow plugin writes to
-AIRFLOW_TIMEOUT_S = 300.0  # a hung Airflow command fails the demo instead of blocking it
+PREFECT_PYTHON = REPO / ".venv-prefect" / "bin" / "python"  # `make demo` builds this venv too
+AIRFLOW_CHAIN = "airflow"  # the chain the Airflow plugin writes to
+PREFECT_CHAIN = "prefect"  # the chain the Prefect integration writes to (its default)
+TIMEOUT_S = 300.0  # a hung Airflow or Prefect command fails the demo instead of blocking it
 
 # `airflow dags test` exits 1 when the DAG run fails, and also when the DAG cannot be found
 # or parsed; the run's end as recorded on the audit trail tells the two apart.
 EXIT_DAG_RUN_FAILED = 1
+# A failed Prefect flow run re-raises the task's exception, so `python FLOW.py` exits 1 as
+# on any uncaught exception (an import error too); again the trail tells them apart.
+EXIT_FLOW_RUN_FAILED = 1
 EXIT_VERIFY_INVALID = 1  # `workflow-audit verify`: 1 means the trail is invalid
 
 
@@ -54,6 +67,10 @@ class Demo:
     @property
     def airflow_home(self) -> Path:
         return self.root / "airflow"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
 
     @property
     def logs(self) -> Path:
@@ -98,8 +115,9 @@ def _say(line: str) -> None:
 
 
 def _clean_env() -> dict[str, str]:
-    """This process's environment without Airflow's or workflow-audit's settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "WORKFLOW_AUDIT_"))}
+    """This process's environment without Airflow's, Prefect's or workflow-audit's settings."""
+    prefixes = ("AIRFLOW", "PREFECT_", "WORKFLOW_AUDIT_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
 def _airflow_env(demo: Demo) -> dict[str, str]:
@@ -111,34 +129,65 @@ def _airflow_env(demo: Demo) -> dict[str, str]:
         # The plugin's default would be $AIRFLOW_HOME/workflow_audit/ledger.db; naming the
         # ledger here keeps the plugin and the CLI on the same file.
         "AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": demo.ledger_url,
-        "AIRFLOW__WORKFLOW_AUDIT__CHAIN": CHAIN,
+        "AIRFLOW__WORKFLOW_AUDIT__CHAIN": AIRFLOW_CHAIN,
         "WORKFLOW_AUDIT_LEDGER": demo.ledger_url,
         "ML_PIPELINE_HOME": str(demo.ml_home),
     }
 
 
-def _airflow(demo: Demo, args: Sequence[str], log_name: str) -> tuple[int, float, Path]:
-    """Run ``airflow ARGS`` with its output in a log file; (exit code, seconds, log)."""
-    log = demo.logs / log_name
+def _prefect_env(demo: Demo) -> dict[str, str]:
+    return {
+        **_clean_env(),
+        # A fresh home: no profile from ~/.prefect, so no PREFECT_API_URL, and each flow
+        # starts Prefect's temporary local server on 127.0.0.1 with its database in here.
+        "PREFECT_HOME": str(demo.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "WORKFLOW_AUDIT_LEDGER": demo.ledger_url,
+        "WORKFLOW_AUDIT_CHAIN": PREFECT_CHAIN,
+        # The integration's own setting wins over WORKFLOW_AUDIT_CHAIN; set it so a
+        # prefect.toml in the repository could not move the records to another chain.
+        "PREFECT_INTEGRATIONS_WORKFLOW_AUDIT_CHAIN": PREFECT_CHAIN,
+        "ML_PIPELINE_HOME": str(demo.ml_home),
+    }
+
+
+def _run(
+    command: Sequence[str], env: dict[str, str], log: Path, what: str
+) -> tuple[int, float, Path]:
+    """Run ``command`` with its output in ``log``; (exit code, seconds, log)."""
     started = time.perf_counter()
     with log.open("w") as out:
         try:
             code = subprocess.run(
-                [str(BIN / "airflow"), *args],
+                command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=REPO,
-                env=_airflow_env(demo),
-                timeout=AIRFLOW_TIMEOUT_S,
+                env=env,
+                timeout=TIMEOUT_S,
                 check=False,
             ).returncode
         except subprocess.TimeoutExpired as exc:
-            raise DemoError(
-                f"airflow {shlex.join(args)} did not finish in {AIRFLOW_TIMEOUT_S:.0f} s; "
-                f"see {_rel(log)}"
-            ) from exc
+            raise DemoError(f"{what} did not finish in {TIMEOUT_S:.0f} s; see {_rel(log)}") from exc
     return code, time.perf_counter() - started, log
+
+
+def _airflow(demo: Demo, args: Sequence[str], log_name: str) -> tuple[int, float, Path]:
+    """Run ``airflow ARGS`` in the demo's AIRFLOW_HOME; (exit code, seconds, log)."""
+    command = [str(BIN / "airflow"), *args]
+    what = f"airflow {shlex.join(args)}"
+    return _run(command, _airflow_env(demo), demo.logs / log_name, what)
+
+
+def _prefect_flow(demo: Demo, script: str, log_name: str) -> tuple[int, float, Path]:
+    """Run ``example_flows/SCRIPT`` with .venv-prefect's python; (exit code, seconds, log)."""
+    if not PREFECT_PYTHON.exists():
+        raise DemoError(f"no {_rel(PREFECT_PYTHON)}: run `make demo`, which builds it")
+    path = REPO / "example_flows" / script
+    what = f"{_rel(PREFECT_PYTHON)} {_rel(path)}"
+    return _run([str(PREFECT_PYTHON), str(path)], _prefect_env(demo), demo.logs / log_name, what)
 
 
 def _cli(*args: str, expect: int = 0) -> None:
@@ -158,33 +207,50 @@ def _cli(*args: str, expect: int = 0) -> None:
         _say(f"(exit code {code}, as expected)")
 
 
-def _records(demo: Demo, dag_id: str | None = None) -> list[Record]:
-    """The records on the Airflow chain, of one DAG if given."""
+def _records(demo: Demo, chain: str, **subject: str) -> list[Record]:
+    """The records on ``chain`` whose subject has every given key and value."""
     if not demo.ledger.exists():
-        raise DemoError(f"no ledger at {_rel(demo.ledger)}: the Airflow plugin wrote nothing")
+        raise DemoError(f"no ledger at {_rel(demo.ledger)}: nothing wrote a record")
     ledger = open_ledger(demo.ledger_url)
     try:
-        records = [Record.from_stored(stored) for stored in ledger.read(CHAIN)]
+        records = [Record.from_stored(stored) for stored in ledger.read(chain)]
     finally:
         ledger.close()
-    return [r for r in records if dag_id is None or r.subject.get("dag_id") == dag_id]
+    return [r for r in records if all(r.subject.get(k) == v for k, v in subject.items())]
+
+
+def _run_end(records: list[Record], kind: str, name: str, log: Path) -> Record:
+    """The last ``KIND.succeeded``/``KIND.failed`` record (kind: dagrun or flowrun)."""
+    ends = [r for r in records if r.event in (f"{kind}.succeeded", f"{kind}.failed")]
+    if not ends:
+        raise DemoError(
+            f"no {kind}.succeeded or {kind}.failed record of {name} on the audit trail; "
+            f"see {_rel(log)}"
+        )
+    return ends[-1]
 
 
 def _dag_run_end(demo: Demo, dag_id: str, log: Path) -> tuple[Record, list[Record]]:
     """The DAG run's dagrun.succeeded/failed record, and all of the DAG's records."""
-    records = _records(demo, dag_id)
-    ends = [r for r in records if r.event in ("dagrun.succeeded", "dagrun.failed")]
-    if not ends:
-        raise DemoError(
-            f"no dagrun.succeeded or dagrun.failed record of {dag_id} on the audit trail; "
-            f"see {_rel(log)}"
-        )
-    return ends[-1], records
+    records = _records(demo, AIRFLOW_CHAIN, dag_id=dag_id)
+    return _run_end(records, "dagrun", dag_id, log), records
+
+
+def _flow_run_end(demo: Demo, flow: str, log: Path) -> tuple[Record, list[Record]]:
+    """The flow run's flowrun.succeeded/failed record, and all of the flow's records."""
+    records = _records(demo, PREFECT_CHAIN, flow_name=flow)
+    return _run_end(records, "flowrun", flow, log), records
+
+
+def _retried(records: list[Record], task_key: str) -> str:
+    """The tasks with a task.retry_scheduled record, for a short message."""
+    retried = [str(r.subject.get(task_key)) for r in records if r.event == "task.retry_scheduled"]
+    return ", ".join(retried) or "none"
 
 
 def _model_deployed(demo: Demo) -> Record:
     """The last model.deployed record: the one the proof and the tamper are about."""
-    deployed = [r for r in _records(demo) if r.event == "model.deployed"]
+    deployed = [r for r in _records(demo, AIRFLOW_CHAIN) if r.event == "model.deployed"]
     if not deployed:
         raise DemoError("no model.deployed record on the audit trail")
     return deployed[-1]
@@ -199,7 +265,8 @@ def reset(demo: Demo) -> None:
     demo.logs.mkdir(parents=True)
     _say(
         f"fresh {_rel(demo.root)}/: AIRFLOW_HOME={_rel(demo.airflow_home)}, "
-        f"ledger {demo.ledger_url} (chain {CHAIN!r}), Airflow logs in {_rel(demo.logs)}/"
+        f"PREFECT_HOME={_rel(demo.prefect_home)}, ledger {demo.ledger_url} "
+        f"(chains {AIRFLOW_CHAIN!r} and {PREFECT_CHAIN!r}), logs in {_rel(demo.logs)}/"
     )
 
 
@@ -220,10 +287,9 @@ def airflow_run_ml_pipeline(demo: Demo) -> None:
     end, records = _dag_run_end(demo, dag_id, log)
     if end.event != "dagrun.succeeded":
         raise DemoError(f"{dag_id} exited 0 but the trail says {end.event}; see {_rel(log)}")
-    retried = [r.subject.get("task_id") for r in records if r.event == "task.retry_scheduled"]
     _say(
         f"airflow dags test {dag_id}: succeeded in {seconds:.1f} s, {len(records)} records, "
-        f"retried: {', '.join(map(str, retried)) or 'none'} (log {_rel(log)})"
+        f"retried: {_retried(records, 'task_id')} (log {_rel(log)})"
     )
 
 
@@ -246,8 +312,43 @@ def airflow_run_ml_pipeline_bad_data(demo: Demo) -> None:
     )
 
 
+def prefect_run_ml_pipeline(demo: Demo) -> None:
+    """Run the ml-pipeline flow, which succeeds after one retry of validate."""
+    flow = "ml-pipeline"
+    code, seconds, log = _prefect_flow(demo, "ml_pipeline.py", f"prefect-flow-{flow}.log")
+    if code != 0:
+        raise DemoError(f"prefect flow {flow} exited with {code}; see {_rel(log)}")
+    end, records = _flow_run_end(demo, flow, log)
+    if end.event != "flowrun.succeeded":
+        raise DemoError(f"{flow} exited 0 but the trail says {end.event}; see {_rel(log)}")
+    _say(
+        f"prefect flow {flow}: succeeded in {seconds:.1f} s, {len(records)} records, "
+        f"retried: {_retried(records, 'task_name')} (log {_rel(log)})"
+    )
+
+
+def prefect_run_ml_pipeline_bad_data(demo: Demo) -> None:
+    """Run the ml-pipeline-bad-data flow, whose run fails on purpose at validate."""
+    flow = "ml-pipeline-bad-data"
+    code, seconds, log = _prefect_flow(demo, "ml_pipeline_bad_data.py", f"prefect-flow-{flow}.log")
+    if code == 0:
+        raise DemoError(f"prefect flow {flow} succeeded but must fail; see {_rel(log)}")
+    if code != EXIT_FLOW_RUN_FAILED:
+        raise DemoError(f"prefect flow {flow} exited with {code}; see {_rel(log)}")
+    end, records = _flow_run_end(demo, flow, log)
+    if end.event != "flowrun.failed":
+        raise DemoError(f"{flow} exited {code} but the trail says {end.event}; see {_rel(log)}")
+    failed = ", ".join(str(r.subject.get("task_name")) for r in records if r.event == "task.failed")
+    error = end.data.get("error_type", "?")
+    _say(
+        f"prefect flow {flow}: failed as intended (exit {code}, {error}) in {seconds:.1f} s at "
+        f"{failed or '?'}, {len(records)} records (log {_rel(log)})"
+    )
+
+
 def checkpoint(demo: Demo) -> None:
-    """Sign a checkpoint now: the plugin signs one only every 1000 records or 300 s."""
+    """Sign a checkpoint of every chain now: the Airflow plugin signs one only every 1000
+    records or 300 s."""
     _cli("checkpoint", "--ledger", demo.ledger_url)
     if not demo.verifier_key.exists():
         raise DemoError(f"checkpoint wrote no verifier key at {_rel(demo.verifier_key)}")
@@ -268,7 +369,15 @@ def prove_model_deployed(demo: Demo) -> None:
     seq = _model_deployed(demo).seq
     bundle = demo.ledger.with_name(f"{demo.ledger.name}.proof-{seq}.json")
     _cli(
-        "prove", "--ledger", demo.ledger_url, "--chain", CHAIN, "--seq", str(seq), "-o", str(bundle)
+        "prove",
+        "--ledger",
+        demo.ledger_url,
+        "--chain",
+        AIRFLOW_CHAIN,
+        "--seq",
+        str(seq),
+        "-o",
+        str(bundle),
     )
     # Offline: only the bundle and the verifier key, not the ledger.
     _cli("verify-proof", str(bundle), "--key", str(demo.verifier_key))
@@ -292,11 +401,11 @@ def tamper(demo: Demo) -> None:
         db.execute(
             "UPDATE records SET body = CAST(json_set(CAST(body AS TEXT), '$.data.accuracy', ?)"
             " AS BLOB) WHERE chain = ? AND seq = ?",
-            (after, CHAIN, deployed.seq),
+            (after, AIRFLOW_CHAIN, deployed.seq),
         )
     _say(
         f"\ntamper: copied the ledger to {_rel(demo.tampered)}, dropped its append-only trigger "
-        f"and set data.accuracy of the model.deployed record (chain {CHAIN!r} seq "
+        f"and set data.accuracy of the model.deployed record (chain {AIRFLOW_CHAIN!r} seq "
         f"{deployed.seq}) from {before} to {after}"
     )
     _cli(
@@ -316,6 +425,7 @@ def next_steps(demo: Demo) -> None:
         f"\nThe ledger is {demo.ledger_url}; checkpoints are signed with {_rel(demo.ledger)}.key "
         f"(verifier key {_rel(demo.verifier_key)}). Try:\n"
         f"  {wa} show --ledger {demo.ledger_url} --event 'task.*'\n"
+        f"  {wa} show --ledger {demo.ledger_url} --chain {PREFECT_CHAIN} --event 'flowrun.*'\n"
         f"  {wa} export --ledger {demo.ledger_url} --format jsonl\n"
         f"  AIRFLOW_HOME={_rel(demo.airflow_home)} {_rel(BIN / 'airflow')} dags list-runs "
         "ml_pipeline"
@@ -329,10 +439,13 @@ AIRFLOW: tuple[Step, ...] = (
     airflow_run_ml_pipeline,
     airflow_run_ml_pipeline_bad_data,
 )
-# Prefect (a later issue) goes here: Prefect lives in .venv-prefect, so its steps will run
-# the example flows there as subprocesses, writing to the same ledger on a chain of their own,
-# before the ledger steps below checkpoint, verify and report on every chain.
-PREFECT: tuple[Step, ...] = ()
+# Prefect lives in .venv-prefect: its steps run the example flows there as subprocesses,
+# writing to the same ledger on a chain of their own, before the ledger steps below
+# checkpoint, verify and report on every chain.
+PREFECT: tuple[Step, ...] = (
+    prefect_run_ml_pipeline,
+    prefect_run_ml_pipeline_bad_data,
+)
 LEDGER: tuple[Step, ...] = (
     checkpoint,
     verify,

@@ -5,12 +5,15 @@ and a fresh adapter (own ledger) per test."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A throw-away Prefect home: results and the server database never land in ~/.prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="workflow-audit-prefect-")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from opentelemetry import trace
