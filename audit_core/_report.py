@@ -74,7 +74,7 @@ def pipeline_of(subject: JSONObject) -> str:
     return "-"
 
 
-def attempt_of(subject: JSONObject) -> object:
+def attempt_of(subject: JSONObject) -> JSON:
     """The attempt a record's subject names: Airflow's try_number, Prefect's run_count."""
     value = subject.get("try_number")
     return subject.get("run_count") if value is None else value
