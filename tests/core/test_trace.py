@@ -23,8 +23,10 @@ SPAN_SPAN_ID = "00000000000000b7"  # leading zeros: the ids must be zero-padded 
 
 @pytest.fixture
 def otel_trace() -> ModuleType:
-    """opentelemetry.trace; the tests that need it are skipped without opentelemetry-api."""
-    return pytest.importorskip("opentelemetry.trace")
+    """opentelemetry.trace (the dev extra installs opentelemetry-sdk in both venvs)."""
+    from opentelemetry import trace
+
+    return trace
 
 
 @contextmanager
