@@ -8,7 +8,7 @@ PYTHON ?= python3
 AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
-AIRFLOW_EXTRAS := dev,airflow
+AIRFLOW_EXTRAS := dev,airflow,otlp,s3
 PREFECT_EXTRAS := dev,prefect
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -43,7 +43,7 @@ demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 test: lint test-airflow test-prefect
 
 test-airflow: $(AIRFLOW_VENV)/.stamp
-	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
 
 test-prefect: $(PREFECT_VENV)/.stamp
 	$(PREFECT_VENV)/bin/python -m pytest tests/core tests/prefect audit_core prefect_audit --doctest-modules $(PYTEST_ARGS)
@@ -61,6 +61,8 @@ bench: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_merkle.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_parallel.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_airflow.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_ship_otlp.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_ship_s3.py
 
 clean:
 	rm -rf $(AIRFLOW_VENV) $(PREFECT_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

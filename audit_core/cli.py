@@ -5,6 +5,7 @@ Exit codes (stable, for scripts and CI):
 - 0: success; for ``verify``, every chain checked is valid
 - 1: ``verify`` found the trail invalid (the message names chain, seq, expected and found)
 - 2: usage error, or the ledger cannot be opened or read
+- 3: ``ship`` gave up with records still pending (the sink stayed down past ``--timeout``)
 
 Run ``workflow-audit --help`` or ``workflow-audit COMMAND --help``.
 """
@@ -54,12 +55,13 @@ from audit_core.errors import (
 from audit_core.ledgers import Ledger, ledger_path
 from audit_core.ledgers.sqlite import SqliteLedger
 from audit_core.proofs import make_inclusion_bundle, prove_consistency, verify_inclusion_bundle
+from audit_core.sinks import Sink
 from audit_core.trail import AuditTrail
 from audit_core.verify import verify_ledger
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 
 _WHAT_TO_DO = (
     "What to do: treat records from this point on as untrustworthy; compare with an exported "
@@ -118,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     v = sub.add_parser("verify", help="check every record, link and hash of the chains")
+    v.add_argument(
+        "source",
+        nargs="?",
+        metavar="s3://BUCKET/PREFIX",
+        help="verify shipped segments from an S3 bucket alone (needs --key) instead of a ledger",
+    )
     common(v, chain_help="chain to verify (repeatable; default: every chain)")
     v.add_argument("--expect-size", type=int, help="the chain must hold exactly N records")
     v.add_argument("--expect-head", help="hex hash the chain's last record must have")
@@ -149,6 +157,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="witness verifier key that must also have cosigned each --checkpoint",
+    )
+    v.add_argument(
+        "--min-retention-days",
+        type=int,
+        default=365,
+        help="s3: each object must be locked at least this long (default 365)",
     )
     v.set_defaults(func=_cmd_verify)
 
@@ -221,6 +235,35 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     e.add_argument("-o", "--output", help="file to write (default: standard output)")
     e.set_defaults(func=_cmd_export)
+
+    sh = sub.add_parser(
+        "ship",
+        help="deliver records to sinks (OTLP, S3 Object Lock, structlog), at least once",
+        description="Deliver every record after each sink's cursor, in order, per chain; the "
+        "cursor moves only once the sink confirmed. One-shot (catch up, then exit; exit code "
+        "3 if something is still pending after --timeout) or --follow (a daemon: a sidecar "
+        "next to Airflow workers or a Prefect worker; SIGTERM stops it cleanly).",
+    )
+    sh.add_argument(
+        "--sink",
+        action="append",
+        choices=sorted(_SINKS),
+        help="sink (repeatable; default: $WORKFLOW_AUDIT_SINKS, comma-separated)",
+    )
+    sh.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
+    sh.add_argument("--chain", action="append", help="chain to ship (default: every chain)")
+    sh.add_argument("--endpoint", help="OTLP endpoint (default: $OTEL_EXPORTER_OTLP_*)")
+    sh.add_argument("--s3", metavar="s3://BUCKET/PREFIX", help="S3 destination "
+                    "(default: $WORKFLOW_AUDIT_S3_URL)")  # fmt: skip
+    sh.add_argument("--batch-size", type=int, default=1000, help="records a batch (1000)")
+    sh.add_argument("--follow", action="store_true", help="keep shipping new records")
+    sh.add_argument("--poll", type=float, default=1.0, help="--follow: seconds between polls")
+    sh.add_argument("--timeout", type=float, default=60.0, help="one-shot: give up after (60 s)")
+    sh.set_defaults(func=_cmd_ship)
+
+    from audit_core.sinks import s3_cli  # argparse only: boto3 is imported when a command runs
+
+    s3_cli.add_parsers(sub)
 
     rc = sub.add_parser(
         "reconcile",
@@ -370,6 +413,19 @@ def _progress_verify(
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.source is not None:
+        from audit_core.sinks import s3_cli
+
+        if not args.source.startswith("s3://"):
+            raise ConfigError(f"verify takes an s3://BUCKET/PREFIX source, not {args.source!r}")
+        return s3_cli.verify_bucket(
+            args.source,
+            args.key,
+            args.json,
+            chains=args.chain,
+            min_retention_days=args.min_retention_days,
+            jobs=args.jobs,
+        )
     ledger, where = _open(args)
     chains: list[str] | None = list(args.chain) if args.chain else None
     if (args.expect_size is not None or args.expect_head) and (chains is None or len(chains) != 1):
@@ -563,6 +619,84 @@ def _read_checkpoint(path: str, keys: Sequence[Verifier]) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path} does not verify: {exc}", chain="?", seq=None
         ) from exc
+
+
+def _otlp_sink(args: argparse.Namespace, ledger: Ledger) -> Sink:
+    from audit_core.sinks.otlp import OtlpSink
+
+    return OtlpSink(args.endpoint or None)
+
+
+def _structlog_sink(args: argparse.Namespace, ledger: Ledger) -> Sink:
+    from audit_core.integrations.structlog import StructlogSink
+
+    return StructlogSink()
+
+
+def _s3_sink(args: argparse.Namespace, ledger: Ledger) -> Sink:
+    from audit_core.sinks.s3 import S3SegmentSink, ledger_checkpoints
+
+    url = args.s3 or os.environ.get("WORKFLOW_AUDIT_S3_URL")
+    if not url:
+        raise ConfigError("the s3 sink needs --s3 s3://BUCKET/PREFIX or WORKFLOW_AUDIT_S3_URL")
+    # Each segment ends with a checkpoint signed at its size: the shipper holds the signing key.
+    # The key is the ledger's (WORKFLOW_AUDIT_SIGNING_KEY, else `<ledger>.key`), as for
+    # `workflow-audit checkpoint`: the same verifier key checks the ledger and the bucket.
+    trail = _trail_for(args)
+    checkpoint = ledger_checkpoints(ledger, trail.signer, trail.origin)
+    return S3SegmentSink.from_url(url, checkpoint=checkpoint)
+
+
+_SINKS: dict[str, Callable[[argparse.Namespace, Ledger], Sink]] = {
+    "otlp": _otlp_sink,
+    "s3": _s3_sink,
+    "structlog": _structlog_sink,
+}
+
+
+def _cmd_ship(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from audit_core.ship import Shipper
+
+    names = args.sink or [
+        n.strip() for n in os.environ.get("WORKFLOW_AUDIT_SINKS", "").split(",") if n.strip()
+    ]
+    if not names:
+        raise ConfigError("no sink: pass --sink otlp|s3|structlog or set WORKFLOW_AUDIT_SINKS")
+    unknown = sorted(set(names) - set(_SINKS))
+    if unknown:
+        raise ConfigError(f"unknown sink(s) {', '.join(unknown)}; known: {', '.join(_SINKS)}")
+    ledger, _ = _open(args)
+    sinks = [_SINKS[name](args, ledger) for name in dict.fromkeys(names)]
+    shippers = [
+        Shipper(ledger, sink, batch_size=args.batch_size, chains=args.chain) for sink in sinks
+    ]
+    try:
+        if args.follow:
+            stop = threading.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+            workers = [
+                threading.Thread(target=s.follow, args=(stop,), kwargs={"poll_s": args.poll})
+                for s in shippers
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            return EXIT_OK
+        left = 0
+        for shipper in shippers:
+            shipper.drain(timeout_s=args.timeout)
+            pending = sum(shipper.pending().values())
+            left += pending
+            print(f"{shipper.sink.name}: {pending} record(s) pending", file=sys.stderr)
+        return EXIT_OK if left == 0 else EXIT_PENDING
+    finally:
+        for sink in sinks:
+            sink.shutdown()
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:

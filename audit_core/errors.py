@@ -22,6 +22,8 @@ __all__ = [
     "LedgerError",
     "NonCanonicalError",
     "ProofError",
+    "RetentionError",
+    "SegmentError",
     "SequenceError",
     "SignatureError",
     "VerificationError",
@@ -120,3 +122,17 @@ class CheckpointError(VerificationError):
     rewritten or forked after the checkpoint was signed."""
 
     reason = "checkpoint"
+
+
+class SegmentError(VerificationError):
+    """An object in the bucket is not what the sink wrote: replaced by a new version,
+    hidden by a delete marker, bytes after its gzip member, a wrong checksum or record count."""
+
+    reason = "segment"
+
+
+class RetentionError(VerificationError):
+    """An object's Object Lock does not meet the retention policy (no lock, GOVERNANCE where
+    COMPLIANCE is required, or a retain-until date too soon)."""
+
+    reason = "retention"

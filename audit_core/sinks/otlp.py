@@ -1,0 +1,434 @@
+"""OTLP sink: each record becomes one OpenTelemetry log record, sent over OTLP/HTTP (protobuf).
+
+>>> from audit_core.sinks.otlp import OtlpSink, severity
+>>> severity("task.failed"), severity("drift.detected"), severity("model.deployed")
+(('ERROR', 17), ('WARN', 13), ('INFO', 9))
+>>> OtlpSink("http://127.0.0.1:4318", timeout_s=2).name          # doctest: +SKIP
+'otlp:http://127.0.0.1:4318/v1/logs'
+
+With the shipper (``pip install "workflow-audit[otlp]"``)::
+
+    from audit_core import open_ledger
+    from audit_core.ship import Shipper
+    from audit_core.sinks.otlp import OtlpSink
+
+    Shipper(open_ledger("sqlite:///ledger.db"), OtlpSink()).drain(timeout_s=60)
+
+It uses the OpenTelemetry SDK: a ``LoggerProvider`` owns the resource, and the SDK's
+``OTLPLogExporter`` (OTLP/HTTP, protobuf) sends each batch. Not through a log record
+processor: the SDK's ``BatchLogRecordProcessor`` drops a batch its exporter refused and never
+says so, while the shipper must know whether a batch arrived to move its cursor. So
+:meth:`OtlpSink.export` builds the SDK log records of a batch itself, calls the exporter and
+returns its verdict; the shipper retries a failed batch with backoff, and the records wait in
+the ledger meanwhile. Delivery is at least once: a receiver de-duplicates by ``audit.chain`` +
+``audit.seq`` (or ``audit.hash``).
+
+Each log record:
+
+============================  ===============================================================
+OTLP field                    value
+============================  ===============================================================
+``body``                      the event type (``task.failed``); also ``event_name``
+``time_unix_nano``            the record's ``ts`` (event time); observed time: when shipped
+``severity_text``/``number``  :func:`severity`: ERROR for failures (``*.failed``,
+                              ``*.unrecorded``, ``*.import_error``, ``*.crashed``,
+                              ``access.denied``), WARN for ``*.retry_scheduled``,
+                              ``*.upstream_failed`` and ``drift.detected``, INFO otherwise
+``trace_id``/``span_id``      the record's ``trace`` (W3C ids; flags 0: the record does not
+                              know whether the span was sampled), so Grafana links a log line
+                              to its trace in Tempo; none when the record has no trace
+attributes                    below
+============================  ===============================================================
+
+Attributes (:data:`CORE_ATTRIBUTES` always, the rest when the record has them):
+
+- ``audit.chain`` (string), ``audit.seq`` (int), ``audit.hash`` (64 hex: the record's RFC 9162
+  leaf hash, as ``workflow-audit export`` prints it), ``audit.event`` (string);
+- ``audit.actor.type``, ``audit.actor.id`` and any other actor key as ``audit.actor.<key>``;
+- ``audit.subject.<key>`` for each subject key (``audit.subject.dag_id``,
+  ``audit.subject.task_id``, ``audit.subject.run_id``, ``audit.subject.try_number``,
+  ``audit.subject.flow_name``, ``audit.subject.flow_run_id``, ``audit.subject.task_name``, …);
+- ``audit.data.<key>`` for each data key (``audit.data.model``, ``audit.data.uri``, …).
+
+Nested objects are flattened with dots (``data: {"metrics": {"auc": 0.9}}`` →
+``audit.data.metrics.auc``), lists become their JSON text, ``null`` values and empty objects
+are left out. OTLP attributes are for searching and dashboards; the record itself is the
+ledger's, so to keep log records small, string values are cut at :data:`MAX_VALUE_CHARS`
+characters and a record gets at most :data:`MAX_ATTRIBUTES` attributes (core, actor, subject,
+then data, in key order); a record that was cut carries ``audit.truncated = true``, and
+``audit.hash`` finds the full record in the ledger. Loki turns the dots into underscores
+(``audit_event``, ``audit_subject_dag_id``): deploy/README.md shows the queries.
+
+Configuration: explicit arguments win over the standard OpenTelemetry variables, which win
+over the SDK's defaults:
+
+- endpoint: ``endpoint`` (a base URL such as ``http://collector:4318``, to which ``/v1/logs``
+  is added, or a URL ending in ``/v1/logs``), else ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` (used as
+  is), else ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/logs``, else ``http://localhost:4318/v1/logs``;
+- ``headers``, else ``OTEL_EXPORTER_OTLP_LOGS_HEADERS`` / ``OTEL_EXPORTER_OTLP_HEADERS``;
+- ``timeout_s``, else ``OTEL_EXPORTER_OTLP_LOGS_TIMEOUT`` / ``OTEL_EXPORTER_OTLP_TIMEOUT``
+  (seconds, as the Python SDK reads them), else 10 s. It bounds one export including the
+  exporter's own retries of a refused connection or a 429/502/503/504, so a dead endpoint
+  makes :meth:`OtlpSink.export` return FAILURE within it;
+- ``compression`` (``"gzip"``, ``"deflate"``, ``"none"``), else
+  ``OTEL_EXPORTER_OTLP_LOGS_COMPRESSION`` / ``OTEL_EXPORTER_OTLP_COMPRESSION``, else none;
+- TLS: ``OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE``, ``…_CLIENT_KEY``, ``…_CLIENT_CERTIFICATE``
+  (read by the exporter);
+- resource: ``service.name`` is ``workflow-audit`` unless ``OTEL_SERVICE_NAME`` or
+  ``OTEL_RESOURCE_ATTRIBUTES`` name another; ``resource_attributes`` win over both.
+
+The sink's cursor name is ``otlp:<logs URL>`` (without any ``user:password@``): changing the
+endpoint starts a new cursor, which re-sends the chain from the start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from audit_core._metrics import COUNTERS
+from audit_core._normalize import JSON, JSONObject
+from audit_core._record import Record, StoredRecord
+from audit_core.errors import ConfigError, FormatError
+from audit_core.sinks import Batch, ExportResult
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+    from opentelemetry.sdk.resources import Resource
+
+__all__ = [
+    "CORE_ATTRIBUTES",
+    "MAX_ATTRIBUTES",
+    "MAX_VALUE_CHARS",
+    "UNREADABLE_EVENT",
+    "OtlpSink",
+    "attributes",
+    "resolve_endpoint",
+    "severity",
+    "timestamp_ns",
+]
+
+logger = logging.getLogger("workflow_audit")
+
+#: Attributes every log record has.
+CORE_ATTRIBUTES: Final = ("audit.chain", "audit.seq", "audit.hash", "audit.event")
+#: At most this many attributes a log record (the SDK's default attribute count limit).
+MAX_ATTRIBUTES: Final = 128
+#: String attribute values are cut to this many characters.
+MAX_VALUE_CHARS: Final = 4096
+#: The event of the log record sent in place of a ledger record that cannot be parsed (only a
+#: damaged ledger has one): ERROR, with the record's chain, seq and hash, so that an alert
+#: fires and the shipper does not stall behind it. ``workflow-audit verify`` says what is wrong.
+UNREADABLE_EVENT: Final = "audit.unreadable"
+
+DEFAULT_ENDPOINT: Final = "http://localhost:4318"
+LOGS_PATH: Final = "/v1/logs"
+SERVICE_NAME: Final = "workflow-audit"
+#: Records' canonical bytes per OTLP request; a bigger batch goes out in several requests
+#: (the protobuf request is 1-2x this), well below what collectors accept by default.
+REQUEST_BYTES: Final = 2 * 1024 * 1024
+
+# OpenTelemetry log data model, "Field: SeverityNumber": INFO 9, WARN 13, ERROR 17.
+_INFO, _WARN, _ERROR = ("INFO", 9), ("WARN", 13), ("ERROR", 17)
+_ERROR_SUFFIXES = (".failed", ".unrecorded", ".import_error", ".crashed")
+_ERROR_EVENTS = frozenset({"access.denied", UNREADABLE_EVENT})
+_WARN_SUFFIXES = (".retry_scheduled", ".upstream_failed")
+_WARN_EVENTS = frozenset({"drift.detected"})
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+Attributes = dict[str, str | bool | int | float]
+
+
+@lru_cache(maxsize=1024)
+def severity(event: str) -> tuple[str, int]:
+    """(severity text, OpenTelemetry severity number) of an event type."""
+    if event in _ERROR_EVENTS or event.endswith(_ERROR_SUFFIXES):
+        return _ERROR
+    if event in _WARN_EVENTS or event.endswith(_WARN_SUFFIXES):
+        return _WARN
+    return _INFO
+
+
+def timestamp_ns(ts: str) -> int:
+    """Nanoseconds since the Unix epoch of a record's ``ts`` (``2026-11-28T10:00:00.123456Z``)."""
+    days = dt.date(int(ts[0:4]), int(ts[5:7]), int(ts[8:10])).toordinal() - _EPOCH_ORDINAL
+    seconds = days * 86_400 + int(ts[11:13]) * 3_600 + int(ts[14:16]) * 60 + int(ts[17:19])
+    return seconds * 1_000_000_000 + int(ts[20:26]) * 1_000
+
+
+def attributes(record: Record) -> Attributes:
+    """The OTLP attributes of ``record`` (the keys in this module's docstring)."""
+    out: Attributes = {
+        "audit.chain": record.chain,
+        "audit.seq": record.seq,
+        "audit.hash": record.hash,
+        "audit.event": record.event,
+    }
+    full = _Flattener(out)
+    full.add("audit.actor", record.actor)
+    full.add("audit.subject", record.subject)
+    full.add("audit.data", record.data)
+    if full.truncated:
+        out["audit.truncated"] = True
+    return out
+
+
+class _Flattener:
+    """Adds flattened values to ``out`` within the caps, noting whether anything was cut."""
+
+    __slots__ = ("out", "truncated")
+
+    def __init__(self, out: Attributes) -> None:
+        self.out = out
+        self.truncated = False
+
+    def add(self, key: str, value: JSON) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.add(f"{key}.{k}", v)
+            return
+        if len(self.out) >= MAX_ATTRIBUTES - 1:  # one slot kept for audit.truncated
+            self.truncated = True
+            return
+        if isinstance(value, list):
+            value = orjson.dumps(value).decode()
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            value = value[:MAX_VALUE_CHARS]
+            self.truncated = True
+        self.out[key] = value
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """The logs URL: ``endpoint``, else the OTLP variables, else the default (see above)."""
+    if endpoint:
+        url = endpoint
+    elif logs := os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "").strip():
+        return logs  # the signal-specific variable is used as is (OTLP exporter spec)
+    else:
+        url = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
+    url = url.rstrip("/")
+    return url if url.endswith(LOGS_PATH) else url + LOGS_PATH
+
+
+def _public(url: str) -> str:
+    """``url`` without ``user:password@`` (cursor names and log lines are not secret)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class OtlpSink:
+    """Ships records as OpenTelemetry log records over OTLP/HTTP (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        compression: str | None = None,
+        resource_attributes: Mapping[str, str] | None = None,
+        request_bytes: int = REQUEST_BYTES,
+    ) -> None:
+        try:
+            from opentelemetry.exporter.otlp.proto.http import Compression
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+            from opentelemetry.sdk._logs import LoggerProvider
+        except ImportError as exc:
+            raise ConfigError(
+                "the OTLP sink needs the OpenTelemetry SDK and its OTLP/HTTP exporter: "
+                'pip install "workflow-audit[otlp]"'
+            ) from exc
+        if timeout_s is not None and not timeout_s > 0:
+            raise ConfigError(f"OTLP timeout must be a positive number of seconds, got {timeout_s}")
+        try:
+            codec = None if compression is None else Compression(compression.strip().lower())
+        except ValueError as exc:
+            raise ConfigError(
+                f"OTLP compression must be gzip, deflate or none, got {compression!r}"
+            ) from exc
+        self.endpoint = resolve_endpoint(endpoint)
+        self.name = f"otlp:{_public(self.endpoint)}"
+        self.request_bytes = request_bytes
+        self.provider: LoggerProvider = LoggerProvider(
+            resource=_resource(resource_attributes), shutdown_on_exit=False
+        )
+        self._exporter: OTLPLogExporter = OTLPLogExporter(
+            endpoint=self.endpoint, headers=headers, timeout=timeout_s, compression=codec
+        )
+        self._sdk = _Sdk(self.provider)
+        self._lock = threading.Lock()  # one export at a time: the HTTP session is not shared
+        self._shut = False
+
+    def __repr__(self) -> str:
+        return f"OtlpSink({_public(self.endpoint)!r})"
+
+    def export(self, batch: Batch) -> ExportResult:
+        """Send ``batch``; SUCCESS once the receiver accepted every request of it."""
+        from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+        with self._lock:
+            if self._shut:
+                logger.warning("workflow-audit: %s is shut down; batch not sent", self.name)
+                return ExportResult.FAILURE
+            for chunk in self._chunks(batch.records):
+                logs = [self._log_record(stored) for stored in chunk]
+                if self._exporter.export(logs) is not LogRecordExportResult.SUCCESS:
+                    return ExportResult.FAILURE
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        """Nothing is buffered: :meth:`export` returns after the receiver answered."""
+        return True
+
+    def shutdown(self) -> None:
+        """Close the exporter's connections; idempotent."""
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+            # The SDK leaves OTLPLogExporter.shutdown unannotated. The provider has no
+            # processors: nothing of it to shut down.
+            self._exporter.shutdown()  # type: ignore[no-untyped-call]
+
+    def _chunks(self, records: Sequence[StoredRecord]) -> Iterator[Sequence[StoredRecord]]:
+        start, size = 0, 0
+        for i, stored in enumerate(records):
+            size += len(stored.body)
+            if size > self.request_bytes and i > start:
+                yield records[start:i]
+                start, size = i, len(stored.body)
+        if start < len(records):
+            yield records[start:]
+
+    def _log_record(self, stored: StoredRecord) -> ReadableLogRecord:
+        try:
+            record = Record.from_stored(stored)
+            return self._sdk.log(
+                timestamp_ns(record.ts), record.event, record.trace, attributes(record)
+            )
+        except (FormatError, ValueError, KeyError, TypeError):  # not a v1 record's shape
+            COUNTERS.incr("ship_unreadable")
+            logger.exception(
+                "workflow-audit: chain %r seq %d is not a readable record; sending %s in its "
+                "place. Run `workflow-audit verify`",
+                stored.chain,
+                stored.seq,
+                UNREADABLE_EVENT,
+            )
+        attrs: Attributes = {
+            "audit.chain": stored.chain,
+            "audit.seq": stored.seq,
+            "audit.hash": stored.hash.hex(),
+            "audit.event": UNREADABLE_EVENT,
+        }
+        return self._sdk.log(None, UNREADABLE_EVENT, None, attrs)
+
+
+class _Sdk:
+    """Builds the SDK's log records: the OpenTelemetry classes (imported when a sink is made),
+    the provider's resource and our instrumentation scope."""
+
+    def __init__(self, provider: LoggerProvider) -> None:
+        from opentelemetry import trace
+        from opentelemetry._logs import LogRecord, SeverityNumber
+        from opentelemetry.sdk._logs import ReadableLogRecord
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        from audit_core import __version__
+
+        self._trace = trace
+        self._record = LogRecord
+        self._readable = ReadableLogRecord
+        self._severity = {n: SeverityNumber(n) for _, n in (_INFO, _WARN, _ERROR)}
+        self._scope = InstrumentationScope("workflow-audit", __version__)
+        self._provider = provider
+        self._resource = provider.resource
+        self._hashed = _hash_once(provider.resource)
+        # A log record takes its trace and span ids from a context; given none, the SDK
+        # would use the *current* one: the shipper's own span, if it has one. So a record
+        # without trace gets a context holding the invalid span (ids 0: none sent).
+        self._no_trace: Context = trace.set_span_in_context(trace.INVALID_SPAN)
+        self._contexts: dict[tuple[str, str], Context] = {}
+
+    def log(
+        self, ts: int | None, event: str, ids: JSONObject | None, attrs: Attributes
+    ) -> ReadableLogRecord:
+        text, number = severity(event)
+        log = self._record(
+            timestamp=ts,
+            context=self._context(ids),
+            severity_text=text,
+            severity_number=self._severity[number],
+            body=event,
+            attributes=attrs,
+            event_name=event,
+        )
+        return self._readable(
+            log_record=log, resource=self._current_resource(), instrumentation_scope=self._scope
+        )
+
+    def _context(self, ids: JSONObject | None) -> Context:
+        if not ids:
+            return self._no_trace
+        key = (str(ids["trace_id"]), str(ids["span_id"]))
+        context = self._contexts.get(key)
+        if context is None:
+            # consecutive records mostly share a task's span: keep the last few contexts
+            if len(self._contexts) >= 256:
+                self._contexts.clear()
+            span = self._trace.NonRecordingSpan(
+                self._trace.SpanContext(int(key[0], 16), int(key[1], 16), is_remote=True)
+            )
+            context = self._contexts[key] = self._trace.set_span_in_context(span)
+        return context
+
+    def _current_resource(self) -> Resource:
+        # The provider updates its resource after a fork (process attributes).
+        if self._provider.resource is not self._resource:
+            self._resource = self._provider.resource
+            self._hashed = _hash_once(self._resource)
+        return self._hashed
+
+
+def _hash_once(resource: Resource) -> Resource:
+    """``resource``, hashed once: the SDK's encoder groups records by resource in a dict,
+    and ``Resource.__hash__`` serializes every attribute to JSON, each time (7 us a record)."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedResource(Resource):
+        def __init__(self, base: Resource) -> None:
+            super().__init__(base.attributes, base.schema_url)
+            self._hash = hash(base)
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return HashedResource(resource)
+
+
+def _resource(explicit: Mapping[str, str] | None) -> Resource:
+    """The SDK's resource (its detectors read ``OTEL_RESOURCE_ATTRIBUTES`` and
+    ``OTEL_SERVICE_NAME``), named ``workflow-audit`` unless those name the service."""
+    from opentelemetry.sdk.resources import Resource
+
+    detected = Resource.create()
+    # Without a name from the environment the SDK says "unknown_service:<executable>".
+    named = not str(detected.attributes.get("service.name", "")).startswith("unknown_service")
+    ours: dict[str, str] = {} if named else {"service.name": SERVICE_NAME}
+    return detected.merge(Resource({**ours, **(explicit or {})}))
