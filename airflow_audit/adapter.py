@@ -45,7 +45,7 @@ from airflow_audit import _compat
 from airflow_audit.settings import AirflowAuditSettings, load_settings
 from audit_core import AuditTrail, Event
 from audit_core._trace import trace_context
-from audit_core.hooks import HookRunner, digest, failure_data
+from audit_core.hooks import Flusher, HookRunner, digest, failure_data
 
 __all__ = ["AirflowAdapter", "dagrun_subject", "get_adapter", "task_subject"]
 
@@ -63,6 +63,8 @@ TERMINAL_EVENTS = (
     "task.upstream_failed",
     "task.unrecorded",
 )
+#: Events after which the hooks ask for a background flush (WORKFLOW_AUDIT_FLUSH_SINKS).
+_FLUSH_AFTER = frozenset((*TERMINAL_EVENTS, "dagrun.succeeded", "dagrun.failed"))
 # Airflow imports DAG files under a mangled module name (``unusual_prefix_<sha1>_<file>``).
 _DAG_MODULE = re.compile(r"^unusual_prefix_[0-9a-f]+_")
 # Failure kinds Airflow tells us through the exception's class.
@@ -87,6 +89,7 @@ class AirflowAdapter:
         self._settings = settings
         self._trail = trail
         self._lock = threading.Lock()
+        self._flusher: Flusher | None = None
         self.runner = HookRunner(budget_s=settings.hook_timeout_s if settings else 5.0)
 
     # -- lazily built state --------------------------------------------------------------
@@ -108,8 +111,15 @@ class AirflowAdapter:
             return self._trail
 
     def write(self, events: Sequence[Event]) -> None:
-        """Append ``events`` in one transaction (the runner's thread calls this)."""
-        self.trail.record_many(events)
+        """Append ``events`` in one transaction (the runner's thread calls this); after a
+        terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
+        trail = self.trail
+        trail.record_many(events)
+        if trail.config.flush_sinks and any(e.type in _FLUSH_AFTER for e in events):
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = Flusher(trail, trail.config.flush_sinks)
+            self._flusher.request()
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait (bounded) until every queued record is durable; True if none is left."""

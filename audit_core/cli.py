@@ -55,7 +55,6 @@ from audit_core.errors import (
 from audit_core.ledgers import Ledger, ledger_path
 from audit_core.ledgers.sqlite import SqliteLedger
 from audit_core.proofs import make_inclusion_bundle, prove_consistency, verify_inclusion_bundle
-from audit_core.sinks import Sink
 from audit_core.trail import AuditTrail
 from audit_core.verify import verify_ledger
 
@@ -247,8 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument(
         "--sink",
         action="append",
-        choices=sorted(_SINKS),
-        help="sink (repeatable; default: $WORKFLOW_AUDIT_SINKS, comma-separated)",
+        choices=["all", "otlp", "s3", "structlog"],
+        help="sink (repeatable; all: otlp and s3; default: $WORKFLOW_AUDIT_SINKS, comma-separated)",
     )
     sh.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
     sh.add_argument("--chain", action="append", help="chain to ship (default: every chain)")
@@ -621,37 +620,8 @@ def _read_checkpoint(path: str, keys: Sequence[Verifier]) -> Checkpoint:
         ) from exc
 
 
-def _otlp_sink(args: argparse.Namespace, ledger: Ledger) -> Sink:
-    from audit_core.sinks.otlp import OtlpSink
-
-    return OtlpSink(args.endpoint or None)
-
-
-def _structlog_sink(args: argparse.Namespace, ledger: Ledger) -> Sink:
-    from audit_core.integrations.structlog import StructlogSink
-
-    return StructlogSink()
-
-
-def _s3_sink(args: argparse.Namespace, ledger: Ledger) -> Sink:
-    from audit_core.sinks.s3 import S3SegmentSink, ledger_checkpoints
-
-    url = args.s3 or os.environ.get("WORKFLOW_AUDIT_S3_URL")
-    if not url:
-        raise ConfigError("the s3 sink needs --s3 s3://BUCKET/PREFIX or WORKFLOW_AUDIT_S3_URL")
-    # Each segment ends with a checkpoint signed at its size: the shipper holds the signing key.
-    # The key is the ledger's (WORKFLOW_AUDIT_SIGNING_KEY, else `<ledger>.key`), as for
-    # `workflow-audit checkpoint`: the same verifier key checks the ledger and the bucket.
-    trail = _trail_for(args)
-    checkpoint = ledger_checkpoints(ledger, trail.signer, trail.origin)
-    return S3SegmentSink.from_url(url, checkpoint=checkpoint)
-
-
-_SINKS: dict[str, Callable[[argparse.Namespace, Ledger], Sink]] = {
-    "otlp": _otlp_sink,
-    "s3": _s3_sink,
-    "structlog": _structlog_sink,
-}
+def _env_sinks() -> list[str]:
+    return [n.strip() for n in os.environ.get("WORKFLOW_AUDIT_SINKS", "").split(",") if n.strip()]
 
 
 def _cmd_ship(args: argparse.Namespace) -> int:
@@ -659,17 +629,16 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     import threading
 
     from audit_core.ship import Shipper
+    from audit_core.sinks.registry import make_sink, sink_names
 
-    names = args.sink or [
-        n.strip() for n in os.environ.get("WORKFLOW_AUDIT_SINKS", "").split(",") if n.strip()
-    ]
+    config = AuditConfig.from_env(ledger_url=args.ledger or _default_ledger_url())
+    names = sink_names(args.sink or _env_sinks())
     if not names:
-        raise ConfigError("no sink: pass --sink otlp|s3|structlog or set WORKFLOW_AUDIT_SINKS")
-    unknown = sorted(set(names) - set(_SINKS))
-    if unknown:
-        raise ConfigError(f"unknown sink(s) {', '.join(unknown)}; known: {', '.join(_SINKS)}")
+        raise ConfigError("no sink: pass --sink otlp|s3|structlog|all or set WORKFLOW_AUDIT_SINKS")
     ledger, _ = _open(args)
-    sinks = [_SINKS[name](args, ledger) for name in dict.fromkeys(names)]
+    sinks = [
+        make_sink(name, ledger, config, endpoint=args.endpoint, s3_url=args.s3) for name in names
+    ]
     shippers = [
         Shipper(ledger, sink, batch_size=args.batch_size, chains=args.chain) for sink in sinks
     ]

@@ -27,6 +27,10 @@ Environment variables (all optional; README "Configuration" lists them too):
                                    on demand and when a trail closes)
 ``WORKFLOW_AUDIT_CHECKPOINT_INTERVAL``  ... or when the last one is older than this many
                                    seconds at the next append (default 300)
+``WORKFLOW_AUDIT_FLUSH_SINKS``     sinks the Airflow/Prefect hooks ship to, best effort and in
+                                   the background, after a task or run ends (``otlp,s3``;
+                                   default none: ``workflow-audit ship --follow`` does it)
+``WORKFLOW_AUDIT_S3_URL``          ``s3://BUCKET/PREFIX`` of the s3 sink
 =================================  ==========================================================
 """
 
@@ -78,6 +82,8 @@ class AuditConfig:
     origin: str | None = None
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 300.0
+    flush_sinks: tuple[str, ...] = ()
+    s3_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -122,6 +128,10 @@ class AuditConfig:
             values["checkpoint_every"] = _number(ENV_PREFIX + "CHECKPOINT_EVERY", v, int)
         if v := get(ENV_PREFIX + "CHECKPOINT_INTERVAL"):
             values["checkpoint_interval_s"] = _number(ENV_PREFIX + "CHECKPOINT_INTERVAL", v, float)
+        if v := get(ENV_PREFIX + "FLUSH_SINKS"):
+            values["flush_sinks"] = tuple(n.strip() for n in v.split(",") if n.strip())
+        if v := get(ENV_PREFIX + "S3_URL"):
+            values["s3_url"] = v
         if v := get(ENV_PREFIX + "REDACT_KEYS"):
             extra = tuple(p.strip() for p in v.split(",") if p.strip())
             values["redact_keys"] = DEFAULT_REDACT_KEYS + extra

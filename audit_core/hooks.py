@@ -46,7 +46,15 @@ from audit_core._metrics import COUNTERS
 from audit_core._normalize import JSONObject, to_json
 from audit_core.trail import Event
 
-__all__ = ["COUNTERS", "EventFilter", "HookRunner", "TaskApi", "digest", "failure_data"]
+__all__ = [
+    "COUNTERS",
+    "EventFilter",
+    "Flusher",
+    "HookRunner",
+    "TaskApi",
+    "digest",
+    "failure_data",
+]
 
 logger = logging.getLogger("workflow_audit")
 
@@ -272,3 +280,56 @@ class TaskApi:
     def drift_detected(self, model: str, *, required: bool = False, **facts: object) -> bool:
         """``drift.detected``: monitoring found drift (metric, value, threshold, ...)."""
         return self.record("drift.detected", {"model": model, **facts}, required=required)
+
+
+class Flusher:
+    """Best-effort delivery soon after a task or run ends (``WORKFLOW_AUDIT_FLUSH_SINKS``).
+
+    :meth:`request` only sets a flag: a daemon thread of this process then ships whatever the
+    ledger holds past the sinks' cursors (:class:`~audit_core.ship.Shipper`), so a hook never
+    waits for a sink. What it does not deliver before the process ends stays in the ledger
+    for the next flush or ``workflow-audit ship``: the ledger is the spool, nothing is lost.
+    """
+
+    def __init__(self, trail: Any, names: Sequence[str]) -> None:
+        self.trail = trail
+        self.names = tuple(names)
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._shippers: list[Any] = []
+
+    def request(self) -> None:
+        """Ask for a flush (never blocks; a no-op without configured sinks)."""
+        if not self.names:
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child: start our thread
+                self._pid = os.getpid()
+                self._wake = threading.Event()
+                threading.Thread(
+                    target=self._loop, args=(self._wake,), name="workflow-audit-flush", daemon=True
+                ).start()
+        self._wake.set()
+
+    def _loop(self, wake: threading.Event) -> None:
+        while True:
+            wake.wait()
+            wake.clear()
+            try:
+                for shipper in self._ensure_shippers():
+                    shipper.ship_once()  # a failing sink is logged, counted, retried next time
+            except Exception:  # the flush thread's one containment point
+                COUNTERS.incr("flush_failures")
+                logger.exception("workflow-audit: background flush to %s failed", self.names)
+
+    def _ensure_shippers(self) -> list[Any]:
+        if not self._shippers:
+            from audit_core.ship import Shipper
+            from audit_core.sinks.registry import make_sink, sink_names
+
+            ledger, config = self.trail.ledger, self.trail.config
+            self._shippers = [
+                Shipper(ledger, make_sink(name, ledger, config)) for name in sink_names(self.names)
+            ]
+        return self._shippers

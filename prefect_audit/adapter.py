@@ -22,7 +22,7 @@ from typing import Any
 
 from audit_core import AuditTrail, Event
 from audit_core._trace import trace_context
-from audit_core.hooks import HookRunner, digest, failure_data
+from audit_core.hooks import Flusher, HookRunner, digest, failure_data
 from prefect_audit.settings import WorkflowAuditSettings
 
 __all__ = ["PrefectAdapter", "flow_subject", "get_adapter", "task_subject"]
@@ -38,6 +38,8 @@ FLOW_TERMINAL_EVENTS = (
     "flowrun.cancelled",
     "flowrun.unrecorded",
 )
+#: Events after which the hooks ask for a background flush (WORKFLOW_AUDIT_FLUSH_SINKS).
+_FLUSH_AFTER = frozenset((*TASK_TERMINAL_EVENTS, *FLOW_TERMINAL_EVENTS))
 Data = dict[str, Any]
 Key = tuple[str, str, int]  # (task run id, event, attempt)
 
@@ -51,6 +53,7 @@ class PrefectAdapter:
         self._settings = settings
         self._trail = trail
         self._lock = threading.Lock()
+        self._flusher: Flusher | None = None
         self.runner = HookRunner(budget_s=settings.hook_timeout if settings else 5.0)
         # flow run id -> what task hooks recorded in real time (the end-of-run sync skips it)
         self._live: dict[str, set[Key]] = {}
@@ -70,8 +73,15 @@ class PrefectAdapter:
             return self._trail
 
     def write(self, events: Sequence[Event]) -> None:
-        """Append ``events`` in one transaction (the runner's thread calls this)."""
-        self.trail.record_many(events)
+        """Append ``events`` in one transaction (the runner's thread calls this); after a
+        terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
+        trail = self.trail
+        trail.record_many(events)
+        if trail.config.flush_sinks and any(e.type in _FLUSH_AFTER for e in events):
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = Flusher(trail, trail.config.flush_sinks)
+            self._flusher.request()
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait (bounded) until every queued record is durable; True if none is left."""
