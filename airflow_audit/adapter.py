@@ -45,7 +45,7 @@ from airflow_audit import _compat
 from airflow_audit.settings import AirflowAuditSettings, load_settings
 from audit_core import AuditTrail, Event
 from audit_core._trace import trace_context
-from audit_core.hooks import Flusher, HookRunner, digest, failure_data
+from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
 
 __all__ = ["AirflowAdapter", "dagrun_subject", "get_adapter", "task_subject"]
 
@@ -77,8 +77,10 @@ _KINDS = {
 }
 
 
-class AirflowAdapter:
+class AirflowAdapter(AdapterBase):
     """Builds and writes the records of one process's listener calls."""
+
+    flush_after = _FLUSH_AFTER
 
     def __init__(
         self,
@@ -86,53 +88,25 @@ class AirflowAdapter:
         *,
         trail: AuditTrail | None = None,
     ) -> None:
+        super().__init__(trail=trail, budget_s=settings.hook_timeout_s if settings else 5.0)
         self._settings = settings
-        self._trail = trail
-        self._lock = threading.Lock()
-        self._flusher: Flusher | None = None
-        self.runner = HookRunner(budget_s=settings.hook_timeout_s if settings else 5.0)
-
-    # -- lazily built state --------------------------------------------------------------
 
     @property
     def settings(self) -> AirflowAuditSettings:
         if self._settings is None:
             self._settings = load_settings()
-            self.runner.budget_s = self._settings.hook_timeout_s
         return self._settings
 
-    @property
-    def trail(self) -> AuditTrail:
-        with self._lock:
-            if self._trail is None:
-                config = self.settings.audit
-                processors = (_airflow_masker(), *_core_processors(config.redact_keys))
-                self._trail = AuditTrail(config, processors=processors)
-            return self._trail
-
-    def write(self, events: Sequence[Event]) -> None:
-        """Append ``events`` in one transaction (the runner's thread calls this); after a
-        terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
-        trail = self.trail
-        trail.record_many(events)
-        if trail.config.flush_sinks and any(e.type in _FLUSH_AFTER for e in events):
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = Flusher(trail, trail.config.flush_sinks)
-            self._flusher.request()
-
-    def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait (bounded) until every queued record is durable; True if none is left."""
-        return self.runner.drain(timeout_s)
-
-    def _run(self, what: str, build: Callable[[], Sequence[Event]]) -> bool:
-        def wanted() -> Sequence[Event]:
-            if not self.settings.enabled:
-                return ()
-            keep = self.settings.events
-            return [e for e in build() if keep(e.type)]
-
-        return self.runner.run(what, wanted, self.write)
+    def _load_options(self) -> AdapterOptions:
+        settings = self.settings
+        config = settings.audit
+        return AdapterOptions(
+            enabled=settings.enabled,
+            events=settings.events,
+            hook_timeout_s=settings.hook_timeout_s,
+            audit=config,
+            processors=(_airflow_masker(), *_core_processors(config.redact_keys)),
+        )
 
     # -- task instance hooks -------------------------------------------------------------
 
@@ -291,7 +265,7 @@ class AirflowAdapter:
             return [Event(type=event, subject=full, data=data, trace=trace_context(carrier))]
 
         if required:  # the caller wants an exception, not fail-open: write in this thread
-            if self.settings.enabled and self.settings.events(event):
+            if self.wanted(event):
                 self.write(build())
                 return True
             return False

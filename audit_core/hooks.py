@@ -39,6 +39,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from audit_core._jcs import canonical_bytes
@@ -48,6 +49,8 @@ from audit_core.trail import Event
 
 __all__ = [
     "COUNTERS",
+    "AdapterBase",
+    "AdapterOptions",
     "EventFilter",
     "Flusher",
     "HookRunner",
@@ -333,3 +336,81 @@ class Flusher:
                 Shipper(ledger, make_sink(name, ledger, config)) for name in sink_names(self.names)
             ]
         return self._shippers
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterOptions:
+    """What the shared adapter machinery needs from an orchestrator's own settings."""
+
+    enabled: bool
+    events: EventFilter
+    hook_timeout_s: float
+    audit: Any  # audit_core.AuditConfig (Any: hooks.py is imported by trail-free code too)
+    processors: tuple[Callable[[Any], Any], ...] | None = None
+
+
+class AdapterBase:
+    """The machinery both orchestrator adapters share, once: options and the trail built on
+    first use, the :class:`HookRunner`, the event filter, and the background :class:`Flusher`
+    after terminal events. Subclasses implement :meth:`_load_options` and their hooks, each
+    hook ending in ``self._run(what, build)``."""
+
+    #: Events after which a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS`` is requested.
+    flush_after: frozenset[str] = frozenset()
+
+    def __init__(self, *, trail: Any = None, budget_s: float = 5.0) -> None:
+        self._trail = trail
+        self._options: AdapterOptions | None = None
+        self._lock = threading.Lock()
+        self._flusher: Flusher | None = None
+        self.runner = HookRunner(budget_s=budget_s)
+
+    def _load_options(self) -> AdapterOptions:
+        raise NotImplementedError
+
+    @property
+    def options(self) -> AdapterOptions:
+        if self._options is None:
+            self._options = self._load_options()
+            self.runner.budget_s = self._options.hook_timeout_s
+        return self._options
+
+    @property
+    def trail(self) -> Any:
+        """This process's :class:`~audit_core.AuditTrail` (created on first use)."""
+        from audit_core.trail import AuditTrail
+
+        with self._lock:
+            if self._trail is None:
+                options = self.options
+                self._trail = AuditTrail(options.audit, processors=options.processors)
+            return self._trail
+
+    def write(self, events: Sequence[Event]) -> None:
+        """Append ``events`` in one transaction (the runner's thread calls this); after a
+        terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
+        trail = self.trail
+        trail.record_many(events)
+        if trail.config.flush_sinks and any(e.type in self.flush_after for e in events):
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = Flusher(trail, trail.config.flush_sinks)
+            self._flusher.request()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait (bounded) until every queued record is durable; True if none is left."""
+        return self.runner.drain(timeout_s)
+
+    def wanted(self, event: str) -> bool:
+        """Recording is on and the event filter keeps ``event``."""
+        options = self.options
+        return options.enabled and options.events(event)
+
+    def _run(self, what: str, build: Callable[[], Sequence[Event]]) -> bool:
+        def kept() -> Sequence[Event]:
+            if not self.options.enabled:
+                return ()
+            keep = self.options.events
+            return [e for e in build() if keep(e.type)]
+
+        return self.runner.run(what, kept, self.write)

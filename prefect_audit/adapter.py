@@ -17,12 +17,12 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from audit_core import AuditTrail, Event
 from audit_core._trace import trace_context
-from audit_core.hooks import Flusher, HookRunner, digest, failure_data
+from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
 from prefect_audit.settings import WorkflowAuditSettings
 
 __all__ = ["PrefectAdapter", "flow_subject", "get_adapter", "task_subject"]
@@ -44,17 +44,16 @@ Data = dict[str, Any]
 Key = tuple[str, str, int]  # (task run id, event, attempt)
 
 
-class PrefectAdapter:
+class PrefectAdapter(AdapterBase):
     """Builds and writes the records of one process's Prefect hooks."""
+
+    flush_after = _FLUSH_AFTER
 
     def __init__(
         self, settings: WorkflowAuditSettings | None = None, *, trail: AuditTrail | None = None
     ) -> None:
+        super().__init__(trail=trail, budget_s=settings.hook_timeout if settings else 5.0)
         self._settings = settings
-        self._trail = trail
-        self._lock = threading.Lock()
-        self._flusher: Flusher | None = None
-        self.runner = HookRunner(budget_s=settings.hook_timeout if settings else 5.0)
         # flow run id -> what task hooks recorded in real time (the end-of-run sync skips it)
         self._live: dict[str, set[Key]] = {}
 
@@ -62,39 +61,16 @@ class PrefectAdapter:
     def settings(self) -> WorkflowAuditSettings:
         if self._settings is None:
             self._settings = WorkflowAuditSettings()
-            self.runner.budget_s = self._settings.hook_timeout
         return self._settings
 
-    @property
-    def trail(self) -> AuditTrail:
-        with self._lock:
-            if self._trail is None:
-                self._trail = AuditTrail(self.settings.audit_config())
-            return self._trail
-
-    def write(self, events: Sequence[Event]) -> None:
-        """Append ``events`` in one transaction (the runner's thread calls this); after a
-        terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
-        trail = self.trail
-        trail.record_many(events)
-        if trail.config.flush_sinks and any(e.type in _FLUSH_AFTER for e in events):
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = Flusher(trail, trail.config.flush_sinks)
-            self._flusher.request()
-
-    def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait (bounded) until every queued record is durable; True if none is left."""
-        return self.runner.drain(timeout_s)
-
-    def _run(self, what: str, build: Callable[[], Sequence[Event]]) -> bool:
-        def wanted() -> Sequence[Event]:
-            if not self.settings.enabled:
-                return ()
-            keep = self.settings.event_filter()
-            return [e for e in build() if keep(e.type)]
-
-        return self.runner.run(what, wanted, self.write)
+    def _load_options(self) -> AdapterOptions:
+        settings = self.settings
+        return AdapterOptions(
+            enabled=settings.enabled,
+            events=settings.event_filter(),
+            hook_timeout_s=settings.hook_timeout,
+            audit=settings.audit_config(),
+        )
 
     # -- flow hooks: (flow, flow_run, state) -----------------------------------------------
 
@@ -233,7 +209,7 @@ class PrefectAdapter:
             return [Event(type=event, subject=full, data=data, trace=trace)]
 
         if required:
-            if self.settings.enabled and self.settings.event_filter()(event):
+            if self.wanted(event):
                 self.write(build())
                 return True
             return False
