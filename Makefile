@@ -8,8 +8,8 @@ PYTHON ?= python3
 AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
-AIRFLOW_EXTRAS := dev,airflow,otlp,s3
-PREFECT_EXTRAS := dev,prefect
+AIRFLOW_EXTRAS := dev,airflow,otlp,s3,postgres
+PREFECT_EXTRAS := dev,prefect,postgres
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -43,7 +43,7 @@ demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 test: lint test-airflow test-prefect
 
 test-airflow: $(AIRFLOW_VENV)/.stamp
-	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping tests/postgres audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
 
 test-prefect: $(PREFECT_VENV)/.stamp
 	$(PREFECT_VENV)/bin/python -m pytest tests/core tests/prefect audit_core prefect_audit --doctest-modules $(PYTEST_ARGS)
@@ -63,6 +63,7 @@ bench: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_airflow.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ship_otlp.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ship_s3.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_postgres.py
 
 clean:
 	rm -rf $(AIRFLOW_VENV) $(PREFECT_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

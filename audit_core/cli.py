@@ -174,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("checkpoint", help="sign a checkpoint of each chain now")
     common(c, chain_help="chain to checkpoint (repeatable; default: every chain)")
+    c.add_argument(
+        "--all",
+        action="store_true",
+        help="every chain (the default without --chain; spelled out for scripts)",
+    )
     c.set_defaults(func=_cmd_checkpoint)
 
     pr = sub.add_parser("prove", help="write an inclusion proof bundle for one record")
@@ -264,6 +269,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s3_cli.add_parsers(sub)
 
+    from audit_core.ledgers import postgres_admin  # argparse only: psycopg loads when it runs
+
+    postgres_admin.add_parsers(sub)
+
     rc = sub.add_parser(
         "reconcile",
         help="append *.unrecorded records for runs the orchestrator knows ended unrecorded",
@@ -328,9 +337,14 @@ def _default_ledger_url() -> str:
 
 def _open(args: argparse.Namespace) -> tuple[Ledger, str]:
     url = args.ledger or _default_ledger_url()
-    path = ledger_path(url) if url.startswith("sqlite:") or "://" not in url else None
+    if url.startswith(("postgresql://", "postgres://")):
+        from audit_core.ledgers import open_ledger
+
+        ledger = open_ledger(url)
+        return ledger, repr(ledger)  # the ledger's repr hides the password
     if "://" in url and not url.startswith("sqlite:"):
-        raise ConfigError(f"only sqlite:/// ledgers are supported so far, not {url!r}")
+        raise ConfigError(f"unsupported ledger URL {url!r}: sqlite:/// or postgresql://")
+    path = ledger_path(url)
     if path is None:
         raise ConfigError("an in-memory ledger cannot be read from the command line")
     if not path.exists():
@@ -713,6 +727,8 @@ def _trail_for(args: argparse.Namespace) -> AuditTrail:
 
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    if args.all and args.chain:
+        raise ConfigError("--all signs every chain: leave out --chain")
     _open(args)  # the ledger must exist: never create an empty one here
     trail = _trail_for(args)
     for chain in args.chain or trail.ledger.chains():

@@ -35,11 +35,13 @@ import logging
 import os
 import queue
 import re
+import socket
+import string
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from audit_core._jcs import canonical_bytes
@@ -55,6 +57,7 @@ __all__ = [
     "Flusher",
     "HookRunner",
     "TaskApi",
+    "chain_for",
     "digest",
     "failure_data",
 ]
@@ -390,6 +393,9 @@ class AdapterBase:
         """Append ``events`` in one transaction (the runner's thread calls this); after a
         terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
         trail = self.trail
+        template = trail.config.chain
+        if "{" in template:  # one chain per stream (chain_for)
+            events = [e if e.chain else replace(e, chain=chain_for(template, e)) for e in events]
         trail.record_many(events)
         if trail.config.flush_sinks and any(e.type in self.flush_after for e in events):
             with self._lock:
@@ -408,9 +414,33 @@ class AdapterBase:
 
     def _run(self, what: str, build: Callable[[], Sequence[Event]]) -> bool:
         def kept() -> Sequence[Event]:
-            if not self.options.enabled:
+            options = self.options
+            if not options.enabled:
                 return ()
-            keep = self.options.events
-            return [e for e in build() if keep(e.type)]
+            return [e for e in build() if options.events(e.type)]
 
         return self.runner.run(what, kept, self.write)
+
+
+class _Fields(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return "unknown"
+
+
+def chain_for(template: str, event: Event) -> str:
+    """The chain of ``event`` under a per-stream ``template``: ``{field}`` is a subject field
+    (``airflow-{dag_id}``, ``prefect-{flow_name}``) or ``{host}``; missing ones read
+    ``unknown``. Characters outside ``[A-Za-z0-9._-]`` become ``_``.
+
+    >>> chain_for("airflow-{dag_id}", Event(type="task.started", subject={"dag_id": "ml/v2"}))
+    'airflow-ml_v2'
+
+    Streams trade one total order for throughput: writers of different chains never wait for
+    each other's lock (each chain has its own head, Merkle tree and checkpoints), but the
+    order between chains is only what the timestamps say. ``workflow-audit checkpoint --all``
+    signs every chain at once, so one set of checkpoints pins them all together.
+    """
+    fields = _Fields({k: v for k, v in (event.subject or {}).items() if v is not None})
+    fields.setdefault("host", socket.gethostname())
+    name = string.Formatter().vformat(template, (), fields)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

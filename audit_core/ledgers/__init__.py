@@ -106,7 +106,8 @@ def ledger_path(url: str) -> Path | None:
 
 
 def open_ledger(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> Ledger:
-    """Open the ledger a URL names: ``sqlite:///…`` (or a plain path)."""
+    """Open the ledger a URL names: ``sqlite:///…`` (or a plain path), or
+    ``postgresql://user:password@host:port/db`` (psycopg 3, the ``postgres`` extra)."""
     scheme = urlsplit(url).scheme if "://" in url else "sqlite"
     if scheme == "sqlite":
         from audit_core.ledgers.sqlite import SqliteLedger
@@ -115,5 +116,13 @@ def open_ledger(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 
             ledger_path(url), synchronous=synchronous, busy_timeout_s=busy_timeout_s
         )
     if scheme in ("postgresql", "postgres"):
-        raise ConfigError("the PostgreSQL ledger is not available yet; use a sqlite:/// URL")
+        try:
+            import psycopg  # noqa: F401 - imported here only to fail early and clearly
+        except ImportError as exc:
+            raise ConfigError(
+                "postgresql:// ledgers need psycopg 3: pip install 'workflow-audit[postgres]'"
+            ) from exc
+        from audit_core.ledgers.postgres import PostgresLedger
+
+        return PostgresLedger(url, synchronous=synchronous, busy_timeout_s=busy_timeout_s)
     raise ConfigError(f"unknown ledger URL scheme {scheme!r} in {url!r}; expected sqlite:///PATH")

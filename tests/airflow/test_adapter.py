@@ -13,8 +13,9 @@ import pytest
 from airflow_audit.adapter import AirflowAdapter
 from airflow_audit.api import Audit
 from airflow_audit.settings import load_settings
-from audit_core import Record
+from audit_core import Record, verify_chain
 from audit_core.errors import LedgerError
+from audit_core.ledgers.sqlite import SqliteLedger
 from tests.airflow._airflow import records
 
 START = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
@@ -178,3 +179,20 @@ class TestTaskSideApi:
         assert Audit().record("drift.detected", {"psi": 0.31}, subject={"model": "churn"})
         [rec] = written(tmp_path)
         assert ({"model": "churn"}, {"psi": 0.31}) == (rec.subject, rec.data)
+
+
+class TestStreams:
+    """A chain template puts each stream on its own chain."""
+
+    def test_chain_per_dag(self, tmp_path: Path) -> None:
+        """chain = airflow-{dag_id}: records go to one chain per DAG, each valid."""
+        adapter = adapter_for(tmp_path, chain="airflow-{dag_id}")
+        adapter.task_running(orm_ti(dag_id="etl", state="running"))
+        adapter.task_running(orm_ti(dag_id="ml/train", state="running"))
+        assert adapter.task_record("model.deployed", {}, {"dag_id": "ml/train"}, required=True)
+        db = SqliteLedger(tmp_path / "ledger.db", create=False)
+        try:
+            assert ["airflow-etl", "airflow-ml_train"] == db.chains()
+            assert [1, 2] == [verify_chain(db, c).size for c in db.chains()]
+        finally:
+            db.close()

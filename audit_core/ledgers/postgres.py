@@ -1,0 +1,556 @@
+"""The PostgreSQL ledger: many writers on many hosts, one server (psycopg 3).
+
+>>> from audit_core.ledgers.postgres import PostgresLedger
+>>> PostgresLedger("postgresql://writer:secret@db.example:5432/audit")
+PostgresLedger('postgresql://writer:***@db.example:5432/audit')
+
+Same protocol, same record bytes, same Merkle subtrees as
+:class:`~audit_core.ledgers.sqlite.SqliteLedger`, so every verifier and sink works unchanged.
+The schema, its append-only triggers and the writer/auditor roles are made by
+``workflow-audit postgres init`` (:mod:`audit_core.ledgers.postgres_admin`); a ledger whose
+role may create tables creates them on first use.
+
+**No forks, no gaps** (READ COMMITTED is enough). Every append runs in one transaction that
+first takes the row lock of its chain's ``chain_heads`` row (``SELECT … FOR UPDATE``; a new
+chain's row is made with ``INSERT … ON CONFLICT DO NOTHING``, which waits for a concurrent
+inserter, then locked the same way). So the transactions appending to one chain run one at a
+time, in lock order. PostgreSQL releases a row lock only when its holder's transaction has
+ended, and under READ COMMITTED every *statement* takes a fresh snapshot; the statement that
+reads the chain's last record from ``records`` runs after the lock is granted, so it sees
+every record committed by earlier holders and none can commit until we do. The transaction
+then inserts ``seq = last + 1, …`` with ``prev`` = that record's hash and commits, releasing
+the lock. By induction the committed ``seq``\\ s are ``0..n-1`` with each ``prev`` the hash of
+its predecessor. The primary key ``(chain, seq)`` is the second line of defence: a client that
+skips the lock gets a unique violation, never a fork. Batches that touch several chains lock
+them in sorted order, so two batches cannot deadlock.
+
+``chain_heads`` is a lock and a cache, not evidence: the head comes from ``records``
+(compared with ``chain_heads``, a mismatch is logged and counted), and verification reads
+``records`` alone.
+
+**Retries without duplicates.** Each :meth:`append_many` call gives each record a random
+16-byte idempotency key (``records.idem``, UNIQUE) once, before its first attempt. On a lost
+connection, a server restart, a serialization failure or a deadlock, the writer reconnects with
+exponential back-off for at most ``busy_timeout_s`` seconds; before appending again it looks
+its keys up, and when the lost attempt did commit (the COMMIT reached the server but its reply
+did not reach us) it returns those records instead of appending them twice. A batch is all or
+nothing, so its keys are all found or none is. Past the deadline: :class:`LedgerError`.
+
+**Durability.** ``synchronous="FULL"`` (default) makes sure ``synchronous_commit`` is at least
+``on`` (the commit is flushed to the server's WAL before :meth:`append` returns; a stricter
+server setting such as ``remote_apply`` is kept); ``"NORMAL"`` sets it ``off`` (a server crash
+may lose the last transactions, never corrupt the chain).
+
+**Merkle tree.** As in SQLite: each append stores the complete subtrees its leaves finish;
+the frontier is this process's cached one, brought up to date from the hashes other writers
+committed since (read inside the locked transaction), or read from the stored subtrees.
+
+**Fork safety.** A connection never crosses ``os.fork()``: the child opens its own and leaves
+the parent's untouched (closing it would end the parent's session).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from audit_core._merkle import Frontier, frontier_positions, push
+from audit_core._metrics import COUNTERS
+from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
+from audit_core.errors import ConfigError, LedgerError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import psycopg
+
+    _Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+
+__all__ = ["PostgresLedger"]
+
+logger = logging.getLogger("workflow_audit")
+
+_T = TypeVar("_T")
+
+_LOCK_HEAD = "SELECT seq, hash FROM chain_heads WHERE chain = %s FOR UPDATE"
+_NEW_HEAD = "INSERT INTO chain_heads (chain, seq, hash) VALUES (%s, -1, '') ON CONFLICT DO NOTHING"
+_SET_HEAD = "UPDATE chain_heads SET seq = %s, hash = %s WHERE chain = %s"
+_LAST = "SELECT seq, hash FROM records WHERE chain = %s ORDER BY seq DESC LIMIT 1"
+_SINCE = "SELECT seq, hash FROM records WHERE chain = %s AND seq >= %s ORDER BY seq LIMIT %s"
+_HEAD = "SELECT chain, seq, hash, body FROM records WHERE chain = %s ORDER BY seq DESC LIMIT 1"
+_INSERT = "INSERT INTO records (chain, seq, hash, body, idem) VALUES (%s, %s, %s, %s, %s)"
+# ON CONFLICT DO NOTHING: a rebuild may meet subtrees that exist; they are derived data, and a
+# wrong one only makes a proof fail to verify (never pass).
+_INSERT_SUBTREE = (
+    "INSERT INTO merkle_subtrees (chain, last, hashes) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_BY_KEYS = "SELECT idem, chain, seq, hash, body FROM records WHERE idem = ANY(%s)"
+_SUBTREES = "SELECT last, hashes FROM merkle_subtrees WHERE chain = %s AND last = ANY(%s)"
+_LEAF = "SELECT hash FROM records WHERE chain = %s AND seq = %s"
+_HASHES_FROM = "SELECT hash FROM records WHERE chain = %s ORDER BY seq"
+_CHECKPOINTS = "SELECT chain, size, root, note, created FROM checkpoints WHERE chain = %s"
+# A loose index scan: one index probe per chain instead of reading every record.
+_CHAINS = """
+WITH RECURSIVE c AS (
+    (SELECT chain FROM records ORDER BY chain LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.chain FROM records r WHERE r.chain > c.chain ORDER BY r.chain LIMIT 1)
+    FROM c WHERE c.chain IS NOT NULL
+)
+SELECT chain FROM c WHERE chain IS NOT NULL
+"""
+# Hashing the few leaves others appended since our last commit is cheaper than reading the
+# O(log n) subtrees, up to a point.
+_CATCH_UP_LIMIT = 256
+_KEY_BYTES = 16
+
+
+class PostgresLedger:
+    """A :class:`~audit_core.ledgers.Ledger` in a PostgreSQL database (``postgresql://…``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_s: float = 30.0,
+        create: bool = True,
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        if busy_timeout_s <= 0:
+            raise ConfigError(f"busy_timeout_s must be positive, not {busy_timeout_s}")
+        self.url = url
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_s = busy_timeout_s
+        self._create = create
+        self._lock = threading.Lock()
+        self._conn: _Conn | None = None
+        self._pid = -1
+        # Connections inherited through fork() are kept referenced, never closed, in the child:
+        # closing one would send Terminate on the parent's socket.
+        self._abandoned: list[_Conn] = []
+        # chain -> (frontier, hash of its last leaf) as of this process's last commit or read
+        self._frontiers: dict[str, tuple[Frontier, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger({_redact(self.url)!r})"
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connect(self) -> _Conn:
+        import psycopg
+
+        conn = psycopg.connect(
+            self.url, autocommit=True, connect_timeout=max(2, int(min(self.busy_timeout_s, 10)))
+        )
+        try:
+            if self._create and conn.execute("SELECT to_regclass('records')").fetchone() == (None,):
+                from audit_core.ledgers.postgres_admin import create_schema
+
+                create_schema(conn)
+            current = conn.execute("SHOW synchronous_commit").fetchone()
+            if self.synchronous == "NORMAL":
+                conn.execute("SET synchronous_commit = off")
+            elif current is not None and current[0] in ("off", "local"):
+                conn.execute("SET synchronous_commit = on")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connection(self) -> _Conn:
+        pid = os.getpid()
+        if self._conn is None or self._pid != pid or self._conn.closed:
+            if self._conn is not None and self._pid != pid:
+                self._abandoned.append(self._conn)
+            self._conn = self._connect()
+            self._pid = pid  # cached frontiers stay valid: they describe committed records
+        return self._conn
+
+    def _drop(self) -> None:
+        """Forget a broken connection (ours: close it; a parent's: leave it alone)."""
+        if self._conn is not None and self._pid == os.getpid():
+            try:
+                self._conn.close()
+            except Exception:  # already broken: closing is best effort
+                logger.debug("workflow-audit: closing a broken connection failed", exc_info=True)
+        self._conn = None
+
+    def close(self) -> None:
+        """Close this process's connection; idempotent."""
+        with self._lock:
+            self._drop()
+
+    def _retrying(self, what: str, fn: Callable[[_Conn], _T]) -> _T:
+        """``fn(connection)`` under the lock, retried on transient errors until the deadline."""
+        import psycopg
+
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.02
+        with self._lock:
+            while True:
+                try:
+                    return fn(self._connection())
+                except psycopg.OperationalError as exc:
+                    # serialization failures and deadlocks roll back, the connection stays
+                    # good; anything else (lost connection, server shutdown) reconnects
+                    if not isinstance(exc, psycopg.errors.TransactionRollback):
+                        self._drop()
+                    if time.monotonic() + delay > deadline:
+                        raise LedgerError(
+                            f"cannot {what} {self!r} within {self.busy_timeout_s:g} s: {exc}"
+                        ) from exc
+                    COUNTERS.incr("ledger_retries")
+                    logger.warning("workflow-audit: %s %r failed (%s); retrying", what, self, exc)
+                    time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
+                    delay = min(delay * 2, 1.0)
+                except psycopg.Error as exc:
+                    raise LedgerError(f"cannot {what} {self!r}: {exc}") from exc
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, record: PreparedRecord) -> StoredRecord:
+        """Seal and store ``record`` as the next of its chain; returns after COMMIT."""
+        return self.append_many((record,))[0]
+
+    def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
+        """Seal and store ``records`` in one transaction, in order; returns after COMMIT.
+        Retried on transient errors without ever storing a record twice."""
+        if not records:
+            return []
+        return self.append_keyed(records, [os.urandom(_KEY_BYTES) for _ in records])
+
+    def append_keyed(
+        self, records: Sequence[PreparedRecord], keys: Sequence[bytes]
+    ) -> list[StoredRecord]:
+        """:meth:`append_many` with the caller's idempotency keys (one per record, unique):
+        when records with these keys are stored already, they are returned, not appended."""
+        if len(keys) != len(records):
+            raise ConfigError(f"{len(keys)} idempotency keys for {len(records)} records")
+        attempts = [0]
+
+        def attempt(conn: _Conn) -> list[StoredRecord]:
+            attempts[0] += 1
+            # Always look first on a retry: the lost attempt may have committed.
+            found = _stored_by_keys(conn, keys) if attempts[0] > 1 else None
+            if found is not None:
+                COUNTERS.incr("ledger_retries_deduplicated")
+                return found
+            stored, caches = self._append_once(conn, records, keys)
+            self._frontiers.update(caches)  # only what is committed
+            return stored
+
+        def first(conn: _Conn) -> list[StoredRecord]:
+            try:
+                return attempt(conn)
+            except Exception as exc:
+                import psycopg
+
+                if isinstance(exc, psycopg.errors.UniqueViolation) and "idem" in str(exc):
+                    # the keys were stored by an earlier call: the caller is replaying
+                    found = _stored_by_keys(conn, keys)
+                    if found is not None:
+                        return found
+                raise
+
+        return self._retrying("append to", first)
+
+    def _append_once(
+        self,
+        conn: _Conn,
+        records: Sequence[PreparedRecord],
+        keys: Sequence[bytes],
+    ) -> tuple[list[StoredRecord], dict[str, tuple[Frontier, bytes]]]:
+        # Pipelined: the lock and the head reads are one round trip, the inserts and the
+        # COMMIT another.
+        with conn.pipeline(), conn.transaction():
+            states = self._lock_chains(conn, sorted({r.chain for r in records}))
+            rows: list[tuple[str, int, bytes, bytes, bytes]] = []
+            completed: list[tuple[int, int, bytes]] = []
+            subtrees: list[tuple[str, int, bytes]] = []
+            lhash = leaf_hash
+            for rec, key in zip(records, keys, strict=True):
+                chain = rec.chain
+                state = states[chain]
+                seq, prev, nodes = state
+                body = rec.seal(seq, prev)
+                digest = lhash(body)
+                rows.append((chain, seq, digest, body, key))
+                if seq & 1:  # an odd seq completes subtrees: levels 1..k, stored as one row
+                    push(nodes, seq, digest, completed)
+                    subtrees.append((chain, seq, b"".join(h for _, _, h in completed)))
+                    completed.clear()
+                else:
+                    nodes.append(digest)  # what push() does for an even tree size
+                state[0] = seq + 1
+                state[1] = digest.hex()
+            with conn.cursor() as cur:
+                cur.executemany(_INSERT, rows)
+                if subtrees:
+                    cur.executemany(_INSERT_SUBTREE, subtrees)
+                cur.executemany(
+                    _SET_HEAD, [(n - 1, bytes.fromhex(h), c) for c, (n, h, _) in states.items()]
+                )
+        stored = [StoredRecord(c, s, h, b) for c, s, h, b, _ in rows]
+        caches = {
+            c: (Frontier(n, tuple(nodes)), bytes.fromhex(h)) for c, (n, h, nodes) in states.items()
+        }
+        return stored, caches
+
+    def _lock_chains(self, conn: _Conn, chains: list[str]) -> dict[str, list[Any]]:
+        """Lock each chain's head row and read its true head from ``records``; returns
+        chain -> [next seq, prev hash hex, frontier nodes]."""
+        pending = []
+        for chain in chains:  # sorted: a global lock order
+            lock = conn.execute(_LOCK_HEAD, (chain,))
+            cached = self._frontiers.get(chain)
+            if cached is not None:
+                since = conn.execute(_SINCE, (chain, cached[0].size - 1, _CATCH_UP_LIMIT + 1))
+            else:
+                since = conn.execute(_LAST, (chain,))
+            pending.append((chain, lock, since, cached))
+        states: dict[str, list[Any]] = {}
+        for chain, lock, since, cached in pending:
+            head = lock.fetchone()
+            rows = since.fetchall()
+            if head is None:  # a new chain: make its row, wait for a concurrent maker, lock
+                conn.execute(_NEW_HEAD, (chain,))
+                head = conn.execute(_LOCK_HEAD, (chain,)).fetchone()
+                rows = conn.execute(_LAST, (chain,)).fetchall()  # read after the lock
+                cached = None
+            frontier, last = self._frontier_locked(conn, chain, rows, cached)
+            if head is None or (head[0], bytes(head[1])) != (frontier.size - 1, last):
+                COUNTERS.incr("ledger_head_mismatches")
+                logger.warning(
+                    "workflow-audit: chain_heads says chain %r ends at seq %s but its records "
+                    "end at seq %d; the records win",
+                    chain,
+                    None if head is None else head[0],
+                    frontier.size - 1,
+                )
+            prev = last.hex() if frontier.size else genesis(chain)
+            states[chain] = [frontier.size, prev, list(frontier.nodes)]
+        return states
+
+    def _frontier_locked(
+        self,
+        conn: _Conn,
+        chain: str,
+        rows: list[tuple[Any, ...]],
+        cached: tuple[Frontier, bytes] | None,
+    ) -> tuple[Frontier, bytes]:
+        """The chain's frontier and last hash from what was read under its lock."""
+        if cached is not None:
+            frontier, last = cached
+            seqs = [r[0] for r in rows]
+            if (
+                rows
+                and len(rows) <= _CATCH_UP_LIMIT
+                and (seqs[0], bytes(rows[0][1])) == (frontier.size - 1, last)
+                and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            ):
+                if len(rows) == 1:
+                    return cached
+                return frontier.extend(bytes(r[1]) for r in rows[1:]), bytes(rows[-1][1])
+            rows = conn.execute(_LAST, (chain,)).fetchall()
+        if not rows:
+            return Frontier.empty(), b""
+        size, last = rows[-1][0] + 1, bytes(rows[-1][1])
+        return _frontier_at(conn, chain, size, rebuild=True), last
+
+    # -- reading -------------------------------------------------------------------------
+
+    def head(self, chain: str) -> StoredRecord | None:
+        """The last record of ``chain`` (None if it has none)."""
+        rows = self._rows(_HEAD, (chain,))
+        return _stored(rows[0]) if rows else None
+
+    def read(
+        self, chain: str, start: int = 0, stop: int | None = None
+    ) -> Generator[StoredRecord, None, None]:
+        """Stream records ``start <= seq < stop`` of ``chain``, ordered by seq, from one
+        snapshot, in constant memory (a server-side cursor on a connection of its own)."""
+        import psycopg
+
+        sql = "SELECT chain, seq, hash, body FROM records WHERE chain = %s AND seq >= %s"
+        args: tuple[object, ...] = (chain, start)
+        if stop is not None:
+            sql += " AND seq < %s"
+            args = (chain, start, stop)
+        try:
+            conn = psycopg.connect(self.url, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        try:
+            with conn.cursor(name="workflow_audit_read", binary=True) as cur:
+                cur.itersize = 5000
+                cur.execute(sql + " ORDER BY seq", args)
+                yield from map(_stored, cur)
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def chains(self) -> list[str]:
+        """Every chain id with at least one record, sorted."""
+        return [str(r[0]) for r in self._rows(_CHAINS)]
+
+    # -- Merkle tree and checkpoints -----------------------------------------------------
+
+    def tree_head(self, chain: str) -> tuple[int, bytes]:
+        """``(size, root)`` of the chain's Merkle tree, from its stored subtrees (O(log n)).
+        Raises LedgerError when they are missing (the next append rebuilds them)."""
+
+        def run(conn: _Conn) -> tuple[int, bytes]:
+            row = conn.execute(_LAST, (chain,)).fetchone()
+            if row is None:
+                return (0, Frontier.empty().root())
+            size, last = row[0] + 1, bytes(row[1])
+            cached = self._frontiers.get(chain)
+            if cached is not None and cached[0].size == size:
+                frontier = cached[0]
+            else:
+                frontier = _frontier_at(conn, chain, size, rebuild=False)
+                # committed records never change: the frontier of a size read is safe to keep
+                self._frontiers[chain] = (frontier, last)
+            return (size, frontier.root())
+
+        return self._retrying("read", run)
+
+    def node(self, chain: str, level: int, index: int) -> bytes:
+        """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""
+        return self._retrying("read", lambda conn: _read_node(conn, chain, level, index))
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        """Store a signed checkpoint; False when one of that size is already stored."""
+        c = checkpoint
+        return 1 == self._write(
+            "INSERT INTO checkpoints (chain, size, root, note, created) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (c.chain, c.size, c.root, c.note, c.created),
+        )
+
+    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        """The chain's checkpoint of the largest tree (an index seek)."""
+        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
+        return _checkpoint(rows[0]) if rows else None
+
+    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
+        """The chain's stored checkpoints, smallest tree first."""
+        return [_checkpoint(r) for r in self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))]
+
+    # -- consumer cursors (sinks) ----------------------------------------------------------
+
+    def get_cursor(self, name: str, chain: str) -> int:
+        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
+        rows = self._rows("SELECT seq FROM cursors WHERE name = %s AND chain = %s", (name, chain))
+        return int(rows[0][0]) if rows else -1
+
+    def set_cursor(self, name: str, chain: str, seq: int) -> None:
+        """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
+        self._write(
+            "INSERT INTO cursors (name, chain, seq) VALUES (%s, %s, %s) "
+            "ON CONFLICT (name, chain) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq)",
+            (name, chain, seq),
+        )
+
+    # -- one statement on this process's connection ----------------------------------------
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._retrying("read", lambda conn: conn.execute(sql, args).fetchall())
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> int:
+        # Each statement is its own (autocommit) transaction and idempotent, so a retry after
+        # an uncertain commit changes nothing (add_checkpoint may then report False).
+        return self._retrying("write to", lambda conn: conn.execute(sql, args).rowcount)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRecord:
+    return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]))
+
+
+def _checkpoint(row: tuple[Any, ...]) -> StoredCheckpoint:
+    return StoredCheckpoint(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+
+def _stored_by_keys(conn: _Conn, keys: Sequence[bytes]) -> list[StoredRecord] | None:
+    """The records stored under ``keys``, in their order; None when none is stored."""
+    found = {bytes(r[0]): _stored(r[1:]) for r in conn.execute(_BY_KEYS, (list(keys),))}
+    if not found:
+        return None
+    if len(found) != len(set(keys)):  # a batch commits all or nothing: this cannot happen
+        raise LedgerError(f"only {len(found)} of {len(keys)} records of a batch are stored")
+    return [found[k] for k in keys]
+
+
+def _read_node(conn: _Conn, chain: str, level: int, index: int) -> bytes:
+    if level == 0:
+        row = conn.execute(_LEAF, (chain, index)).fetchone()
+        found = bytes(row[0]) if row is not None else None
+    else:
+        row = conn.execute(_SUBTREES, (chain, [((index + 1) << level) - 1])).fetchone()
+        found = bytes(row[1])[(level - 1) * 32 : level * 32] if row is not None else None
+    if found is None or len(found) != 32:
+        raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
+    return found
+
+
+def _frontier_at(conn: _Conn, chain: str, size: int, *, rebuild: bool) -> Frontier:
+    """The frontier of ``size`` leaves from the stored subtrees, in one query (plus one for a
+    lone leaf); with ``rebuild``, recomputed from every record hash when subtrees are
+    missing, else LedgerError."""
+    positions = frontier_positions(size)
+    lasts = [((i + 1) << lv) - 1 for lv, i in positions if lv > 0]
+    stored = {r[0]: bytes(r[1]) for r in conn.execute(_SUBTREES, (chain, lasts))} if lasts else {}
+
+    def read(level: int, index: int) -> bytes:
+        if level == 0:
+            return _read_node(conn, chain, 0, index)
+        hashes = stored.get(((index + 1) << level) - 1, b"")
+        found = hashes[(level - 1) * 32 : level * 32]
+        if len(found) != 32:
+            raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
+        return found
+
+    try:
+        return Frontier.at(read, size)
+    except LedgerError:
+        if not rebuild:
+            raise
+        return _rebuild(conn, chain, size)
+
+
+def _rebuild(conn: _Conn, chain: str, size: int) -> Frontier:
+    """Recompute a chain's subtrees from its record hashes; loudly, it reads the whole chain."""
+    logger.warning(
+        "workflow-audit: rebuilding the Merkle tree of chain %r from its %d records", chain, size
+    )
+    COUNTERS.incr("merkle_rebuilds")
+    completed: list[tuple[int, int, bytes]] = []
+    hashes: Iterator[bytes] = (bytes(h) for (h,) in conn.execute(_HASHES_FROM, (chain,)))
+    frontier = Frontier.empty().extend(hashes, completed)
+    if frontier.size != size:
+        raise LedgerError(f"chain {chain!r} has {frontier.size} records, expected {size}")
+    by_leaf: dict[int, list[bytes]] = {}
+    for level, index, digest in completed:  # in level order for each leaf
+        by_leaf.setdefault(((index + 1) << level) - 1, []).append(digest)
+    with conn.cursor() as cur:
+        cur.executemany(
+            _INSERT_SUBTREE, [(chain, last, b"".join(hs)) for last, hs in by_leaf.items()]
+        )
+    return frontier
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,274 @@
+"""``workflow-audit postgres init``: the PostgreSQL ledger's schema, triggers and roles.
+
+>>> from audit_core.ledgers.postgres_admin import WRITER_ROLE, AUDITOR_ROLE
+>>> (WRITER_ROLE, AUDITOR_ROLE)
+('workflow_audit_writer', 'workflow_audit_auditor')
+
+Append-only is enforced by the database, twice:
+
+* triggers refuse UPDATE, DELETE (``BEFORE … FOR EACH ROW``) and TRUNCATE (``BEFORE TRUNCATE
+  FOR EACH STATEMENT``) on ``records``, ``merkle_subtrees`` and ``checkpoints``, for every role,
+  the owner included (only the owner can drop or disable them, and ``workflow-audit verify``
+  catches what that would allow);
+* the group role ``workflow_audit_writer`` may only SELECT and INSERT those tables (no UPDATE,
+  DELETE or TRUNCATE privilege at all), and ``workflow_audit_auditor`` may only SELECT.
+
+The writer may UPDATE two things: ``cursors`` (a sink's progress, which moves by design) and
+the ``seq``/``hash`` columns of ``chain_heads``. ``chain_heads`` is the row each append locks
+(``SELECT … FOR UPDATE`` needs the UPDATE privilege) and a cache of each chain's head; it is
+not evidence. Appends take the head from ``records`` inside the locked transaction and only
+compare it with ``chain_heads``, and verification reads ``records`` alone, so a rewritten
+``chain_heads`` row can delay a writer but cannot change, hide or fork a record.
+
+Login users get the group roles (``--writer-role etl_writer --writer-password …``); the ledger
+tables stay owned by the role that ran ``init``, which the writers must not be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from audit_core.errors import LedgerError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "AUDITOR_ROLE",
+    "SCHEMA_SQL",
+    "SCHEMA_VERSION",
+    "WRITER_ROLE",
+    "InitResult",
+    "add_parsers",
+    "create_schema",
+    "init",
+]
+
+SCHEMA_VERSION = 1
+WRITER_ROLE = "workflow_audit_writer"
+AUDITOR_ROLE = "workflow_audit_auditor"
+
+# Same shapes and meanings as audit_core/ledgers/sqlite.py, plus chain_heads (the lock row)
+# and records.idem (the idempotency key of an append, so a retry never appends twice).
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS records (
+    chain text   NOT NULL,
+    seq   bigint NOT NULL,
+    hash  bytea  NOT NULL,  -- SHA-256(0x00 || body), RFC 9162 leaf hash
+    body  bytea  NOT NULL,  -- the RFC 8785 canonical bytes that were hashed, exactly
+    idem  bytea  NOT NULL,  -- 16 random bytes chosen by the writer, kept across its retries
+    PRIMARY KEY (chain, seq),
+    UNIQUE (idem)
+);
+-- One row per chain: locked FOR UPDATE by every append (the sequencer), and a cache of the
+-- head. Not evidence: appends and verification take the head from records.
+CREATE TABLE IF NOT EXISTS chain_heads (
+    chain text   PRIMARY KEY,
+    seq   bigint NOT NULL,  -- -1: no record yet
+    hash  bytea  NOT NULL
+);
+-- RFC 9162 complete subtrees, exactly as in SQLite: the row of an odd seq holds the hashes of
+-- levels 1..k it completes, concatenated (32 bytes each, level 1 first).
+CREATE TABLE IF NOT EXISTS merkle_subtrees (
+    chain  text   NOT NULL,
+    last   bigint NOT NULL,
+    hashes bytea  NOT NULL,
+    PRIMARY KEY (chain, last)
+);
+-- Signed checkpoints (c2sp.org/tlog-checkpoint in a c2sp.org/signed-note).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    chain   text   NOT NULL,
+    size    bigint NOT NULL,
+    root    bytea  NOT NULL,
+    note    text   NOT NULL,
+    created text   NOT NULL,
+    PRIMARY KEY (chain, size)
+);
+-- Consumers' (sinks') progress: updatable by design, never evidence.
+CREATE TABLE IF NOT EXISTS cursors (
+    name  text   NOT NULL,
+    chain text   NOT NULL,
+    seq   bigint NOT NULL,
+    PRIMARY KEY (name, chain)
+);
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO meta (key, value) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
+
+CREATE OR REPLACE FUNCTION workflow_audit_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'workflow-audit % are append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'records are evidence; append a correcting record instead';
+END
+$$;
+"""
+
+_APPEND_ONLY_TABLES = ("records", "merkle_subtrees", "checkpoints")
+
+
+def _trigger_sql(table: str) -> str:
+    return (
+        f"CREATE OR REPLACE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION workflow_audit_append_only();\n"
+        f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION workflow_audit_append_only();\n"
+    )
+
+
+_GRANTS = f"""
+GRANT SELECT, INSERT ON records, merkle_subtrees, checkpoints TO {WRITER_ROLE};
+GRANT SELECT, INSERT, UPDATE ON cursors TO {WRITER_ROLE};
+GRANT SELECT, INSERT ON chain_heads TO {WRITER_ROLE};
+GRANT UPDATE (seq, hash) ON chain_heads TO {WRITER_ROLE};
+GRANT SELECT ON meta TO {WRITER_ROLE};
+GRANT SELECT ON records, chain_heads, merkle_subtrees, checkpoints, cursors, meta
+    TO {AUDITOR_ROLE};
+"""
+
+# Concurrent first writers must not race on CREATE TABLE IF NOT EXISTS (it is not atomic
+# against another transaction creating the same table): one advisory lock serializes them.
+_SCHEMA_LOCK = 0x77_61_75_64_69_74  # "waudit"
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    """What ``init`` did."""
+
+    pgaudit: bool  # the pgaudit extension is installed in this database
+    logins: tuple[str, ...]  # login roles created or updated
+
+
+def create_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Create the tables and append-only triggers (idempotent), in one transaction."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(SCHEMA_SQL.encode())
+        for table in _APPEND_ONLY_TABLES:
+            conn.execute(_trigger_sql(table).encode())
+
+
+def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def _ensure_role(
+    conn: psycopg.Connection[tuple[object, ...]],
+    role: str,
+    *,
+    login: bool,
+    password: str | None = None,
+    member_of: str | None = None,
+) -> None:
+    from psycopg import sql
+
+    name = sql.Identifier(role)
+    if not _role_exists(conn, role):
+        conn.execute(sql.SQL("CREATE ROLE {} " + ("LOGIN" if login else "NOLOGIN")).format(name))
+    if password is not None:
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
+    if member_of is not None:
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), name))
+
+
+def init(
+    url: str,
+    *,
+    writer: str | None = None,
+    writer_password: str | None = None,
+    auditor: str | None = None,
+    auditor_password: str | None = None,
+) -> InitResult:
+    """Create the schema, triggers, group roles and grants in the database ``url`` names, and
+    optionally login roles for a writer and an auditor. Idempotent; run as the tables' owner.
+    Installs pgaudit (``CREATE EXTENSION``) when the server preloads it."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            create_schema(conn)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                _ensure_role(conn, WRITER_ROLE, login=False)
+                _ensure_role(conn, AUDITOR_ROLE, login=False)
+                schema = conn.execute("SELECT current_schema()").fetchone()
+                from psycopg import sql
+
+                for role in (WRITER_ROLE, AUDITOR_ROLE):
+                    conn.execute(
+                        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                            sql.Identifier(str(schema[0] if schema else "public")),
+                            sql.Identifier(role),
+                        )
+                    )
+                conn.execute(_GRANTS.encode())
+                logins = []
+                if writer:
+                    _ensure_role(
+                        conn, writer, login=True, password=writer_password, member_of=WRITER_ROLE
+                    )
+                    logins.append(writer)
+                if auditor:
+                    _ensure_role(
+                        conn,
+                        auditor,
+                        login=True,
+                        password=auditor_password,
+                        member_of=AUDITOR_ROLE,
+                    )
+                    logins.append(auditor)
+            preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+            pgaudit = preload is not None and "pgaudit" in str(preload[0])
+            if pgaudit:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pgaudit")
+    except psycopg.Error as exc:
+        raise LedgerError(f"cannot initialize the PostgreSQL ledger: {exc}") from exc
+    return InitResult(pgaudit=pgaudit, logins=tuple(logins))
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``postgres init`` to the ``workflow-audit`` subcommands ``sub``."""
+    pg = sub.add_parser("postgres", help="PostgreSQL ledgers")
+    commands = pg.add_subparsers(dest="postgres_command", metavar="COMMAND", required=True)
+    cmd = commands.add_parser(
+        "init",
+        help="create the ledger schema, append-only triggers and roles",
+        description="Create the ledger tables, the triggers that refuse UPDATE, DELETE and "
+        f"TRUNCATE on records, Merkle subtrees and checkpoints, the group roles {WRITER_ROLE} "
+        f"(SELECT, INSERT) and {AUDITOR_ROLE} (SELECT), and optionally login roles that are "
+        "members of them. Idempotent. Run it as the role that will own the tables (never the "
+        "writers' role). Passwords may come from $WORKFLOW_AUDIT_WRITER_PASSWORD and "
+        "$WORKFLOW_AUDIT_AUDITOR_PASSWORD instead of the command line.",
+    )
+    cmd.add_argument("--url", required=True, help="postgresql://OWNER@HOST:PORT/DB")
+    cmd.add_argument("--writer-role", help=f"login role to create as a member of {WRITER_ROLE}")
+    cmd.add_argument("--writer-password", help="its password (else $WORKFLOW_AUDIT_WRITER_…)")
+    cmd.add_argument("--auditor-role", help=f"login role to create as a member of {AUDITOR_ROLE}")
+    cmd.add_argument("--auditor-password", help="its password (else $WORKFLOW_AUDIT_AUDITOR_…)")
+    cmd.set_defaults(func=_cmd_init)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    result = init(
+        args.url,
+        writer=args.writer_role,
+        writer_password=args.writer_password or os.environ.get("WORKFLOW_AUDIT_WRITER_PASSWORD"),
+        auditor=args.auditor_role,
+        auditor_password=args.auditor_password or os.environ.get("WORKFLOW_AUDIT_AUDITOR_PASSWORD"),
+    )
+    tables = "records, chain_heads, merkle_subtrees, checkpoints, cursors, meta"
+    print(f"schema v{SCHEMA_VERSION}: {tables}")
+    print(f"roles: {WRITER_ROLE} (SELECT, INSERT), {AUDITOR_ROLE} (SELECT)")
+    for login in result.logins:
+        print(f"login role: {login}")
+    if not result.pgaudit:
+        print(
+            "warning: pgaudit is not in shared_preload_libraries: attempted changes are refused "
+            "but not written to the server's audit log",
+            file=sys.stderr,
+        )
+    return 0
