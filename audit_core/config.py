@@ -7,7 +7,8 @@
 Environment variables (all optional; README "Configuration" lists them too):
 
 =================================  ==========================================================
-``WORKFLOW_AUDIT_LEDGER``          ledger URL, ``sqlite:///rel.db`` or ``sqlite:////abs.db``
+``WORKFLOW_AUDIT_LEDGER``          ledger URL, ``sqlite:///rel.db``, ``sqlite:////abs.db`` or
+                                   ``postgresql://user:pw@host:port/db``
                                    (default ``$XDG_DATA_HOME/workflow-audit/ledger.db``, or
                                    ``~/.local/share/workflow-audit/ledger.db``)
 ``WORKFLOW_AUDIT_CHAIN``           chain id records go to (default ``default``)
