@@ -9,7 +9,7 @@ AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
 AIRFLOW_EXTRAS := dev,airflow,otlp,s3,postgres
-PREFECT_EXTRAS := dev,prefect,postgres
+PREFECT_EXTRAS := dev,prefect,postgres,otlp
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False

@@ -3,7 +3,7 @@
 >>> from audit_core.sinks.otlp import OtlpSink, severity
 >>> severity("task.failed"), severity("drift.detected"), severity("model.deployed")
 (('ERROR', 17), ('WARN', 13), ('INFO', 9))
->>> OtlpSink("http://127.0.0.1:4318", timeout_s=2).name          # doctest: +SKIP
+>>> OtlpSink("http://127.0.0.1:4318", timeout_s=2).name
 'otlp:http://127.0.0.1:4318/v1/logs'
 
 With the shipper (``pip install "workflow-audit[otlp]"``)::
