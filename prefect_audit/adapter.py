@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -168,9 +169,11 @@ class PrefectAdapter(AdapterBase):
         to hold every task run's final state: Prefect reports task states through events."""
         done = self._live.pop(str(flow_run.id), set())
         runs = _final_task_runs(flow_run.id, self.settings.sync_timeout)
+        retried = [r.id for r, states in runs if any(_is_retry(s) for s in states)]
+        reasons = _retry_reasons(retried) if retried else {}
         events: list[Event] = []
         for task_run, states in runs:
-            for event, attempt, state, data in lifecycle(states):
+            for event, attempt, state, data in lifecycle(states, reasons.get(str(task_run.id))):
                 if (str(task_run.id), event, attempt) in done:
                     continue
                 events.append(
@@ -219,24 +222,33 @@ class PrefectAdapter(AdapterBase):
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def lifecycle(states: Sequence[Any]) -> list[tuple[str, int, Any, Data]]:
+def lifecycle(
+    states: Sequence[Any], retry_reasons: Sequence[Data] | None = None
+) -> list[tuple[str, int, Any, Data]]:
     """(event, attempt, state, data) for a task run's state history, oldest first.
 
     ``Running`` starts attempt 1; ``AwaitingRetry`` (a retry delay) or ``Retrying`` right after
     a ``Running`` ends the attempt with ``task.retry_scheduled``; ``Retrying`` starts the next;
-    a final state ends the last. Prefect keeps no failed state for an attempt it retries.
+    a final state ends the last. Prefect keeps no failed state for an attempt it retries: the
+    n-th ``retry_reasons`` entry (from the task run's log, :func:`retry_reason`) says why the
+    n-th retry was scheduled.
     """
     out: list[tuple[str, int, Any, Data]] = []
     attempt = 0
     open_attempt = False
+    reasons = list(retry_reasons or [])
+
+    def why() -> Data:
+        return reasons.pop(0) if reasons else {}
+
     for state in states:
         kind, name = _state_type(state), state.name
         if kind == "SCHEDULED" and name == "AwaitingRetry" and open_attempt:
-            out.append(("task.retry_scheduled", attempt, state, {}))
+            out.append(("task.retry_scheduled", attempt, state, why()))
             open_attempt = False
         elif kind == "RUNNING":
             if open_attempt:  # Retrying straight after Running: no retry delay
-                out.append(("task.retry_scheduled", attempt, state, {}))
+                out.append(("task.retry_scheduled", attempt, state, why()))
             attempt += 1
             open_attempt = True
             out.append(("task.started", attempt, state, {}))
@@ -249,6 +261,60 @@ def lifecycle(states: Sequence[Any]) -> list[tuple[str, int, Any, Data]]:
             out.append(("task.failed", max(attempt, 1), state, failure))
             open_attempt = False
     return out
+
+
+# Prefect 3.9's task engine logs, at INFO, why it retries (task_engine.handle_retry):
+# "Task run failed with exception: ValueError('boom') - Retry 1/2 will start immediately".
+_RETRY_LOG = re.compile(
+    r"Task run failed with (?P<kind>exception|state): (?P<what>.*) - "
+    r"Retry (?P<retry>\d+)/(?P<retries>\d+) will start .*",
+    re.DOTALL,
+)
+_EXCEPTION_REPR = re.compile(r"(?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)", re.DOTALL)
+
+
+def retry_reason(message: str) -> Data | None:
+    """The failure facts in Prefect's retry log line, or None if ``message`` is not one.
+
+    >>> reason = retry_reason("Task run failed with exception: ValueError('boom') - "
+    ...                       "Retry 1/2 will start immediately")
+    >>> reason["error_type"], reason["message"], reason["retry"], reason["max_retries"]
+    ('ValueError', "ValueError('boom')", 1, 2)
+    """
+    match = _RETRY_LOG.fullmatch(message.strip())
+    if match is None:
+        return None
+    out: Data = {"message": match["what"]}
+    if match["kind"] == "exception" and (error := _EXCEPTION_REPR.fullmatch(match["what"])):
+        out["error_type"] = error["type"]
+    out.update(
+        failure_kind=match["kind"], retry=int(match["retry"]), max_retries=int(match["retries"])
+    )
+    return out
+
+
+def _is_retry(state: Any) -> bool:
+    return state.name in ("AwaitingRetry", "Retrying")
+
+
+def _retry_reasons(task_run_ids: Sequence[Any]) -> dict[str, list[Data]]:
+    """Per task run, the reasons of its retries, oldest first, from its logs in Prefect's API
+    (log records reach the API through a queue: push ours out first). Best effort: a log not
+    there yet leaves that retry record without a message."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=2)
+    found: dict[str, list[Data]] = {}
+    log_filter = LogFilter(task_run_id=LogFilterTaskRunId(any_=list(task_run_ids)))
+    with get_client(sync_client=True) as client:
+        for log in client.read_logs(log_filter=log_filter, sort=LogSort.TIMESTAMP_ASC):
+            reason = retry_reason(str(log.message))
+            if reason is not None:
+                found.setdefault(str(log.task_run_id), []).append(reason)
+    return found
 
 
 def flow_subject(flow: Any, flow_run: Any) -> Data:

@@ -114,6 +114,17 @@ class TestMlPipeline:
             if r.event.startswith("task."):
                 assert (r.trace or {}).get("span_id") in task_spans
 
+    def test_retry_record_says_why(self, run: list[Record]) -> None:
+        """task.retry_scheduled carries the failed attempt's exception, from the task run's
+        log in Prefect's API (Prefect keeps no failed state for a retried attempt)."""
+        retry = next(r for r in run if r.event == "task.retry_scheduled")
+        assert "SchemaServiceTimeoutError" == retry.data["error_type"]
+        assert (
+            "SchemaServiceTimeoutError('schema service timed out after 30s')"
+            == (retry.data["message"])
+        )
+        assert (1, 1) == (retry.data["retry"], retry.data["max_retries"])
+
     def test_pipeline_facts(self, run: list[Record]) -> None:
         """The task-side API's records carry the pipeline's data."""
         by_event = {r.event: r for r in run}

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from audit_core import AuditConfig
-from prefect_audit.adapter import lifecycle
+from prefect_audit.adapter import lifecycle, retry_reason
 from prefect_audit.settings import WorkflowAuditSettings
 
 T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
@@ -69,6 +69,22 @@ class TestLifecycle:
             out[-1][0],
             out[-1][3],
         )
+
+    def test_retry_reasons_in_order(self) -> None:
+        """The n-th retry record gets the n-th reason from the log."""
+        reasons = [{"message": "first"}, {"message": "second"}]
+        out = lifecycle(
+            [state("RUNNING", "Running"), state("RUNNING", "Retrying"),
+             state("RUNNING", "Retrying"), state("COMPLETED", "Completed")],
+            reasons,
+        )  # fmt: skip
+        assert [("task.retry_scheduled", 1, "first"), ("task.retry_scheduled", 2, "second")] == [
+            (e, a, d["message"]) for e, a, _s, d in out if e == "task.retry_scheduled"
+        ]
+
+    def test_not_a_retry_log_line(self) -> None:
+        """Other log lines are no retry reasons."""
+        assert retry_reason("Finished in state Completed()") is None
 
     def test_cached(self) -> None:
         """A cached completion is a success marked cached."""
