@@ -1,9 +1,8 @@
-"""A throw-away PostgreSQL 15 cluster with pgaudit, for the Postgres ledger's tests and bench.
+"""A throw-away PostgreSQL 15 cluster with pgaudit, for the Postgres ledger's tests and bench::
 
->>> server = PgServer.start()          # doctest: +SKIP
->>> server.url(database="postgres")    # doctest: +SKIP
-'postgresql://postgres:…@127.0.0.1:54xxx/postgres'
->>> server.stop()                      # doctest: +SKIP
+    server = PgServer.start()
+    server.url(database="postgres")    # 'postgresql://postgres:…@127.0.0.1:54xxx/postgres'
+    server.stop()
 
 Debian's ``postgresql-15`` and ``postgresql-15-pgaudit`` are installed when missing (as root,
 ``apt-get install``; ``apt-get update`` only when that fails); anything that goes wrong raises
