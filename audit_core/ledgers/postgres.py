@@ -150,7 +150,8 @@ class PostgresLedger:
         conn = psycopg.connect(
             self.url, autocommit=True, connect_timeout=max(2, int(min(self.busy_timeout_s, 10)))
         )
-        try:
+        ready = False
+        try:  # close the new connection on any way out but success (no BaseException catch)
             if self._create and conn.execute("SELECT to_regclass('records')").fetchone() == (None,):
                 from audit_core.ledgers.postgres_admin import create_schema
 
@@ -160,9 +161,10 @@ class PostgresLedger:
                 conn.execute("SET synchronous_commit = off")
             elif current is not None and current[0] in ("off", "local"):
                 conn.execute("SET synchronous_commit = on")
-        except BaseException:
-            conn.close()
-            raise
+            ready = True
+        finally:
+            if not ready:
+                conn.close()
         return conn
 
     def _connection(self) -> _Conn:
