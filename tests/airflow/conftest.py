@@ -70,6 +70,14 @@ def api_server(
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API_AUTH__JWT_SECRET": "workflow-audit-tests-" + "x" * 32,
+        # On a loaded 2-core machine the api-server can answer later than the task runners'
+        # 5 s request timeout (Airflow's default): seen here, 4 of a runner's 5 tries timed
+        # out, with random exponential waits of up to 90 s between tries, so one slow patch
+        # cost minutes and a fifth time-out would fail the task's start or its state report.
+        # Airflow's advice for "timeout errors under high load" is a longer timeout; short
+        # waits between tries keep a slow start from turning into minutes of back-off.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MAX": "10",
     }
     log = (airflow_home.path / f"api-server-{port}.log").open("w")
     server = subprocess.Popen(
@@ -79,20 +87,28 @@ def api_server(
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "api-server exited; see " + log.name
-                assert time.monotonic() < deadline, "api-server did not start; see " + log.name
-                time.sleep(0.5)
+        # Ready means both APIs answer: the public one and the execution API task runners use.
+        for path in ("api/v2/monitor/health", "execution/health"):
+            _wait_for_http(f"http://127.0.0.1:{port}/{path}", server, log.name, deadline_s=300)
         yield AirflowHome(airflow_home.path, env, ledger)
     finally:
         server.terminate()
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
         log.close()
+
+
+def _wait_for_http(url: str, server: subprocess.Popen[bytes], log: str, deadline_s: float) -> None:
+    """Poll ``url`` until it answers, the server exits (fail now), or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=10)  # noqa: S310 - http://127.0.0.1 built above
+            return
+        except OSError:
+            assert server.poll() is None, "api-server exited; see " + log
+            assert time.monotonic() < deadline, f"{url} did not answer in {deadline_s}s; see {log}"
+            time.sleep(0.5)

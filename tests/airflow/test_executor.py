@@ -11,7 +11,31 @@ import pytest
 
 from tests.airflow._airflow import BIN, ML_TIMELINE, AirflowHome, records
 
-pytestmark = pytest.mark.slow
+# A whole DAG run through the executor on a loaded 2-core machine can take minutes; the
+# test waits for the run's end (the process exits), with room to spare, not for a fixed time.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+DAG_RUN_DEADLINE_S = 900
+
+
+def dags_test(home: AirflowHome, dag_id: str) -> subprocess.CompletedProcess[str]:
+    """``airflow dags test DAG --use-executor``; past the deadline, fail with what Airflow's
+    metadata DB and the api-server's log say about the run (to tell a hang from slowness)."""
+    try:
+        return home.run("dags", "test", dag_id, "--use-executor", timeout=DAG_RUN_DEADLINE_S)
+    except subprocess.TimeoutExpired as exc:
+        states = home.db(
+            "SELECT task_id, try_number, state, hostname FROM task_instance WHERE dag_id = ?",
+            dag_id,
+        )
+        logs = sorted(home.path.glob("api-server-*.log"))
+        tail = logs[-1].read_text(errors="replace")[-3000:] if logs else "(no api-server log)"
+        out = exc.stdout or ""  # bytes even with text=True (CPython's TimeoutExpired)
+        output = out.decode(errors="replace") if isinstance(out, bytes) else out
+        pytest.fail(
+            f"dags test {dag_id} still running after {DAG_RUN_DEADLINE_S}s; task instances: "
+            f"{states}\n--- dags test output (tail) ---\n{output[-3000:]}\n"
+            f"--- api-server log (tail) ---\n{tail}"
+        )
 
 
 def workflow_audit(home: AirflowHome, *args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +54,7 @@ class TestExecutorPath:
 
     def test_ml_pipeline_from_many_processes(self, api_server: AirflowHome) -> None:
         """Each task's records come from its own process, in order, on one valid chain."""
-        done = api_server.run("dags", "test", "ml_pipeline", "--use-executor")
+        done = dags_test(api_server, "ml_pipeline")
         assert 0 == done.returncode, done.stderr[-3000:]
         run_id, _ = api_server.last_run("ml_pipeline")
         assert api_server.ledger is not None
@@ -48,7 +72,7 @@ class TestExecutorPath:
     def test_sigkilled_task_is_reconciled(self, api_server: AirflowHome) -> None:
         """A task killed with SIGKILL runs no hook; reconcile appends task.unrecorded for it,
         once, and the chain still verifies."""
-        done = api_server.run("dags", "test", "audit_sigkill", "--use-executor")
+        done = dags_test(api_server, "audit_sigkill")
         run_id, _ = api_server.last_run("audit_sigkill")
         state = api_server.db(
             "SELECT state FROM task_instance WHERE dag_id = 'audit_sigkill' AND run_id = ? "
