@@ -29,15 +29,15 @@ from typing import Any
 
 import orjson
 
-from audit_core._jcs import canonical_bytes
+from audit_core._jcs import MAX_SAFE_INTEGER, canonical_loaded
 from audit_core._merkle import EMPTY_ROOT, fold, node_hash
 from audit_core._record import (
     EVENT_TYPE,
     FIELDS,
     FORMAT_VERSION,
-    TIMESTAMP,
     StoredRecord,
     genesis,
+    is_timestamp,
     leaf_hash,
 )
 from audit_core.errors import (
@@ -56,14 +56,15 @@ __all__ = [
     "ChainHead",
     "Scan",
     "TreeHeadClaim",
+    "chain_ids",
     "check_head",
     "claim_beyond_end",
     "scan_records",
+    "stored_size",
     "verify_records",
 ]
 
 _FIELD_SET = frozenset(FIELDS)
-_TIMESTAMP_MATCH = TIMESTAMP.fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,7 @@ def scan_records(
     must be a multiple of a power of two no smaller than the range (0 always is)."""
     seq = start
     first_prev: str | None = None
-    loads, canon, lhash = orjson.loads, canonical_bytes, leaf_hash
+    loads, canon, lhash = orjson.loads, canonical_loaded, leaf_hash
     events: set[str] = set()
     pending = list(sizes)
     next_size = pending.pop(0) if pending else -1
@@ -331,7 +332,60 @@ def check_head(
         )
 
 
-def _sequence_error(chain: str, expected: int, found: int) -> SequenceError:
+def chain_ids(found: Iterable[object]) -> list[str]:
+    """The chain ids a ledger's rows name, sorted; :class:`FormatError` for one that is not
+    text (a chain column rewritten as a BLOB or a number outside workflow-audit)."""
+    names: list[str] = []
+    for name in found:
+        if isinstance(name, str):
+            names.append(name)
+        else:
+            shown = f"{type(name).__name__} {name!r:.40}"
+            raise FormatError(
+                f"the ledger holds rows whose chain id is {shown}, not text: the ledger was "
+                "edited outside workflow-audit",
+                chain=repr(name)[:40],
+                seq=None,
+                expected="a text chain id",
+                found=shown,
+            )
+    return sorted(names)
+
+
+def stored_size(chain: str, last: StoredRecord | None) -> int:
+    """The chain size the ledger's last row claims (its seq + 1; 0 without a row).
+
+    The row comes from an untrusted file: a seq that is not an integer in the I-JSON range
+    (a row rewritten as TEXT, REAL or BLOB outside workflow-audit) raises
+    :class:`SequenceError` naming the record, never a ``TypeError`` in a caller's arithmetic.
+    """
+    if last is None:
+        return 0
+    if type(last.seq) is not int or not 0 <= last.seq < MAX_SAFE_INTEGER:
+        raise _sequence_error(chain, None, last.seq)
+    return last.seq + 1
+
+
+def _sequence_error(chain: str, expected: int | None, found: object) -> SequenceError:
+    if type(found) is not int:  # SQLite stores any type in any column: say what it is
+        where = "" if expected is None else f"expected seq {expected}, "
+        return SequenceError(
+            f"chain {chain!r}: {where}found a row whose seq is {type(found).__name__} "
+            f"{found!r:.60}, not an integer: the ledger was edited outside workflow-audit",
+            chain=chain,
+            seq=expected,
+            expected="an integer seq" if expected is None else str(expected),
+            found=f"{type(found).__name__} {found!r:.60}",
+        )
+    if expected is None:
+        return SequenceError(
+            f"chain {chain!r}: the last row has seq {found}, outside any chain's range "
+            f"(0 to {MAX_SAFE_INTEGER - 1}): the ledger was edited outside workflow-audit",
+            chain=chain,
+            seq=None,
+            expected=f"a seq from 0 to {MAX_SAFE_INTEGER - 1}",
+            found=str(found),
+        )
     if found < expected:
         detail = f"seq {found} appears again or out of order"
     else:
@@ -362,7 +416,7 @@ def _check_format(chain: str, seq: int, value: Any, events: set[str]) -> None:
             and type(value["actor"]) is dict
             and (value["trace"] is None or type(value["trace"]) is dict)
             and type(value["ts"]) is str
-            and _TIMESTAMP_MATCH(value["ts"]) is not None
+            and is_timestamp(value["ts"])
             and (value["event"] in events or _new_event(value["event"], events))
             and type(value["v"]) is int
             and type(value["seq"]) is int
@@ -399,7 +453,7 @@ def _format_problem(chain: str, seq: int, value: Any) -> tuple[str, str, str] | 
         ("seq", value["seq"] == seq and type(value["seq"]) is int, str(seq)),
         (
             "ts",
-            type(value["ts"]) is str and TIMESTAMP.fullmatch(value["ts"]) is not None,
+            type(value["ts"]) is str and is_timestamp(value["ts"]),
             "an RFC 3339 UTC timestamp with microseconds",
         ),
         (

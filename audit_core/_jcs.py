@@ -19,27 +19,42 @@ three places, all of which leave a visible trace in its output:
 those traces it re-encodes the value with :func:`_encode_slow`, a small exact implementation.
 The scan may fire on harmless text (``"ratio:1e5"`` inside a string); that only costs time.
 Equality with ``rfc8785`` is proven by a Hypothesis test (tests/core/test_jcs.py).
+
+Two more differences are closed before the fast path's output is trusted: orjson writes NaN
+and ±Infinity as ``null`` (so any ``null`` in its output sends the value through a check for
+non-finite floats), and orjson natively encodes types JSON does not have (dates, dataclasses)
+that the exact encoder rejects: they are passed through to a ``TypeError`` instead, so a value
+is accepted or rejected the same whatever else it holds (tests/core/test_jcs.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal
+from enum import Enum
 from typing import Any
+from uuid import UUID
 
 import orjson
 
 from audit_core.errors import InvalidRecordError
 
-__all__ = ["MAX_SAFE_INTEGER", "canonical_bytes", "es_number"]
+__all__ = ["MAX_SAFE_INTEGER", "canonical_bytes", "canonical_loaded", "es_number"]
 
 #: I-JSON (RFC 7493 §2.2) interoperable integer range, required by RFC 8785 §3.2.2.3.
 MAX_SAFE_INTEGER = 2**53 - 1
 
-# OPT_STRICT_INTEGER makes orjson refuse integers beyond ±(2^53-1) instead of writing them.
-_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+# OPT_STRICT_INTEGER makes orjson refuse integers beyond ±(2^53-1) instead of writing them;
+# the PASSTHROUGH options make it refuse dates, times and dataclasses (which it would
+# otherwise write as strings and objects) so that the exact encoder decides, and rejects them.
+_OPTS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_STRICT_INTEGER
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 
 # Traces of the three departures above in orjson's compact output: exponents (orjson always
 # writes a sign: "1e+16", "1e-7"), a number ending in ".0", and a character >= U+E000 (UTF-8
@@ -68,10 +83,19 @@ def _needs_slow_path(out: bytes) -> bool:
 def canonical_bytes(value: Any) -> bytes:
     """Return the RFC 8785 canonical UTF-8 bytes of a JSON value.
 
-    Raises :class:`InvalidRecordError` for what RFC 8785 cannot encode: integers outside
-    ±(2^53-1), non-string keys, lone surrogates and non-JSON types. NaN and infinities must
-    not reach it: orjson writes them as ``null``. :func:`audit_core.normalize` replaces them
-    before anything is encoded, and JSON parsed back from a ledger cannot contain them.
+    Accepted: ``None``, ``bool``, ``str``, ``float``, ``int``, mappings with ``str`` keys,
+    lists and tuples (and, as orjson writes them, ``enum.Enum`` members as their value and
+    ``uuid.UUID`` as its hyphenated text), at any depth.
+
+    Integer policy (RFC 8785 §3.2.2.3 numbers are IEEE 754 doubles; I-JSON, RFC 7493 §2.2):
+    an integer within ±(2^53-1) is written in decimal. A larger one is accepted only when it
+    is exactly the value of a double *and* its decimal text is that double's ECMAScript form
+    (``10**16`` → ``10000000000000000``, which is how such a double reads back from JSON);
+    any other integer (``2**53 + 1``, ``2**60``) raises, since a JSON reader would round it.
+
+    Raises :class:`InvalidRecordError` for what RFC 8785 cannot encode: such integers, NaN
+    and ±Infinity (anywhere in the value), non-string keys, lone surrogates, and any other
+    type (bytes, sets, dates, dataclasses, …), whatever else the value holds.
     """
     try:
         out = orjson.dumps(value, option=_OPTS)
@@ -80,6 +104,10 @@ def canonical_bytes(value: Any) -> bytes:
         # it is the exact value of a double (1e16 is written, and read back, as an integer).
         # The exact encoder decides, and raises for the others.
         return _encode_slow(value).encode("utf-8")
+    # orjson writes NaN and ±Infinity as null (RFC 8785 §3.2.2.3 forbids them): a value whose
+    # output has no null has none; one that has is checked (records mostly hold "trace":null).
+    if b"null" in out and has_non_finite(value):
+        return _encode_slow(value).encode("utf-8")  # raises, naming the value
     if not _needs_slow_path(out):
         return out
     # Measured: re-encoding the whole value (~35 us) costs about what patching just the
@@ -87,10 +115,60 @@ def canonical_bytes(value: Any) -> bytes:
     return _encode_slow(value).encode("utf-8")
 
 
+def canonical_loaded(value: Any) -> bytes:
+    """:func:`canonical_bytes` of a value known to hold only finite numbers, so the
+    non-finite check is skipped: one just parsed by ``orjson.loads`` (the verifier's hot loop;
+    orjson's parser rejects NaN, Infinity and numbers beyond the double range), or the fields
+    of a record made by :func:`audit_core._normalize.normalize` (which turns NaN and ±Infinity
+    into strings and refuses a processor's non-finite output)."""
+    try:
+        out = orjson.dumps(value, option=_OPTS)
+    except TypeError:
+        return _encode_slow(value).encode("utf-8")
+    if not _needs_slow_path(out):
+        return out
+    return _encode_slow(value).encode("utf-8")
+
+
+def has_non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity is anywhere in ``value`` (what orjson wrote as null).
+    It runs on most records (a null is common), so containers are scanned in place and
+    only nested containers are stacked; exact types first, subclasses in the slow branch."""
+    stack = [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            item = item.values()
+        elif kind is not list and kind is not tuple:
+            if isinstance(item, float):
+                if item - item != 0.0:  # NaN for NaN and ±inf, 0.0 for every finite double
+                    return True
+            elif isinstance(item, dict):
+                push(list(item.values()))
+            elif isinstance(item, (list, tuple)):
+                push(list(item))
+            elif isinstance(item, Enum):
+                push(item.value)
+            continue
+        for member in item:
+            kind = type(member)
+            if kind is str or kind is int or member is None or kind is bool:
+                continue
+            if kind is float:
+                if member - member != 0.0:
+                    return True
+            else:
+                push(member)
+    return False
+
+
 def es_number(x: float | int) -> str:
     """Format a number as ECMAScript ``Number.prototype.toString`` does (ECMA-262 §6.1.6.1.20),
     which RFC 8785 §3.2.2.3 prescribes for JSON numbers."""
     if isinstance(x, int):
+        x = int(x)  # an int subclass (IntEnum, …) is written as its value, as orjson does
         if abs(x) <= MAX_SAFE_INTEGER:
             return str(x)
         # RFC 8785 numbers are IEEE 754 doubles. A large integer token is acceptable exactly
@@ -136,7 +214,10 @@ def _utf16_key(key: str) -> bytes:
 
 
 def _encode_slow(value: Any) -> str:
-    """Exact RFC 8785 encoder; used only when the orjson output needs correcting."""
+    """Exact RFC 8785 encoder; used only when the orjson output needs correcting. It accepts
+    exactly what :func:`canonical_bytes` documents, so both paths agree on every value."""
+    if isinstance(value, Enum):  # orjson writes a member as its value
+        return _encode_slow(value.value)
     if value is None:
         return "null"
     if value is True:
@@ -153,8 +234,10 @@ def _encode_slow(value: Any) -> str:
                 raise InvalidRecordError(f"object key {key!r} is not a string")
         items = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
         return "{" + ",".join(f"{_string(k)}:{_encode_slow(v)}" for k, v in items) + "}"
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+    if isinstance(value, (list, tuple)):
         return "[" + ",".join(_encode_slow(v) for v in value) + "]"
+    if isinstance(value, UUID):  # orjson writes RFC 4122 text, as str() does
+        return _string(str(value))
     raise InvalidRecordError(f"{type(value).__name__} is not a JSON type")
 
 

@@ -15,7 +15,9 @@ interior nodes are ``SHA-256(0x01 || left || right)`` (§2.1.1). A subtree is na
 
 Proof *generation* needs subtree hashes; it takes a ``NodeReader`` (the ledger stores every
 complete subtree as it is formed), so a proof costs O(log² n) reads, never a rescan.
-Proof *verification* is the RFC's own algorithm (§2.1.3.2, §2.1.4.2), with nothing else.
+Proof *verification* is the RFC's own algorithm (§2.1.3.2, §2.1.4.2), with nothing else,
+after checking its inputs: every hash is 32 bytes (SHA-256, RFC 9162 §2.1), and the only
+proof from the empty tree (size 0, consistent with every tree) is the empty one.
 """
 
 from __future__ import annotations
@@ -205,10 +207,25 @@ def consistency_proof(read: NodeReader, old_size: int, new_size: int) -> list[by
     return proof
 
 
+_HASH_SIZE = 32  # SHA-256 (RFC 9162 §2.1: "HASH_SIZE" of the log's hash algorithm)
+
+
+def _check_hashes(what: str, hashes: Sequence[object]) -> None:
+    # A shorter or longer "hash" can never be a node of this tree; refuse it before hashing,
+    # so that a malformed proof is reported as such rather than as a wrong root.
+    for i, h in enumerate(hashes):
+        if not isinstance(h, bytes) or len(h) != _HASH_SIZE:
+            size = f"{len(h)} bytes" if isinstance(h, (bytes, bytearray)) else type(h).__name__
+            raise ProofError(f"{what} {i}: expected a {_HASH_SIZE}-byte SHA-256 hash, got {size}")
+
+
 def verify_inclusion(
     leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes
 ) -> None:
     """RFC 9162 §2.1.3.2; returns None or raises :class:`ProofError`."""
+    _check_hashes("leaf hash", [leaf])
+    _check_hashes("root hash", [root])
+    _check_hashes("inclusion proof hash", path)
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not in a tree of size {size}")
     fn, sn, r = index, size - 1, leaf
@@ -237,7 +254,23 @@ def verify_inclusion(
 def verify_consistency(
     old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes
 ) -> None:
-    """RFC 9162 §2.1.4.2; returns None or raises :class:`ProofError`."""
+    """RFC 9162 §2.1.4.2; returns None or raises :class:`ProofError`.
+
+    From size 0 (the empty tree, a prefix of every tree) only the empty proof is accepted, and
+    only with the empty tree's root, as transparency-dev/merkle's verifier does."""
+    _check_hashes("old root hash", [old_root])
+    _check_hashes("new root hash", [new_root])
+    _check_hashes("consistency proof hash", proof)
+    if not 0 <= old_size <= new_size:
+        raise ProofError(f"no consistency from size {old_size} to {new_size}")
+    if old_size == 0:
+        if proof:
+            raise ProofError(
+                f"a consistency proof from size 0 must be empty, got {len(proof)} hash(es)"
+            )
+        if old_root != EMPTY_ROOT or (new_size == 0 and new_root != EMPTY_ROOT):
+            raise ProofError("the root at size 0 must be the empty tree's, SHA-256 of nothing")
+        return
     if old_size == new_size:
         if proof:
             raise ProofError("consistency proof between equal sizes must be empty")

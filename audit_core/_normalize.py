@@ -12,6 +12,8 @@ Two stages, both deterministic (the same input always yields the same record byt
    a digest. Each *lossy* conversion is reported as an issue; ``strict=True`` raises instead.
 2. Processors, structlog-style plain callables ``dict -> dict``, run over the result:
    :func:`redact` by default; adapters add their own (Airflow's secrets masker, for instance).
+   :class:`~audit_core.AuditTrail` runs them over ``data``, ``subject`` and ``actor`` alike:
+   every field is untrusted, so a processor must keep an object's other members as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import math
 import re
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from decimal import Decimal
 from pathlib import PurePath
@@ -30,7 +33,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 import orjson
 
-from audit_core._jcs import MAX_SAFE_INTEGER, canonical_bytes
+from audit_core._jcs import MAX_SAFE_INTEGER, canonical_bytes, has_non_finite
 from audit_core.errors import InvalidRecordError
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "Processor",
     "format_timestamp",
     "normalize",
+    "process",
     "redact",
     "to_json",
 ]
@@ -50,6 +54,8 @@ JSON: TypeAlias = "bool | int | float | str | list[JSON] | dict[str, JSON] | Non
 JSONObject = dict[str, JSON]
 #: A processor takes the normalized ``data`` object and returns the object to record.
 Processor = Callable[[JSONObject], JSONObject]
+#: Processors made here that only replace strings: their output needs no non-finite check.
+_KEEPS_NUMBERS: weakref.WeakSet[Processor] = weakref.WeakSet()
 
 REDACTED = "[REDACTED]"
 DEFAULT_MAX_VALUE_BYTES = 16 * 1024
@@ -81,11 +87,38 @@ DEFAULT_REDACT_KEYS: tuple[str, ...] = (
     r"conn(ection)?_?str(ing)?",
 )
 
-# userinfo of a URL (RFC 3986 §3.2.1: "use of the format user:password ... is deprecated");
-# and HTTP credentials of the Authorization header schemes (RFC 9110 §11.6.2).
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
+# userinfo of a URL (RFC 3986 §3.2.1: "use of the format user:password ... is deprecated").
+# People write passwords with "/" and "@" unescaped (``mysql://u:p/w@h``, ``pg://u:p@ss@h``),
+# so the password runs to the LAST "@" of the word: masking a port or path too now and then
+# is the price of never leaving the tail of a password behind.
+_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:]*:)\S+(?=@)")
+# HTTP credentials of the Authorization header schemes (RFC 9110 §11.6.2), however separated
+# from the scheme word: "Bearer<TAB>t", "bearer:t", "token=t".
 _AUTH_WORD = re.compile(r"(?i)bearer|basic|token")
-_AUTH_HEADER = re.compile(r"(?i)\b(?P<pre>(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}")
+_AUTH_HEADER = re.compile(
+    r"(?i)\b(?P<pre>(?:bearer|basic|token)(?:\s+|\s*[:=]\s*))[A-Za-z0-9._~+/=-]{8,}"
+)
+# ``key=value`` and ``key: value`` inside text: libpq DSNs (``host=db password=x``), reprs
+# (``Conn(password='x')``, ``{'password': 'x'}``, ``('PASSWORD', 'x')``), env dumps, headers.
+# The key is judged by the same patterns as object keys; a value is a quoted string (to its
+# closing quote, or to the end when a repr was cut), or a bare word (after ":" the rest of the
+# line: a header value may hold spaces).
+# (A key starts where a run of key characters starts, or after a "-" as in "--password=x",
+# and is taken whole, possessively: no backtracking, so a long identifier costs one pass.)
+# Quotes may come escaped, JSON inside JSON: {\"password\": \"x\"}.
+_KEY_VALUE = re.compile(
+    r"""(?<![A-Za-z_.])(?P<key>[A-Za-z_][A-Za-z_.-]*+)"""
+    r"""(?P<sep>(?:\\*["'])?[ \t]*[:=][ \t]*|\\*["'][ \t]*,[ \t]*)"""
+    r"""(?P<value>\\+["'](?:(?!\\+["']).)*(?:\\+["'])?"""
+    r"""|"(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^\s,;&)}\]'"]+)"""
+)
+_QUOTE = re.compile(r"""\\*["']""")
+_LINE_REST = re.compile(r"[^\r\n]*")
+#: Keys of name/value objects whose "value" is the secret: Kubernetes env entries
+#: (``{"name": "DB_PASSWORD", "value": …}``), AWS tags (``{"Key": …, "Value": …}``).
+_PAIR_NAMES = (("name", "value"), ("key", "value"), ("Name", "Value"), ("Key", "Value"))
+_NAME_KEYS = frozenset(name for name, _ in _PAIR_NAMES)
+_VALUE_KEYS = frozenset(value for _, value in _PAIR_NAMES)
 
 
 class Normalized(NamedTuple):
@@ -99,10 +132,17 @@ class Normalized(NamedTuple):
 
 
 def format_timestamp(when: dt.datetime) -> str:
-    """RFC 3339 UTC with microseconds and ``Z``; a naive datetime is taken as UTC."""
+    """RFC 3339 UTC with microseconds and ``Z``; a naive datetime is taken as UTC.
+
+    Raises ValueError or OverflowError for what is no point in time (``pandas.NaT``) or has
+    none in UTC (year 1 at +05:00)."""
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: "%Y" does not pad years before 1000 on glibc, and RFC 3339 needs 4 digits.
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T{when.hour:02d}:{when.minute:02d}:"
+        f"{when.second:02d}.{when.microsecond:06d}Z"
+    )
 
 
 def normalize(
@@ -115,11 +155,23 @@ def normalize(
 ) -> Normalized:
     """:func:`to_json` then each processor (default: :func:`redact`)."""
     result = to_json(payload, max_value_bytes=max_value_bytes, strict=strict, path=path)
-    value = result.value
     chain = (redact(),) if processors is None else processors
-    for processor in chain:
+    return Normalized(process(result.value, chain, path), result.issues)
+
+
+def process(value: JSONObject, processors: Iterable[Processor], path: str = "data") -> JSONObject:
+    """Run ``processors`` over ``value`` (already JSON). A processor may return anything: what
+    it returns is checked for NaN and ±Infinity (which records cannot hold, RFC 8785
+    §3.2.2.3, and the record encoder no longer looks for), unless it is one of ours that
+    only masks strings (:func:`redact`)."""
+    for processor in processors:
         value = processor(value)
-    return Normalized(value, result.issues)
+        if processor not in _KEEPS_NUMBERS and has_non_finite(value):
+            raise InvalidRecordError(
+                f"{path}: processor {getattr(processor, '__qualname__', processor)!r} "
+                "returned NaN or Infinity, which a record cannot hold"
+            )
+    return value
 
 
 def to_json(
@@ -148,9 +200,12 @@ def to_json(
 
 def _is_structured(value: object) -> bool:
     # Objects that convert to a JSON object: dataclass instances and pydantic-style models.
-    return (dataclasses.is_dataclass(value) and not isinstance(value, type)) or callable(
-        getattr(value, "model_dump", None)
-    )
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return True
+    try:
+        return callable(getattr(value, "model_dump", None))
+    except Exception:  # noqa: BLE001 - a user's __getattr__ may raise anything: not a model
+        return False
 
 
 def _convert(value: Any, path: str, issues: list[str], depth: int, seen: set[int]) -> JSON:
@@ -174,16 +229,26 @@ def _convert(value: Any, path: str, issues: list[str], depth: int, seen: set[int
     if depth >= _MAX_DEPTH:
         issues.append(f"{path}: nested deeper than {_MAX_DEPTH}; cut")
         return "[depth limit]"
-    if kind is dict or isinstance(value, (Mapping, list, tuple, Set)) or _is_structured(value):
-        if id(value) in seen:
-            issues.append(f"{path}: refers to itself; cut")
-            return "[cycle]"
-        seen.add(id(value))
-        try:
-            return _convert_container(value, path, issues, depth, seen)
-        finally:
-            seen.discard(id(value))
-    return _convert_scalar(value, path, issues, depth, seen)
+    try:
+        if kind is dict or isinstance(value, (Mapping, list, tuple, Set)) or _is_structured(value):
+            if id(value) in seen:
+                issues.append(f"{path}: refers to itself; cut")
+                return "[cycle]"
+            seen.add(id(value))
+            try:
+                return _convert_container(value, path, issues, depth, seen)
+            finally:
+                seen.discard(id(value))
+        return _convert_scalar(value, path, issues, depth, seen)
+    # User code runs here (__str__, model_dump, tolist, a Mapping's __getitem__, ...) and may
+    # raise anything: the value is recorded as what it is and what it raised, the conversion
+    # is an issue like any other lossy one (logged and counted; strict=True refuses it).
+    except Exception as exc:  # noqa: BLE001
+        issues.append(
+            f"{path}: converting a {type(value).__qualname__} raised "
+            f"{type(exc).__qualname__}; recorded as its repr"
+        )
+        return {"type": _type_name(value), "repr": _safe_repr(value), "error": _describe(exc)}
 
 
 def _convert_container(
@@ -191,14 +256,20 @@ def _convert_container(
 ) -> JSON:
     if type(value) is dict or isinstance(value, Mapping):
         out: JSONObject = {}
+        converted: dict[str, object] | None = None  # names made from non-str keys -> the key
         for key, item in value.items():
             # Inline fast path for the usual str key and JSON-ready scalar (record() hot path).
             if type(key) is str:
                 name = key
+                if converted is not None and name in converted:  # {1: …, "1": …}
+                    _move_aside(out, converted, name, path, issues)
             else:
                 name = _key(key, path, issues)
                 if name in out:
-                    issues.append(f"{path}: key {name!r} occurs twice after conversion; last kept")
+                    name = _aside(out, name, key, path, issues)
+                if converted is None:
+                    converted = {}
+                converted[name] = key
             kind = type(item)
             if (
                 kind is str
@@ -234,7 +305,11 @@ def _convert_scalar(value: Any, path: str, issues: list[str], depth: int, seen: 
     if isinstance(value, str):
         return str(value)
     if isinstance(value, dt.datetime):
-        return format_timestamp(value)
+        try:
+            return format_timestamp(value)
+        except (ValueError, OverflowError):  # pandas.NaT; an offset past year 1 or 9999
+            issues.append(f"{path}: {_safe_repr(value)} is no point in time; recorded as text")
+            return str(value)  # "NaT", as a NaN float becomes "NaN"
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -247,7 +322,15 @@ def _convert_scalar(value: Any, path: str, issues: list[str], depth: int, seen: 
     if isinstance(value, (uuid.UUID, PurePath)):
         return str(value)
     if _is_array_like(value):  # numpy scalars and arrays, without importing numpy
-        return _convert(value.tolist(), path, issues, depth + 1, seen)
+        plain = value.tolist()
+        if type(plain) is not type(value):
+            return _convert(plain, path, issues, depth + 1, seen)
+        # numpy.longdouble (and clongdouble) have no Python type: tolist() returns them as is.
+        # A real one becomes the nearest double, an issue only when that loses precision.
+        number = float(value)
+        if number != value:
+            issues.append(f"{path}: {_type_name(value)} rounded to a double")
+        return _convert(number, path, issues, depth, seen)
     issues.append(f"{path}: {type(value).__qualname__} is not JSON; recorded as its repr")
     return {"type": _type_name(value), "repr": _safe_repr(value)}
 
@@ -272,19 +355,58 @@ def _is_array_like(value: object) -> bool:
 
 
 def _key(key: object, path: str, issues: list[str]) -> str:
-    if isinstance(key, str):
-        return str(key)
-    if isinstance(key, enum.Enum):
-        return str(key.value)
-    if key is None or isinstance(key, (bool, int, float, uuid.UUID, PurePath)):
-        return str(key)
+    try:
+        if isinstance(key, str):
+            return str(key)
+        if isinstance(key, enum.Enum):
+            return str(key.value)
+        if key is None or isinstance(key, (bool, int, float, uuid.UUID, PurePath)):
+            return str(key)
+    except Exception as exc:  # noqa: BLE001 - a user's __str__ may raise anything
+        issues.append(
+            f"{path}: key of type {type(key).__qualname__} raised {type(exc).__qualname__}; "
+            "recorded as its repr"
+        )
+        return _safe_repr(key)
     issues.append(f"{path}: key of type {type(key).__qualname__} recorded as its repr")
     return _safe_repr(key)
+
+
+def _aside(out: JSONObject, name: str, key: object, path: str, issues: list[str]) -> str:
+    """A free name for a non-str ``key`` whose text ``name`` another key holds already:
+    ``"1 (int)"``. Both values are kept, and the record shows which key was which."""
+    free = f"{name} ({type(key).__qualname__})"
+    while free in out:
+        free += "'"
+    issues.append(
+        f"{path}: keys {_safe_repr(key)} and {name!r} both read {name!r}; "
+        f"the {type(key).__qualname__} key recorded as {free!r}"
+    )
+    return free
+
+
+def _move_aside(
+    out: JSONObject, converted: dict[str, object], name: str, path: str, issues: list[str]
+) -> None:
+    # A str key arrives after a non-str key took its text: the str key keeps its own name
+    # (whatever the order), the converted one moves aside.
+    key = converted.pop(name)
+    free = _aside(out, name, key, path, issues)
+    out[free] = out.pop(name)
+    converted[free] = key
 
 
 def _type_name(value: object) -> str:
     kind = type(value)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _describe(exc: Exception) -> str:
+    try:
+        text = f"{type(exc).__qualname__}: {exc}"
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises too
+        text = type(exc).__qualname__
+    return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT] + "..."
 
 
 def _safe_repr(value: object) -> str:
@@ -378,9 +500,17 @@ def redact(
     - the value of every key matching one of ``patterns`` (regular expressions searched in the
       key's lower-case words joined by ``_``: ``apiKey`` reads ``api_key``) becomes
       ``"[REDACTED]"``, at any depth;
-    - with ``credentials_in_strings``, the password of a URL's userinfo
-      (``postgresql://user:pw@host``) and HTTP ``Bearer``/``Basic``/``Token`` credentials inside
-      strings are masked.
+    - the second member of a pair ``[key, value]`` (a list of pairs, an argument vector
+      ``["--password", "x"]``) and the ``value`` of a ``{"name": key, "value": …}`` object
+      whose key matches, likewise;
+    - with ``credentials_in_strings``, inside every string: the password of a URL's userinfo
+      (``postgresql://user:pw@host``, up to the last ``@`` of the word), HTTP
+      ``Bearer``/``Basic``/``Token`` credentials (after a space, a tab, ``:`` or ``=``), and the
+      value of each ``key=value`` / ``key: value`` / ``'key', 'value'`` whose key matches
+      (libpq DSNs, reprs, headers, environment dumps).
+
+    The same processor runs over ``data``, ``subject`` and ``actor`` (see
+    :class:`~audit_core.AuditTrail`); identifiers such as ``dag_id`` stay readable.
     """
     matcher = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
     cache: dict[str, bool] = {}
@@ -393,13 +523,61 @@ def redact(
                 cache[key] = hit
         return hit
 
+    # Strings found to hold no credential: run ids, task ids, states repeat record after
+    # record, and a set lookup is cheaper than the regular expressions. Only clean strings
+    # are kept (no secret lingers here), short ones, and the set is emptied when full.
+    clean: set[str] = set()
+
     def scrub(text: str) -> str:
+        if text in clean:
+            return text
+        original = text
         # Substring tests first: the regular expressions run only on candidate strings.
-        if "://" in text and "@" in text:
+        if "@" in text and "://" in text:
             text = _URL_PASSWORD.sub(rf"\g<pre>{REDACTED}", text)
-        if " " in text and _AUTH_WORD.search(text):
+        if ("=" in text or ":" in text or " " in text or "\t" in text) and _AUTH_WORD.search(text):
             text = _AUTH_HEADER.sub(rf"\g<pre>{REDACTED}", text)
+        if "=" in text or ":" in text or "," in text:
+            text = mask_pairs(text)
+        if text is original and len(text) <= 256:
+            if len(clean) >= 4096:
+                clean.clear()
+            clean.add(text)
         return text
+
+    def mask_pairs(text: str) -> str:
+        out: list[str] = []
+        pos = scan = 0
+        named = False  # the last pair named a secret: "{'name': 'DB_PASSWORD', 'value': 'x'}"
+        while (match := _KEY_VALUE.search(text, scan)) is not None:
+            key = match["key"]
+            if not (is_secret(key) or (named and key in _VALUE_KEYS)):
+                named = key in _NAME_KEYS and is_secret(match["value"].strip("\\\"'"))
+                # A value may hold pairs itself ('note=password=x'); a secret's name does not.
+                scan = match.end() if named else match.start("value")
+                continue
+            named = False
+            if text.startswith(REDACTED, match.start("value")):  # masked already ("token=…")
+                scan = match.start("value") + len(REDACTED)
+                continue
+            value = match["value"]
+            end = match.end()
+            quote = _QUOTE.match(value)
+            if quote is not None:  # keep the quotes, so the text still reads as it did
+                mark = quote[0]
+                closed = len(value) > len(mark) and value.endswith(mark)
+                masked = mark + REDACTED + (mark if closed else "")
+            else:
+                masked = REDACTED
+                if ":" in match["sep"]:  # a header-like value runs to the end of the line
+                    rest = _LINE_REST.match(text, end)
+                    end = end if rest is None else rest.end()
+            out.append(f"{text[pos : match.start()]}{match['key']}{match['sep']}{masked}")
+            pos = scan = end
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
 
     def walk(value: JSON) -> JSON:
         # Runs on every record: dispatch on exact types, recurse only into containers.
@@ -409,8 +587,22 @@ def redact(
         if kind is dict:
             return walk_object(value)  # type: ignore[arg-type]
         if kind is list:
-            return [walk(v) for v in value]  # type: ignore[union-attr]
+            return walk_list(value)  # type: ignore[arg-type]
         return value
+
+    def walk_list(items: list[JSON]) -> list[JSON]:
+        out = [walk(v) for v in items]
+        for i, item in enumerate(out):
+            kind = type(item)
+            # A key/value pair list (``[["PASSWORD", "x"]]``, a dict's items, header tuples):
+            # the second member of a pair whose first names a secret.
+            if kind is list and len(item) == 2 and type(item[0]) is str:  # type: ignore[arg-type,index]
+                if is_secret(item[0]):  # type: ignore[index]
+                    out[i] = [item[0], REDACTED]  # type: ignore[index]
+            # An argument vector: ["--password", "x"] (``--password=x`` is a pair in text).
+            elif kind is str and item[:1] == "-" and i + 1 < len(out) and is_secret(item):  # type: ignore[index,arg-type]
+                out[i + 1] = REDACTED
+        return out
 
     def walk_object(data: JSONObject) -> JSONObject:
         out: JSONObject = {}
@@ -419,13 +611,21 @@ def redact(
                 out[key] = REDACTED
             elif type(value) is str:
                 out[key] = scrub(value) if credentials_in_strings else value
-            elif type(value) is dict or type(value) is list:
-                out[key] = walk(value)
+            elif type(value) is dict:
+                out[key] = walk_object(value)
+            elif type(value) is list:
+                out[key] = walk_list(value)
             else:
                 out[key] = value
+        if "value" in out or "Value" in out:
+            for name_key, value_key in _PAIR_NAMES:
+                name = out.get(name_key)
+                if type(name) is str and value_key in out and is_secret(name):
+                    out[value_key] = REDACTED
         return out
 
     def processor(data: JSONObject) -> JSONObject:
         return walk_object(data)
 
+    _KEEPS_NUMBERS.add(processor)
     return processor

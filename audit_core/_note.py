@@ -48,9 +48,13 @@ def _utf8(text: str, what: str) -> bytes:
 
 def _check_name(name: str) -> None:
     # c2sp.org/signed-note: "Key names MUST be non-empty and MUST NOT contain any Unicode
-    # spaces or plus (U+002B) characters."
-    if not name or "+" in name or any(c.isspace() for c in name):
+    # spaces or plus (U+002B) characters." str.isspace() is true for every White_Space
+    # character (what Go's unicode.IsSpace tests: NBSP, U+2000-U+200A, U+3000, …) and for
+    # the controls U+001C-U+001F, which a note must not hold anyway.
+    if not isinstance(name, str) or not name or "+" in name or any(c.isspace() for c in name):
         raise SignatureError(f"key name {name!r} must be non-empty, without spaces or '+'")
+    if any(ord(c) < 0x20 for c in name):
+        raise SignatureError(f"key name {name!r} must not contain control characters")
     _utf8(name, "key name")
 
 
@@ -74,12 +78,23 @@ class Verifier:
     key_id: bytes
     public: bytes
 
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        if len(self.key_id) != 4 or len(self.public) != 32:
+            raise SignatureError("a verifier needs a 4-byte key id and a 32-byte Ed25519 key")
+
     @classmethod
     def parse(cls, text: str) -> Verifier:
         """Parse ``name+hexkeyid+base64(0x01 || pubkey)``."""
         parts = text.strip().split("+", 2)  # base64 may contain "+" itself
         if len(parts) != 3 or not _HEX8.fullmatch(parts[1]):
-            raise SignatureError(f"not a verifier key (name+hexid+base64): {text.strip()!r}")
+            # The text is never echoed: it may be a private key given by mistake (STYLE 18).
+            if text.strip().startswith("PRIVATE+KEY+"):
+                raise SignatureError(
+                    "a private signer key was given where a verifier (public) key is expected; "
+                    "give the verifier key instead (the signer key's .pub file)"
+                )
+            raise SignatureError("not a verifier key (name+hexid+base64)")
         name, hex_id, b64 = parts
         _check_name(name)
         raw = _b64decode(b64, "verifier key")
@@ -111,6 +126,12 @@ class Signer:
 
     name: str
     seed: bytes
+
+    def __post_init__(self) -> None:
+        # A note signed under an invalid name could not be opened by any verifier (ours, Go's).
+        _check_name(self.name)
+        if not isinstance(self.seed, bytes) or len(self.seed) != 32:
+            raise SignatureError("an Ed25519 signer needs a 32-byte seed")
 
     def __repr__(self) -> str:
         return f"Signer({self.name!r}, key id {self.verifier.key_id.hex()})"
@@ -175,26 +196,74 @@ class Note:
     verified: tuple[Verifier, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _SignatureLine:
+    """One parsed signature line: ``— name base64(key id || signature)``."""
+
+    line: str
+    name: str
+    key_id: bytes
+    signature: bytes
+
+
+def _parse_line(line: str) -> _SignatureLine:
+    # c2sp.org/signed-note "Format": em dash, space, key name, space, base64 signature; the
+    # key name rules apply here too (as Go's note.Open applies isValidName).
+    if not line.startswith(_SIG_PREFIX):
+        raise SignatureError(f"malformed signature line {line[:40]!r}")
+    name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
+    if not sep or not b64:
+        raise SignatureError(f"malformed signature line {line[:40]!r}")
+    _check_name(name)
+    raw = _b64decode(b64, f"signature by {name}")
+    if len(raw) < 5:  # a 4-byte key id and at least one byte of signature
+        raise SignatureError(f"signature by {name} is too short")
+    return _SignatureLine(line, name, raw[:4], raw[4:])
+
+
 def sign_note(text: str, signers: Sequence[Signer], existing: str | None = None) -> str:
     """Sign ``text`` (which must end in a newline) with each signer; with ``existing`` (a
     signed note of the same text), add the signatures to those it already carries
-    (witness cosigning)."""
+    (witness cosigning).
+
+    The existing signature lines are checked as :func:`open_note` parses them (not their
+    signatures: the keys may be unknown here), so the result always opens. As Go's
+    ``note.Sign`` does, a signer's own earlier line is replaced, never repeated: the new
+    lines follow the kept ones.
+    """
     if not text.endswith("\n"):
         raise SignatureError("note text must end with a newline")
     if any(ord(c) < 0x20 and c != "\n" for c in text):
         raise SignatureError("note text must not contain control characters")
-    lines = []
+    message = _utf8(text, "note text")
+    ours = {(signer.name, signer.verifier.key_id) for signer in signers}
+    if len(ours) != len(signers):
+        raise SignatureError("the same key is given twice to sign one note")
+    lines: list[str] = []
     if existing is not None:
+        _check_note_chars(existing)
         old_text, old_lines = _split(existing)
         if old_text != text:
             raise SignatureError("cannot cosign: the existing note has another text")
-        lines = old_lines
-    message = _utf8(text, "note text")
+        for parsed in map(_parse_line, old_lines):
+            if (parsed.name, parsed.key_id) not in ours and parsed.line not in lines:
+                lines.append(parsed.line)
     for signer in signers:
         key_id = signer.verifier.key_id
         sig = base64.b64encode(key_id + signer.sign(message)).decode()
         lines.append(f"{_SIG_PREFIX}{signer.name} {sig}")
+    if len(lines) > _MAX_SIGNATURES:
+        raise SignatureError(f"a note carries at most {_MAX_SIGNATURES} signatures")
     return text + "\n" + "".join(line + "\n" for line in lines)
+
+
+def _check_note_chars(note: str) -> None:
+    # c2sp.org/signed-note: valid UTF-8, no ASCII control character but newline.
+    if not isinstance(note, str):  # a note read from an untrusted column or JSON field
+        raise SignatureError(f"a signed note is text, not {type(note).__name__}")
+    if any(ord(c) < 0x20 and c != "\n" for c in note):
+        raise SignatureError("signed note contains control characters")
+    _utf8(note, "signed note")
 
 
 def _split(note: str) -> tuple[str, list[str]]:
@@ -215,8 +284,14 @@ def _split(note: str) -> tuple[str, list[str]]:
 
 
 def unverified_text(note: str) -> str:
-    """A signed note's text, signatures NOT checked (for display and structure checks only)."""
-    return _split(note)[0]
+    """A signed note's text, signatures NOT checked (for display and structure checks only).
+    The note's form is checked as :func:`open_note` checks it: a note this accepts is
+    malformed for no verifier, it is only not yet verified."""
+    _check_note_chars(note)
+    text, lines = _split(note)
+    for line in lines:
+        _parse_line(line)
+    return text
 
 
 def open_note(note: str, trusted: Iterable[Verifier], *, require_all: bool = True) -> Note:
@@ -224,32 +299,31 @@ def open_note(note: str, trusted: Iterable[Verifier], *, require_all: bool = Tru
 
     Signatures by unknown keys are ignored (c2sp.org/signed-note: they enable key rotation
     and witness cosigning). A signature by a trusted key that fails to verify rejects the
-    note. ``require_all``: every trusted key must have signed (cosigning policy); otherwise
-    one is enough.
+    note. ``require_all``: every trusted signer must have signed (cosigning policy);
+    otherwise one is enough. A signer is a key *name*: trusted keys that share a name are
+    versions of one signer's key (a log that rotated its key signs under the same name,
+    with a new key ID), and a signature by any one of them is that signer's.
     """
     keys = {(v.name, v.key_id): v for v in trusted}
     if not keys:
         raise SignatureError("no trusted verifier key given")
-    if any(ord(c) < 0x20 and c != "\n" for c in note):
-        raise SignatureError("signed note contains control characters")
-    _utf8(note, "signed note")
+    _check_note_chars(note)
     text, lines = _split(note)
     message = text.encode()
     verified: dict[tuple[str, bytes], Verifier] = {}
-    for line in lines:
-        name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
-        if not sep or not name:
-            raise SignatureError(f"malformed signature line {line[:40]!r}")
-        raw = _b64decode(b64, f"signature by {name}")
-        if len(raw) < 5:
-            raise SignatureError(f"signature by {name} is too short")
-        key = keys.get((name, raw[:4]))
+    # Every line is parsed, known key or not: a malformed line (an invalid key name, bad
+    # base64) makes the note malformed, as in Go's note.Open.
+    for parsed in map(_parse_line, lines):
+        key = keys.get((parsed.name, parsed.key_id))
         if key is None:
             continue  # an unknown key: ignored, as the spec requires
-        if not key.verify(message, raw[4:]):
-            raise SignatureError(f"signature by {name} ({raw[:4].hex()}) does not verify")
-        verified[(name, raw[:4])] = key
-    missing = [f"{n}+{i.hex()}" for (n, i) in keys if (n, i) not in verified]
+        if not key.verify(message, parsed.signature):
+            raise SignatureError(
+                f"signature by {parsed.name} ({parsed.key_id.hex()}) does not verify"
+            )
+        verified[(parsed.name, parsed.key_id)] = key
+    signed = {name for name, _ in verified}
+    missing = [f"{n}+{i.hex()}" for (n, i) in keys if n not in signed]
     if (require_all and missing) or not verified:
         raise SignatureError(
             "note is not signed by the trusted key(s): "

@@ -8,6 +8,12 @@ of its subtree). The parent checks the links between ranges, folds the subtree r
 the chain's root (a full range is a leaf of level ``k``: :func:`_merkle.push` applies as is),
 and checks each checkpoint at its size from the frontier so far plus the worker's snapshot.
 
+Workers open connections of their own, so they cannot share the caller's snapshot; they do
+not need to. The parent fixes the chain's size ``N`` and the checkpoints in its snapshot, and
+workers read ``seq < N`` only: committed records never change through the ledger, so any
+later reader sees the same ones (a record changed behind its back fails here or in the
+one-process re-run, which reads the parent's snapshot).
+
 A worker never raises across the process boundary: any failure anywhere makes
 :func:`verify_parallel` return None, and the caller verifies the chain in one process, which
 raises the precise error for the first failing record. Speed when valid, the one-process
@@ -23,12 +29,12 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
-from audit_core._chain import ChainHead, TreeHeadClaim, scan_records
+from audit_core._chain import ChainHead, TreeHeadClaim, scan_records, stored_size
 from audit_core._merkle import fold, push
 from audit_core._record import genesis
 from audit_core.errors import AuditError
-from audit_core.ledgers import Ledger
-from audit_core.ledgers.sqlite import SqliteLedger
+from audit_core.ledgers import LedgerReader
+from audit_core.ledgers.sqlite import SqliteLedger, SqliteSnapshot
 
 __all__ = ["MIN_RECORDS_PER_JOB", "verify_parallel"]
 
@@ -41,19 +47,23 @@ _Result = tuple[bool, str | None, str, int, list[bytes], dict[int, list[bytes]]]
 
 
 def verify_parallel(
-    ledger: Ledger,
+    ledger: LedgerReader,
     chain: str,
     claims: Sequence[TreeHeadClaim],
     jobs: int,
     on_progress: Callable[[int], None] | None = None,
 ) -> ChainHead | None:
     """The chain's head if every check passed in ``jobs`` processes; None when the chain is
-    not worth splitting, not in a SQLite file, or anything failed (verify it in one process)."""
+    not worth splitting, not in a SQLite file, or anything failed (verify it in one process).
+    ``ledger`` is best a snapshot (as :func:`audit_core.verify_chain` passes): its size and
+    ``claims`` then describe one instant."""
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
-    if not isinstance(ledger, SqliteLedger) or ledger.path is None:
+    if not isinstance(ledger, (SqliteLedger, SqliteSnapshot)) or ledger.path is None:
         return None
-    head = ledger.head(chain)
-    size = 0 if head is None else head.seq + 1
+    try:
+        size = stored_size(chain, ledger.head(chain))
+    except AuditError:
+        return None  # a malformed last row: the one-process run names it
     if jobs < 2 or size < 2 * MIN_RECORDS_PER_JOB:
         return None
     with closing(ledger.read(chain, -(1 << 62), 0)) as below_zero:
@@ -121,7 +131,9 @@ def _verify_range(task: tuple[str, str, int, int, list[int]]) -> _Result:
     def keep(at: int, nodes: list[bytes]) -> None:
         snapshots[at] = list(nodes)
 
-    ledger = SqliteLedger(Path(path), create=False)
+    # read only: an auditor may verify a ledger it cannot write; seq < end were committed
+    # before the parent's snapshot, so this newer read sees the same records
+    ledger = SqliteLedger(Path(path), create=False, read_only=True)
     try:
         scan = scan_records(
             chain, ledger.read(chain, start, end), start=start, prev=None, sizes=sizes, at_size=keep

@@ -18,6 +18,7 @@ The ``0x00`` prefix separates leaf hashes from interior nodes (``0x01``); the am
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from audit_core._jcs import canonical_bytes
+from audit_core._jcs import canonical_loaded
 from audit_core._normalize import JSON, JSONObject
 from audit_core.errors import FormatError, InvalidRecordError
 
@@ -41,6 +42,7 @@ __all__ = [
     "StoredCheckpoint",
     "StoredRecord",
     "genesis",
+    "is_timestamp",
     "leaf_hash",
     "prepare",
 ]
@@ -56,8 +58,15 @@ _GENESIS_DOMAIN = b"workflow-audit/v1/genesis\x00"
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 #: Chain ids are short, printable and safe in URLs, file names and S3 keys.
 CHAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
-#: RFC 3339, UTC, microseconds, ``Z``.
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+#: RFC 3339 §5.6, UTC, microseconds, ``Z``; ASCII digits only (``\d`` would take Arabic-Indic
+#: ones), years 0001-9999 (Python's), months 01-12, days 01-31, hours 00-23, minutes and seconds
+#: 00-59 (no leap second: POSIX time, which writers read, has none). Whether the day exists:
+#: :func:`is_timestamp`.
+TIMESTAMP = re.compile(
+    r"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
+)
+_TIMESTAMP_MATCH = TIMESTAMP.fullmatch
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -69,6 +78,21 @@ def genesis(chain: str) -> str:
     Deriving it from the chain id means a chain's first record cannot be moved to another chain.
     """
     return hashlib.sha256(_GENESIS_DOMAIN + chain.encode("utf-8")).hexdigest()
+
+
+def is_timestamp(ts: str) -> bool:
+    """True when ``ts`` is a record timestamp: :data:`TIMESTAMP`, on a day the calendar has
+    (``2026-02-29`` has none). Cheap: days up to 28 exist in every month."""
+    return _TIMESTAMP_MATCH(ts) is not None and (ts[8:10] < "29" or _real_day(ts[:10]))
+
+
+@lru_cache(maxsize=1024)
+def _real_day(day: str) -> bool:
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError:
+        return False
+    return True
 
 
 def leaf_hash(body: bytes) -> bytes:
@@ -133,7 +157,8 @@ def prepare(
     trace: JSONObject | None,
     data: JSONObject,
 ) -> PreparedRecord:
-    """Validate and encode a record's fields (already normalized JSON values)."""
+    """Validate and encode a record's fields: JSON values already made by
+    :func:`~audit_core._normalize.normalize` (a NaN here would be written as null)."""
     if chain not in _valid_chains and not _remember(chain, CHAIN_ID, _valid_chains):
         raise InvalidRecordError(f"chain id {chain!r} must match {CHAIN_ID.pattern}")
     if event not in _valid_events and not _remember(event, EVENT_TYPE, _valid_events):
@@ -141,16 +166,21 @@ def prepare(
             f"event type {event!r} must be dotted lower-case words, like 'task.failed' "
             "or 'acme.model.approved'"
         )
-    if not TIMESTAMP.fullmatch(ts):
-        raise InvalidRecordError(f"timestamp {ts!r} must be RFC 3339 UTC with microseconds")
+    if type(ts) is not str or not is_timestamp(ts):
+        raise InvalidRecordError(
+            f"timestamp {ts!r} must be RFC 3339 UTC with microseconds, ASCII digits and a real "
+            "date, like 2026-11-28T10:00:00.000000Z"
+        )
     _check_actor(actor)
     if trace is not None:
         _check_trace(trace)
     # RFC 8785 sorts members, and "prev" and "seq" sort between "event" and "subject": the
     # canonical record is the members before them, prev, seq, and the members after them.
     # So two encodings per record, made before the ledger's transaction, and two splices.
-    before = canonical_bytes({"actor": actor, "chain": chain, "data": data, "event": event})
-    after = canonical_bytes({"subject": subject, "trace": trace, "ts": ts, "v": FORMAT_VERSION})
+    # The fields come from normalize() (finite numbers only) or are checked strings above:
+    # the encoder's non-finite check would only repeat that (~1 us a record).
+    before = canonical_loaded({"actor": actor, "chain": chain, "data": data, "event": event})
+    after = canonical_loaded({"subject": subject, "trace": trace, "ts": ts, "v": FORMAT_VERSION})
     head = before[:-1] + b',"prev":"'  # drop "}"
     tail = b"," + after[1:]  # drop "{"
     return PreparedRecord(chain=chain, event=event, ts=ts, head=head, tail=tail)
@@ -225,7 +255,7 @@ class Record:
                 chain=stored.chain,
                 seq=stored.seq,
                 expected="a version 1 record",
-                found=repr(stored.body[:60]),
+                found=repr(stored.body)[:80],  # a tampered body may be any type
             ) from exc
 
     @classmethod

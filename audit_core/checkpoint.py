@@ -28,12 +28,13 @@ import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from audit_core._merkle import consistency_proof, verify_consistency
+from audit_core._metrics import COUNTERS
 from audit_core._normalize import format_timestamp
 from audit_core._note import Signer, Verifier, open_note, sign_note
 from audit_core._record import StoredCheckpoint
@@ -46,7 +47,10 @@ from audit_core.errors import (
 from audit_core.ledgers import Ledger
 
 __all__ = [
+    "MAX_TREE_SIZE",
+    "ROTATE_KEY_ENV",
     "Checkpoint",
+    "check_stored",
     "load_signer",
     "load_verifiers",
     "open_checkpoint",
@@ -54,7 +58,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("workflow_audit")
-_SIZE = re.compile(r"0|[1-9][0-9]*")
+_SIZE = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+#: Tree sizes are uint64: RFC 9162 §4.3 (``uint64 tree_size``), and the reference
+#: checkpoint parser (golang.org/x/mod/sumdb/tlog ParseTree, strconv.ParseUint(…, 10, 64)).
+MAX_TREE_SIZE = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,18 @@ class Checkpoint:
     origin: str
     size: int
     root: bytes
+
+    def __post_init__(self) -> None:
+        if not self.origin or "\n" in self.origin:
+            raise CheckpointError("a checkpoint origin is one non-empty line", chain="?", seq=None)
+        if type(self.size) is not int or not 0 <= self.size <= MAX_TREE_SIZE:
+            raise CheckpointError(
+                f"checkpoint tree size {self.size!r} is not a uint64 (0 to 2^64-1)",
+                chain="?",
+                seq=None,
+            )
+        if not isinstance(self.root, bytes) or len(self.root) != 32:
+            raise CheckpointError("checkpoint root is not a SHA-256 hash", chain="?", seq=None)
 
     def text(self) -> str:
         """The checkpoint's note text."""
@@ -80,9 +99,13 @@ class Checkpoint:
                 seq=None,
             )
         origin, size, root_b64 = lines[0], lines[1], lines[2]
-        if not _SIZE.fullmatch(size):
+        # No leading zeroes (c2sp.org/tlog-checkpoint "Note text"); at most 20 digits, so
+        # that no huge number is ever converted, then at most 2^64-1.
+        if not _SIZE.fullmatch(size) or len(size) > 20 or int(size) > MAX_TREE_SIZE:
             raise CheckpointError(
-                f"checkpoint tree size {size!r} is not decimal", chain="?", seq=None
+                f"checkpoint tree size {size[:24]!r} is not a decimal uint64 (0 to 2^64-1)",
+                chain="?",
+                seq=None,
             )
         try:
             root = base64.b64decode(root_b64, validate=True)
@@ -96,6 +119,31 @@ class Checkpoint:
 
     def describe(self) -> str:
         return f"checkpoint {self.origin} at tree size {self.size} (root {self.root.hex()[:16]}…)"
+
+
+def check_stored(chain: str, stored: StoredCheckpoint) -> None:
+    """Raise :class:`CheckpointError` unless a checkpoint row read from a ledger holds the
+    types its columns declare: an integer size, a 32-byte root and a text note (SQLite
+    keeps any type in any column; a row edited outside workflow-audit may hold another)."""
+    if (
+        type(stored.size) is int
+        and isinstance(stored.root, bytes)
+        and len(stored.root) == 32
+        and isinstance(stored.note, str)
+    ):
+        return
+    found = ", ".join(
+        f"{name} {type(value).__name__} {value!r:.40}"
+        for name, value in (("size", stored.size), ("root", stored.root), ("note", stored.note))
+    )
+    raise CheckpointError(
+        f"chain {chain!r}: a stored checkpoint row is malformed ({found}): the ledger was "
+        "edited outside workflow-audit",
+        chain=chain,
+        seq=None,
+        expected="size INTEGER, root BLOB of 32 bytes, note TEXT",
+        found=found,
+    )
 
 
 def open_checkpoint(note: str, trusted: Sequence[Verifier]) -> Checkpoint:
@@ -166,16 +214,40 @@ def _fork(chain: str, last: StoredCheckpoint, size: int, root: bytes) -> Checkpo
 # -- keys ---------------------------------------------------------------------------------
 
 
-def load_signer(spec: str | None, *, default_path: Path | None, name: str) -> Signer:
+#: Set to 1 to let a writer mint a new local signing key for a ledger whose chains already
+#: hold checkpoints signed by a key that is now missing (README, "Rotating the local key").
+ROTATE_KEY_ENV = "WORKFLOW_AUDIT_ROTATE_KEY"
+
+
+def load_signer(
+    spec: str | None,
+    *,
+    default_path: Path | None,
+    name: str,
+    signed_before: Callable[[], bool] | None = None,
+    rotate: bool | None = None,
+) -> Signer:
     """The signing key: ``spec`` is a ``PRIVATE+KEY+…`` string or a key file's path; without
-    one, a local key at ``default_path`` is created on first use (and announced loudly)."""
+    one, a local key at ``default_path`` is created on first use (and announced loudly).
+
+    A missing local key is re-created only for a ledger that holds no checkpoint yet
+    (``signed_before()`` false): a key minted silently for a ledger whose checkpoints were
+    signed by the lost one would make every verifier holding the old key report tampering.
+    Then :class:`ConfigError` is raised (and ``checkpoint_key_missing`` counted) unless
+    ``rotate`` (default: ``$WORKFLOW_AUDIT_ROTATE_KEY`` is 1): a rotation mints a key under
+    the old key's name and appends its verifier key to ``<key>.pub`` after the old one, so
+    that one file verifies checkpoints of both (:func:`audit_core._note.open_note`).
+    """
     if spec:
         if spec.startswith("PRIVATE+KEY+"):
             return Signer.parse(spec)
         try:
-            return Signer.parse(Path(spec).expanduser().read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read signing key file {spec}: {exc}") from exc
+            return Signer.parse(Path(spec).expanduser().read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            # A mistyped key string lands here as a "path": never echo it (STYLE rule 18).
+            shown = "(not shown: it looks like key material)" if "+" in spec else spec
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read signing key file {shown}: {why}") from exc
     if default_path is None:
         signer = Signer.generate(name)
         logger.warning(
@@ -183,16 +255,40 @@ def load_signer(spec: str | None, *, default_path: Path | None, name: str) -> Si
             signer.verifier,
         )
         return signer
+    if rotate is None:
+        rotate = os.environ.get(ROTATE_KEY_ENV, "").strip() == "1"
     try:
         if default_path.exists():
-            return Signer.parse(default_path.read_text())
-        signer = Signer.generate(name)
+            return Signer.parse(default_path.read_text(encoding="utf-8"))
+        rotating = signed_before is not None and signed_before()
+        if rotating and not rotate:
+            COUNTERS.incr("checkpoint_key_missing")
+            raise ConfigError(
+                f"the local signing key {default_path} is missing, but this ledger holds "
+                "checkpoints signed with it: no new key is minted (verifiers holding the old "
+                "verifier key would see a tamper verdict). Records are still written; "
+                "checkpoints are not signed until the key is restored, or rotated on purpose "
+                f"with {ROTATE_KEY_ENV}=1 or `workflow-audit checkpoint --rotate-key`"
+            )
+        public = default_path.with_name(default_path.name + ".pub")
+        previous = _verifier_lines(public) if rotating else []
+        signer = Signer.generate(previous[0].name if previous else name)
         try:
-            write_key_files(signer, default_path)
+            write_key_files(signer, default_path, keep=previous)
         except FileExistsError:  # another process created it first: use theirs
-            return Signer.parse(default_path.read_text())
-    except OSError as exc:  # an unreadable key, a read-only directory
+            return Signer.parse(default_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:  # an unreadable key, a read-only directory
         raise ConfigError(f"cannot read or create the signing key {default_path}: {exc}") from exc
+    if rotating:
+        COUNTERS.incr("checkpoint_key_rotations")
+        logger.warning(
+            "workflow-audit: ROTATED the local signing key %s: new checkpoints are signed by "
+            "%s. Verifiers need the old and the new verifier key (both in %s).",
+            default_path,
+            signer.verifier,
+            public,
+        )
+        return signer
     logger.warning(
         "workflow-audit: created a LOCAL signing key %s for checkpoints. Fine for a demo; in "
         "production set WORKFLOW_AUDIT_SIGNING_KEY to a key kept away from the ledger, and keep "
@@ -203,23 +299,53 @@ def load_signer(spec: str | None, *, default_path: Path | None, name: str) -> Si
     return signer
 
 
-def write_key_files(signer: Signer, path: Path) -> Path:
-    """Write the signer key (mode 0600) and ``<path>.pub`` (the verifier key); returns the
-    latter. Raises FileExistsError rather than overwrite a key. The key appears whole or not
-    at all (written aside, then hard-linked into place), so concurrent first users agree."""
+def _verifier_lines(public: Path) -> list[Verifier]:
+    """The verifier keys in a ``.pub`` file (none if it is gone or unreadable)."""
+    try:
+        lines = public.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return []
+    keys = []
+    for line in lines:
+        try:
+            keys.append(Verifier.parse(line))
+        except SignatureError:
+            continue  # not a key: not carried over
+    return keys
+
+
+def _write_new(path: Path, text: str, mode: int) -> Path:
+    """Write ``text`` to a new file aside ``path``, with exactly ``mode`` whatever the umask
+    (fchmod after open: the umask only narrows open()'s mode), fsync'd; returns that file."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        aside.unlink(missing_ok=True)
+        raise
+    return aside
+
+
+def write_key_files(signer: Signer, path: Path, *, keep: Sequence[Verifier] = ()) -> Path:
+    """Write the signer key (mode 0600) and ``<path>.pub`` (mode 0644: the verifier key,
+    after the ``keep`` keys of a rotation), whatever the umask; returns the latter. Raises
+    FileExistsError rather than overwrite a key. The key appears whole or not at all
+    (written aside, then hard-linked into place), so concurrent first users agree."""
     path.parent.mkdir(parents=True, exist_ok=True)
     public = path.with_name(path.name + ".pub")
-    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(str(signer) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    aside = _write_new(path, str(signer) + "\n", 0o600)
     try:
         os.link(aside, path)  # atomic, and fails if the key exists
     finally:
         aside.unlink()
-    public.write_text(str(signer.verifier) + "\n")
+    keys = [str(v) for v in keep if v != signer.verifier] + [str(signer.verifier)]
+    text = "".join(f"{key}\n" for key in dict.fromkeys(keys))
+    os.replace(_write_new(public, text, 0o644), public)
     return public
 
 
@@ -231,8 +357,8 @@ def load_verifiers(specs: Sequence[str]) -> list[Verifier]:
             keys.append(Verifier.parse(spec))
             continue
         try:
-            lines = Path(spec).expanduser().read_text().split()
-        except OSError as exc:
+            lines = Path(spec).expanduser().read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{spec!r} is neither a verifier key nor a readable file") from exc
         keys += [Verifier.parse(line) for line in lines if line]
     if not keys:

@@ -6,6 +6,7 @@ Exit codes (stable, for scripts and CI):
 - 1: ``verify`` found the trail invalid (the message names chain, seq, expected and found)
 - 2: usage error, or the ledger cannot be opened or read
 - 3: ``ship`` gave up with records still pending (the sink stayed down past ``--timeout``)
+- 4: ``health`` found the trail unhealthy (a threshold was passed; see ``health --help``)
 
 Run ``workflow-audit --help`` or ``workflow-audit COMMAND --help``.
 """
@@ -24,7 +25,7 @@ from typing import IO
 import orjson
 
 from audit_core import __version__
-from audit_core._chain import ChainHead, check_head
+from audit_core._chain import ChainHead, check_head, stored_size
 from audit_core._note import Signer, Verifier, sign_note, unverified_text
 from audit_core._record import Record
 from audit_core._report import (
@@ -52,9 +53,14 @@ from audit_core.errors import (
     SignatureError,
     VerificationError,
 )
-from audit_core.ledgers import Ledger, ledger_path
+from audit_core.ledgers import Ledger, LedgerReader, ledger_path, masked_url
 from audit_core.ledgers.sqlite import SqliteLedger
-from audit_core.proofs import make_inclusion_bundle, prove_consistency, verify_inclusion_bundle
+from audit_core.proofs import (
+    BUNDLE_FORMAT,
+    make_inclusion_bundle,
+    prove_consistency,
+    verify_inclusion_bundle,
+)
 from audit_core.trail import AuditTrail
 from audit_core.verify import verify_ledger
 
@@ -86,13 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:  # `workflow-audit export | head`
         return EXIT_OK
+    except OSError as exc:  # a file named on the command line: I/O, exit 2, no traceback
+        print(f"workflow-audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _exit_codes() -> str:
+    """The exit codes listed in this module's docstring (one list, also shown by --help)."""
+    listed = [line[2:] for line in (__doc__ or "").splitlines() if re.match(r"- \d+: ", line)]
+    return "Exit codes: " + "; ".join(code.replace("``", "") for code in listed) + "."
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="workflow-audit",
         description="Tamper-evident audit trails for Airflow and Prefect.",
-        epilog="Exit codes: 0 ok/valid, 1 verification failed, 2 usage or I/O error.",
+        epilog=_exit_codes(),
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -134,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="trusted verifier key (string or file); checks every stored "
-        "checkpoint's signature (repeatable: all must have signed)",
+        "checkpoint's signature (repeatable: every key name must have signed; keys sharing "
+        "a name, as after a key rotation, are alternatives)",
     )
     v.add_argument(
         "--checkpoint",
@@ -178,6 +194,13 @@ def _parser() -> argparse.ArgumentParser:
         "--all",
         action="store_true",
         help="every chain (the default without --chain; spelled out for scripts)",
+    )
+    c.add_argument(
+        "--rotate-key",
+        action="store_true",
+        help="the local signing key is lost: mint a new one even though the ledger holds "
+        "checkpoints signed by the old one (its verifier key is added to <key>.pub; "
+        "verifiers then need both keys)",
     )
     c.set_defaults(func=_cmd_checkpoint)
 
@@ -273,6 +296,14 @@ def _parser() -> argparse.ArgumentParser:
 
     postgres_admin.add_parsers(sub)
 
+    from audit_core import spool_cli  # spool status / spool drain
+
+    spool_cli.add_parsers(sub)
+
+    from audit_core import health_cli  # opens the ledger as the other reading commands do
+
+    health_cli.add_parser(sub, _open)
+
     rc = sub.add_parser(
         "reconcile",
         help="append *.unrecorded records for runs the orchestrator knows ended unrecorded",
@@ -335,35 +366,39 @@ def _default_ledger_url() -> str:
     return url
 
 
-def _open(args: argparse.Namespace) -> tuple[Ledger, str]:
+def _open(args: argparse.Namespace, *, write: bool = False) -> tuple[Ledger, str]:
+    """The ledger the arguments name, read-only unless ``write`` (STYLE rule 17: an auditor
+    who cannot write, or a copy on read-only media, can run every reading command)."""
     url = args.ledger or _default_ledger_url()
     if url.startswith(("postgresql://", "postgres://")):
         from audit_core.ledgers import open_ledger
 
-        ledger = open_ledger(url)
+        ledger = open_ledger(url, read_only=not write)
         return ledger, repr(ledger)  # the ledger's repr hides the password
     if "://" in url and not url.startswith("sqlite:"):
-        raise ConfigError(f"unsupported ledger URL {url!r}: sqlite:/// or postgresql://")
+        raise ConfigError(
+            f"unsupported ledger URL {masked_url(url)!r}: sqlite:/// or postgresql://"
+        )
     path = ledger_path(url)
     if path is None:
         raise ConfigError("an in-memory ledger cannot be read from the command line")
     if not path.exists():
         raise ConfigError(f"no ledger at {path} (set --ledger or WORKFLOW_AUDIT_LEDGER)")
-    return SqliteLedger(path, create=False), str(path)
+    return SqliteLedger(path, create=False, read_only=not write), str(path)
 
 
-def _only_chain(ledger: Ledger) -> str | None:
+def _only_chain(ledger: LedgerReader) -> str | None:
     """The ledger's chain when it has exactly one (then --chain may be left out)."""
     chains = ledger.chains()
     return chains[0] if len(chains) == 1 else None
 
 
-def _chains(args: argparse.Namespace, ledger: Ledger) -> list[str]:
+def _chains(args: argparse.Namespace, ledger: LedgerReader) -> list[str]:
     return list(args.chain) if args.chain else ledger.chains()
 
 
 def _records(
-    ledger: Ledger,
+    ledger: LedgerReader,
     chains: Sequence[str],
     start: int = 0,
     unreadable: list[VerificationError] | None = None,
@@ -404,7 +439,7 @@ def _progress_verify(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     names = chains if chains is not None else ledger.chains()
-    totals = {c: (h.seq + 1 if (h := ledger.head(c)) else 0) for c in names}
+    totals = {c: stored_size(c, ledger.head(c)) for c in names}
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -448,6 +483,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--checkpoint needs --key: a checkpoint is only evidence once its signature is checked"
         )
+    if args.witness and not args.checkpoint:  # the witnesses cosign checkpoint files only
+        raise ConfigError("--witness needs --checkpoint: the checkpoint files they cosigned")
     witnessed = keys + (load_verifiers(args.witness) if args.witness else [])
     external = [
         (_read_checkpoint(path, witnessed), f"checkpoint {path}") for path in args.checkpoint
@@ -539,11 +576,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     ledger, _ = _open(args)
     keep = _filter(args)
     selected: list[Record] = []
-    for rec in _records(ledger, _chains(args, ledger), args.start):
-        if keep(rec):
-            selected.append(rec)
-            if len(selected) >= args.limit:
-                break
+    with ledger.snapshot() as view:
+        for rec in _records(view, _chains(args, view), args.start):
+            if keep(rec):
+                selected.append(rec)
+                if len(selected) >= args.limit:
+                    break
     if args.json:
         sys.stdout.buffer.writelines(to_jsonl(selected))
     else:
@@ -557,8 +595,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     positions: dict[str, int] = {}
     last: list[Record] = []
     for chain in chains:
-        head = ledger.head(chain)
-        size = 0 if head is None else head.seq + 1
+        size = stored_size(chain, ledger.head(chain))  # a malformed row: named, exit 1
         last += _records(ledger, [chain], max(0, size - args.lines))
         positions[chain] = size
     last.sort(key=lambda r: (r.ts, r.chain, r.seq))
@@ -578,17 +615,18 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     ledger, _ = _open(args)
     keep = _filter(args)
-    records = (r for r in _records(ledger, _chains(args, ledger)) if keep(r))
-    if args.format == "jsonl":
-        out_b = _output(args, "wb")
-        _write_all(out_b.write, to_jsonl(records))  # type: ignore[arg-type]
-        if out_b is not sys.stdout.buffer:
-            out_b.close()
-    else:
-        out_t = _output(args, "w")
-        _write_all(out_t.write, to_csv(records))  # type: ignore[arg-type]
-        if out_t is not sys.stdout:
-            out_t.close()
+    with ledger.snapshot() as view:  # every chain as of one instant
+        records = (r for r in _records(view, _chains(args, view)) if keep(r))
+        if args.format == "jsonl":
+            out_b = _output(args, "wb")
+            _write_all(out_b.write, to_jsonl(records))  # type: ignore[arg-type]
+            if out_b is not sys.stdout.buffer:
+                out_b.close()
+        else:
+            out_t = _output(args, "w")
+            _write_all(out_t.write, to_csv(records))  # type: ignore[arg-type]
+            if out_t is not sys.stdout:
+                out_t.close()
     return EXIT_OK
 
 
@@ -599,16 +637,17 @@ def _write_all(write: Callable[[object], object], chunks: Iterator[object]) -> N
 
 def _cmd_report(args: argparse.Namespace) -> int:
     ledger, where = _open(args)
-    chains = _chains(args, ledger)
+    keys = load_verifiers(args.key) if args.key else []
     keep = _filter(args)
     unreadable: list[VerificationError] = []
-    summary = summarize(r for r in _records(ledger, chains, unreadable=unreadable) if keep(r))
-    keys = load_verifiers(args.key) if args.key else []
-    summary.signatures_checked = bool(keys)
-    try:
-        summary.heads = verify_ledger(ledger, chains, keys=keys)
-    except VerificationError as exc:
-        summary.error = exc
+    with ledger.snapshot() as view:  # the counts and the verdict describe the same records
+        chains = _chains(args, view)
+        summary = summarize(r for r in _records(view, chains, unreadable=unreadable) if keep(r))
+        summary.signatures_checked = bool(keys)
+        try:
+            summary.heads = verify_ledger(view, chains, keys=keys)
+        except VerificationError as exc:
+            summary.error = exc
     if summary.error is None and unreadable:  # cannot happen for a verified chain; belt and braces
         summary.error = unreadable[0]
     period = f"{args.since or 'beginning'} … {args.until or 'now'}"
@@ -624,10 +663,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _read_checkpoint(path: str, keys: Sequence[Verifier]) -> Checkpoint:
     try:
         note = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # missing, a directory, binary: exit 2
         raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+    try:  # its form first: a file that is no signed checkpoint at all is a usage error
+        unsigned = Checkpoint.parse(unverified_text(note))
+    except (SignatureError, CheckpointError) as exc:
+        raise ConfigError(f"{path} is not a signed checkpoint: {exc}") from exc
+    if not keys:
+        return unsigned
     try:
-        return open_checkpoint(note, keys) if keys else Checkpoint.parse(unverified_text(note))
+        return open_checkpoint(note, keys)
     except SignatureError as exc:  # evidence that does not verify: "invalid", exit 1
         raise CheckpointError(
             f"checkpoint {path} does not verify: {exc}", chain="?", seq=None
@@ -649,7 +694,7 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     names = sink_names(args.sink or _env_sinks())
     if not names:
         raise ConfigError("no sink: pass --sink otlp|s3|structlog|all or set WORKFLOW_AUDIT_SINKS")
-    ledger, _ = _open(args)
+    ledger, _ = _open(args, write=True)
     sinks = [
         make_sink(name, ledger, config, endpoint=args.endpoint, s3_url=args.s3) for name in names
     ]
@@ -698,7 +743,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     print(
         f"{args.source}: {result.checked} terminal run(s) since {args.since}, "
         f"{len(result.missing)} without a record; {verb} {len(result.missing)} "
-        f"to chain {config.chain!r} of {config.ledger_url}",
+        f"to chain {config.chain!r} of {masked_url(config.ledger_url)}",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -731,6 +776,8 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
         raise ConfigError("--all signs every chain: leave out --chain")
     _open(args)  # the ledger must exist: never create an empty one here
     trail = _trail_for(args)
+    if args.rotate_key:
+        trail.rotate_key = True
     for chain in args.chain or trail.ledger.chains():
         stored = trail.checkpoint(chain)
         if stored is not None:
@@ -742,7 +789,8 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     ledger, _ = _open(args)
     chain = args.chain or _only_chain(ledger) or AuditConfig.from_env().chain
     try:
-        bundle = make_inclusion_bundle(ledger, chain, args.seq, args.size)
+        with ledger.snapshot() as view:  # checkpoint, record and audit path of one instant
+            bundle = make_inclusion_bundle(view, chain, args.seq, args.size)
     except ProofError as exc:
         raise ConfigError(str(exc)) from exc
     text = orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -764,6 +812,8 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
         bundle = orjson.loads(Path(args.bundle).read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read bundle {args.bundle}: {exc}") from exc
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ConfigError(f"{args.bundle} is not a {BUNDLE_FORMAT} bundle (written by `prove`)")
     try:
         proven = verify_inclusion_bundle(bundle, keys)
     except (ProofError, SignatureError, CheckpointError) as exc:
@@ -783,8 +833,8 @@ def _cmd_cosign(args: argparse.Namespace) -> int:
     # cosigning); a witness that also tracks consistency runs `consistency` before this.
     keys = load_verifiers(args.key)
     path = Path(args.checkpoint)
+    checkpoint = _read_checkpoint(str(path), keys)  # exit 2 if unreadable, 1 if unsigned
     note = path.read_text(encoding="utf-8")
-    checkpoint = _read_checkpoint(str(path), keys)
     witness = load_signer(args.signing_key, default_path=None, name="unused")
     path.write_text(sign_note(checkpoint.text(), [witness], existing=note), encoding="utf-8")
     print(
@@ -814,7 +864,8 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
         )
         return EXIT_INVALID
     try:
-        proof = prove_consistency(ledger, chain, old, new)
+        with ledger.snapshot() as view:
+            proof = prove_consistency(view, chain, old, new)
     except (ProofError, CheckpointError) as exc:
         print(f"INVALID: {old.describe()} -> {new.describe()}: {exc}", file=sys.stderr)
         return EXIT_INVALID

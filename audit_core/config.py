@@ -32,6 +32,11 @@ Environment variables (all optional; README "Configuration" lists them too):
                                    the background, after a task or run ends (``otlp,s3``;
                                    default none: ``workflow-audit ship --follow`` does it)
 ``WORKFLOW_AUDIT_S3_URL``          ``s3://BUCKET/PREFIX`` of the s3 sink
+``WORKFLOW_AUDIT_SPOOL_DIR``       where records that cannot reach the ledger wait (locked,
+                                   read-only, disk full, server down) until the next writer
+                                   or ``workflow-audit spool drain`` appends them (default
+                                   ``<ledger>.spool/`` beside a SQLite ledger, else
+                                   ``$XDG_DATA_HOME/workflow-audit/spool``)
 =================================  ==========================================================
 """
 
@@ -41,12 +46,13 @@ import getpass
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from audit_core._normalize import DEFAULT_MAX_VALUE_BYTES, DEFAULT_REDACT_KEYS
 from audit_core.errors import ConfigError
+from audit_core.ledgers import masked_url
 
 __all__ = ["ENV_PREFIX", "AuditConfig", "default_ledger_url"]
 
@@ -85,6 +91,17 @@ class AuditConfig:
     checkpoint_interval_s: float = 300.0
     flush_sinks: tuple[str, ...] = ()
     s3_url: str | None = None
+    spool_dir: str | None = None
+
+    def __repr__(self) -> str:
+        # Configs end up in logs and tracebacks: no key material, no URL password (rule 18).
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signing_key"}
+        shown["ledger_url"] = masked_url(self.ledger_url)
+        if self.s3_url is not None:
+            shown["s3_url"] = masked_url(self.s3_url)
+        key = self.signing_key
+        shown["signing_key"] = None if key is None else "***" if "+" in key else key
+        return "AuditConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def __post_init__(self) -> None:
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -133,6 +150,8 @@ class AuditConfig:
             values["flush_sinks"] = tuple(n.strip() for n in v.split(",") if n.strip())
         if v := get(ENV_PREFIX + "S3_URL"):
             values["s3_url"] = v
+        if v := get(ENV_PREFIX + "SPOOL_DIR"):
+            values["spool_dir"] = v
         if v := get(ENV_PREFIX + "REDACT_KEYS"):
             extra = tuple(p.strip() for p in v.split(",") if p.strip())
             values["redact_keys"] = DEFAULT_REDACT_KEYS + extra

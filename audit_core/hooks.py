@@ -24,21 +24,26 @@ The contract every adapter hook keeps (README "Guarantees"):
   for what is still queued and logs and counts ``records_abandoned`` for what it gives up on.
   One thread and a queue, never a fork per event: forking from a hook is what left Airflow
   tasks "running" with the OpenLineage listener on Airflow 3.1.
+- **Nothing lost, little waited** (adapters, which give the runner a :class:`Spill`): a hook's
+  write waits at most :attr:`HookRunner.lock_wait_s` (1 s) for the ledger lock. A write that
+  fails with a :class:`~audit_core.errors.LedgerError` (locked, read-only, disk full, server
+  down) or runs past the budget opens a breaker: its records, and every later hook's, go to
+  the local spool (:mod:`audit_core.spool`) at once, ``fsync``'d, and the hook returns
+  (counted: ``records_spooled``, ``breaker_open``). The writer thread probes the ledger with
+  backoff; once it appended the spool, in order, the breaker closes. Each job is decided
+  once, landed or spooled, never both. At exit, queued jobs are spooled instead of abandoned.
 """
 
 from __future__ import annotations
 
-import atexit
 import fnmatch
 import hashlib
 import logging
 import os
-import queue
 import re
 import socket
 import string
 import threading
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +52,9 @@ from typing import Any
 from audit_core._jcs import canonical_bytes
 from audit_core._metrics import COUNTERS
 from audit_core._normalize import JSONObject, to_json
-from audit_core.trail import Event
+from audit_core._runner import HookRunner, Spill
+from audit_core._runner import TrackedLedger as _TrackedLedger
+from audit_core.trail import Event, _now
 
 __all__ = [
     "COUNTERS",
@@ -56,6 +63,7 @@ __all__ = [
     "EventFilter",
     "Flusher",
     "HookRunner",
+    "Spill",
     "TaskApi",
     "chain_for",
     "digest",
@@ -68,133 +76,6 @@ logger = logging.getLogger("workflow_audit")
 MAX_MESSAGE_CHARS = 2000
 
 
-class _Job:
-    __slots__ = ("done", "events", "failed", "what", "write")
-
-    def __init__(self, what: str, events: Sequence[Event], write: Callable[..., Any]) -> None:
-        self.what = what
-        self.events = events
-        self.write = write
-        self.failed = False
-        self.done = threading.Event()
-
-
-class HookRunner:
-    """Runs adapter hooks fail-open; writes on one background thread; waits at most a budget."""
-
-    def __init__(self, *, budget_s: float = 5.0, name: str = "workflow-audit") -> None:
-        self.budget_s = budget_s
-        self.name = name
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._pending = 0
-        atexit.register(self._at_exit)
-        if hasattr(os, "register_at_fork"):
-            # A fork while another thread holds the lock would leave the child a lock nobody
-            # releases (the OpenTelemetry SDK's processors reset theirs the same way).
-            os.register_at_fork(after_in_child=self._after_fork)
-
-    def run(
-        self,
-        what: str,
-        build: Callable[[], Sequence[Event] | None],
-        write: Callable[[Sequence[Event]], object],
-    ) -> bool:
-        """Build the events here (the hook's arguments may change once it returns), write them
-        on the background thread; True once written within the budget, False otherwise."""
-        try:
-            events = build()
-            if not events:
-                return True
-            job = _Job(what, events, write)
-            if threading.current_thread() is self._thread:  # a hook fired by our own write
-                self._execute(job)
-                return not job.failed
-            self._enqueue(job)
-            if job.done.wait(self.budget_s):
-                return not job.failed
-            COUNTERS.incr("hook_timeouts")
-            logger.warning(
-                "workflow-audit: %s not durable after %.1fs; the hook returns and the write "
-                "goes on in the background",
-                what,
-                self.budget_s,
-            )
-            return False
-        except Exception:  # the one containment point: an audit hook never fails a task
-            COUNTERS.incr("hook_failures")
-            logger.exception("workflow-audit: could not record %s", what)
-            return False
-
-    def drain(self, timeout_s: float | None = None) -> bool:
-        """Wait up to ``timeout_s`` (default: the budget) for queued writes; True if none left."""
-        deadline = time.monotonic() + (self.budget_s if timeout_s is None else timeout_s)
-        while True:
-            with self._lock:
-                pending = self._pending if self._pid == os.getpid() else 0
-            if pending == 0:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-
-    @property
-    def pending(self) -> int:
-        """Writes queued or running in this process."""
-        with self._lock:
-            return self._pending if self._pid == os.getpid() else 0
-
-    def _enqueue(self, job: _Job) -> None:
-        with self._lock:
-            if self._pid != os.getpid():  # first use, or a forked child: the thread is gone
-                self._pid = os.getpid()
-                self._queue = queue.SimpleQueue()
-                self._pending = 0
-                self._thread = threading.Thread(
-                    target=self._work, args=(self._queue,), name=self.name, daemon=True
-                )
-                self._thread.start()
-            self._pending += 1
-            self._queue.put(job)
-
-    def _work(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
-        while (job := jobs.get()) is not None:
-            try:
-                self._execute(job)
-            finally:
-                with self._lock:  # before done: a caller that saw done sees pending drop
-                    self._pending -= 1
-                job.done.set()
-
-    def _execute(self, job: _Job) -> None:
-        try:
-            job.write(job.events)
-        except Exception:  # the writer thread's one containment point: nobody else sees it
-            job.failed = True
-            COUNTERS.incr("hook_failures")
-            logger.exception("workflow-audit: could not write %s", job.what)
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._thread = None
-        self._pending = 0
-
-    def _at_exit(self) -> None:
-        # Daemon threads die with the interpreter: give queued records one budget to land,
-        # and say how many did not (they are what `workflow-audit reconcile` will find).
-        if not self.drain():
-            left = max(self.pending, 1)
-            COUNTERS.incr("records_abandoned", left)
-            logger.error(
-                "workflow-audit: %d write(s) still pending at exit after %.1fs; abandoned",
-                left,
-                self.budget_s,
-            )
-
-
 def failure_data(error: BaseException | str | None, *, kind: str | None = None) -> JSONObject:
     """Facts about a failure: exception type, message (processors redact it later), a SHA-256
     of the formatted traceback (evidence without storing code paths), and ``kind``."""
@@ -205,7 +86,7 @@ def failure_data(error: BaseException | str | None, *, kind: str | None = None) 
         out["error_type"] = (
             cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
         )
-        out["message"] = _clip(str(error))
+        out["message"] = _clip(_message(error))
         if error.__traceback__ is not None:
             text = "".join(traceback.format_exception(cls, error, error.__traceback__))
             out["traceback_sha256"] = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
@@ -216,10 +97,25 @@ def failure_data(error: BaseException | str | None, *, kind: str | None = None) 
     return out
 
 
+_CUT_WORD = re.compile(r"\S+\Z")
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - a user's exception whose __str__ raises anything
+        return f"<{type(error).__qualname__} with a failing __str__>"
+
+
 def _clip(text: str) -> str:
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
-    return text[:MAX_MESSAGE_CHARS] + f"… [{len(text) - MAX_MESSAGE_CHARS} more characters]"
+    head = text[:MAX_MESSAGE_CHARS]
+    # A word cut in two may be half a credential the processors no longer recognize
+    # ("postgresql://etl:hunt" lost its "@"): the cut word goes whole, unless it is all there is.
+    if not text[MAX_MESSAGE_CHARS].isspace():
+        head = _CUT_WORD.sub("", head).rstrip() or head
+    return head + f"… [{len(text) - len(head)} more characters]"
 
 
 def digest(value: object) -> str:
@@ -367,6 +263,9 @@ class AdapterBase:
         self._lock = threading.Lock()
         self._flusher: Flusher | None = None
         self.runner = HookRunner(budget_s=budget_s)
+        from audit_core.spool import TrailSpool  # spool imports this module's neighbours
+
+        self.runner.spill = TrailSpool(lambda: self.trail)
 
     def _load_options(self) -> AdapterOptions:
         raise NotImplementedError
@@ -381,18 +280,33 @@ class AdapterBase:
     @property
     def trail(self) -> Any:
         """This process's :class:`~audit_core.AuditTrail` (created on first use)."""
+        from audit_core.ledgers import open_ledger
         from audit_core.trail import AuditTrail
 
         with self._lock:
             if self._trail is None:
                 options = self.options
-                self._trail = AuditTrail(options.audit, processors=options.processors)
+                # A hook's write waits for the ledger lock a short while, then is spooled:
+                # the hook never waits for a lock held by someone stuck (spool.py).
+                config = options.audit.evolve(
+                    busy_timeout_s=min(options.audit.busy_timeout_s, self.runner.lock_wait_s)
+                )
+                ledger = open_ledger(
+                    config.ledger_url,
+                    synchronous=config.synchronous,
+                    busy_timeout_s=config.busy_timeout_s,
+                )
+                self._trail = AuditTrail(
+                    config, ledger=_TrackedLedger(ledger), processors=options.processors
+                )
             return self._trail
 
     def write(self, events: Sequence[Event]) -> None:
         """Append ``events`` in one transaction (the runner's thread calls this); after a
         terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
         trail = self.trail
+        if not isinstance(trail.ledger, _TrackedLedger):  # a trail given by the caller
+            trail.ledger = _TrackedLedger(trail.ledger)
         template = trail.config.chain
         if "{" in template:  # one chain per stream (chain_for)
             events = [e if e.chain else replace(e, chain=chain_for(template, e)) for e in events]
@@ -404,8 +318,15 @@ class AdapterBase:
             self._flusher.request()
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait (bounded) until every queued record is durable; True if none is left."""
-        return self.runner.drain(timeout_s)
+        """Wait (bounded) until every queued record is durable in the ledger or the spool
+        (what is left then is spooled); True if every one reached the ledger or the spool
+        without waiting for a running write."""
+        done = self.runner.drain(timeout_s) or self.runner.spool_pending(0)
+        # An Airflow task runner leaves with os._exit: no exit handler exports the counts.
+        from audit_core import metrics
+
+        metrics.flush()
+        return done
 
     def wanted(self, event: str) -> bool:
         """Recording is on and the event filter keeps ``event``."""
@@ -417,7 +338,21 @@ class AdapterBase:
             options = self.options
             if not options.enabled:
                 return ()
-            return [e for e in build() if options.events(e.type)]
+            events = [e for e in build() if options.events(e.type)]
+            if not events:
+                return events
+            # The event time is taken here, in the hook: a record that waits in the spool
+            # keeps it. The chain is chosen here too, so spooled records keep theirs.
+            now = _now()
+            template = options.audit.chain
+            return [
+                replace(
+                    e,
+                    ts=now if e.ts is None else e.ts,
+                    chain=e.chain or (chain_for(template, e) if "{" in template else None),
+                )
+                for e in events
+            ]
 
         return self.runner.run(what, kept, self.write)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from audit_core._chain import stored_size
 from audit_core._jcs import canonical_bytes
 from audit_core._merkle import (
     consistency_proof,
@@ -27,9 +28,9 @@ from audit_core._merkle import (
 )
 from audit_core._note import Verifier
 from audit_core._record import Record, StoredRecord, leaf_hash
-from audit_core.checkpoint import Checkpoint, open_checkpoint
+from audit_core.checkpoint import Checkpoint, check_stored, open_checkpoint
 from audit_core.errors import CheckpointError, InvalidRecordError, ProofError
-from audit_core.ledgers import Ledger
+from audit_core.ledgers import LedgerReader
 
 __all__ = [
     "BUNDLE_FIELDS",
@@ -56,15 +57,22 @@ class ProvenRecord:
 
 
 def make_inclusion_bundle(
-    ledger: Ledger, chain: str, seq: int, size: int | None = None
+    ledger: LedgerReader, chain: str, seq: int, size: int | None = None
 ) -> dict[str, Any]:
     """A bundle proving record ``seq`` is in the tree of a stored checkpoint: the one of
     ``size``, or else the latest. Raises :class:`ProofError` when no checkpoint covers it."""
-    if size is None:
-        latest = ledger.latest_checkpoint(chain)
-        stored = [] if latest is None or latest.size <= seq else [latest]
-    else:
-        stored = [c for c in ledger.checkpoints(chain) if c.size == size > seq]
+    try:
+        if size is None:
+            latest = ledger.latest_checkpoint(chain)
+            if latest is not None:
+                check_stored(chain, latest)
+            stored = [] if latest is None or latest.size <= seq else [latest]
+        else:
+            stored = [c for c in ledger.checkpoints(chain) if c.size == size > seq]
+            for row in stored:
+                check_stored(chain, row)
+    except CheckpointError as exc:  # a malformed row: nothing to prove with; verify names it
+        raise ProofError(f"{exc}; run `workflow-audit verify`") from exc
     if not stored:
         what = f"at tree size {size}" if size is not None else f"covering seq {seq}"
         raise ProofError(
@@ -74,15 +82,21 @@ def make_inclusion_bundle(
     checkpoint = stored[-1]
     with closing(ledger.read(chain, seq, seq + 1)) as rows:
         record = next(rows, None)
-    if record is None:
-        raise ProofError(f"chain {chain!r} has no record at seq {seq}")
+    try:  # a record rewritten outside workflow-audit may be another type, or not UTF-8
+        body = record.body.decode("utf-8") if record is not None else None
+    except (AttributeError, UnicodeDecodeError):
+        body = None
+    if body is None:
+        raise ProofError(
+            f"chain {chain!r} has no readable record at seq {seq}; run `workflow-audit verify`"
+        )
     path = inclusion_proof(partial(ledger.node, chain), seq, checkpoint.size)
     return {
         "format": BUNDLE_FORMAT,
         "chain": chain,
         "leaf_index": seq,
         "tree_size": checkpoint.size,
-        "record": record.body.decode("utf-8"),
+        "record": body,
         "audit_path": [h.hex() for h in path],
         "checkpoint": checkpoint.note,
     }
@@ -129,14 +143,15 @@ def verify_inclusion_bundle(bundle: Mapping[str, Any], keys: Sequence[Verifier])
     return ProvenRecord(record, checkpoint, signed_by)
 
 
-def prove_consistency(ledger: Ledger, chain: str, old: Checkpoint, new: Checkpoint) -> list[bytes]:
+def prove_consistency(
+    ledger: LedgerReader, chain: str, old: Checkpoint, new: Checkpoint
+) -> list[bytes]:
     """Build the RFC 9162 consistency proof from ``old`` to ``new`` out of the ledger and
     verify it against both checkpoints' roots; raises :class:`ProofError` (a fork or a
     rewrite) or :class:`CheckpointError` (the ledger no longer holds the newer tree)."""
     if old.size > new.size:
         old, new = new, old
-    last = ledger.head(chain)
-    size = 0 if last is None else last.seq + 1
+    size = stored_size(chain, ledger.head(chain))
     if new.size > size:
         raise CheckpointError(
             f"chain {chain!r} holds {size} records but {new.describe()} covers {new.size}: "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,14 +28,21 @@ from types import TracebackType
 from audit_core._metrics import COUNTERS
 from audit_core._normalize import (
     JSONObject,
+    Normalized,
     Processor,
     format_timestamp,
     normalize,
+    process,
     redact,
-    to_json,
 )
 from audit_core._note import Signer
-from audit_core._record import TIMESTAMP, PreparedRecord, StoredCheckpoint, StoredRecord, prepare
+from audit_core._record import (
+    PreparedRecord,
+    StoredCheckpoint,
+    StoredRecord,
+    is_timestamp,
+    prepare,
+)
 from audit_core.checkpoint import load_signer, write_checkpoint
 from audit_core.config import AuditConfig, default_ledger_url
 from audit_core.errors import AuditError, ConfigError, InvalidRecordError
@@ -69,8 +77,12 @@ class AuditTrail:
         *,
         ledger: Ledger | None = None,
         processors: Sequence[Processor] | None = None,
+        rotate_key: bool | None = None,
     ) -> None:
         self.config = AuditConfig.from_env() if config is None else config
+        # may a missing local key be replaced for a ledger holding checkpoints (None: ask
+        # $WORKFLOW_AUDIT_ROTATE_KEY)? See audit_core.checkpoint.load_signer.
+        self.rotate_key = rotate_key
         self.ledger = ledger or open_ledger(
             self.config.ledger_url,
             synchronous=self.config.synchronous,
@@ -113,8 +125,14 @@ class AuditTrail:
                 self.config.signing_key,
                 default_path=_default_key_path(self.config.ledger_url),
                 name=f"workflow-audit.local/{socket.gethostname()}",
+                signed_before=self._signed_before,
+                rotate=self.rotate_key,
             )
         return self._signer
+
+    def _signed_before(self) -> bool:
+        # asked only when the local key is missing: was any chain signed (by that key)?
+        return any(self.ledger.latest_checkpoint(c) is not None for c in self.ledger.chains())
 
     def origin(self, chain: str) -> str:
         """The origin line of ``chain``'s checkpoints."""
@@ -206,16 +224,25 @@ class AuditTrail:
         chain: str | None,
         strict: bool,
     ) -> PreparedRecord:
-        limit = self.config.max_value_bytes
+        limit, processors = self.config.max_value_bytes, self.processors
         norm_data = normalize(
             {} if data is None else data,
-            processors=self.processors,
+            processors=processors,
             max_value_bytes=limit,
             strict=strict,
         )
-        # subjects are orchestrator identifiers: converted, never redacted
-        norm_subject = to_json(subject or {}, max_value_bytes=limit, strict=strict, path="subject")
-        issues = norm_data.issues + norm_subject.issues
+        # Every field is untrusted (STYLE rule 18): subject and actor pass the same processors
+        # as data. They mask secret-looking keys and credential-looking text only, so
+        # orchestrator identifiers (dag_id, run_id) stay readable.
+        norm_subject = normalize(
+            {} if subject is None else subject,
+            processors=processors,
+            max_value_bytes=limit,
+            strict=strict,
+            path="subject",
+        )
+        norm_actor = self._actor(actor, strict)
+        issues = norm_data.issues + norm_subject.issues + norm_actor.issues
         value = norm_data.value
         if issues:
             COUNTERS.incr("normalization_issues", len(issues))
@@ -226,19 +253,26 @@ class AuditTrail:
             chain=chain or self.config.chain,
             event=event,
             ts=_timestamp(ts),
-            actor=self._actor(actor, strict),
+            actor=norm_actor.value,
             subject=norm_subject.value,
-            trace=None if trace is None else dict(trace),
+            trace=None if trace is None else _trace(trace),
             data=value,
         )
 
-    def _actor(self, actor: Actor | None, strict: bool) -> JSONObject:
-        if actor is None:
+    def _actor(self, actor: Actor | None, strict: bool) -> Normalized:
+        if actor is None:  # configured, not user input: the hot path stays a dict literal
             kind, ident = self.config.actor
-            return {"type": kind, "id": ident}
+            return Normalized({"type": kind, "id": ident})
         if isinstance(actor, tuple):
-            return {"type": str(actor[0]), "id": str(actor[1])}
-        return to_json(actor, strict=strict, path="actor").value
+            try:
+                kind, ident = (str(part) for part in actor)
+            except Exception as exc:  # not two members; a user's __str__ raised
+                raise InvalidRecordError(
+                    f"an actor tuple is (type, id): {type(exc).__qualname__}"
+                ) from exc
+            # Two strings already: only the processors (redaction) remain to run.
+            return Normalized(process({"type": kind, "id": ident}, self.processors, "actor"))
+        return normalize(actor, processors=self.processors, strict=strict, path="actor")
 
 
 def _default_key_path(ledger_url: str) -> Path | None:
@@ -268,10 +302,33 @@ def _timestamp(ts: dt.datetime | str | None) -> str:
     if ts is None:
         return _now()
     if isinstance(ts, dt.datetime):
-        return format_timestamp(ts)
-    if TIMESTAMP.fullmatch(ts):
+        try:
+            return format_timestamp(ts)
+        except (ValueError, OverflowError) as exc:  # pandas.NaT; year 1 at +05:00
+            raise InvalidRecordError(f"timestamp {ts!r} is no point in time in UTC") from exc
+    if type(ts) is str and is_timestamp(ts):
         return ts
+    # Other RFC 3339 date-times (an offset, fewer or more fraction digits, "t", "z") are
+    # converted; not the other ISO 8601 forms fromisoformat takes (a bare date, week dates,
+    # no offset), nor digits other than ASCII ones.
+    if not isinstance(ts, str) or _RFC3339.fullmatch(ts) is None:
+        raise InvalidRecordError(f"timestamp {ts!r} is not RFC 3339 (2026-11-28T10:00:00Z)")
+    text = ts.upper().replace("Z", "+00:00")
     try:
-        return format_timestamp(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")))
-    except ValueError as exc:
-        raise InvalidRecordError(f"timestamp {ts!r} is not RFC 3339") from exc
+        return format_timestamp(dt.datetime.fromisoformat(text))
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRecordError(f"timestamp {ts!r} is not a real date and time") from exc
+
+
+#: RFC 3339 §5.6 ``date-time``, with §5.6's note allowing a space for the "T".
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _trace(trace: Mapping[str, str]) -> JSONObject:
+    try:
+        return dict(trace)
+    except Exception as exc:  # a user's Mapping may raise anything
+        raise InvalidRecordError(f"trace could not be read: {type(exc).__qualname__}") from exc

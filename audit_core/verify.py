@@ -9,6 +9,10 @@
 Each function returns what it verified (:class:`~audit_core._chain.ChainHead`) or raises the
 precise :class:`~audit_core.errors.VerificationError` for the first failing record; it never
 returns a bool (the sigstore-python habit: a verdict cannot be ignored by accident).
+
+Every check of one call reads one snapshot of the ledger (``ledger.snapshot()``): records,
+stored subtrees and checkpoints as of one instant, so a ledger that is being appended to
+verifies without false alarms. Pass a snapshot to share it with other reads (``report``).
 """
 
 from __future__ import annotations
@@ -16,18 +20,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import closing
 
-from audit_core._chain import ChainHead, TreeHeadClaim, check_head, verify_records
+from audit_core._chain import ChainHead, TreeHeadClaim, chain_ids, check_head, verify_records
 from audit_core._note import Verifier, unverified_text
 from audit_core._parallel import verify_parallel
-from audit_core.checkpoint import Checkpoint, open_checkpoint
+from audit_core.checkpoint import Checkpoint, check_stored, open_checkpoint
 from audit_core.errors import CheckpointError, HeadMismatchError, LedgerError, SignatureError
-from audit_core.ledgers import Ledger
+from audit_core.ledgers import LedgerReader
 
 __all__ = ["ChainHead", "stored_claims", "verify_chain", "verify_ledger"]
 
 
 def verify_chain(
-    ledger: Ledger,
+    ledger: LedgerReader,
     chain: str,
     *,
     keys: Sequence[Verifier] = (),
@@ -43,26 +47,31 @@ def verify_chain(
 
     ``jobs`` > 1 verifies a large SQLite chain in that many processes (see
     :mod:`audit_core._parallel`); any failure there is re-verified in one process, so the
-    error raised is exactly the one-process error."""
-    claims = stored_claims(ledger, chain, keys)
-    for checkpoint, label in external:
-        _check_origin(chain, checkpoint, label)
-        claims.append(
-            TreeHeadClaim(checkpoint.size, checkpoint.root, f"{label} ({checkpoint.origin})")
-        )
-    head = verify_parallel(ledger, chain, claims, jobs, on_progress) if jobs > 1 else None
-    if head is None:
-        with closing(ledger.read(chain)) as records:  # closed now, even when verify raises
-            head = verify_records(chain, records, claims=claims, on_progress=on_progress)
-    check_head(head, expect_size=expect_size, expect_head=expect_head)
-    _check_frontier(ledger, head)
+    error raised is exactly the one-process error. Everything is read from one snapshot."""
+    with ledger.snapshot() as view:
+        claims = stored_claims(view, chain, keys)
+        for checkpoint, label in external:
+            _check_origin(chain, checkpoint, label)
+            claims.append(
+                TreeHeadClaim(checkpoint.size, checkpoint.root, f"{label} ({checkpoint.origin})")
+            )
+        head = verify_parallel(view, chain, claims, jobs, on_progress) if jobs > 1 else None
+        if head is None:
+            with closing(view.read(chain)) as records:  # closed now, even when verify raises
+                head = verify_records(chain, records, claims=claims, on_progress=on_progress)
+        check_head(head, expect_size=expect_size, expect_head=expect_head)
+        _check_extent(view, head)
+        _check_frontier(view, head)
     return head
 
 
-def stored_claims(ledger: Ledger, chain: str, keys: Sequence[Verifier]) -> list[TreeHeadClaim]:
+def stored_claims(
+    ledger: LedgerReader, chain: str, keys: Sequence[Verifier]
+) -> list[TreeHeadClaim]:
     """The chain's stored checkpoints as claims; with ``keys``, each signature is verified."""
     claims = []
     for stored in ledger.checkpoints(chain):
+        check_stored(chain, stored)  # a row of the wrong types: named, never a TypeError
         label = f"stored checkpoint at tree size {stored.size}"
         try:
             checkpoint = (
@@ -105,7 +114,24 @@ def _check_origin(chain: str, checkpoint: Checkpoint, label: str) -> None:
         )
 
 
-def _check_frontier(ledger: Ledger, head: ChainHead) -> None:
+def _check_extent(ledger: LedgerReader, head: ChainHead) -> None:
+    # An append stores the subtrees each odd leaf completes (RFC 9162 tree, one row per odd
+    # seq), so a subtree completed by a leaf at or past the chain's size outlived records that
+    # were removed with it, checkpoints or not.
+    extent = ledger.merkle_extent(head.chain)
+    if extent > head.size:
+        raise CheckpointError(
+            f"chain {head.chain!r}: the ledger's stored Merkle subtrees were made from at least "
+            f"{extent} records (the last one completed by leaf {extent - 1}) but {head.size} "
+            f"records verify: at least the last {extent - head.size} record(s) were removed",
+            chain=head.chain,
+            seq=head.size,
+            expected=f"at least {extent} records",
+            found=f"{head.size} records",
+        )
+
+
+def _check_frontier(ledger: LedgerReader, head: ChainHead) -> None:
     # The stored subtrees are what the next checkpoint is signed from and what proofs are
     # built of: the frontier they give must describe these records.
     try:
@@ -131,7 +157,7 @@ def _check_frontier(ledger: Ledger, head: ChainHead) -> None:
 
 
 def verify_ledger(
-    ledger: Ledger,
+    ledger: LedgerReader,
     chains: Sequence[str] | None = None,
     *,
     keys: Sequence[Verifier] = (),
@@ -142,8 +168,30 @@ def verify_ledger(
     """Verify ``chains`` (default: every chain in the ledger). A chain named explicitly
     that has no records fails: deleting a whole chain must not pass as an empty one. Each
     ``external`` checkpoint goes to the chain its origin names (``…/<chain>``); one whose
-    chain is not in the ledger fails: the chain was deleted."""
-    names = ledger.chains() if chains is None else list(chains)
+    chain is not in the ledger fails: the chain was deleted. Every chain is verified in one
+    snapshot of the ledger."""
+    with ledger.snapshot() as view:
+        return _verify_ledger(
+            view, chains, keys=keys, external=external, on_progress=on_progress, jobs=jobs
+        )
+
+
+def _verify_ledger(
+    ledger: LedgerReader,
+    chains: Sequence[str] | None,
+    *,
+    keys: Sequence[Verifier],
+    external: Sequence[tuple[Checkpoint, str]],
+    on_progress: Callable[[str, int], None] | None,
+    jobs: int,
+) -> list[ChainHead]:
+    # A chain whose records are gone but whose subtrees or checkpoints are not was deleted:
+    # verified as an empty chain, its Merkle state names what was removed.
+    names = (
+        chain_ids(set(ledger.chains()) | set(ledger.merkle_chains()))  # a BLOB id: named
+        if chains is None
+        else list(chains)
+    )
     by_chain: dict[str, list[tuple[Checkpoint, str]]] = {}
     for checkpoint, label in external:
         owner = _chain_of(checkpoint, names) or _chain_of(checkpoint, ledger.chains())

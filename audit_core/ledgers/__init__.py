@@ -14,6 +14,7 @@ can fork or gap a chain, and returns only once the record is durable.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -21,20 +22,13 @@ from urllib.parse import unquote, urlsplit
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
 from audit_core.errors import ConfigError
 
-__all__ = ["Ledger", "ledger_path", "open_ledger"]
+__all__ = ["Ledger", "LedgerReader", "ledger_path", "masked_url", "open_ledger"]
 
 
 @runtime_checkable
-class Ledger(Protocol):
-    """Where records live. Every method is safe to call from many threads and processes."""
-
-    def append(self, record: PreparedRecord) -> StoredRecord:
-        """Seal ``record`` as the next of its chain and return it once it is durable."""
-        ...
-
-    def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
-        """Append several records in one transaction (all or none), in the given order."""
-        ...
+class LedgerReader(Protocol):
+    """The reading half of a ledger. A :class:`Ledger` is one (each call sees the latest
+    commits); so is what :meth:`snapshot` yields (every call sees one consistent state)."""
 
     def head(self, chain: str) -> StoredRecord | None:
         """The last record of ``chain``, or None when the chain is empty."""
@@ -51,6 +45,11 @@ class Ledger(Protocol):
         """The ids of every chain with at least one record, sorted."""
         ...
 
+    def merkle_chains(self) -> list[str]:
+        """The ids of every chain with stored Merkle subtrees or checkpoints, sorted. One
+        missing from :meth:`chains` lost its records."""
+        ...
+
     def tree_head(self, chain: str) -> tuple[int, bytes]:
         """``(size, root)`` of the chain's RFC 9162 Merkle tree, in O(log n)."""
         ...
@@ -59,8 +58,10 @@ class Ledger(Protocol):
         """Hash of the complete subtree ``(level, index)`` (level 0: a record's hash)."""
         ...
 
-    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
-        """Store a signed checkpoint; False if one of that size is stored already."""
+    def merkle_extent(self, chain: str) -> int:
+        """How many records the chain's stored Merkle subtrees were made from, at least: one
+        more than the seq of the last leaf that completed a subtree (0 when none is stored).
+        More than the chain's size is evidence that records were removed."""
         ...
 
     def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
@@ -73,6 +74,34 @@ class Ledger(Protocol):
 
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq a consumer (a sink) marked as done for ``chain``; -1 if none."""
+        ...
+
+    def cursor_names(self) -> list[str]:
+        """The names of every consumer with a cursor in some chain, sorted."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[LedgerReader]:
+        """A reader on which every call sees one consistent, read-only state of the ledger
+        (SQLite: one read transaction; PostgreSQL: one REPEATABLE READ READ ONLY
+        transaction), however much is appended meanwhile; released on exit. On a snapshot,
+        the snapshot itself: checks that take one can be nested in a caller's."""
+        ...
+
+
+@runtime_checkable
+class Ledger(LedgerReader, Protocol):
+    """Where records live. Every method is safe to call from many threads and processes."""
+
+    def append(self, record: PreparedRecord) -> StoredRecord:
+        """Seal ``record`` as the next of its chain and return it once it is durable."""
+        ...
+
+    def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
+        """Append several records in one transaction (all or none), in the given order."""
+        ...
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        """Store a signed checkpoint; False if one of that size is stored already."""
         ...
 
     def set_cursor(self, name: str, chain: str, seq: int) -> None:
@@ -94,10 +123,10 @@ def ledger_path(url: str) -> Path | None:
         return Path(url).expanduser()
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
-        raise ConfigError(f"{url!r} is not a sqlite: URL")
+        raise ConfigError(f"{masked_url(url)!r} is not a sqlite: URL")
     if parts.netloc:
         raise ConfigError(
-            f"{url!r}: a sqlite URL has no host; write sqlite:///path or sqlite:////abs"
+            f"{masked_url(url)!r}: a sqlite URL has no host; write sqlite:///path or sqlite:////abs"
         )
     path = unquote(parts.path)[1:]  # drop the '/' that separates the empty host from the path
     if path in ("", ":memory:"):
@@ -105,15 +134,29 @@ def ledger_path(url: str) -> Path | None:
     return Path(path).expanduser()
 
 
-def open_ledger(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 30.0) -> Ledger:
+def open_ledger(
+    url: str,
+    *,
+    synchronous: str = "FULL",
+    busy_timeout_s: float = 30.0,
+    read_only: bool = False,
+) -> Ledger:
     """Open the ledger a URL names: ``sqlite:///…`` (or a plain path), or
-    ``postgresql://user:password@host:port/db`` (psycopg 3, the ``postgres`` extra)."""
+    ``postgresql://user:password@host:port/db`` (psycopg 3, the ``postgres`` extra).
+
+    ``read_only``: an auditor's view. Nothing is created or written (writes raise
+    :class:`~audit_core.errors.LedgerError`); it works without write access to the ledger, on
+    read-only media too."""
     scheme = urlsplit(url).scheme if "://" in url else "sqlite"
     if scheme == "sqlite":
         from audit_core.ledgers.sqlite import SqliteLedger
 
         return SqliteLedger(
-            ledger_path(url), synchronous=synchronous, busy_timeout_s=busy_timeout_s
+            ledger_path(url),
+            synchronous=synchronous,
+            busy_timeout_s=busy_timeout_s,
+            create=not read_only,
+            read_only=read_only,
         )
     if scheme in ("postgresql", "postgres"):
         try:
@@ -124,5 +167,26 @@ def open_ledger(url: str, *, synchronous: str = "FULL", busy_timeout_s: float = 
             ) from exc
         from audit_core.ledgers.postgres import PostgresLedger
 
-        return PostgresLedger(url, synchronous=synchronous, busy_timeout_s=busy_timeout_s)
-    raise ConfigError(f"unknown ledger URL scheme {scheme!r} in {url!r}; expected sqlite:///PATH")
+        return PostgresLedger(
+            url,
+            synchronous=synchronous,
+            busy_timeout_s=busy_timeout_s,
+            create=not read_only,
+            read_only=read_only,
+        )
+    raise ConfigError(
+        f"unknown ledger URL scheme {scheme!r} in {masked_url(url)!r}; expected sqlite:///PATH "
+        "or postgresql://"
+    )
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a message: its password masked (``mysql://u:***@h/db``), as the
+    PostgreSQL ledger's repr shows it. No error message echoes credentials (STYLE rule 18)."""
+    # The password runs to the LAST "@": people write "/" and "@" in passwords unescaped, and
+    # urlsplit ends the userinfo at a "/" ("mysql://u:p/w@h" would keep "p/w" whole).
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return url
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"

@@ -45,25 +45,34 @@ may lose the last transactions, never corrupt the chain).
 the frontier is this process's cached one, brought up to date from the hashes other writers
 committed since (read inside the locked transaction), or read from the stored subtrees.
 
+**Readers.** :meth:`PostgresLedger.snapshot` is one ``REPEATABLE READ READ ONLY``
+transaction on a connection of its own: every statement in it sees the snapshot its first
+statement took (PostgreSQL manual, "Transaction Isolation"), so one verification checks
+records, subtrees and checkpoints as of one instant while writers go on. ``read_only=True``
+creates nothing and makes every transaction of the session read only, for an auditor role
+that may only SELECT.
+
 **Fork safety.** A connection never crosses ``os.fork()``: the child opens its own and leaves
 the parent's untouched (closing it would end the parent's session).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from audit_core._merkle import Frontier, frontier_positions, push
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
 from audit_core.errors import ConfigError, LedgerError
+from audit_core.ledgers import masked_url
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -72,7 +81,7 @@ if TYPE_CHECKING:
 
     _Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 
-__all__ = ["PostgresLedger"]
+__all__ = ["PostgresLedger", "PostgresSnapshot"]
 
 logger = logging.getLogger("workflow_audit")
 
@@ -95,6 +104,8 @@ _SUBTREES = "SELECT last, hashes FROM merkle_subtrees WHERE chain = %s AND last 
 _LEAF = "SELECT hash FROM records WHERE chain = %s AND seq = %s"
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = %s ORDER BY seq"
 _CHECKPOINTS = "SELECT chain, size, root, note, created FROM checkpoints WHERE chain = %s"
+_EXTENT = "SELECT max(last) FROM merkle_subtrees WHERE chain = %s"  # a primary key seek
+_CURSOR = "SELECT seq FROM cursors WHERE name = %s AND chain = %s"
 # A loose index scan: one index probe per chain instead of reading every record.
 _CHAINS = """
 WITH RECURSIVE c AS (
@@ -105,14 +116,78 @@ WITH RECURSIVE c AS (
 )
 SELECT chain FROM c WHERE chain IS NOT NULL
 """
+_MERKLE_CHAINS = """
+WITH RECURSIVE s AS (
+    (SELECT chain FROM merkle_subtrees ORDER BY chain LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.chain FROM merkle_subtrees m WHERE m.chain > s.chain ORDER BY m.chain LIMIT 1)
+    FROM s WHERE s.chain IS NOT NULL
+), k AS (
+    (SELECT chain FROM checkpoints ORDER BY chain LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.chain FROM checkpoints p WHERE p.chain > k.chain ORDER BY p.chain LIMIT 1)
+    FROM k WHERE k.chain IS NOT NULL
+)
+SELECT chain FROM s WHERE chain IS NOT NULL
+UNION
+SELECT chain FROM k WHERE chain IS NOT NULL
+ORDER BY chain
+"""
 # Hashing the few leaves others appended since our last commit is cheaper than reading the
 # O(log n) subtrees, up to a point.
 _CATCH_UP_LIMIT = 256
 _KEY_BYTES = 16
 
 
-class PostgresLedger:
-    """A :class:`~audit_core.ledgers.Ledger` in a PostgreSQL database (``postgresql://…``)."""
+class _RowReads:
+    """The reads that are one query each, written once for the ledger (its connection, under its
+    lock) and its snapshot (one read transaction): each supplies ``_rows``."""
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def head(self, chain: str) -> StoredRecord | None:
+        """The last record of ``chain`` (None if it has none)."""
+        rows = self._rows(_HEAD, (chain,))
+        return _stored(rows[0]) if rows else None
+
+    def chains(self) -> list[str]:
+        """Every chain id with at least one record, sorted."""
+        return [str(r[0]) for r in self._rows(_CHAINS)]
+
+    def merkle_chains(self) -> list[str]:
+        """Every chain id with stored Merkle subtrees or checkpoints, sorted."""
+        return [str(r[0]) for r in self._rows(_MERKLE_CHAINS)]
+
+    def merkle_extent(self, chain: str) -> int:
+        """One more than the last leaf that completed a stored subtree; 0 when none."""
+        rows = self._rows(_EXTENT, (chain,))
+        return _extent(rows[0][0] if rows else None)
+
+    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        """The chain's checkpoint of the largest tree."""
+        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
+        return _checkpoint(rows[0]) if rows else None
+
+    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
+        """The chain's stored checkpoints, smallest tree first."""
+        return [_checkpoint(r) for r in self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))]
+
+    def get_cursor(self, name: str, chain: str) -> int:
+        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
+        rows = self._rows(_CURSOR, (name, chain))
+        return int(rows[0][0]) if rows else -1
+
+    def cursor_names(self) -> list[str]:
+        """The names of every consumer with a cursor in some chain, sorted."""
+        return [str(r[0]) for r in self._rows("SELECT DISTINCT name FROM cursors ORDER BY name")]
+
+
+class PostgresLedger(_RowReads):
+    """A :class:`~audit_core.ledgers.Ledger` in a PostgreSQL database (``postgresql://…``).
+
+    ``read_only=True``: creates nothing and sets ``default_transaction_read_only`` on its
+    session, so an auditor role that may only SELECT can run every reading command."""
 
     def __init__(
         self,
@@ -121,6 +196,7 @@ class PostgresLedger:
         synchronous: str = "FULL",
         busy_timeout_s: float = 30.0,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
@@ -129,7 +205,8 @@ class PostgresLedger:
         self.url = url
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
-        self._create = create
+        self._create = create and not read_only
+        self.read_only = read_only
         self._lock = threading.Lock()
         self._conn: _Conn | None = None
         self._pid = -1
@@ -140,7 +217,7 @@ class PostgresLedger:
         self._frontiers: dict[str, tuple[Frontier, bytes]] = {}
 
     def __repr__(self) -> str:
-        return f"PostgresLedger({_redact(self.url)!r})"
+        return f"PostgresLedger({masked_url(self.url)!r})"
 
     # -- connections ---------------------------------------------------------------------
 
@@ -152,7 +229,12 @@ class PostgresLedger:
         )
         ready = False
         try:  # close the new connection on any way out but success (no BaseException catch)
-            if self._create and conn.execute("SELECT to_regclass('records')").fetchone() == (None,):
+            if self.read_only:
+                # every transaction of the session is read only: a write fails on the server
+                conn.execute("SET default_transaction_read_only = on")
+            elif self._create and conn.execute("SELECT to_regclass('records')").fetchone() == (
+                None,
+            ):
                 from audit_core.ledgers.postgres_admin import create_schema
 
                 create_schema(conn)
@@ -369,11 +451,6 @@ class PostgresLedger:
 
     # -- reading -------------------------------------------------------------------------
 
-    def head(self, chain: str) -> StoredRecord | None:
-        """The last record of ``chain`` (None if it has none)."""
-        rows = self._rows(_HEAD, (chain,))
-        return _stored(rows[0]) if rows else None
-
     def read(
         self, chain: str, start: int = 0, stop: int | None = None
     ) -> Generator[StoredRecord, None, None]:
@@ -381,11 +458,7 @@ class PostgresLedger:
         snapshot, in constant memory (a server-side cursor on a connection of its own)."""
         import psycopg
 
-        sql = "SELECT chain, seq, hash, body FROM records WHERE chain = %s AND seq >= %s"
-        args: tuple[object, ...] = (chain, start)
-        if stop is not None:
-            sql += " AND seq < %s"
-            args = (chain, start, stop)
+        sql, args = _range_query(chain, start, stop)
         try:
             conn = psycopg.connect(self.url, connect_timeout=10)
         except psycopg.Error as exc:
@@ -393,16 +466,36 @@ class PostgresLedger:
         try:
             with conn.cursor(name="workflow_audit_read", binary=True) as cur:
                 cur.itersize = 5000
-                cur.execute(sql + " ORDER BY seq", args)
+                cur.execute(sql, args)
                 yield from map(_stored, cur)
         except psycopg.Error as exc:
             raise LedgerError(f"cannot read {self!r}: {exc}") from exc
         finally:
             conn.close()
 
-    def chains(self) -> list[str]:
-        """Every chain id with at least one record, sorted."""
-        return [str(r[0]) for r in self._rows(_CHAINS)]
+    @contextmanager
+    def snapshot(self) -> Iterator[PostgresSnapshot]:
+        """A :class:`PostgresSnapshot`: one REPEATABLE READ READ ONLY transaction on a
+        connection of its own, rolled back on exit."""
+        import psycopg
+
+        try:
+            conn = psycopg.connect(
+                self.url, connect_timeout=max(2, int(min(self.busy_timeout_s, 10)))
+            )
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+        try:
+            try:
+                # the first statement of a REPEATABLE READ transaction takes its snapshot
+                conn.execute("SELECT 1").fetchone()
+            except psycopg.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+            yield PostgresSnapshot(self, conn)
+        finally:
+            conn.close()  # rolls the read-only transaction back
 
     # -- Merkle tree and checkpoints -----------------------------------------------------
 
@@ -439,21 +532,7 @@ class PostgresLedger:
             (c.chain, c.size, c.root, c.note, c.created),
         )
 
-    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
-        """The chain's checkpoint of the largest tree (an index seek)."""
-        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
-        return _checkpoint(rows[0]) if rows else None
-
-    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
-        """The chain's stored checkpoints, smallest tree first."""
-        return [_checkpoint(r) for r in self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))]
-
     # -- consumer cursors (sinks) ----------------------------------------------------------
-
-    def get_cursor(self, name: str, chain: str) -> int:
-        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
-        rows = self._rows("SELECT seq FROM cursors WHERE name = %s AND chain = %s", (name, chain))
-        return int(rows[0][0]) if rows else -1
 
     def set_cursor(self, name: str, chain: str, seq: int) -> None:
         """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
@@ -472,6 +551,77 @@ class PostgresLedger:
         # Each statement is its own (autocommit) transaction and idempotent, so a retry after
         # an uncertain commit changes nothing (add_checkpoint may then report False).
         return self._retrying("write to", lambda conn: conn.execute(sql, args).rowcount)
+
+
+class PostgresSnapshot(_RowReads):
+    """A :class:`~audit_core.ledgers.LedgerReader` over one REPEATABLE READ READ ONLY
+    transaction (from :meth:`PostgresLedger.snapshot`): every call sees the same committed
+    state. Valid until the ``with`` block that made it ends; one thread at a time."""
+
+    _names = itertools.count()  # server-side cursors of one transaction need distinct names
+
+    def __init__(self, ledger: PostgresLedger, conn: _Conn) -> None:
+        self.ledger = ledger
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"snapshot of {self.ledger!r}"
+
+    @contextmanager
+    def snapshot(self) -> Iterator[PostgresSnapshot]:
+        """This snapshot itself: a check that takes one sees the caller's."""
+        yield self
+
+    def _run(self, fn: Callable[[_Conn], _T]) -> _T:
+        import psycopg
+
+        try:
+            return fn(self._conn)
+        except psycopg.Error as exc:  # no retry: a new connection would see a new snapshot
+            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._run(lambda conn: conn.execute(sql, args).fetchall())
+
+    def read(
+        self, chain: str, start: int = 0, stop: int | None = None
+    ) -> Generator[StoredRecord, None, None]:
+        """Stream records ``start <= seq < stop`` of ``chain``, ordered by seq (a server-side
+        cursor inside the snapshot's transaction)."""
+        import psycopg
+
+        sql, args = _range_query(chain, start, stop)
+        name = f"workflow_audit_snapshot_{next(self._names)}"
+        try:
+            with self._conn.cursor(name=name, binary=True) as cur:
+                cur.itersize = 5000
+                cur.execute(sql, args)
+                yield from map(_stored, cur)
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+
+    def tree_head(self, chain: str) -> tuple[int, bytes]:
+        """``(size, root)`` from the stored subtrees; LedgerError when they are missing."""
+        rows = self._rows(_LAST, (chain,))
+        if not rows:
+            return (0, Frontier.empty().root())
+        size = rows[0][0] + 1
+        return (size, self._run(lambda conn: _frontier_at(conn, chain, size, rebuild=False)).root())
+
+    def node(self, chain: str, level: int, index: int) -> bytes:
+        """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""
+        return self._run(lambda conn: _read_node(conn, chain, level, index))
+
+
+def _range_query(chain: str, start: int, stop: int | None) -> tuple[str, tuple[object, ...]]:
+    sql = "SELECT chain, seq, hash, body FROM records WHERE chain = %s AND seq >= %s"
+    if stop is None:
+        return sql + " ORDER BY seq", (chain, start)
+    return sql + " AND seq < %s ORDER BY seq", (chain, start, stop)
+
+
+def _extent(last: object) -> int:
+    return last + 1 if isinstance(last, int) else 0
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRecord:
@@ -548,11 +698,3 @@ def _rebuild(conn: _Conn, chain: str, size: int) -> Frontier:
             _INSERT_SUBTREE, [(chain, last, b"".join(hs)) for last, hs in by_leaf.items()]
         )
     return frontier
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

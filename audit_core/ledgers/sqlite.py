@@ -17,6 +17,13 @@ gapping the chain. A ``UNIQUE (chain, seq)`` index is the second line of defence
 
 Triggers refuse UPDATE and DELETE on records, so mistakes cannot rewrite history; someone who
 drops the triggers is caught by ``workflow-audit verify``.
+
+Readers: :meth:`SqliteLedger.snapshot` is one read transaction (sqlite.org/isolation.html: in
+WAL mode a read transaction sees the database as of its first read, whatever is committed
+meanwhile), so every check of one verification sees the same records, subtrees and
+checkpoints. ``read_only=True`` (and every snapshot) opens the file read-only and creates
+nothing, so an auditor without write access, or a copy on read-only media, can verify it; see
+:func:`connect_read_only` for the write-ahead log cases.
 """
 
 from __future__ import annotations
@@ -26,17 +33,19 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from audit_core._merkle import Frontier, push
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
 from audit_core.errors import ConfigError, LedgerError
 
-__all__ = ["SCHEMA_VERSION", "SqliteLedger"]
+__all__ = ["SCHEMA_VERSION", "SqliteLedger", "SqliteSnapshot", "connect_read_only"]
 
 logger = logging.getLogger("workflow_audit")
 
@@ -103,10 +112,68 @@ _CATCH_UP_LIMIT = 64
 _CHECKPOINTS = "SELECT chain, size, root, note, created FROM checkpoints WHERE chain = ?"
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
 _NODE = "SELECT hashes FROM merkle_subtrees WHERE chain = ? AND last = ?"
+_EXTENT = "SELECT max(last) FROM merkle_subtrees WHERE chain = ?"  # a seek on the primary key
+_CHAINS = "SELECT DISTINCT chain FROM records ORDER BY chain"
+_MERKLE_CHAINS = (
+    "SELECT DISTINCT chain FROM merkle_subtrees UNION SELECT DISTINCT chain FROM checkpoints "
+    "ORDER BY chain"
+)
+_CURSOR = "SELECT seq FROM cursors WHERE name = ? AND chain = ?"
+# SQLite result codes (sqlite.org/rescode.html), low byte: the ones a read-only open of a
+# WAL database gives when the -shm file can be neither opened for writing nor created.
+_SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
 
 
-class SqliteLedger:
-    """A :class:`~audit_core.ledgers.Ledger` in one SQLite file (``path=None``: in memory)."""
+class _RowReads:
+    """The reads that are one query each, written once for the ledger (its connection, under its
+    lock) and its snapshot (one read transaction): each supplies ``_rows``."""
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def head(self, chain: str) -> StoredRecord | None:
+        """The last record of ``chain`` (None if it has none)."""
+        rows = self._rows(_HEAD, (chain,))
+        return StoredRecord(chain, *rows[0]) if rows else None
+
+    def chains(self) -> list[str]:
+        """Every chain id with at least one record, sorted."""
+        return [r[0] for r in self._rows(_CHAINS)]
+
+    def merkle_chains(self) -> list[str]:
+        """Every chain id with stored Merkle subtrees or checkpoints, sorted."""
+        return [r[0] for r in self._rows(_MERKLE_CHAINS)]
+
+    def merkle_extent(self, chain: str) -> int:
+        """One more than the last leaf that completed a stored subtree; 0 when none."""
+        rows = self._rows(_EXTENT, (chain,))
+        return _extent(rows[0][0] if rows else None)
+
+    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        """The chain's checkpoint of the largest tree."""
+        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
+        return StoredCheckpoint(*rows[0]) if rows else None
+
+    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
+        """The chain's stored checkpoints, smallest tree first."""
+        rows = self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))
+        return [StoredCheckpoint(*row) for row in rows]
+
+    def get_cursor(self, name: str, chain: str) -> int:
+        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
+        rows = self._rows(_CURSOR, (name, chain))
+        return int(rows[0][0]) if rows else -1
+
+    def cursor_names(self) -> list[str]:
+        """The names of every consumer with a cursor in some chain, sorted."""
+        return [r[0] for r in self._rows("SELECT DISTINCT name FROM cursors ORDER BY name")]
+
+
+class SqliteLedger(_RowReads):
+    """A :class:`~audit_core.ledgers.Ledger` in one SQLite file (``path=None``: in memory).
+
+    ``read_only=True``: an existing file, opened by :func:`connect_read_only`; nothing is
+    created, and writes raise LedgerError."""
 
     def __init__(
         self,
@@ -115,13 +182,17 @@ class SqliteLedger:
         synchronous: str = "FULL",
         busy_timeout_s: float = 30.0,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ConfigError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
+        if read_only and path is None:
+            raise ConfigError("a read-only SQLite ledger needs a file, not :memory:")
         self.path = Path(path) if path is not None else None
+        self.read_only = read_only
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
-        self._create = create
+        self._create = create and not read_only
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
@@ -138,6 +209,9 @@ class SqliteLedger:
     # -- connections ---------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            assert self.path is not None
+            return connect_read_only(self.path, timeout_s=self.busy_timeout_s)
         target = ":memory:" if self.path is None else str(self.path)
         try:
             if self.path is not None:
@@ -265,11 +339,6 @@ class SqliteLedger:
 
     # -- reading -------------------------------------------------------------------------
 
-    def head(self, chain: str) -> StoredRecord | None:
-        """The last record of ``chain`` (None if it has none)."""
-        rows = self._rows(_HEAD, (chain,))
-        return StoredRecord(chain, *rows[0]) if rows else None
-
     def read(
         self, chain: str, start: int = 0, stop: int | None = None
     ) -> Generator[StoredRecord, None, None]:
@@ -291,28 +360,38 @@ class SqliteLedger:
 
     def _reader(self) -> sqlite3.Connection:
         assert self.path is not None
-        if not self.path.exists():
-            raise LedgerError(f"no ledger at {self.path}")
-        try:
-            # check_same_thread=False: an abandoned read() generator may be finalized (and its
-            # connection closed) by the garbage collector in another thread
-            conn = sqlite3.connect(
-                str(self.path),
-                timeout=self.busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA query_only=1")
-            # A tampered row may hold a hash or body re-typed as TEXT that is not UTF-8; read it
-            # anyway so that the verifier names the record instead of the read failing.
-            conn.text_factory = _lenient_text
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
-        return conn
+        return connect_read_only(self.path, timeout_s=self.busy_timeout_s)
 
-    def chains(self) -> list[str]:
-        """Every chain id with at least one record, sorted."""
-        return [r[0] for r in self._rows("SELECT DISTINCT chain FROM records ORDER BY chain")]
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteSnapshot]:
+        """A :class:`SqliteSnapshot`: one read transaction on a read-only connection of its
+        own; every read through it sees the ledger as of its start. In memory, the ledger's
+        one connection, and other threads' calls wait until the snapshot is released."""
+        if self.path is None:
+            with self._lock:
+                conn = self._connection()
+                conn.execute("BEGIN")
+                try:
+                    yield SqliteSnapshot(self, conn)
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            return
+        if not self.read_only:
+            with self._lock:
+                self._connection()  # creates the file and schema, as every other call does
+        conn = self._reader()
+        try:
+            try:
+                # BEGIN (deferred) takes no lock; the first SELECT starts the read transaction
+                # and pins its snapshot of the WAL until ROLLBACK (sqlite.org/isolation.html).
+                conn.execute("BEGIN")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+            yield SqliteSnapshot(self, conn)
+        finally:
+            conn.close()  # ends the read transaction
 
     # -- Merkle tree and checkpoints -----------------------------------------------------
 
@@ -347,23 +426,7 @@ class SqliteLedger:
             tuple(dataclasses.astuple(checkpoint)),
         )
 
-    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
-        """The chain's checkpoint of the largest tree (an index seek, whatever their number)."""
-        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
-        return StoredCheckpoint(*rows[0]) if rows else None
-
-    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
-        """The chain's stored checkpoints, smallest tree first."""
-        return [
-            StoredCheckpoint(*row) for row in self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))
-        ]
-
     # -- consumer cursors (sinks) ----------------------------------------------------------
-
-    def get_cursor(self, name: str, chain: str) -> int:
-        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
-        rows = self._rows("SELECT seq FROM cursors WHERE name = ? AND chain = ?", (name, chain))
-        return int(rows[0][0]) if rows else -1
 
     def set_cursor(self, name: str, chain: str, seq: int) -> None:
         """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
@@ -390,13 +453,149 @@ class SqliteLedger:
                 raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
 
 
+class SqliteSnapshot(_RowReads):
+    """A :class:`~audit_core.ledgers.LedgerReader` over one read transaction of a
+    :class:`SqliteLedger` (from :meth:`SqliteLedger.snapshot`): every call sees the same
+    committed state. Valid until the ``with`` block that made it ends; one thread at a time."""
+
+    def __init__(self, ledger: SqliteLedger, conn: sqlite3.Connection) -> None:
+        self.ledger = ledger
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"snapshot of {self.ledger!r}"
+
+    @property
+    def path(self) -> Path | None:
+        """The ledger's file (None in memory)."""
+        return self.ledger.path
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteSnapshot]:
+        """This snapshot itself: a check that takes one sees the caller's."""
+        yield self
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+
+    def read(
+        self, chain: str, start: int = 0, stop: int | None = None
+    ) -> Generator[StoredRecord, None, None]:
+        """Stream records ``start <= seq < stop`` of ``chain``, ordered by seq."""
+        make = partial(tuple.__new__, StoredRecord)
+        try:
+            yield from map(make, self._conn.execute(*_range_query(chain, start, stop)))
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+
+    def tree_head(self, chain: str) -> tuple[int, bytes]:
+        """``(size, root)`` from the stored subtrees; LedgerError when they are missing."""
+        rows = self._rows(_LAST, (chain,))
+        size = 0 if not rows else rows[0][0] + 1
+        try:
+            return (size, Frontier.at(partial(_read_node, self._conn, chain), size).root())
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+
+    def node(self, chain: str, level: int, index: int) -> bytes:
+        """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""
+        try:
+            return _read_node(self._conn, chain, level, index)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+
+
+def connect_read_only(path: Path, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection to the ledger file ``path`` that needs no write access to it
+    or its directory, and never reads a stale state.
+
+    With write access to file and directory: an ordinary connection with ``query_only``.
+    Without: ``mode=ro`` first (sqlite.org/uri.html): it sees everything committed, the write-ahead
+    log included, and works when the ``-shm`` file can be opened for writing or created, or
+    (SQLite >= 3.22, sqlite.org/wal.html "Read-Only Databases") when ``-wal`` and ``-shm``
+    both exist and are readable. When it fails for want of the ``-shm`` and there is no
+    write-ahead log (or an empty one), the main file holds every committed record and
+    ``immutable=1`` reads it without the ``-shm``. A non-empty ``-wal`` that cannot be used
+    is a LedgerError saying what to do: reading without it would silently miss records."""
+    if not path.exists():
+        raise LedgerError(f"no ledger at {path}")
+    base = "file:" + quote(str(path.absolute()))
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        # Who may write opens as writers do (query_only keeps it read-only): the last
+        # connection to close then checkpoints and removes the -wal and -shm, as before; a
+        # mode=ro connection would leave them behind, owned by this user.
+        try:
+            return _open_uri(base + "?mode=rw", timeout_s)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+    uri = base + "?mode=ro"
+    try:
+        return _open_uri(uri, timeout_s)
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+            raise LedgerError(f"cannot open ledger {path} read-only: {exc}") from exc
+        first = exc
+    wal = Path(f"{path}-wal")
+    try:
+        wal_size = wal.stat().st_size
+    except FileNotFoundError:
+        wal_size = 0
+    except OSError as exc:
+        raise LedgerError(f"cannot open ledger {path} read-only: {wal}: {exc}") from exc
+    if wal_size:
+        raise LedgerError(
+            f"cannot open ledger {path} read-only: {first}. Its write-ahead log {wal.name} "
+            f"holds commits not yet in the main file, and SQLite can read it only with a "
+            f"{path.name}-shm file it can open or create (none here, and "
+            f"{path.parent} is not writable). Reading the main file alone would miss them. "
+            f"What to do: copy {path.name} and {wal.name} together into a writable "
+            "directory and verify the copy, or have a writer run "
+            "'PRAGMA wal_checkpoint(TRUNCATE)' first."
+        )
+    try:
+        # immutable=1: no -shm and no locks; safe because no write-ahead log exists (a
+        # writer of a WAL database writes to the -wal first, sqlite.org/wal.html)
+        return _open_uri(uri + "&immutable=1", timeout_s)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open ledger {path} read-only: {first}; {exc}") from exc
+
+
+def _open_uri(uri: str, timeout_s: float) -> sqlite3.Connection:
+    # check_same_thread=False: an abandoned read() generator may be finalized (and its
+    # connection closed) by the garbage collector in another thread
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA query_only=1")
+        # the first read opens the file (and its -wal/-shm): fail here, not in a caller
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    # A tampered row may hold a hash or body re-typed as TEXT that is not UTF-8; read it
+    # anyway so that the verifier names the record instead of the read failing.
+    conn.text_factory = _lenient_text
+    return conn
+
+
+def _extent(last: object) -> int:
+    # a tampered row may hold anything; only an integer says how far the tree reached
+    return last + 1 if isinstance(last, int) else 0
+
+
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:
     if level == 0:
         row = conn.execute(_NODE_LEAF, (chain, index)).fetchone()
         found = row[0] if row is not None else None
     else:
         row = conn.execute(_NODE, (chain, ((index + 1) << level) - 1)).fetchone()
-        found = row[0][(level - 1) * 32 : level * 32] if row is not None else None
+        hashes = row[0] if row is not None else None  # a tampered row may hold any type
+        found = hashes[(level - 1) * 32 : level * 32] if isinstance(hashes, bytes) else None
     if not isinstance(found, bytes) or len(found) != 32:
         raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
     return bytes(found)

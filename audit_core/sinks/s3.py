@@ -56,7 +56,7 @@ from audit_core._metrics import COUNTERS
 from audit_core._note import Signer, sign_note
 from audit_core.checkpoint import Checkpoint
 from audit_core.errors import ConfigError
-from audit_core.ledgers import Ledger
+from audit_core.ledgers import Ledger, masked_url
 from audit_core.sinks import Batch, ExportResult
 
 __all__ = [
@@ -126,7 +126,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     ('audit-archive', 'prod/eu')
     """
     if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
-        raise ConfigError(f"{url!r} is not an s3://BUCKET[/PREFIX] URL")
+        raise ConfigError(f"{masked_url(url)!r} is not an s3://BUCKET[/PREFIX] URL")
     bucket, _, prefix = url[5:].partition("/")
     return bucket, prefix.strip("/")
 

@@ -22,6 +22,7 @@ from audit_core import canonical_bytes, leaf_hash
 __all__ = [
     "NONCANONICAL_STYLES",
     "cast_column",
+    "cut_tail",
     "delete",
     "duplicate_seq",
     "edit_body",
@@ -135,6 +136,15 @@ def cover_tracks(path: Path, chain: str) -> None:
         conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
         conn.execute("DELETE FROM checkpoints WHERE chain = ?", (chain,))
         conn.execute("DELETE FROM merkle_subtrees WHERE chain = ?", (chain,))
+
+
+def cut_tail(path: Path, chain: str, size: int) -> None:
+    """Delete records ``seq >= size`` and every stored checkpoint of the chain, but leave its
+    Merkle subtrees: a cut that forgets the derived data."""
+    with _tampering(path) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+        conn.execute("DELETE FROM records WHERE chain = ? AND seq >= ?", (chain, size))
+        conn.execute("DELETE FROM checkpoints WHERE chain = ?", (chain,))
 
 
 def cover_tracks_frontier_only(path: Path, chain: str) -> None:

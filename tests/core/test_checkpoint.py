@@ -7,6 +7,8 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -397,3 +399,159 @@ class TestSigningFailures:
         assert 3 == failures  # at 5, at 10, and when the trail closed
         assert "cannot read signing key file" in caplog.text
         verify_chain(SqliteLedger(tmp_path / "l.db"), CHAIN)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+_UMASK_SCRIPT = """
+import os, sys
+os.umask(int(sys.argv[2], 8))
+from audit_core import AuditConfig, AuditTrail
+from audit_core.cli import main
+with AuditTrail(AuditConfig(ledger_url="sqlite:///" + sys.argv[1] + "/l.db")) as trail:
+    trail.record("task.started")
+raise SystemExit(main(["keygen", "--name", "k.example/k", "-o", sys.argv[1] + "/k.key"]))
+"""
+
+
+class TestKeyFileModes:
+    """Key files get explicit modes: 0600 private, 0644 public, whatever the umask."""
+
+    @pytest.mark.parametrize("umask", ["000", "002", "077"])
+    def test_modes_whatever_the_umask(self, tmp_path: Path, umask: str) -> None:
+        """Under umask 000, 002 and 077 (set in a fresh process), the local key beside the
+        ledger and a keygen key are 0600 and their verifier keys 0644."""
+        done = subprocess.run(
+            [sys.executable, "-c", _UMASK_SCRIPT, str(tmp_path), umask],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert 0 == done.returncode, done.stderr
+        for private in (tmp_path / "l.db.key", tmp_path / "k.key"):
+            assert 0o600 == _mode(private)
+            assert 0o644 == _mode(private.with_name(private.name + ".pub"))
+
+    def test_no_temporary_files_left(self, ledger: Path) -> None:
+        """Only the key and its .pub remain beside the ledger (the aside files are gone)."""
+        names = {p.name for p in ledger.parent.iterdir() if ".key" in p.name}
+        assert {"ledger.db.key", "ledger.db.key.pub"} == names
+
+
+class TestMissingKey:
+    """A lost local key is never silently replaced for a ledger that holds checkpoints."""
+
+    def _lose_key(self, ledger: Path) -> Path:
+        """Delete the local signing key; return a copy of its verifier key kept elsewhere."""
+        kept = ledger.with_name("kept.pub")
+        shutil.copy(ledger.with_name("ledger.db.key.pub"), kept)
+        ledger.with_name("ledger.db.key").unlink()
+        return kept
+
+    def test_records_kept_no_new_key(
+        self, ledger: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the key gone, record() still writes durably; no key is minted; the refusal
+        is counted and logged; verify --key old.pub still exits 0."""
+        monkeypatch.delenv("WORKFLOW_AUDIT_ROTATE_KEY", raising=False)
+        kept = self._lose_key(ledger)
+        before = COUNTERS.snapshot().get("checkpoint_key_missing", 0)
+        with caplog.at_level(logging.ERROR, logger="workflow_audit"):
+            hashes = _fill(ledger, 12, every=5)
+        assert 12 == len(hashes)
+        assert 37 == SqliteLedger(ledger).head(CHAIN).seq + 1  # type: ignore[union-attr]
+        assert not ledger.with_name("ledger.db.key").exists()
+        assert COUNTERS.snapshot()["checkpoint_key_missing"] > before
+        assert "local signing key" in caplog.text
+        assert "is missing" in caplog.text
+        assert [10, 20, 25] == [c.size for c in SqliteLedger(ledger).checkpoints(CHAIN)]
+        assert 0 == main(["verify", "--ledger", f"sqlite:///{ledger}", "--key", str(kept)])
+
+    def test_checkpoint_command_refuses(
+        self, ledger: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`workflow-audit checkpoint` with the key gone exits 2 and says how to rotate."""
+        monkeypatch.delenv("WORKFLOW_AUDIT_ROTATE_KEY", raising=False)
+        self._lose_key(ledger)
+        _fill(ledger, 1, every=0)
+        capsys.readouterr()
+        assert 2 == main(["checkpoint", "--ledger", f"sqlite:///{ledger}"])
+        assert "--rotate-key" in capsys.readouterr().err
+        assert not ledger.with_name("ledger.db.key").exists()
+
+    def test_fresh_ledger_still_gets_a_key(self, tmp_path: Path) -> None:
+        """A ledger without checkpoints still has its local key created on first use."""
+        path = tmp_path / "l.db"
+        _fill(path, 3, every=0)
+        assert not path.with_name("l.db.key").exists()
+        _fill(path, 3, every=2)
+        assert path.with_name("l.db.key").exists()
+        verify_ledger(SqliteLedger(path), keys=[_key(path)])
+
+
+class TestKeyRotation:
+    """Rotation, asked for: a new key, and both keys verify the whole history."""
+
+    def _rotated(self, ledger: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> Verifier:
+        old = _key(ledger)
+        ledger.with_name("ledger.db.key").unlink()
+        monkeypatch.delenv("WORKFLOW_AUDIT_ROTATE_KEY", raising=False)
+        if how == "env":
+            monkeypatch.setenv("WORKFLOW_AUDIT_ROTATE_KEY", "1")
+            _fill(ledger, 7, every=5)
+        else:
+            assert 0 == main(["checkpoint", "--rotate-key", "--ledger", f"sqlite:///{ledger}"])
+            _fill(ledger, 7, every=5)
+        return old
+
+    @pytest.mark.parametrize("how", ["env", "cli"])
+    def test_new_key_and_both_verify(
+        self, ledger: Path, how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """After a rotation the key is new, under the same name; .pub holds the old and the
+        new verifier key; verify passes with both (as that file, or as two --key), and with
+        the old key alone it fails on the first checkpoint the new key signed."""
+        old = self._rotated(ledger, how, monkeypatch)
+        new = Signer.parse(ledger.with_name("ledger.db.key").read_text()).verifier
+        assert old != new
+        assert old.name == new.name
+        pub = ledger.with_name("ledger.db.key.pub")
+        assert [old, new] == [Verifier.parse(line) for line in pub.read_text().split()]
+        assert 0o644 == _mode(pub)
+        assert 0o600 == _mode(ledger.with_name("ledger.db.key"))
+        sizes = [c.size for c in SqliteLedger(ledger).checkpoints(CHAIN)]
+        assert [10, 20, 25] == sizes[:3]
+        assert 32 == sizes[-1]
+        url = f"sqlite:///{ledger}"
+        assert 0 == main(["verify", "--ledger", url, "--key", str(pub)])
+        old_file = tmp_path / "old.pub"
+        old_file.write_text(f"{old}\n")
+        assert 0 == main(["verify", "--ledger", url, "--key", str(old_file), "--key", str(new)])
+        assert 1 == main(["verify", "--ledger", url, "--key", str(old_file)])
+
+    def test_rotation_is_counted_and_logged(
+        self, ledger: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A rotation is logged loudly and counted."""
+        before = COUNTERS.snapshot().get("checkpoint_key_rotations", 0)
+        with caplog.at_level(logging.WARNING, logger="workflow_audit"):
+            self._rotated(ledger, "env", monkeypatch)
+        assert before + 1 == COUNTERS.snapshot()["checkpoint_key_rotations"]
+        assert "ROTATED the local signing key" in caplog.text
+
+    def test_present_key_is_not_rotated(
+        self, ledger: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """WORKFLOW_AUDIT_ROTATE_KEY=1 left set does not replace a key that is there."""
+        old = _key(ledger)
+        monkeypatch.setenv("WORKFLOW_AUDIT_ROTATE_KEY", "1")
+        _fill(ledger, 7, every=5)
+        assert old == Signer.parse(ledger.with_name("ledger.db.key").read_text()).verifier
+        assert [old] == [Verifier.parse(x) for x in _key_lines(ledger)]
+
+
+def _key_lines(ledger: Path) -> list[str]:
+    return ledger.with_name("ledger.db.key.pub").read_text().split()

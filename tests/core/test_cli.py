@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -80,6 +81,16 @@ def populated(trail: AuditTrail, ledger_file: Path) -> Path:
         trail.record(event, data, subject=subject, ts=ts(day))
     trail.close()
     return ledger_file
+
+
+def _set_seq(path: Path, chain: str, seq: int, value: object) -> None:
+    """Store ``value`` (any SQLite type) as record ``seq``'s seq, behind the ledger's back."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS records_no_update")
+        conn.execute("UPDATE records SET seq = ? WHERE chain = ? AND seq = ?", (value, chain, seq))
+    finally:
+        conn.close()
 
 
 def head_of(path: Path, seq: int = SIZE - 1) -> str:
@@ -233,6 +244,58 @@ class TestVerifyCommand:
         run = cli()
         assert 2 == run.code
         assert "usage: workflow-audit" in run.err
+
+    def test_witness_without_checkpoint_is_a_usage_error(
+        self, cli: Any, populated: Path, tmp_path: Path
+    ) -> None:
+        """--witness without --checkpoint exits 2 instead of ignoring the witness."""
+        assert 0 == cli("keygen", "--name", "w.example/w", "-o", tmp_path / "w.key").code
+        pub = populated.with_name(populated.name + ".key.pub")
+        run = cli(
+            "verify", "--ledger", populated, "--key", pub, "--witness", f"{tmp_path}/w.key.pub"
+        )
+        assert 2 == run.code
+        assert "--witness needs --checkpoint" in run.err
+        assert "Traceback" not in run.err
+
+    @pytest.mark.parametrize("value", ["two", b"\x02"])
+    def test_seq_stored_as_text_names_the_record(
+        self, cli: Any, populated: Path, value: object
+    ) -> None:
+        """A last row whose seq is TEXT or BLOB: verify (every --jobs) exits 1 naming the
+        chain, the seq expected and what was found, never a TypeError."""
+        _set_seq(populated, CHAIN, SIZE - 1, value)
+        for jobs in ("1", "2", "0"):
+            run = cli("verify", "--ledger", populated, "--jobs", jobs)
+            assert 1 == run.code
+            assert f"chain {CHAIN!r}: expected seq {SIZE - 1}, found a row whose seq is" in run.err
+            assert f"{type(value).__name__} {value!r}" in run.err
+            assert f"expected: {SIZE - 1}" in run.err
+
+
+class TestExitCodes:
+    """The documented exit codes, all of them in --help."""
+
+    def test_epilog_lists_every_exit_code(self, cli: Any) -> None:
+        """--help lists each exit code of the module docstring, 3 (ship pending) included."""
+        import audit_core.cli as module
+
+        documented = [
+            line[2:].split(":", 1)[0]
+            for line in (module.__doc__ or "").splitlines()
+            if line.startswith("- ") and line[2:3].isdigit()
+        ]
+        with pytest.raises(SystemExit):
+            cli("--help")
+        assert {"0", "1", "2", "3"} <= set(documented)
+        assert len(set(documented)) == len(documented)
+        help_text = " ".join(subprocess.run(
+            [sys.executable, "-m", "audit_core.cli", "--help"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split())  # fmt: skip
+        for code in documented:
+            assert f"{code}: " in help_text
+        assert "3: ship gave up with records still pending" in help_text
 
 
 class TestExportCommand:
@@ -401,6 +464,13 @@ class TestReportCommand:
         assert verdict in run.out
         assert "seq 2" in run.out
 
+    def test_report_on_seq_stored_as_text_is_invalid(self, cli: Any, populated: Path) -> None:
+        """A row whose seq is TEXT: the report renders, its verdict names the record, exit 1."""
+        _set_seq(populated, CHAIN, SIZE - 1, "two")
+        run = cli("report", "--ledger", populated, "--format", "json")
+        assert 1 == run.code
+        assert "found a row whose seq is str 'two'" in run.out
+
     def test_report_on_unreadable_record_is_invalid(self, cli: Any, populated: Path) -> None:
         """A record whose bytes are not JSON makes the report exit 1 saying INVALID (not crash)."""
         _tamper.set_body(populated, CHAIN, 2, b"not json", rehash=True)
@@ -438,6 +508,13 @@ class TestTailCommand:
             assert event in run.out
         for event in ("dag.started", "task.succeeded"):
             assert event not in run.out
+
+    def test_seq_stored_as_text_is_invalid(self, cli: Any, populated: Path) -> None:
+        """tail on a chain whose last row's seq is TEXT exits 1 naming it, no TypeError."""
+        _set_seq(populated, CHAIN, SIZE - 1, "two")
+        run = cli("tail", "--ledger", populated)
+        assert 1 == run.code
+        assert f"chain {CHAIN!r}: found a row whose seq is str 'two'" in run.err
 
     def test_latest_records_across_chains(
         self, cli: Any, trail: AuditTrail, populated: Path

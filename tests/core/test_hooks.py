@@ -6,19 +6,22 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from audit_core import Event
+from audit_core.errors import LedgerError
 from audit_core.hooks import (
     COUNTERS,
     MAX_MESSAGE_CHARS,
@@ -27,6 +30,7 @@ from audit_core.hooks import (
     digest,
     failure_data,
 )
+from tests.core._spooling import MiniAdapter, bodies, cli, locked, make_ledger
 
 # Long enough that a write blocked on a gate never finishes on its own while a test runs, short
 # enough that a broken test cannot hang the session.
@@ -290,6 +294,232 @@ class TestHookRunner:
         assert 0 == done.returncode, done.stderr
         assert ["False", "1"] == done.stdout.split()
         assert "1 write(s) still pending at exit after 0.2s; abandoned" in done.stderr
+
+
+class _RecordingSpill:
+    """A Spill that keeps what it is given (the breaker's bookkeeping without a disk)."""
+
+    def __init__(self) -> None:
+        self.spooled: list[Event] = []
+        self.recovered = threading.Event()
+        self.allow_recovery = threading.Event()
+
+    def spill(self, events: Sequence[Event], *, uncertain: bool = False) -> list[str]:
+        self.spooled.extend(events)
+        return [f"id{i}" for i, _ in enumerate(events)]
+
+    def landed(self, ids: Sequence[str]) -> None:
+        raise AssertionError("no uncertain write in these tests")
+
+    def recover(self) -> bool:
+        if not self.allow_recovery.is_set():
+            return False
+        self.recovered.set()
+        return True
+
+    def has_backlog(self) -> bool:
+        return False
+
+    @property
+    def unsealed(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A root-owned 0755 directory another user can enter but not write (not under pytest's
+    0700 base)."""
+    path = Path(tempfile.mkdtemp(prefix="wa-ro-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def _until(predicate: Callable[[], bool], timeout_s: float = GATE_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class TestBreaker:
+    """With a spill, a stuck or failing ledger costs one wait, then hooks spool at once."""
+
+    def test_write_past_the_budget_lands_once_and_later_hooks_spool_at_once(
+        self, gate: threading.Event
+    ) -> None:
+        """A timed-out write that finishes later lands once; hooks meanwhile spool at once."""
+        spill = _RecordingSpill()
+        hooks = HookRunner(budget_s=0.3, name="workflow-audit-test", spill=spill)
+        written: list[Event] = []
+
+        def slow(batch: Sequence[Event]) -> None:
+            gate.wait(GATE_TIMEOUT_S)
+            written.extend(batch)
+
+        first, later = _events("task.started"), _events("task.succeeded", "dagrun.succeeded")
+        try:
+            assert False is hooks.run("task.started", lambda: first, slow)
+            assert True is hooks.breaker_open
+            start = time.monotonic()
+            for event in later:
+                assert False is hooks.run(event.type, lambda e=event: [e], written.extend)
+            assert time.monotonic() - start < 0.3  # no hook waited its budget again
+        finally:
+            gate.set()
+        assert True is hooks.drain(GATE_TIMEOUT_S)
+        assert first == written  # the timed-out write landed, once
+        assert later == spill.spooled  # and was never spooled; the later ones only were
+
+    def test_ledger_error_spools_the_job_and_a_probe_closes_the_breaker(self) -> None:
+        """A LedgerError spools the job's events; once recovery succeeds, writes go through."""
+        spill = _RecordingSpill()
+        hooks = HookRunner(budget_s=2.0, name="workflow-audit-test", spill=spill)
+        hooks.PROBE_MIN_S = 0.01
+
+        def refuse(batch: Sequence[Event]) -> None:
+            raise LedgerError("database is locked")
+
+        before = _count("breaker_open")
+        assert False is hooks.run("task.started", lambda: _events("task.started"), refuse)
+        assert _events("task.started") == spill.spooled
+        assert 1 == _count("breaker_open") - before
+        spill.allow_recovery.set()
+        assert _until(lambda: not hooks.breaker_open)
+        written: list[Event] = []
+        assert True is hooks.run(
+            "task.succeeded", lambda: _events("task.succeeded"), written.extend
+        )
+        assert _events("task.succeeded") == written
+
+    def test_without_a_spill_a_ledger_error_is_only_a_failure(self) -> None:
+        """No spill (plain HookRunner): the old fail-open behaviour, no breaker."""
+        hooks = HookRunner(budget_s=2.0, name="workflow-audit-test")
+
+        def refuse(batch: Sequence[Event]) -> None:
+            raise LedgerError("database is locked")
+
+        assert False is hooks.run("task.started", lambda: _events("task.started"), refuse)
+        assert False is hooks.breaker_open
+
+    def test_locked_ledger_costs_about_one_lock_wait_for_17_hooks(self, tmp_path: Path) -> None:
+        """17 hooks on a locked ledger return in ~1 s in all; the records land after unlock."""
+        config = make_ledger(tmp_path / "l.db")
+        adapter = MiniAdapter(config, budget_s=5.0)
+        before = _count("records_spooled")
+        with locked(tmp_path / "l.db"):
+            start = time.monotonic()
+            results = [adapter.hook(n) for n in range(17)]
+            elapsed = time.monotonic() - start
+            assert [False] * 17 == results
+            assert True is adapter.runner.breaker_open
+        assert elapsed < 1.0 + 3.0  # one lock wait and headroom; was 17 x 5 s budgets
+        assert 17 == _count("records_spooled") - before
+        adapter.runner.PROBE_MIN_S = 0.01
+        assert _until(lambda: not adapter.runner.breaker_open, 60)
+        assert True is adapter.hook(17)
+        records = bodies(tmp_path / "l.db")[1:]
+        assert list(range(18)) == [r["data"]["n"] for r in records]
+        assert 0 == cli("verify", "--ledger", str(tmp_path / "l.db")).returncode
+
+    def test_next_writer_drains_what_an_earlier_process_spooled(self, tmp_path: Path) -> None:
+        """A new adapter process appends the spool before its own first record."""
+        config = make_ledger(tmp_path / "l.db")
+        first = MiniAdapter(config, budget_s=5.0)
+        with locked(tmp_path / "l.db"):
+            assert False is first.hook(0)
+        first.runner.spill.close()  # type: ignore[union-attr]  # as at its process's exit
+        second = MiniAdapter(config, budget_s=5.0)
+        assert True is second.hook(1)
+        assert [0, 1] == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]]
+
+    def test_read_only_ledger_spools_elsewhere(self, world_tmp: Path) -> None:
+        """A ledger its user cannot write: records go to the configured spool, drained later."""
+        tmp_path = world_tmp
+        make_ledger(tmp_path / "ro" / "l.db")
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        spool.chmod(0o777)
+        script = textwrap.dedent(
+            f"""
+            from audit_core import AuditConfig
+            from tests.core._spooling import MiniAdapter
+            config = AuditConfig(
+                ledger_url="sqlite:///{tmp_path}/ro/l.db", spool_dir="{spool}", checkpoint_every=0
+            )
+            adapter = MiniAdapter(config, budget_s=5.0)
+            print([adapter.hook(n) for n in range(3)])
+            """
+        )
+        done = subprocess.run(
+            [  # noqa: S607 - setpriv from PATH, as an operator would run it
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                script,
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert 0 == done.returncode, done.stderr
+        assert "[False, False, False]" == done.stdout.strip()
+        assert "abandoned" not in done.stderr
+        drained = cli(
+            "spool", "drain", "--ledger", str(tmp_path / "ro" / "l.db"), "--spool-dir", str(spool)
+        )
+        assert 0 == drained.returncode, drained.stderr
+        assert [0, 1, 2] == [r["data"]["n"] for r in bodies(tmp_path / "ro" / "l.db")[1:]]
+
+    def test_writes_pending_at_exit_are_spooled_not_abandoned(self, tmp_path: Path) -> None:
+        """At exit a stuck write and the ones behind it are spooled; the drain adds each once."""
+        make_ledger(tmp_path / "l.db")
+        script = textwrap.dedent(
+            f"""
+            import threading
+            from audit_core import AuditConfig
+            from tests.core._spooling import MiniAdapter
+
+            class Stuck(MiniAdapter):
+                stuck = threading.Event()
+                def write(self, events):
+                    if events[0].data["n"] == 0:
+                        self.stuck.wait()  # never set: a ledger call that does not return
+                    super().write(events)
+
+            config = AuditConfig(ledger_url="sqlite:///{tmp_path}/l.db", checkpoint_every=0)
+            adapter = Stuck(config, budget_s=0.3)
+            threads = [threading.Thread(target=adapter.hook, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert 0 == done.returncode, done.stderr
+        assert "abandoned" not in done.stderr
+        drained = cli("spool", "drain", "--ledger", str(tmp_path / "l.db"))
+        assert 0 == drained.returncode, drained.stderr
+        steps = sorted(r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:])
+        assert [0, 1, 2, 3] == steps
 
 
 class _Outer:

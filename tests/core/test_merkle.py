@@ -558,9 +558,74 @@ class TestConsistencyProof:
         with pytest.raises(ProofError, match="no consistency proof"):
             consistency_proof(range_reader(max(new, 0)), old, new)
 
-    @pytest.mark.parametrize(("old", "new"), [(0, 5), (-1, 5), (6, 5)])
-    def test_verification_needs_0_lt_m_le_n(self, old: int, new: int) -> None:
-        """verify_consistency raises ProofError for m <= 0 or m > n, whatever the proof."""
+    @pytest.mark.parametrize(("old", "new"), [(-1, 5), (6, 5)])
+    def test_verification_needs_0_le_m_le_n(self, old: int, new: int) -> None:
+        """verify_consistency raises ProofError for m < 0 or m > n, whatever the proof."""
         proof = consistency_proof(range_reader(5), 1, 5)
         with pytest.raises(ProofError, match="no consistency"):
             verify_consistency(old, new, proof, ROOTS[max(old, 0)], ROOTS[new])
+
+
+class TestFromEmptyTree:
+    """Consistency from size 0: the empty tree is a prefix of every tree, with no proof."""
+
+    @pytest.mark.parametrize("new", [0, 1, 5, 64])
+    def test_empty_proof_accepted(self, new: int) -> None:
+        """From size 0 with the empty root, the empty proof verifies."""
+        verify_consistency(0, new, [], EMPTY_ROOT, ROOTS[new])
+
+    @pytest.mark.parametrize("new", [0, 1, 5, 64])
+    def test_non_empty_proof_rejected(self, new: int) -> None:
+        """From size 0, any non-empty proof raises ProofError."""
+        proof = [ROOTS[max(new, 1)]]
+        with pytest.raises(ProofError, match="from size 0 must be empty"):
+            verify_consistency(0, new, proof, EMPTY_ROOT, ROOTS[new])
+
+    def test_golden_proof_from_zero_rejected(self) -> None:
+        """A real proof (1 → 8 of the golden vectors) offered from size 0 raises ProofError."""
+        vector = next(v for v in GOLDEN["consistency"] if v["size1"] == 1 and v["size2"] == 8)
+        proof = [bytes.fromhex(h) for h in vector["proof"]]
+        root8 = bytes.fromhex(GOLDEN["roots"]["8"])
+        with pytest.raises(ProofError, match="from size 0"):
+            verify_consistency(0, 8, proof, EMPTY_ROOT, root8)
+
+    @pytest.mark.parametrize("new", [0, 5])
+    def test_other_root_at_size_zero_rejected(self, new: int) -> None:
+        """A size-0 root other than SHA-256 of nothing raises ProofError."""
+        with pytest.raises(ProofError, match="size 0"):
+            verify_consistency(0, new, [], ROOTS[1], ROOTS[new])
+
+
+class TestHashLengths:
+    """Every hash given to a verifier is 32 bytes, or it raises before any hashing."""
+
+    @pytest.mark.parametrize("length", [0, 1, 31, 33, 64])
+    def test_inclusion_rejects_wrong_lengths(self, length: int) -> None:
+        """A leaf, root or path hash of another length raises ProofError naming it."""
+        size, index = 5, 2
+        path = inclusion_proof(range_reader(size), index, size)
+        bad = bytes(length)
+        with pytest.raises(ProofError, match="leaf hash"):
+            verify_inclusion(bad, index, size, path, ROOTS[size])
+        with pytest.raises(ProofError, match="root hash"):
+            verify_inclusion(LEAVES[index], index, size, path, bad)
+        with pytest.raises(ProofError, match="inclusion proof hash 1"):
+            verify_inclusion(LEAVES[index], index, size, [path[0], bad, *path[2:]], ROOTS[size])
+
+    @pytest.mark.parametrize("length", [0, 1, 31, 33, 64])
+    def test_consistency_rejects_wrong_lengths(self, length: int) -> None:
+        """An old root, new root or proof hash of another length raises ProofError."""
+        proof = consistency_proof(range_reader(7), 3, 7)
+        bad = bytes(length)
+        with pytest.raises(ProofError, match="old root hash"):
+            verify_consistency(3, 7, proof, bad, ROOTS[7])
+        with pytest.raises(ProofError, match="new root hash"):
+            verify_consistency(3, 7, proof, ROOTS[3], bad)
+        with pytest.raises(ProofError, match="consistency proof hash 0"):
+            verify_consistency(3, 7, [bad, *proof[1:]], ROOTS[3], ROOTS[7])
+
+    def test_prefix_of_a_hash_is_not_a_hash(self) -> None:
+        """A proof hash that is a 32-byte hash with one byte appended raises, not verifies."""
+        path = inclusion_proof(range_reader(4), 0, 4)
+        with pytest.raises(ProofError, match="33 bytes"):
+            verify_inclusion(LEAVES[0], 0, 4, [path[0] + b"\x00", path[1]], ROOTS[4])

@@ -6,8 +6,11 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
+import importlib.util
 import uuid
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -17,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit_core import REDACTED, canonical_bytes, normalize, redact
-from audit_core._normalize import to_json
+from audit_core._normalize import Normalized, to_json
 from audit_core.errors import InvalidRecordError
+from tests.core._values import NaTLike
 
 
 class Color(enum.Enum):
@@ -258,3 +262,243 @@ class TestHostileInput:
         """A list of a million numbers is replaced by its digest, not recorded whole."""
         result = to_json({"xs": list(range(1_000_000))})
         assert True is result.value["xs"]["truncated"]  # type: ignore[index,call-overload]
+
+
+class RaisingStr(str):
+    """A str subclass whose __str__ raises (to_json calls str() on str subclasses)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ explodes")
+
+
+class RaisingModel:
+    """A pydantic-style model whose model_dump raises."""
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        raise ValueError("model_dump explodes")
+
+
+class RaisingArray:
+    """A numpy-style array whose tolist raises."""
+
+    dtype = "float64"
+
+    def tolist(self) -> list[float]:
+        raise MemoryError("tolist explodes")
+
+
+class RaisingMapping(Mapping[str, int]):
+    """A Mapping whose __getitem__ raises."""
+
+    def __getitem__(self, key: str) -> int:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+class LongDoubleLike:
+    """Behaves as numpy.longdouble does: tolist() returns it unchanged (Python has no type)."""
+
+    dtype = "float128"
+
+    def __init__(self, value: Fraction) -> None:
+        self.value = value
+
+    def tolist(self) -> LongDoubleLike:
+        return self
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (int, float)) and Fraction(other) == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _nats() -> list[object]:
+    """NaT stand-ins: the look-alike always, pandas.NaT where pandas is installed."""
+    found: list[object] = [NaTLike()]
+    if importlib.util.find_spec("pandas") is not None:
+        import pandas as pd
+
+        found.append(pd.NaT)
+    return found
+
+
+def _longdoubles() -> list[tuple[object, object]]:
+    """(long double of 1.5, long double of 1/3) pairs; numpy's own where it is installed."""
+    found: list[tuple[object, object]] = [
+        (LongDoubleLike(Fraction(3, 2)), LongDoubleLike(Fraction(1, 3)))
+    ]
+    if importlib.util.find_spec("numpy") is not None:
+        import numpy as np
+
+        found.append((np.longdouble(1.5), np.longdouble(1) / np.longdouble(3)))
+    return found
+
+
+class TestEdgeValues:
+    """to_json() on values that used to escape or vanish: every one recorded or refused."""
+
+    def test_colliding_keys_are_both_kept(self) -> None:
+        """{1: …, "1": …} keeps both values, the str key under its own name, whatever the order."""
+        for payload in ({1: "int", "1": "str"}, {"1": "str", 1: "int"}):
+            result = to_json(payload)
+            assert {"1": "str", "1 (int)": "int"} == result.value
+            assert 1 == len(result.issues)
+
+    def test_colliding_keys_raise_under_strict(self) -> None:
+        """strict=True refuses a payload whose keys collide after conversion."""
+        with pytest.raises(InvalidRecordError, match="both read"):
+            to_json({1: "int", "1": "str"}, strict=True)
+
+    @pytest.mark.parametrize(
+        "value",
+        [RaisingStr("x"), RaisingModel(), RaisingArray(), RaisingMapping()],
+        ids=["__str__", "model_dump", "tolist", "__getitem__"],
+    )
+    def test_user_object_errors_are_converted(self, value: object) -> None:
+        """What a user object raises is recorded (type, repr, error) and reported."""
+        result = to_json({"x": value})
+        recorded = result.value["x"]
+        assert isinstance(recorded, dict)
+        assert ["error", "repr", "type"] == sorted(recorded)
+        assert 1 == len(result.issues)
+        assert "raised" in result.issues[0]
+
+    @pytest.mark.parametrize(
+        "value",
+        [RaisingStr("x"), RaisingModel(), RaisingArray(), RaisingMapping()],
+        ids=["__str__", "model_dump", "tolist", "__getitem__"],
+    )
+    def test_user_object_errors_raise_under_strict(self, value: object) -> None:
+        """strict=True turns what a user object raises into InvalidRecordError."""
+        with pytest.raises(InvalidRecordError):
+            to_json({"x": value}, strict=True)
+
+    def test_raising_key_is_converted(self) -> None:
+        """A key whose __str__ raises is recorded as its repr and reported."""
+        result = to_json({RaisingStr("k"): 1})
+        assert {"'k'": 1} == result.value
+        assert 1 == len(result.issues)
+
+    @pytest.mark.parametrize("nat", _nats(), ids=lambda v: type(v).__name__)
+    def test_nat_is_recorded_as_text(self, nat: object) -> None:
+        """pandas.NaT becomes "NaT" (as NaN becomes "NaN"), reported; strict refuses it."""
+        result = to_json({"when": nat})
+        assert {"when": "NaT"} == result.value
+        assert 1 == len(result.issues)
+        with pytest.raises(InvalidRecordError):
+            to_json({"when": nat}, strict=True)
+
+    @pytest.mark.parametrize(("exact", "inexact"), _longdoubles())
+    def test_longdouble_becomes_a_double(self, exact: object, inexact: object) -> None:
+        """numpy.longdouble is recorded as the nearest double; an issue only if inexact."""
+        assert Normalized({"x": 1.5}) == to_json({"x": exact}, strict=True)
+        result = to_json({"x": inexact})
+        assert 1 / 3 == result.value["x"]
+        assert 1 == len(result.issues)
+
+    def test_early_years_have_four_digits(self) -> None:
+        """Datetimes before year 1000 keep RFC 3339's four-digit year."""
+        assert {"d": "0042-01-02T00:00:00.000000Z"} == to_json({"d": dt.datetime(42, 1, 2)}).value
+
+
+class TestCredentialsInText:
+    """redact() masks credentials in every text shape they take, keeping the rest readable."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("postgresql://etl:ab/cd@db/prod", "postgresql://etl:[REDACTED]@db/prod"),
+            ("mysql://etl:ab@cd@db/prod", "mysql://etl:[REDACTED]@db/prod"),
+            ("Authorization: Bearer\tabcdefghijk", "Authorization: [REDACTED]"),
+            ("bearer:abcdefghijk", "bearer:[REDACTED]"),
+            ("host=db password=hunter2 dbname=x", "host=db password=[REDACTED] dbname=x"),
+            ("host=db password='a b' port=1", "host=db password='[REDACTED]' port=1"),
+            ("Conn(password='hunter2', host='db')", "Conn(password='[REDACTED]', host='db')"),
+            ("{'password': 'hunter2'}", "{'password': '[REDACTED]'}"),
+            ("[['PASSWORD', 'hunter2']]", "[['PASSWORD', '[REDACTED]']]"),
+            ('{"api_key": "hunter2"}', '{"api_key": "[REDACTED]"}'),
+            ("secret: hunter2 hunter3\nnext", "secret: [REDACTED]\nnext"),
+            ("note='password=hunter2'", "note='password=[REDACTED]'"),
+            ("PGPASSWORD=hunter2 psql", "PGPASSWORD=[REDACTED] psql"),
+            ("cut repr(password='hunter2", "cut repr(password='[REDACTED]"),
+            ("auth failed token=abcdefghijk", "auth failed token=[REDACTED]"),
+            ("psql --password=hunter2 -h db", "psql --password=[REDACTED] -h db"),
+            ("password=ab\\cd x", "password=[REDACTED] x"),
+            ('{\\"password\\": \\"hunter2\\"}', '{\\"password\\": \\"[REDACTED]\\"}'),
+            (
+                "{'name': 'DB_PASSWORD', 'value': 'hunter2'}",
+                "{'name': 'DB_PASSWORD', 'value': '[REDACTED]'}",
+            ),
+        ],
+    )
+    def test_credentials_are_masked(self, text: str, expected: str) -> None:
+        """Passwords and tokens inside text are masked, whatever separates them."""
+        assert {"m": expected} == redact()({"m": text})
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "scheduled__2026-11-28T10:00:00+00:00",
+            "tokenizer=bert max_tokens=5",
+            "rows=10, state=success",
+            "http://example.invalid/path",
+            "https://medium.com/@alice",
+            "the bearer of good news",
+        ],
+    )
+    def test_ordinary_text_is_kept(self, text: str) -> None:
+        """Text that only looks a little like a credential is left as it is."""
+        assert {"m": text} == redact()({"m": text})
+
+    def test_pairs_are_masked_by_their_key(self) -> None:
+        """Pair lists, argument vectors and name/value objects lose the secret's value only."""
+        data: dict[str, Any] = {
+            "pairs": [["PASSWORD", "x"], ["user", "etl"]],
+            "argv": ["--password", "x", "--host", "db"],
+            "env": [{"name": "DB_PASSWORD", "value": "x"}, {"name": "HOME", "value": "/root"}],
+            "tags": [{"Key": "api_key", "Value": "x"}],
+        }
+        assert {
+            "pairs": [["PASSWORD", REDACTED], ["user", "etl"]],
+            "argv": ["--password", REDACTED, "--host", "db"],
+            "env": [{"name": "DB_PASSWORD", "value": REDACTED}, {"name": "HOME", "value": "/root"}],
+            "tags": [{"Key": "api_key", "Value": REDACTED}],
+        } == redact()(data)
+
+
+class TestProcessors:
+    """What processors return is checked where the record encoder does not look."""
+
+    def test_processor_returning_nan_is_refused(self) -> None:
+        """A processor that puts NaN into a record raises InvalidRecordError naming it."""
+
+        def add_loss(data: dict[str, Any]) -> dict[str, Any]:
+            return {**data, "loss": float("nan")}
+
+        with pytest.raises(InvalidRecordError, match="add_loss"):
+            normalize({"a": 1}, processors=(add_loss,))
+
+    def test_processor_returning_infinity_in_a_list_is_refused(self) -> None:
+        """Infinity anywhere in a processor's output is refused, nested too."""
+        with pytest.raises(InvalidRecordError, match="NaN or Infinity"):
+            normalize({"a": 1}, processors=(lambda d: {"xs": [[1.0, float("-inf")]]},))
+
+    def test_record_with_a_nan_processor_is_refused(self, trail: Any) -> None:
+        """AuditTrail.record() refuses a record a processor made non-finite; nothing is
+        written (a NaN must never become null on the chain)."""
+        trail.processors = (lambda d: {**d, "x": float("inf")},)
+        with pytest.raises(InvalidRecordError):
+            trail.record("model.scored", {"auc": 0.9})
+        assert trail.ledger.head("default") is None
+
+    def test_redaction_keeps_finite_numbers(self) -> None:
+        """The default processor passes numbers through unchanged."""
+        assert {"auc": 0.91, "n": 3} == normalize({"auc": 0.91, "n": 3}).value

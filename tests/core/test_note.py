@@ -7,16 +7,18 @@ the examples of the C2SP signed-note and tlog-checkpoint specs).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit_core._note import Note, Signer, Verifier, open_note, sign_note
-from audit_core.checkpoint import Checkpoint
+from audit_core._note import Note, Signer, Verifier, open_note, sign_note, unverified_text
+from audit_core.checkpoint import MAX_TREE_SIZE, Checkpoint
 from audit_core.errors import CheckpointError, SignatureError
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -437,6 +439,224 @@ class TestOpenNote:
             Checkpoint.parse(_text_of(note))
 
 
+#: Key names c2sp.org/signed-note forbids: a '+', or any Unicode space (White_Space).
+BAD_NAMES = [
+    "a+b",
+    "a b",
+    "a\tb",
+    "a\u00a0b",  # no-break space
+    "a\u0085b",  # next line
+    "a\u1680b",  # ogham space mark
+    "a\u2003b",  # em space
+    "a\u2009b",  # thin space
+    "a\u2028b",  # line separator
+    "a\u2029b",  # paragraph separator
+    "a\u202fb",  # narrow no-break space
+    "a\u205fb",  # medium mathematical space
+    "a\u3000b",  # ideographic space
+    " lead",
+    "trail\u00a0",
+    "",
+]
+
+
+def _line_for(name: str, raw: bytes | None = None) -> str:
+    """A signature line under ``name`` (a valid-looking 68-byte signature by default)."""
+    return f"\u2014 {name} {base64.b64encode(raw or bytes(68)).decode()}\n"
+
+
+class TestKeyNames:
+    """Key names follow c2sp.org/signed-note everywhere: signers, verifiers, note lines."""
+
+    @pytest.mark.parametrize("name", BAD_NAMES)
+    def test_signer_constructor_refuses(self, name: str) -> None:
+        """Signer(name, seed) with an invalid name raises SignatureError."""
+        with pytest.raises(SignatureError):
+            Signer(name, bytes(32))
+
+    @pytest.mark.parametrize("name", BAD_NAMES)
+    def test_verifier_constructor_refuses(self, name: str) -> None:
+        """Verifier(name, …) with an invalid name raises SignatureError."""
+        with pytest.raises(SignatureError):
+            Verifier(name, bytes(4), bytes(32))
+
+    @pytest.mark.parametrize("seed", [b"", bytes(31), bytes(33)], ids=["0", "31", "33"])
+    def test_signer_needs_32_byte_seed(self, seed: bytes) -> None:
+        """A seed of another length raises SignatureError."""
+        with pytest.raises(SignatureError, match="32-byte seed"):
+            Signer("ok.example/log", seed)
+
+    @pytest.mark.parametrize("name", [n for n in BAD_NAMES if n])
+    def test_open_rejects_invalid_name_line(self, name: str) -> None:
+        """A note with a signature line under an invalid key name is rejected, even when a
+        trusted key's signature beside it verifies (Go's note.Open: errMalformedNote)."""
+        with pytest.raises(SignatureError):
+            open_note(NOTE + _line_for(name), [PETER_KEY])
+
+    @settings(max_examples=100, deadline=None)
+    @given(key_names)
+    def test_open_ignores_valid_unknown_names(self, name: str) -> None:
+        """A well-formed line by any valid but unknown key name is ignored."""
+        assert TEXT == open_note(NOTE + _line_for(name), [PETER_KEY]).text
+
+
+class TestKeyVersions:
+    """Trusted keys of one name are versions of one signer (rotation); names all sign."""
+
+    OLD = Signer("log.example/a", bytes(range(32)))
+    NEW = Signer("log.example/a", bytes(range(1, 33)))
+
+    def test_either_version_suffices(self) -> None:
+        """A note signed by the old or the new key of a name opens with both trusted."""
+        both = [self.OLD.verifier, self.NEW.verifier]
+        for signer in (self.OLD, self.NEW):
+            assert TEXT == open_note(sign_note(TEXT, [signer]), both).text
+
+    def test_other_names_still_all_required(self) -> None:
+        """A witness (another name) must still sign, whichever version of the log did."""
+        trusted = [self.OLD.verifier, self.NEW.verifier, BOB.verifier]
+        with pytest.raises(SignatureError, match=r"bob\.example/witness"):
+            open_note(sign_note(TEXT, [self.NEW]), trusted)
+        assert TEXT == open_note(sign_note(TEXT, [self.NEW, BOB]), trusted).text
+
+    def test_bad_signature_by_either_version_rejects(self) -> None:
+        """A failing signature by any trusted version rejects the note, even next to a good
+        one by the other version."""
+        raw = self.NEW.verifier.key_id + bytes(64)
+        bad = (
+            sign_note(TEXT, [self.OLD])
+            + f"\u2014 {self.NEW.name} {base64.b64encode(raw).decode()}\n"
+        )
+        with pytest.raises(SignatureError, match="does not verify"):
+            open_note(bad, [self.OLD.verifier, self.NEW.verifier])
+
+
+class TestAnyInput:
+    """Parsers of untrusted text raise their own error, and nothing else, for any input."""
+
+    noisy_text = st.text(
+        alphabet=st.characters(codec="utf-8") | st.sampled_from("\n +\u2014\u00a0=/"),
+        max_size=200,
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(noisy_text | st.builds(lambda t: NOTE[: len(t) % len(NOTE)] + t, noisy_text))
+    def test_open_note_raises_only_signature_error(self, note: str) -> None:
+        """open_note, unverified_text and sign_note(existing=…) on any text: a result or
+        SignatureError."""
+        for call in (
+            lambda: open_note(note, [PETER_KEY]),
+            lambda: unverified_text(note),
+            lambda: sign_note(TEXT, [ALICE], existing=note),
+        ):
+            with contextlib.suppress(SignatureError):
+                call()
+
+    @settings(max_examples=300, deadline=None)
+    @given(noisy_text)
+    def test_checkpoint_parse_raises_only_checkpoint_error(self, text: str) -> None:
+        """Checkpoint.parse on any text: a checkpoint whose text() parses back, or
+        CheckpointError."""
+        try:
+            checkpoint = Checkpoint.parse(text)
+        except CheckpointError:
+            return
+        assert checkpoint == Checkpoint.parse(checkpoint.text())
+
+
+class TestCosignExisting:
+    """sign_note(existing=…) validates the existing lines and never repeats a key."""
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            pytest.param(_line_for("a+b"), id="plus-in-name"),
+            pytest.param(_line_for("a\u00a0b"), id="nbsp-in-name"),
+            pytest.param(_line_for("a\u3000b"), id="ideographic-space-in-name"),
+            pytest.param("\u2014 nameonly\n", id="no-signature"),
+            pytest.param("\u2014 name !!!!\n", id="bad-base64"),
+            pytest.param(f"\u2014 name {base64.b64encode(bytes(4)).decode()}\n", id="too-short"),
+            pytest.param("- name AAAAAAAA\n", id="not-a-signature-line"),
+        ],
+    )
+    def test_malformed_existing_line_refused(self, extra: str) -> None:
+        """A malformed line in the existing note raises SignatureError instead of producing
+        a note that open_note rejects."""
+        with pytest.raises(SignatureError):
+            open_note(NOTE + extra, [PETER_KEY])
+        with pytest.raises(SignatureError):
+            sign_note(TEXT, [ALICE], existing=NOTE + extra)
+
+    def test_existing_with_control_character_refused(self) -> None:
+        """An existing note with a control character raises SignatureError."""
+        with pytest.raises(SignatureError, match="control"):
+            sign_note(TEXT, [ALICE], existing=NOTE.replace("\u2014 Peter", "\u2014 Pe\x07ter"))
+
+    def test_resign_replaces_own_line(self) -> None:
+        """Signing again with a key that already signed leaves one line by that key."""
+        once = sign_note(TEXT, [ALICE], existing=NOTE)
+        twice = sign_note(TEXT, [ALICE], existing=once)
+        assert once == twice  # Ed25519 is deterministic: the same line, once
+        lines = [line for line in twice.splitlines() if line.startswith("\u2014 ")]
+        assert 2 == len(lines)
+        assert Note(TEXT, (PETER_KEY, ALICE.verifier)) == open_note(
+            twice, [PETER_KEY, ALICE.verifier]
+        )
+
+    def test_resign_golden_key_keeps_one_line(self) -> None:
+        """Re-signing Go's note with its own key gives Go's note back, byte for byte."""
+        assert NOTE == sign_note(TEXT, [PETER_SIGNER], existing=NOTE)
+
+    def test_resign_replaces_a_bad_old_signature(self) -> None:
+        """A stale line by the signing key (wrong signature) is replaced, and the note opens."""
+        stale = _with_signature(NOTE, "PeterNeumann", PETER_KEY.key_id + bytes(64))
+        with pytest.raises(SignatureError, match="does not verify"):
+            open_note(stale, [PETER_KEY])
+        assert NOTE == sign_note(TEXT, [PETER_SIGNER], existing=stale)
+
+    def test_same_key_twice_refused(self) -> None:
+        """Passing one key twice raises SignatureError rather than write two lines."""
+        with pytest.raises(SignatureError, match="twice"):
+            sign_note(TEXT, [ALICE, ALICE])
+
+    def test_identical_unknown_lines_kept_once(self) -> None:
+        """An unknown key's line repeated in the existing note is kept once."""
+        unknown = _line_for("someone.else")
+        cosigned = sign_note(TEXT, [ALICE], existing=NOTE + unknown + unknown)
+        assert NOTE + unknown == cosigned[: len(NOTE + unknown)]
+        assert 1 == cosigned.count(unknown)
+
+    @pytest.mark.parametrize(
+        "example", [QUASIMODO, SOFA, DOUBLE], ids=["signed-note", "tlog-checkpoint", "go-double"]
+    )
+    def test_spec_examples_are_well_formed_and_cosignable(self, example: dict[str, Any]) -> None:
+        """The C2SP spec examples (and Go's doubly signed note) pass the form checks, and
+        cosigning them keeps their lines byte for byte."""
+        note = example["signed_note"]
+        assert example["text"] == unverified_text(note)
+        cosigned = sign_note(example["text"], [ALICE], existing=note)
+        assert note == cosigned[: len(note)]
+        assert example["text"] == open_note(cosigned, [ALICE.verifier]).text
+
+    def test_cosigned_golden_double_opens(self) -> None:
+        """Cosigning Go's doubly signed note keeps both lines; all three keys verify."""
+        cosigned = sign_note(TEXT, [ALICE], existing=DOUBLE_NOTE)
+        assert DOUBLE_NOTE == cosigned[: len(DOUBLE_NOTE)]
+        open_note(cosigned, [PETER_KEY, ENOCH_KEY, ALICE.verifier])
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=6))
+    def test_any_signing_order_opens(self, order: list[int]) -> None:
+        """Any sequence of (re)signings yields a note with one line per key that opens."""
+        signers = [ALICE, BOB, PETER_SIGNER]
+        note = sign_note(TEXT, [signers[order[0]]])
+        for i in order[1:]:
+            note = sign_note(TEXT, [signers[i]], existing=note)
+        used = {signers[i].verifier for i in order}
+        assert len(used) == note.count("\u2014 ")
+        assert TEXT == open_note(note, list(used)).text
+
+
 ROOT = bytes(range(32))
 ROOT_B64 = base64.b64encode(ROOT).decode()
 
@@ -518,3 +738,31 @@ class TestCheckpoint:
         """Malformed checkpoint text raises CheckpointError."""
         with pytest.raises(CheckpointError):
             Checkpoint.parse(text)
+
+    def test_largest_tree_size(self) -> None:
+        """2^64-1, the largest uint64, is a valid tree size (RFC 9162 tree_size)."""
+        text = f"o\n{2**64 - 1}\n{ROOT_B64}\n"
+        assert Checkpoint("o", MAX_TREE_SIZE, ROOT) == Checkpoint.parse(text)
+        assert 2**64 - 1 == MAX_TREE_SIZE
+
+    @pytest.mark.parametrize(
+        "size",
+        [2**64, 2**64 + 1, 10**20, 10**30, 10**4000],
+        ids=["2^64", "2^64+1", "10^20", "10^30", "10^4000"],
+    )
+    def test_tree_size_beyond_uint64_rejected(self, size: int) -> None:
+        """A tree size above 2^64-1 raises CheckpointError, when parsed and when built."""
+        with pytest.raises(CheckpointError, match="uint64"):
+            Checkpoint.parse(f"o\n{size}\n{ROOT_B64}\n")
+        with pytest.raises(CheckpointError, match="uint64"):
+            Checkpoint("o", size, ROOT)
+
+    @pytest.mark.parametrize(
+        ("origin", "size", "root"),
+        [("", 1, ROOT), ("a\nb", 1, ROOT), ("o", -1, ROOT), ("o", 1, ROOT[:31])],
+        ids=["empty-origin", "two-line-origin", "negative-size", "short-root"],
+    )
+    def test_constructor_rejects(self, origin: str, size: int, root: bytes) -> None:
+        """A checkpoint that text() could not write parseably cannot be built."""
+        with pytest.raises(CheckpointError):
+            Checkpoint(origin, size, root)

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit_core import canonical_bytes, genesis, leaf_hash
-from audit_core._record import FIELDS, prepare
-from audit_core.errors import InvalidRecordError
+from audit_core._chain import verify_records
+from audit_core._record import FIELDS, StoredRecord, is_timestamp, prepare
+from audit_core.errors import FormatError, InvalidRecordError
 
 ASSETS = Path(__file__).parent.parent / "assets"
 TS = "2026-11-28T10:00:00.123456Z"
@@ -124,3 +125,61 @@ class TestNameCache:
         _prepared(chain="default")
         with pytest.raises(InvalidRecordError, match="event type"):
             _prepared(event="default")
+
+
+#: Timestamps of the right shape that name no instant, or use digits other than ASCII ones.
+BAD_TIMESTAMPS = [
+    "2026-99-99T99:99:99.000000Z",
+    "2026-13-01T00:00:00.000000Z",
+    "2026-00-10T00:00:00.000000Z",
+    "2026-02-30T00:00:00.000000Z",
+    "2025-02-29T00:00:00.000000Z",
+    "2026-04-31T00:00:00.000000Z",
+    "2026-11-28T24:00:00.000000Z",
+    "2026-11-28T10:60:00.000000Z",
+    "2026-11-28T10:00:60.000000Z",
+    "\u0662\u0660\u0662\u0666-11-28T10:00:00.000000Z",  # Arabic-Indic digits
+    "2026-11-28T10:00:00.\uff10\uff10\uff10\uff10\uff10\uff10Z",  # fullwidth digits
+    "0000-01-01T00:00:00.000000Z",
+]
+
+
+class TestTimestamps:
+    """One timestamp rule for writer and verifier: RFC 3339, ASCII digits, a real instant."""
+
+    @pytest.mark.parametrize("ts", BAD_TIMESTAMPS)
+    def test_bad_timestamps_are_refused(self, ts: str) -> None:
+        """prepare() refuses a timestamp that is no real UTC instant in ASCII digits."""
+        assert False is is_timestamp(ts)
+        with pytest.raises(InvalidRecordError, match="timestamp"):
+            _prepared(ts=ts)
+
+    @pytest.mark.parametrize(
+        "ts",
+        [
+            "2024-02-29T23:59:59.999999Z",
+            "2026-01-31T00:00:00.000000Z",
+            "2026-12-31T23:59:59.000000Z",
+            "0001-01-01T00:00:00.000000Z",
+        ],
+    )
+    def test_real_instants_are_accepted(self, ts: str) -> None:
+        """Leap days, month ends and the first year are real dates."""
+        assert True is is_timestamp(ts)
+        assert ts == _prepared(ts=ts).ts
+
+    @pytest.mark.parametrize("ts", BAD_TIMESTAMPS[:1] + BAD_TIMESTAMPS[3:4] + BAD_TIMESTAMPS[9:10])
+    def test_verifier_names_a_stored_bad_timestamp(self, ts: str) -> None:
+        """A stored record whose ts is no instant fails verification, naming chain, seq, field."""
+        good = orjson.loads(_prepared().seal(0, genesis("default")))
+        first = canonical_bytes(good)
+        bad = dict(good, ts=ts, seq=1, prev=leaf_hash(first).hex())
+        second = canonical_bytes(bad)
+        records = [
+            StoredRecord("default", 0, leaf_hash(first), first),
+            StoredRecord("default", 1, leaf_hash(second), second),
+        ]
+        with pytest.raises(FormatError) as caught:
+            verify_records("default", records)
+        assert 1 == caught.value.seq
+        assert "chain 'default' seq 1: field 'ts'" in str(caught.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import orjson
@@ -11,6 +12,7 @@ import pytest
 
 from audit_core import COUNTERS, REDACTED, AuditConfig, AuditTrail, Event, Record, verify_chain
 from audit_core.errors import InvalidRecordError
+from tests.core._values import NaTLike
 
 
 class TestRecord:
@@ -84,3 +86,147 @@ class TestRecord:
         assert "2026-11-28T10:00:00.000000Z" == orjson.loads(stored.body)["ts"]
         with pytest.raises(InvalidRecordError, match="RFC 3339"):
             trail.record("task.started", ts="yesterday")
+
+
+class RaisingStr(str):
+    """A str subclass whose __str__ raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ explodes")
+
+
+class RaisingMapping(Mapping[str, str]):
+    """A Mapping whose __getitem__ raises."""
+
+    def __getitem__(self, key: str) -> str:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["trace_id"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+class TestUntrustedFields:
+    """Subject and actor are redacted like data; hostile values are converted or refused."""
+
+    def test_subject_and_actor_are_redacted(self, trail: AuditTrail) -> None:
+        """Secret keys and credentials in text are masked in subject and actor too."""
+        stored = trail.record(
+            "access.denied",
+            {},
+            subject={"dag_id": "etl", "conn": {"password": "hunter2"}, "uri": "pg://u:pw@h/db"},
+            actor={"type": "user", "id": "alice", "token": "hunter3", "note": "bearer:hunter4x"},
+        )
+        record = orjson.loads(stored.body)
+        assert {
+            "dag_id": "etl",
+            "conn": {"password": REDACTED},
+            "uri": "pg://u:[REDACTED]@h/db",
+        } == (record["subject"])
+        assert {"type": "user", "id": "alice", "token": REDACTED, "note": "bearer:[REDACTED]"} == (
+            record["actor"]
+        )
+
+    def test_actor_tuple_with_credentials_is_masked(self, trail: AuditTrail) -> None:
+        """An actor id holding a credential is masked; the actor stays valid."""
+        stored = trail.record("access.denied", actor=("service", "svc password=hunter2"))
+        assert {"type": "service", "id": "svc password=[REDACTED]"} == orjson.loads(stored.body)[
+            "actor"
+        ]
+
+    def test_colliding_keys_are_logged_counted_and_kept(
+        self, trail: AuditTrail, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """{1: …, "1": …} keeps both values, and the conversion is logged and counted."""
+        before = COUNTERS.snapshot().get("normalization_issues", 0)
+        with caplog.at_level(logging.WARNING, logger="workflow_audit"):
+            stored = trail.record("task.started", {1: "int", "1": "str"})
+        assert {"1": "str", "1 (int)": "int"} == orjson.loads(stored.body)["data"]
+        assert 1 == COUNTERS.snapshot()["normalization_issues"] - before
+        assert "both read '1'" in caplog.text
+
+    def test_colliding_keys_raise_under_strict(self, trail: AuditTrail) -> None:
+        """strict=True refuses colliding keys in data and in subject alike."""
+        with pytest.raises(InvalidRecordError):
+            trail.record("task.started", {1: "int", "1": "str"}, strict=True)
+        with pytest.raises(InvalidRecordError):
+            trail.record("task.started", {}, subject={1: "int", "1": "str"}, strict=True)
+        assert trail.ledger.head("default") is None
+
+    def test_user_object_errors_are_recorded_or_refused(self, trail: AuditTrail) -> None:
+        """An exception from a user object is recorded (counted) or, strict, InvalidRecordError."""
+        before = COUNTERS.snapshot().get("normalization_issues", 0)
+        stored = trail.record(
+            "task.started", {"x": RaisingStr("v")}, subject={"m": RaisingMapping()}
+        )
+        record = orjson.loads(stored.body)
+        assert "RuntimeError: __str__ explodes" == record["data"]["x"]["error"]
+        assert "KeyError: 'trace_id'" == record["subject"]["m"]["error"]
+        assert 2 == COUNTERS.snapshot()["normalization_issues"] - before
+        with pytest.raises(InvalidRecordError):
+            trail.record("task.started", {"x": RaisingStr("v")}, strict=True)
+
+    def test_hostile_actor_and_trace_raise_invalid_record(self, trail: AuditTrail) -> None:
+        """An actor tuple or trace that raises when read is an InvalidRecordError, never raw."""
+        with pytest.raises(InvalidRecordError, match="actor"):
+            trail.record("task.started", actor=("user", RaisingStr("x")))
+        with pytest.raises(InvalidRecordError, match="actor"):
+            trail.record("task.started", actor=("user",))  # type: ignore[arg-type]
+        with pytest.raises(InvalidRecordError, match="trace"):
+            trail.record("task.started", trace=RaisingMapping())
+        assert trail.ledger.head("default") is None
+
+
+class TestTimestamps:
+    """``ts``: RFC 3339 with ASCII digits and a real instant, or InvalidRecordError."""
+
+    @pytest.mark.parametrize(
+        "ts",
+        [
+            "2026-99-99T99:99:99.000000Z",
+            "2026-02-30T10:00:00.000000Z",
+            "\u0662\u0660\u0662\u0666-11-28T10:00:00.000000Z",
+            "\u0662\u0660\u0662\u0666-11-28T10:00:00+00:00",
+            "2026-11-28",
+            "2026-11-28T10:00:00",
+            "2026-W48-1T10:00:00Z",
+            "20261128T100000Z",
+            "2026-02-30T10:00:00+02:00",
+        ],
+    )
+    def test_bad_timestamp_strings_raise(self, trail: AuditTrail, ts: str) -> None:
+        """Impossible dates, non-ASCII digits, and ISO forms RFC 3339 lacks are refused."""
+        with pytest.raises(InvalidRecordError, match="timestamp"):
+            trail.record("task.started", ts=ts)
+        assert trail.ledger.head("default") is None
+
+    @pytest.mark.parametrize(
+        ("ts", "expected"),
+        [
+            ("2026-11-28T10:00:00Z", "2026-11-28T10:00:00.000000Z"),
+            ("2026-11-28t10:00:00.5z", "2026-11-28T10:00:00.500000Z"),
+            ("2026-11-28 12:00:00.123456789+02:00", "2026-11-28T10:00:00.123456Z"),
+            ("2024-02-29T00:00:00.000000Z", "2024-02-29T00:00:00.000000Z"),
+        ],
+    )
+    def test_rfc3339_strings_are_normalized(
+        self, trail: AuditTrail, ts: str, expected: str
+    ) -> None:
+        """Every RFC 3339 date-time is recorded as UTC with microseconds."""
+        assert expected == orjson.loads(trail.record("task.started", ts=ts).body)["ts"]
+
+    def test_nat_and_non_strings_raise(self, trail: AuditTrail) -> None:
+        """A datetime that is no instant (pandas.NaT) or a number is an InvalidRecordError."""
+        for ts in (NaTLike(), 5, dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5)))):
+            with pytest.raises(InvalidRecordError, match="timestamp"):
+                trail.record("task.started", ts=ts)  # type: ignore[arg-type]
+
+    def test_nat_in_data_is_recorded_as_text(self, trail: AuditTrail) -> None:
+        """pandas.NaT in data is recorded as "NaT" and counted; strict refuses it."""
+        assert {"when": "NaT"} == orjson.loads(trail.record("t.x", {"when": NaTLike()}).body)[
+            "data"
+        ]
+        with pytest.raises(InvalidRecordError):
+            trail.record("t.x", {"when": NaTLike()}, strict=True)

@@ -1,9 +1,11 @@
-"""Helpers of the OTLP tests: a real OTLP/HTTP logs receiver, the rotel agent, fixtures.
+"""Helpers of the OTLP tests: a real OTLP/HTTP logs and metrics receiver, the rotel agent.
 
 ``OtlpReceiver`` is a small HTTP server on 127.0.0.1 that accepts ``POST /v1/logs`` with a
 protobuf ``ExportLogsServiceRequest`` (plain or gzip, as the OTLP/HTTP spec allows), decodes it
-with ``opentelemetry-proto`` and keeps every log record. It can be stopped and started again on
-the same port (the fault tests), and told to answer with an error status.
+with ``opentelemetry-proto`` and keeps every log record; and ``POST /v1/metrics`` with an
+``ExportMetricsServiceRequest``, keeping every sum and gauge data point (:class:`ReceivedPoint`).
+It can be stopped and started again on the same port (the fault tests), and told to answer
+with an error status.
 
 ``Rotel`` runs the OTLP agent bundled in the ``rotel`` wheel between the sink and the receiver:
 ``rotel-agent start --otlp-http-endpoint 127.0.0.1:P --exporter otlp
@@ -35,10 +37,12 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
 LOGS_PATH = "/v1/logs"
+METRICS_PATH = "/v1/metrics"
 HOST = "127.0.0.1"
 
 
@@ -109,6 +113,48 @@ class ReceivedLog:
         return self.attributes.get("audit.chain"), self.attributes.get("audit.seq")
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedPoint:
+    """One data point of a sum or gauge metric as it arrived."""
+
+    resource: dict[str, object]
+    scope: str
+    name: str
+    kind: str  # "sum" or "gauge"
+    monotonic: bool
+    value: float
+    attributes: dict[str, object]
+    time_unix_nano: int
+
+
+def _points(request: metrics_service_pb2.ExportMetricsServiceRequest) -> list[ReceivedPoint]:
+    out = []
+    for rm in request.resource_metrics:
+        resource = {kv.key: any_value(kv.value) for kv in rm.resource.attributes}
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind not in ("sum", "gauge"):
+                    continue
+                data = getattr(metric, kind)
+                monotonic = kind == "sum" and data.is_monotonic
+                for point in data.data_points:
+                    number = point.WhichOneof("value")
+                    out.append(
+                        ReceivedPoint(
+                            resource=resource,
+                            scope=sm.scope.name,
+                            name=metric.name,
+                            kind=kind,
+                            monotonic=monotonic,
+                            value=getattr(point, number) if number else 0,
+                            attributes={kv.key: any_value(kv.value) for kv in point.attributes},
+                            time_unix_nano=point.time_unix_nano,
+                        )
+                    )
+    return out
+
+
 def _audit_key(record: logs_pb2.LogRecord) -> tuple[object, object]:
     """(audit.chain, audit.seq) of a record, found without decoding every attribute."""
     found: dict[str, object] = {}
@@ -130,18 +176,23 @@ class _State:
     records: int = 0
     requests: int = 0
     keys: set[tuple[object, object]] = field(default_factory=set)
+    points: list[ReceivedPoint] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _decode(body: bytes, encoding: str) -> logs_service_pb2.ExportLogsServiceRequest:
-    if encoding == "gzip":
-        body = gzip.decompress(body)
-    elif encoding == "deflate":
-        body = zlib.decompress(body)
     request = logs_service_pb2.ExportLogsServiceRequest()
-    request.ParseFromString(body)
+    request.ParseFromString(_inflate(body, encoding))
     return request
+
+
+def _inflate(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    return body
 
 
 def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
@@ -152,11 +203,14 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with state.lock:
                 state.headers.append({k.lower(): v for k, v in self.headers.items()})
-            if self.path != LOGS_PATH:
+            if self.path not in (LOGS_PATH, METRICS_PATH):
                 self._reply(404, b"")
                 return
             if state.status != 200:
                 self._reply(state.status, b"")
+                return
+            if self.path == METRICS_PATH:
+                self._metrics(body)
                 return
             try:
                 request = _decode(body, self.headers.get("Content-Encoding", ""))
@@ -175,6 +229,19 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
                     "distinct": len(state.keys),
                 }
             self._reply(200, json.dumps(stats).encode(), "application/json")
+
+        def _metrics(self, body: bytes) -> None:
+            request = metrics_service_pb2.ExportMetricsServiceRequest()
+            try:
+                request.ParseFromString(_inflate(body, self.headers.get("Content-Encoding", "")))
+            except (OSError, EOFError, zlib.error, DecodeError):
+                self._reply(400, b"")
+                return
+            points = _points(request)
+            with state.lock:
+                state.points.extend(points)
+            response = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+            self._reply(200, response)
 
         def _store(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
             received = []
@@ -226,6 +293,26 @@ class OtlpReceiver:
     def endpoint(self) -> str:
         """The base URL (``OTEL_EXPORTER_OTLP_ENDPOINT`` form)."""
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics URL (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` form)."""
+        return self.endpoint + METRICS_PATH
+
+    @property
+    def points(self) -> list[ReceivedPoint]:
+        """Every metric data point received, in arrival order."""
+        with self._state.lock:
+            return list(self._state.points)
+
+    def last_value(self, name: str, **attributes: object) -> float | None:
+        """The latest value received for metric ``name`` (with these attributes), or None."""
+        found = [
+            p
+            for p in self.points
+            if p.name == name and all(p.attributes.get(k) == v for k, v in attributes.items())
+        ]
+        return found[-1].value if found else None
 
     @property
     def logs_url(self) -> str:

@@ -1,5 +1,6 @@
 """deploy/: the Collector config, the Grafana dashboard and the Loki alert rules parse, hang
-together, and query only names the OTLP sink sends (as Loki stores them)."""
+together, and query only names the OTLP sink sends (as Loki stores them) and metrics the
+process counters and ``workflow-audit health`` export (as Prometheus names them)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import yaml
 
 from airflow_audit.adapter import AirflowAdapter, dagrun_subject, task_subject
 from audit_core import AuditConfig, AuditTrail, Record
+from audit_core.health import GAUGES
 from audit_core.hooks import TaskApi
+from audit_core.metrics import KNOWN_COUNTS, metric_name
 from audit_core.sinks.otlp import UNREADABLE_EVENT, OtlpSink, attributes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +164,25 @@ def _loki_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", key)
 
 
+#: The Prometheus names of what workflow-audit exports as metrics (Prometheus 3's OTLP
+#: translation: dots become underscores, a counter gains ``_total``, unit ``s`` ``_seconds``).
+PROMETHEUS_NAMES = {metric_name(c).replace(".", "_") + "_total" for c in KNOWN_COUNTS} | {
+    metric_name(g).replace(".", "_") + ("_seconds" if unit == "s" else "")
+    for g, unit in GAUGES.items()
+}
+
+
+def promql_labels(expr: str) -> set[str]:
+    """The label names a PromQL expression matches on or groups by."""
+    bare = _without_strings(expr)
+    names = set()
+    for selector in re.findall(r"\{([^{}]*)\}", bare):
+        names |= set(re.findall(rf"([A-Za-z_]\w*)\s*{_COMPARISON}", selector))
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", bare):
+        names |= {n.strip() for n in group.split(",") if n.strip()}
+    return names
+
+
 # -- LogQL ------------------------------------------------------------------------------------
 
 
@@ -282,6 +304,15 @@ class TestCollectorConfig:
         """The five top-level sections are there."""
         assert {"extensions", "receivers", "processors", "exporters", "service"} <= set(config)
 
+    def test_metrics_go_to_prometheus_otlp(self, config: dict[str, Any]) -> None:
+        """A metrics pipeline takes OTLP to Prometheus's native OTLP endpoint (the counters
+        and health's verdicts the dashboard's metric panels read)."""
+        pipeline = config["service"]["pipelines"]["metrics"]
+        assert ["otlp"] == pipeline["receivers"]
+        (name,) = pipeline["exporters"]
+        assert "otlphttp" == name.split("/")[0]
+        assert _env_default(config["exporters"][name]["endpoint"]).endswith("/api/v1/otlp")
+
     def test_every_pipeline_component_is_defined(self, config: dict[str, Any]) -> None:
         """Each pipeline's receivers, processors and exporters are defined above it."""
         pipelines = config["service"]["pipelines"]
@@ -336,9 +367,18 @@ class TestDashboard:
         return [p for p in dashboard["panels"] if p["type"] != "row"]
 
     @staticmethod
-    def _exprs(dashboard: dict[str, Any]) -> list[str]:
-        exprs = [t["expr"] for p in TestDashboard._panels(dashboard) for t in p["targets"]]
-        return exprs + [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
+    def _exprs(dashboard: dict[str, Any], kind: str | None = None) -> list[str]:
+        """Every query (of panels on data sources of ``kind``: loki or prometheus)."""
+        panels = [
+            p
+            for p in TestDashboard._panels(dashboard)
+            if kind is None or p["datasource"]["type"] == kind
+        ]
+        exprs = [t["expr"] for p in panels for t in p["targets"]]
+        notes = dashboard["annotations"]["list"]
+        return exprs + [
+            a["expr"] for a in notes if "expr" in a and kind in (None, a["datasource"]["type"])
+        ]
 
     def test_top_level(self, dashboard: dict[str, Any]) -> None:
         """Title, uid, an integer schemaVersion and panels."""
@@ -377,8 +417,21 @@ class TestDashboard:
         self, dashboard: dict[str, Any], emitted: dict[str, set[str]]
     ) -> None:
         """Every name and event type in every LogQL query is one the sink sends."""
-        for expr in self._exprs(dashboard):
+        for expr in self._exprs(dashboard, "loki"):
             _check_logql(expr, emitted)
+
+    def test_metric_queries_use_only_exported_metrics(self, dashboard: dict[str, Any]) -> None:
+        """Every metric a PromQL query names is one workflow-audit exports, as Prometheus
+        names it (counters ``_total``, seconds ``_seconds``), and every label it uses is
+        job, instance or an attribute the metrics carry."""
+        exprs = self._exprs(dashboard, "prometheus")
+        assert exprs
+        for expr in exprs:
+            assert expr.count("(") == expr.count(")"), expr
+            names = set(re.findall(r"\bworkflow_audit_\w+", expr))
+            assert names, expr
+            assert set() == names - PROMETHEUS_NAMES, expr
+            assert set() == promql_labels(expr) - {"job", "instance", "chain", "sink"}, expr
 
     def test_variables_are_defined(self, dashboard: dict[str, Any]) -> None:
         """Every $variable a query uses is a dashboard variable or one of Grafana's."""
@@ -388,6 +441,8 @@ class TestDashboard:
         assert set() == used - defined
         datasource = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")
         assert ("datasource", "loki") == (datasource["type"], datasource["query"])
+        metrics = next(v for v in dashboard["templating"]["list"] if v["name"] == "metrics")
+        assert ("datasource", "prometheus") == (metrics["type"], metrics["query"])
 
     def test_legends_name_grouping_labels(self, dashboard: dict[str, Any]) -> None:
         """A {{label}} in a legend is one its query groups by."""
@@ -403,6 +458,14 @@ class TestDashboard:
         assert 'severity_text="ERROR"' in exprs  # failures
         assert {"model.retrained", "data.uploaded", "audit.unreadable"} <= logql_events(exprs)
         assert "unwrap audit_seq" in exprs  # chain heads shipped
+        status = next(p for p in self._panels(dashboard) if p["title"] == "Verification status")
+        (target,) = status["targets"]
+        assert "prometheus" == status["datasource"]["type"]
+        assert "workflow_audit_health_valid{" in target["expr"]  # health --verify's verdict
+        counted = "\n".join(self._exprs(dashboard, "prometheus"))
+        assert {"hook_failures", "records_abandoned", "records_spooled"} <= set(
+            re.findall(r"workflow_audit_(\w+)_total", counted)
+        )
 
 
 class TestAlertRules:

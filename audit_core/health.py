@@ -1,0 +1,291 @@
+"""``workflow-audit health``: is the trail being written, signed, shipped and drained?
+
+>>> parse_duration("90"), parse_duration("15m"), parse_duration("2h"), parse_duration("1d")
+(90.0, 900.0, 7200.0, 86400.0)
+
+It reads durable state only (the ledger, opened read-only as every reading command opens it,
+and the spool directory), so it works for an auditor who cannot write, and from a cron job or
+a Kubernetes probe. Per chain: records, age of the last record, the last checkpoint (size,
+age) and the records signed by none yet, and each sink's lag (records past its cursor). Then
+the spool's backlog. ``--json`` prints :meth:`Health.to_json`.
+
+Exit codes: 0 healthy; 4 unhealthy (a threshold below was passed: each problem is printed);
+1 with ``--verify``, a chain failed verification (tampering, as for ``verify``); 2 usage error
+or the ledger cannot be read. Thresholds (``--max-…``; a duration is seconds or ``30s``,
+``15m``, ``2h``, ``1d``; ``off`` turns a check off):
+
+=========================  =========  ======================================================
+option                     default    unhealthy when
+=========================  =========  ======================================================
+``--max-record-age``       off        a chain's last record is older (a busy chain stopped)
+``--max-checkpoint-age``   ``1h``     a record has waited longer for a signed checkpoint
+``--max-lag``              ``10000``  a sink (a cursor in the ledger) is more records behind
+``--max-spool``            ``0``      more records wait in the spool (the ledger was
+                                      unreachable; the next writer or ``spool drain`` appends
+                                      them); a corrupt spool line is always a problem
+=========================  =========  ======================================================
+
+With metrics configured (:mod:`audit_core.metrics`), the verdict is also published as gauges
+before the command exits: ``workflow_audit.health.healthy`` (1/0),
+``workflow_audit.health.valid`` (``--verify``: 1/0 per ``chain``),
+``workflow_audit.health.records``, ``…last_record_age`` (s), ``…checkpoint_age`` (s),
+``…unsigned_records`` (per ``chain``), ``…sink_lag`` (per ``chain`` and ``sink``),
+``…spool_records`` and ``…spool_corrupt``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from audit_core._record import Record
+from audit_core.config import AuditConfig
+from audit_core.errors import ConfigError, VerificationError
+from audit_core.ledgers import LedgerReader
+from audit_core.spool import backlog, spool_dir
+
+__all__ = [
+    "EXIT_UNHEALTHY",
+    "GAUGES",
+    "ChainHealth",
+    "Health",
+    "Thresholds",
+    "check",
+    "parse_duration",
+    "publish",
+]
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 4
+
+#: The gauges the verdict is published as (``workflow_audit.<name>``) and their units: no
+#: unit for counts and 1/0 flags (Prometheus would add ``_ratio`` to a gauge of unit ``1``).
+GAUGES: Final[Mapping[str, str]] = {
+    "health.healthy": "",
+    "health.valid": "",
+    "health.records": "",
+    "health.unsigned_records": "",
+    "health.last_record_age": "s",
+    "health.checkpoint_age": "s",
+    "health.sink_lag": "",
+    "health.spool_records": "",
+    "health.spool_corrupt": "",
+}
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``2h`` or ``1d``."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ConfigError(f"{text!r} is not a duration such as 90, 90s, 15m, 2h or 1d")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Thresholds:
+    """Past these the trail is unhealthy (None: not checked)."""
+
+    max_record_age_s: float | None = None
+    max_checkpoint_age_s: float | None = 3600.0
+    max_lag: int | None = 10_000
+    max_spool: int | None = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHealth:
+    """One chain's state as the ledger holds it."""
+
+    chain: str
+    records: int
+    last_record_ts: str | None
+    last_record_age_s: float | None
+    checkpoint_size: int | None  # None: no checkpoint
+    checkpoint_created: str | None
+    checkpoint_age_s: float | None
+    unsigned: int  # records after the last checkpoint
+    unsigned_age_s: float | None  # age of the oldest of them
+    sinks: dict[str, int] = field(default_factory=dict)  # sink name -> lag in records
+    valid: bool | None = None  # --verify's verdict; None when not verified
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``health`` found, and its verdict."""
+
+    checked_at: str
+    ledger: str
+    chains: list[ChainHealth]
+    spool: dict[str, Any] | None  # SpoolBacklog fields and the directory; None: no spool
+    problems: list[str]
+    thresholds: Thresholds
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "checked_at": self.checked_at,
+            "ledger": self.ledger,
+            "chains": [asdict(c) for c in self.chains],
+            "spool": self.spool,
+            "problems": self.problems,
+            "thresholds": asdict(self.thresholds),
+        }
+
+
+def _age(ts: str | None, now: dt.datetime) -> float | None:
+    if ts is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return round((now - when).total_seconds(), 3)
+
+
+def _ts(ledger: LedgerReader, chain: str, seq: int) -> str | None:
+    for stored in ledger.read(chain, seq, seq + 1):
+        try:
+            return Record.from_stored(stored).ts
+        except VerificationError:  # an unreadable record: `verify` says why
+            return None
+    return None
+
+
+def _chain(ledger: LedgerReader, chain: str, sinks: Sequence[str], now: dt.datetime) -> ChainHealth:
+    head = ledger.head(chain)
+    records = 0 if head is None else head.seq + 1
+    last_ts = None if head is None else _ts(ledger, chain, head.seq)
+    checkpoint = ledger.latest_checkpoint(chain)
+    signed = 0 if checkpoint is None else checkpoint.size
+    unsigned = max(records - signed, 0)
+    return ChainHealth(
+        chain=chain,
+        records=records,
+        last_record_ts=last_ts,
+        last_record_age_s=_age(last_ts, now),
+        checkpoint_size=None if checkpoint is None else checkpoint.size,
+        checkpoint_created=None if checkpoint is None else checkpoint.created,
+        checkpoint_age_s=None if checkpoint is None else _age(checkpoint.created, now),
+        unsigned=unsigned,
+        unsigned_age_s=_age(_ts(ledger, chain, signed), now) if unsigned else None,
+        sinks={name: records - 1 - ledger.get_cursor(name, chain) for name in sinks},
+    )
+
+
+def _spool(config: AuditConfig, directory: Path | None) -> dict[str, Any]:
+    where = directory if directory is not None else spool_dir(config)
+    return {"directory": str(where), **asdict(backlog(where))}
+
+
+def _problems(h: list[ChainHealth], spool: dict[str, Any] | None, t: Thresholds) -> list[str]:
+    out = []
+    for c in h:
+        name = f"chain {c.chain!r}"
+        if not c.records:  # only a chain named with --chain can have none: deleted?
+            out.append(f"{name}: no records")
+        if c.valid is False:
+            out.append(f"{name}: verification failed (run `workflow-audit verify`)")
+        if c.records and c.last_record_ts is None:
+            out.append(f"{name}: the last record is unreadable (run `workflow-audit verify`)")
+        age = c.last_record_age_s
+        if t.max_record_age_s is not None and age is not None and age > t.max_record_age_s:
+            out.append(f"{name}: last record {age:.0f}s old (max {t.max_record_age_s:.0f}s)")
+        wait = c.unsigned_age_s
+        if (
+            t.max_checkpoint_age_s is not None
+            and wait is not None
+            and wait > t.max_checkpoint_age_s
+        ):
+            out.append(
+                f"{name}: {c.unsigned} record(s) after the last checkpoint, the oldest "
+                f"{wait:.0f}s old (max {t.max_checkpoint_age_s:.0f}s); is a signing key set?"
+            )
+        for sink, lag in c.sinks.items():
+            if t.max_lag is not None and lag > t.max_lag:
+                out.append(f"{name}: sink {sink} is {lag} records behind (max {t.max_lag})")
+    if spool is not None:
+        if spool["corrupt"]:
+            out.append(f"spool {spool['directory']}: {spool['corrupt']} corrupt line(s)")
+        if t.max_spool is not None and spool["records"] > t.max_spool:
+            out.append(
+                f"spool {spool['directory']}: {spool['records']} record(s) wait for the "
+                f"ledger (max {t.max_spool}); run `workflow-audit spool drain`"
+            )
+    return out
+
+
+def check(
+    ledger: LedgerReader,
+    *,
+    name: str,
+    chains: Sequence[str] | None = None,
+    thresholds: Thresholds = Thresholds(),
+    config: AuditConfig | None = None,
+    spool_dir: Path | None = None,
+    verify: bool = False,
+    now: dt.datetime | None = None,
+) -> Health:
+    """Read the ledger's and the spool's state; ``verify``: also verify each chain."""
+    from audit_core._normalize import format_timestamp
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    with ledger.snapshot() as view:  # records, checkpoints and cursors of one moment
+        sinks = view.cursor_names()
+        found = [_chain(view, c, sinks, now) for c in (chains or view.chains())]
+    if verify:
+        from dataclasses import replace
+
+        from audit_core.verify import verify_ledger
+
+        checked = []
+        for c in found:
+            try:
+                verify_ledger(ledger, [c.chain])
+                checked.append(replace(c, valid=True))
+            except VerificationError:
+                checked.append(replace(c, valid=False))
+        found = checked
+    spool = _spool(config or AuditConfig.from_env(), spool_dir)
+    return Health(
+        format_timestamp(now), name, found, spool, _problems(found, spool, thresholds), thresholds
+    )
+
+
+def publish(health: Health) -> bool:
+    """Publish the verdict as :data:`GAUGES` when metrics are configured
+    (:mod:`audit_core.metrics`); True once a MeterProvider flushed them."""
+    if os.environ.get("WORKFLOW_AUDIT_METRICS", "").strip().lower() == "off":
+        return False
+    from audit_core.metrics import report_gauges
+
+    g: dict[str, list[tuple[float, dict[str, str]]]] = {
+        "health.healthy": [(1 if health.healthy else 0, {})]
+    }
+    for c in health.chains:
+        at = {"chain": c.chain}
+        g.setdefault("health.records", []).append((c.records, at))
+        g.setdefault("health.unsigned_records", []).append((c.unsigned, at))
+        if c.last_record_age_s is not None:
+            g.setdefault("health.last_record_age", []).append((c.last_record_age_s, at))
+        if c.checkpoint_age_s is not None:
+            g.setdefault("health.checkpoint_age", []).append((c.checkpoint_age_s, at))
+        if c.valid is not None:
+            g.setdefault("health.valid", []).append((1 if c.valid else 0, at))
+        for sink, lag in c.sinks.items():
+            g.setdefault("health.sink_lag", []).append((lag, {**at, "sink": sink}))
+    if health.spool is not None:
+        g["health.spool_records"] = [(health.spool["records"], {})]
+        g["health.spool_corrupt"] = [(health.spool["corrupt"], {})]
+    return report_gauges(g, units=GAUGES)
