@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from audit_core.config import AuditConfig
-from audit_core.ledgers import open_ledger
+from audit_core.ledgers import Ledger
 from audit_core.spool import DrainResult, backlog, drain, ledger_key, pending_files, spool_dirs
 
 __all__ = ["add_parsers"]
@@ -61,7 +61,18 @@ def _config(args: argparse.Namespace) -> AuditConfig:
     return AuditConfig.from_env(**overrides)
 
 
+def _ledger(args: argparse.Namespace, *, write: bool) -> Ledger:
+    # As every command opens it: an unsupported URL, or a SQLite file that does not exist (a
+    # typo), is a usage error, never "nothing waits" nor a new empty ledger.
+    from audit_core.cli import _open
+
+    ledger = _open(args, write=write)[0]
+    ledger.chains()  # a file that is no ledger fails now, not at the first spooled record
+    return ledger
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    _ledger(args, write=False).close()
     config = _config(args)
     mine = len(pending_files(config))
     report = []
@@ -91,9 +102,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_drain(args: argparse.Namespace) -> int:
     config = _config(args)
-    ledger = open_ledger(
-        config.ledger_url, synchronous=config.synchronous, busy_timeout_s=config.busy_timeout_s
-    )
+    ledger = _ledger(args, write=True)
     key = ledger_key(config.ledger_url)
     total = DrainResult()
     try:

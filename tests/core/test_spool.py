@@ -295,6 +295,24 @@ class TestDrain:
             report["directories"][0]["oldest_ts"],
         )
 
+    @pytest.mark.parametrize("command", ["status", "drain"])
+    def test_a_ledger_that_is_not_there_is_a_usage_error(
+        self, tmp_path: Path, command: str
+    ) -> None:
+        """A mistyped ledger path exits 2 and creates nothing (no "nothing waits", no new
+        empty ledger); a file that is no ledger, and an unsupported URL, exit 2 too, with
+        the URL's password masked."""
+        missing = tmp_path / "typo.db"
+        done = cli("spool", command, "--ledger", str(missing))
+        assert (2, False) == (done.returncode, missing.exists())
+        assert "no ledger at" in done.stderr
+        other = tmp_path / "notes.txt"
+        other.write_text("not a database\n" * 100)
+        assert 2 == cli("spool", command, "--ledger", str(other)).returncode
+        done = cli("spool", command, "--ledger", "mysql://u:Pw1secretZ@h/db")
+        assert 2 == done.returncode
+        assert "Pw1secretZ" not in done.stdout + done.stderr
+
     def test_secrets_are_redacted_before_they_are_spooled(self, tmp_path: Path) -> None:
         """The spool holds records as the ledger would: redacted."""
         config = make_ledger(tmp_path / "l.db")
