@@ -35,7 +35,7 @@ venvs: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 
 ## demo: run the example DAGs with `airflow dags test` in a throw-away AIRFLOW_HOME and the
 ## example flows in a throw-away PREFECT_HOME (.demo/), each on its own chain of one ledger,
-## then checkpoint, verify, report, prove one record and catch a tampered copy (~1 min).
+## then checkpoint, verify, health, report, prove one record and catch a tampered copy (~1 min).
 demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python scripts/demo.py
 

@@ -359,6 +359,12 @@ def verify(demo: Demo) -> None:
     _cli("verify", "--ledger", demo.ledger_url, "--key", str(demo.verifier_key))
 
 
+def health(demo: Demo) -> None:
+    """What an operator's cron job or probe runs: per chain the records, the last record and
+    checkpoint, the spool's backlog; exit 4 when a threshold is passed."""
+    _cli("health", "--ledger", demo.ledger_url, "--verify")
+
+
 def report(demo: Demo) -> None:
     """The auditor's report (Markdown), with the verification verdict in it."""
     _cli("report", "--ledger", demo.ledger_url, "--key", str(demo.verifier_key))
@@ -441,7 +447,7 @@ AIRFLOW: tuple[Step, ...] = (
 )
 # Prefect lives in .venv-prefect: its steps run the example flows there as subprocesses,
 # writing to the same ledger on a chain of their own, before the ledger steps below
-# checkpoint, verify and report on every chain.
+# checkpoint, verify, check health and report on every chain.
 PREFECT: tuple[Step, ...] = (
     prefect_run_ml_pipeline,
     prefect_run_ml_pipeline_bad_data,
@@ -449,6 +455,7 @@ PREFECT: tuple[Step, ...] = (
 LEDGER: tuple[Step, ...] = (
     checkpoint,
     verify,
+    health,
     report,
     prove_model_deployed,
     tamper,
