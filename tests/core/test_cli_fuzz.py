@@ -30,6 +30,7 @@ from audit_core import AuditConfig, AuditTrail
 from audit_core.cli import main
 from audit_core.ledgers.sqlite import SqliteLedger
 from audit_core.proofs import make_inclusion_bundle
+from tests.core._cli import Run
 
 CHAIN = "default"
 SIZE = 12
@@ -79,33 +80,6 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         old_checkpoint=notes[0],
         bundle=bundle,
     )
-
-
-@dataclass(frozen=True)
-class Run:
-    """What one in-process ``main()`` call returned and printed."""
-
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Call ``main(argv)`` in-process; argparse's SystemExit becomes an exit code."""
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("WORKFLOW_AUDIT_LEDGER", raising=False)
-
-    def run(*argv: str | Path) -> Run:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse usage errors
-            code = exc.code if isinstance(exc.code, int) else 2
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 def _documented(run: Run, *, allowed: set[int] = EXIT_CODES) -> None:

@@ -18,6 +18,28 @@ from tests.prefect.conftest import SPANS
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_flows"
+#: (event, task or flow, attempt) of one run of example_flows/ml_pipeline.py, in order: flow
+#: start, the pipeline's own events in real time, each task run's attempts from Prefect's state
+#: history, the flow's end.
+ML_TIMELINE = [
+    ("flowrun.started", "ml-pipeline", 1),
+    ("data.uploaded", "upload_dataset", 1),
+    ("model.retrained", "retrain", 1),
+    ("model.deployed", "deploy", 1),
+    ("task.started", "upload_dataset", 1),
+    ("task.succeeded", "upload_dataset", 1),
+    ("task.started", "validate", 1),
+    ("task.retry_scheduled", "validate", 1),
+    ("task.started", "validate", 2),
+    ("task.succeeded", "validate", 2),
+    ("task.started", "retrain", 1),
+    ("task.succeeded", "retrain", 1),
+    ("task.started", "evaluate", 1),
+    ("task.succeeded", "evaluate", 1),
+    ("task.started", "deploy", 1),
+    ("task.succeeded", "deploy", 1),
+    ("flowrun.succeeded", "ml-pipeline", 1),
+]
 
 
 def records(ledger: Path) -> list[Record]:
@@ -65,25 +87,7 @@ class TestMlPipeline:
     def test_exact_record_sequence(self, run: list[Record]) -> None:
         """Flow start, the pipeline's own events in real time, then every task run's attempts
         from Prefect's state history, then the flow's end."""
-        assert [
-            ("flowrun.started", "ml-pipeline", 1),
-            ("data.uploaded", "upload_dataset", 1),
-            ("model.retrained", "retrain", 1),
-            ("model.deployed", "deploy", 1),
-            ("task.started", "upload_dataset", 1),
-            ("task.succeeded", "upload_dataset", 1),
-            ("task.started", "validate", 1),
-            ("task.retry_scheduled", "validate", 1),
-            ("task.started", "validate", 2),
-            ("task.succeeded", "validate", 2),
-            ("task.started", "retrain", 1),
-            ("task.succeeded", "retrain", 1),
-            ("task.started", "evaluate", 1),
-            ("task.succeeded", "evaluate", 1),
-            ("task.started", "deploy", 1),
-            ("task.succeeded", "deploy", 1),
-            ("flowrun.succeeded", "ml-pipeline", 1),
-        ] == timeline(run)
+        assert ML_TIMELINE == timeline(run)
 
     def test_task_records_carry_state_timestamps_in_order(self, run: list[Record]) -> None:
         """Task records are stamped with Prefect's state times, oldest first."""

@@ -15,29 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.core._spooling import cli, held_lock, make_ledger
-from tests.prefect.test_flows import EXAMPLES, records, timeline
+from tests.prefect.test_flows import EXAMPLES, ML_TIMELINE, records, timeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-ML_TIMELINE = [
-    ("flowrun.started", "ml-pipeline", 1),
-    ("data.uploaded", "upload_dataset", 1),
-    ("model.retrained", "retrain", 1),
-    ("model.deployed", "deploy", 1),
-    ("task.started", "upload_dataset", 1),
-    ("task.succeeded", "upload_dataset", 1),
-    ("task.started", "validate", 1),
-    ("task.retry_scheduled", "validate", 1),
-    ("task.started", "validate", 2),
-    ("task.succeeded", "validate", 2),
-    ("task.started", "retrain", 1),
-    ("task.succeeded", "retrain", 1),
-    ("task.started", "evaluate", 1),
-    ("task.succeeded", "evaluate", 1),
-    ("task.started", "deploy", 1),
-    ("task.succeeded", "deploy", 1),
-    ("flowrun.succeeded", "ml-pipeline", 1),
-]
 
 
 def run_flow(server: str, ledger: Path, **env: str) -> tuple[float, str]:
