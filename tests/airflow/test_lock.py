@@ -4,7 +4,6 @@ is released and the spool drained, all 17 records are on the chain, in order, an
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.airflow._airflow import BIN, ML_TIMELINE, AirflowHome, records
-from tests.core._spooling import held_lock, make_ledger
+from tests.core._spooling import held_lock, make_ledger, mount
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -42,13 +41,6 @@ def run_timeline(home: AirflowHome, ledger: Path) -> list[tuple[str, str | None,
     run_id, _ = home.last_run("ml_pipeline")
     mine = [r for r in records(ledger) if r.subject.get("run_id") in (run_id, None)]
     return [(r.event, r.subject.get("task_id"), r.subject.get("try_number")) for r in mine]
-
-
-def mount(*args: str, tool: str = "mount") -> None:
-    """Run ``mount`` (or ``umount``) as root; the tests run as root, as CI does."""
-    path = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
-    assert path is not None
-    subprocess.run([path, *args], check=True)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -94,3 +95,10 @@ def held_lock(ledger: Path) -> Iterator[None]:
     finally:
         locker.kill()
         locker.wait()
+
+
+def mount(*args: str, tool: str = "mount") -> None:
+    """Run ``mount`` (or ``umount``) as root; the tests run as root, as CI does."""
+    path = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    assert path is not None
+    subprocess.run([path, *args], check=True)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from audit_core.spool import (
     spool_dir,
     spool_dirs,
 )
-from tests.core._spooling import bodies, cli, make_ledger
+from tests.core._spooling import MiniAdapter, bodies, cli, make_ledger, mount
 
 
 def _count(name: str) -> int:
@@ -349,3 +350,78 @@ class TestDrain:
         assert ids == [r["data"][SPOOL_KEY]["id"] for r in records]
         assert list(range(total)) == [r["data"]["n"] for r in records]
         assert 0 == cli("verify", "--ledger", str(tmp_path / "l.db")).returncode
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (a real ENOSPC, not a mock), unmounted afterwards."""
+    assert 0 == os.geteuid(), "this test mounts a tmpfs: run as root"
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt))
+    try:
+        yield mnt
+    finally:
+        mount("-l", str(mnt), tool="umount")
+
+
+PAD = "p" * 400
+
+
+class TestDiskFull:
+    """A ledger on a full disk: hooks go on at once, the records wait in the spool."""
+
+    HOOKS = 1500  # ~0.7 MB of records: more than the 1 MiB disk holds with its WAL
+
+    def _fill(self, config: AuditConfig) -> tuple[int, float]:
+        adapter = MiniAdapter(config, budget_s=2.0)
+        started = time.monotonic()
+        landed = sum(
+            adapter._run(
+                "t", lambda i=i: [Event(type="test.fill", data={"i": i, "pad": "p" * 400})]
+            )
+            for i in range(self.HOOKS)
+        )
+        adapter.flush()
+        return landed, time.monotonic() - started
+
+    def test_full_ledger_disk_spools_and_drains_every_record(
+        self, small_disk: Path, tmp_path: Path
+    ) -> None:
+        """The ledger's disk fills up mid-run: later records are spooled elsewhere without
+        the hooks waiting; once there is room, `spool drain` puts every one on the chain in
+        order, and the chain verifies."""
+        spooled_before = _count("records_spooled")
+        config = AuditConfig(
+            ledger_url=f"sqlite:///{small_disk / 'ledger.db'}",
+            spool_dir=str(tmp_path / "spool"),
+            checkpoint_every=0,
+        )
+        landed, seconds = self._fill(config)
+        assert 0 < landed < self.HOOKS  # the disk filled up during the run
+        assert self.HOOKS - landed == _count("records_spooled") - spooled_before
+        assert seconds < 60  # not a budget per hook (1,500 x 2 s); measured ~1 s
+        mount("-o", "remount,size=64m", str(small_disk))
+        done = cli("spool", "drain", "--ledger", str(small_disk / "ledger.db"),
+                   "--spool-dir", str(tmp_path / "spool"))  # fmt: skip
+        assert 0 == done.returncode, done.stderr
+        assert list(range(self.HOOKS)) == [b["data"]["i"] for b in bodies(small_disk / "ledger.db")]
+        assert 0 == cli("verify", "--ledger", str(small_disk / "ledger.db")).returncode
+
+    def test_full_disk_for_ledger_and_spool_is_logged_and_counted(
+        self, small_disk: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With no room for the spool either, every hook still returns at once, and each lost
+        record is logged and counted (records_abandoned): never a silent loss, never a crash."""
+        abandoned_before = _count("records_abandoned")
+        config = AuditConfig(
+            ledger_url=f"sqlite:///{small_disk / 'ledger.db'}",
+            spool_dir=str(small_disk / "spool"),
+            checkpoint_every=0,
+        )
+        with caplog.at_level(logging.ERROR, logger="workflow_audit"):
+            landed, seconds = self._fill(config)
+        lost = self.HOOKS - landed
+        assert lost == _count("records_abandoned") - abandoned_before
+        assert seconds < 60
+        assert lost == sum("reach neither the ledger nor the spool" in m for m in caplog.messages)

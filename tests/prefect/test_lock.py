@@ -6,7 +6,6 @@ order, and it verifies."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.core._spooling import cli, held_lock, make_ledger
+from tests.core._spooling import cli, held_lock, make_ledger, mount
 from tests.prefect.test_flows import EXAMPLES, ML_TIMELINE, records, timeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -41,13 +40,6 @@ def run_flow(server: str, ledger: Path, **env: str) -> tuple[float, str]:
     elapsed = time.monotonic() - start
     assert 0 == done.returncode, done.stderr[-3000:]
     return elapsed, done.stdout + done.stderr
-
-
-def mount(*args: str, tool: str = "mount") -> None:
-    """Run ``mount`` (or ``umount``) as root; the tests run as root, as CI does."""
-    path = shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin")
-    assert path is not None
-    subprocess.run([path, *args], check=True)
 
 
 class TestLockedLedger:
