@@ -104,10 +104,11 @@ _AUTH_HEADER = re.compile(
 # closing quote, or to the end when a repr was cut), or a bare word (after ":" the rest of the
 # line: a header value may hold spaces).
 # (A key starts where a run of key characters starts, or after a "-" as in "--password=x",
-# and is taken whole, possessively: no backtracking, so a long identifier costs one pass.)
+# and is taken whole, atomically: no backtracking, so a long identifier costs one pass. The
+# lookahead-and-backreference is the atomic group of Python < 3.11, which has no "*+".)
 # Quotes may come escaped, JSON inside JSON: {\"password\": \"x\"}.
 _KEY_VALUE = re.compile(
-    r"""(?<![A-Za-z_.])(?P<key>[A-Za-z_][A-Za-z_.-]*+)"""
+    r"""(?<![A-Za-z_.])(?=(?P<key>[A-Za-z_][A-Za-z_.-]*))(?P=key)"""
     r"""(?P<sep>(?:\\*["'])?[ \t]*[:=][ \t]*|\\*["'][ \t]*,[ \t]*)"""
     r"""(?P<value>\\+["'](?:(?!\\+["']).)*(?:\\+["'])?"""
     r"""|"(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^\s,;&)}\]'"]+)"""

@@ -311,9 +311,14 @@ def _timestamp(ts: dt.datetime | str | None) -> str:
     # Other RFC 3339 date-times (an offset, fewer or more fraction digits, "t", "z") are
     # converted; not the other ISO 8601 forms fromisoformat takes (a bare date, week dates,
     # no offset), nor digits other than ASCII ones.
-    if not isinstance(ts, str) or _RFC3339.fullmatch(ts) is None:
+    match = _RFC3339.fullmatch(ts) if isinstance(ts, str) else None
+    if match is None:
         raise InvalidRecordError(f"timestamp {ts!r} is not RFC 3339 (2026-11-28T10:00:00Z)")
-    text = ts.upper().replace("Z", "+00:00")
+    # Rebuilt in the one form every fromisoformat reads (Python 3.10's takes only 3 or 6
+    # fraction digits and no "Z"): microseconds, extra digits cut as format_timestamp cuts.
+    date, clock, fraction, offset = match.groups()
+    micros = (fraction or "")[:6].ljust(6, "0")
+    text = f"{date}T{clock}.{micros}{'+00:00' if offset in ('Z', 'z') else offset}"
     try:
         return format_timestamp(dt.datetime.fromisoformat(text))
     except (ValueError, OverflowError) as exc:
@@ -322,8 +327,8 @@ def _timestamp(ts: dt.datetime | str | None) -> str:
 
 #: RFC 3339 §5.6 ``date-time``, with §5.6's note allowing a space for the "T".
 _RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 
 

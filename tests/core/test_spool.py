@@ -383,6 +383,10 @@ class TestDiskFull:
             for i in range(self.HOOKS)
         )
         adapter.flush()
+        # The task process ends: its spool file is released (a live writer's file is its own
+        # to drain, and `spool drain` leaves it alone).
+        assert adapter.runner.spill is not None
+        adapter.runner.spill.close()
         return landed, time.monotonic() - started
 
     def test_full_ledger_disk_spools_and_drains_every_record(
