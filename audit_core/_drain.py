@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import heapq
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -35,8 +34,7 @@ __all__ = ["DrainResult", "drain"]
 logger = logging.getLogger("workflow_audit")
 
 _BATCH = 500
-#: An uncertain record is looked for among the chain's records back to this long before its ts.
-_UNCERTAIN_WINDOW_S = 600.0
+#: An uncertain record is looked for among this many of the chain's last records.
 _UNCERTAIN_MAX_SCAN = 100_000
 
 
@@ -132,8 +130,7 @@ def _drain_locked(
                 else:
                     keep.append(item)
             taken = keep
-        result = _drain_taken(ledger, directory, key, journal, batch, taken, busy)
-        return replace(result, waiting=waiting)
+        return _drain_taken(ledger, directory, key, journal, batch, taken, busy, waiting)
     finally:
         for _, fd, _ in taken:
             release(fd)
@@ -147,6 +144,7 @@ def _drain_taken(
     batch: int,
     taken: list[tuple[Path, int, Contents]],
     busy: int,
+    waiting: int,
 ) -> DrainResult:
     landed: set[str] = set()
     corrupt = 0
@@ -207,8 +205,11 @@ def _drain_taken(
             path.unlink()
     if taken:
         fsync_dir(directory)
-    with contextlib.suppress(FileNotFoundError):
-        journal.unlink()
+    if not waiting:
+        # A waiting file may hold records an interrupted drain appended already: the journal
+        # stays until every file is drained, so the next drain still skips them.
+        with contextlib.suppress(FileNotFoundError):
+            journal.unlink()
     if drained or skipped:
         logger.warning(
             "workflow-audit: drained %d spooled record(s) from %s into the ledger "
@@ -218,7 +219,12 @@ def _drain_taken(
             skipped,
         )
     return DrainResult(
-        drained=drained, skipped=skipped, files=len(taken), busy=busy, corrupt=corrupt
+        drained=drained,
+        skipped=skipped,
+        files=len(taken),
+        busy=busy,
+        waiting=waiting,
+        corrupt=corrupt,
     )
 
 
@@ -270,37 +276,19 @@ def _ids_since(ledger: Ledger, bounds: dict[str, int]) -> set[str]:
 
 def _landed_unmarked(ledger: Ledger, rec: SpooledRecord) -> bool:
     """Whether the unmarked bytes of an uncertain record are on its chain: scanned back from
-    the head, through the records up to ``_UNCERTAIN_WINDOW_S`` older than its ts."""
+    the head through at most ``_UNCERTAIN_MAX_SCAN`` records. Bounded by count, not by ts:
+    the chain is not in ts order (drained backlogs and Prefect's task records carry old ts
+    and may sit after the uncertain write)."""
     assert rec.unmarked is not None
     head, tail = rec.unmarked
-    floor = _shift(rec.ts, -_UNCERTAIN_WINDOW_S)
     head_rec = ledger.head(rec.chain)
     stop = 0 if head_rec is None else head_rec.seq + 1
     scanned = 0
     while stop > 0 and scanned < _UNCERTAIN_MAX_SCAN:
         start = max(0, stop - 256)
-        window = list(ledger.read(rec.chain, start, stop))
-        oldest = "9999"
-        for stored in window:
+        for stored in ledger.read(rec.chain, start, stop):
             if stored.body.startswith(head) and stored.body.endswith(tail):
                 return True
-            ts = _ts_of(stored.body)
-            oldest = min(oldest, ts)
-        scanned += len(window)
-        if oldest < floor:
-            return False
+        scanned += stop - start
         stop = start
     return False
-
-
-def _ts_of(body: bytes) -> str:
-    at = body.rfind(b'"ts":"')
-    return body[at + 6 : at + 33].decode("ascii", "replace") if at >= 0 else ""
-
-
-def _shift(ts: str, seconds: float) -> str:
-    try:
-        when = dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
-    except ValueError:
-        return ""
-    return (when + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

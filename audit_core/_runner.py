@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -35,10 +36,13 @@ _QUEUED, _RUNNING, _LANDED, _SPOOLED, _FAILED, _UNCERTAIN = range(6)
 
 
 class _Job:
-    __slots__ = ("done", "events", "ids", "state", "what", "write")
+    __slots__ = ("done", "events", "ids", "number", "state", "what", "write")
 
-    def __init__(self, what: str, events: Sequence[Event], write: Callable[..., Any]) -> None:
+    def __init__(
+        self, what: str, events: Sequence[Event], write: Callable[..., Any], number: int = 0
+    ) -> None:
         self.what = what
+        self.number = number  # the hook's place in this process's order (HookRunner.run)
         self.events = events
         self.write = write
         self.state = _QUEUED
@@ -54,8 +58,12 @@ class Spill(Protocol):
     """Where a :class:`HookRunner` puts records the ledger cannot take now (the spool,
     :class:`audit_core.spool.TrailSpool`); every method may raise, the runner contains it."""
 
-    def spill(self, events: Sequence[Event], *, uncertain: bool = False) -> list[str]:
-        """Store ``events`` durably; their spool ids."""
+    def spill(
+        self, events: Sequence[Event], *, uncertain: bool = False, order: int | None = None
+    ) -> list[str]:
+        """Store ``events`` durably; their spool ids. ``order``: the batch's number in this
+        process's order; batches are drained in that order, whatever order they are spooled
+        in (a write that timed out, then failed, is spooled after later hooks' records)."""
         ...
 
     def landed(self, ids: Sequence[str]) -> None:
@@ -111,6 +119,7 @@ class HookRunner:
         self._inflight: collections.deque[_Job] = collections.deque()
         self._thread: threading.Thread | None = None
         self._pending = 0
+        self._numbers = itertools.count(1)  # next() is atomic under the GIL
         atexit.register(self._at_exit)
         if hasattr(os, "register_at_fork"):
             # A fork while another thread holds the lock would leave the child a lock nobody
@@ -141,7 +150,7 @@ class HookRunner:
             events = build()
             if not events:
                 return True
-            job = _Job(what, events, write)
+            job = _Job(what, events, write, next(self._numbers))
             if threading.current_thread() is self._thread:  # a hook fired by our own write
                 self._execute(job)
                 return not job.failed
@@ -200,7 +209,7 @@ class HookRunner:
         assert self.spill is not None
         for job in jobs:
             try:
-                ids = self.spill.spill(job.events, uncertain=uncertain)
+                ids = self.spill.spill(job.events, uncertain=uncertain, order=job.number)
             except Exception:  # the spool is the fallback; nothing is left to contain it
                 job.state = _FAILED
                 COUNTERS.incr("records_abandoned", len(job.events))

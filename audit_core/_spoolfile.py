@@ -46,6 +46,8 @@ SPOOL_KEY = "_spool"
 QUARANTINE = "quarantine"
 
 _SUFFIX = ".spool"
+#: Line numbers ``n`` reserved per numbered batch (FileWriter.append's ``order``).
+_PER_BATCH = 1 << 20
 _LINE_VERSION = 1
 
 
@@ -247,23 +249,24 @@ class FileWriter:
         with self._lock:
             return self._count if self._pid == os.getpid() else 0
 
-    @property
-    def path(self) -> Path | None:
-        """This process's current spool file, if it has one."""
-        with self._lock:
-            return self._path if self._pid == os.getpid() else None
-
     def append(
         self,
         ids: Sequence[str],
         records: Sequence[PreparedRecord],
         *,
         unmarked: Sequence[PreparedRecord] | None = None,
+        order: int | None = None,
     ) -> Path:
         """Append ``records`` (marked with ``ids``), ``fsync``; return the file. Raises
-        :class:`~audit_core.errors.LedgerError` when no spool directory can be written."""
+        :class:`~audit_core.errors.LedgerError` when no spool directory can be written.
+
+        ``order``: the batch's number (from 1) when the caller numbers every batch it spools
+        (the runner numbers its hooks as they run); the drain then takes batches in that
+        order, not in the order they were appended. Without it, append order."""
         with self._lock:
             fd, path = self._ensure_file()
+            if order is not None:
+                self._n = order * _PER_BATCH
             lines = []
             for i, (rid, rec) in enumerate(zip(ids, records, strict=True)):
                 body: dict[str, Any] = {
@@ -308,7 +311,13 @@ class FileWriter:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
         except OSError as exc:
-            raise LedgerError(f"cannot write the spool file {self._path}: {exc}") from exc
+            # A short write may have left part of a line: seal the file, so the fragment stays
+            # its torn last line (quarantined by the drain) and is never glued to the next one.
+            path = self._path
+            with contextlib.suppress(OSError):
+                release(fd)
+            self._fd, self._path, self._count = -1, None, 0
+            raise LedgerError(f"cannot write the spool file {path}: {exc}") from exc
 
     def _ensure_file(self) -> tuple[int, Path]:
         if self._pid != os.getpid():  # first use, or a forked child: never write the parent's
@@ -330,18 +339,29 @@ class FileWriter:
 
     def _open_in(self, directory: Path) -> tuple[int, Path]:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._files += 1
-        path = directory / f"{self.key}.{self._origin}.{self._files}{_SUFFIX}"
-        fd = hold(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600))
-        try:
-            # Held while this process may write: a drainer skips the file until it is sealed.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fsync_dir(directory)  # the new name is durable before a record is in it
-        except OSError:
-            release(fd)
-            raise
-        self._fd, self._path, self._count = fd, path, 0
-        return fd, path
+        while True:
+            self._files += 1
+            path = directory / f"{self.key}.{self._origin}.{self._files}{_SUFFIX}"
+            fd = hold(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600))
+            try:
+                # Held while this process may write: a drainer skips the file until it is
+                # sealed. Between the create and the lock a drainer may have taken the empty
+                # file and unlinked it (or still hold it): then it is no longer ours to write
+                # (records written there would be lost); the next name is tried.
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    release(fd)
+                    continue
+                if os.fstat(fd).st_nlink == 0:
+                    release(fd)
+                    continue
+                fsync_dir(directory)  # the new name is durable before a record is in it
+            except OSError:
+                release(fd)
+                raise
+            self._fd, self._path, self._count = fd, path, 0
+            return fd, path
 
 
 def new_id() -> str:

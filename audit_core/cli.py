@@ -62,7 +62,7 @@ from audit_core.proofs import (
     verify_inclusion_bundle,
 )
 from audit_core.trail import AuditTrail
-from audit_core.verify import verify_ledger
+from audit_core.verify import chain_of, verify_ledger
 
 __all__ = ["main"]
 
@@ -450,6 +450,9 @@ def _progress_verify(
         tasks = {c: bar.add_task(f"verify {c}", total=totals[c]) for c in names}
 
         def on_progress(chain: str, n: int) -> None:
+            # verify_ledger also verifies chains only its Merkle tables name (deleted ones)
+            if chain not in tasks:
+                tasks[chain] = bar.add_task(f"verify {chain}", total=None)
             bar.update(tasks[chain], completed=n)
 
         return verify_ledger(
@@ -644,8 +647,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         chains = _chains(args, view)
         summary = summarize(r for r in _records(view, chains, unreadable=unreadable) if keep(r))
         summary.signatures_checked = bool(keys)
-        try:
-            summary.heads = verify_ledger(view, chains, keys=keys)
+        try:  # every chain, deleted ones too, unless --chain names them
+            summary.heads = verify_ledger(view, list(args.chain) if args.chain else None, keys=keys)
         except VerificationError as exc:
             summary.error = exc
     if summary.error is None and unreadable:  # cannot happen for a verified chain; belt and braces
@@ -856,7 +859,7 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
     if old.origin != new.origin:
         raise ConfigError(f"checkpoints are of different logs: {old.origin!r}, {new.origin!r}")
     ledger, _ = _open(args)
-    chain = next((c for c in ledger.chains() if old.origin.endswith("/" + c)), None)
+    chain = chain_of(old, ledger.chains())  # the longest chain id the origin ends with
     if chain is None:
         print(
             f"INVALID: no chain of the ledger matches origin {old.origin!r} (deleted?)",

@@ -39,11 +39,13 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from audit_core._chain import chain_ids, stored_size
 from audit_core._record import Record
+from audit_core.checkpoint import check_stored
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError, VerificationError
 from audit_core.ledgers import LedgerReader
@@ -164,11 +166,18 @@ def _ts(ledger: LedgerReader, chain: str, seq: int) -> str | None:
 
 
 def _chain(ledger: LedgerReader, chain: str, sinks: Sequence[str], now: dt.datetime) -> ChainHealth:
+    # Rows come from an untrusted file: a re-typed seq or checkpoint column raises the
+    # verifier's error naming it (exit 1, INVALID), never a TypeError in the arithmetic.
     head = ledger.head(chain)
-    records = 0 if head is None else head.seq + 1
-    last_ts = None if head is None else _ts(ledger, chain, head.seq)
+    records = stored_size(chain, head)
+    last_ts = None if head is None else _ts(ledger, chain, records - 1)
     checkpoint = ledger.latest_checkpoint(chain)
+    if checkpoint is not None:
+        check_stored(chain, checkpoint)
     signed = 0 if checkpoint is None else checkpoint.size
+    # A sink's lag only where it ships this chain (has a cursor in it): `ship --chain A`
+    # must not make every other chain look behind.
+    cursors = {name: ledger.get_cursor(name, chain) for name in sinks}
     unsigned = max(records - signed, 0)
     return ChainHealth(
         chain=chain,
@@ -180,7 +189,7 @@ def _chain(ledger: LedgerReader, chain: str, sinks: Sequence[str], now: dt.datet
         checkpoint_age_s=None if checkpoint is None else _age(checkpoint.created, now),
         unsigned=unsigned,
         unsigned_age_s=_age(_ts(ledger, chain, signed), now) if unsigned else None,
-        sinks={name: records - 1 - ledger.get_cursor(name, chain) for name in sinks},
+        sinks={name: records - 1 - seq for name, seq in cursors.items() if seq >= 0},
     )
 
 
@@ -241,26 +250,28 @@ def check(
     from audit_core._normalize import format_timestamp
 
     now = now or dt.datetime.now(dt.timezone.utc)
-    with ledger.snapshot() as view:  # records, checkpoints and cursors of one moment
+    with ledger.snapshot() as view:  # records, checkpoints, cursors and verdicts of one moment
         sinks = view.cursor_names()
-        found = [_chain(view, c, sinks, now) for c in (chains or view.chains())]
-    if verify:
-        from dataclasses import replace
-
-        from audit_core.verify import verify_ledger
-
-        checked = []
-        for c in found:
-            try:
-                verify_ledger(ledger, [c.chain])
-                checked.append(replace(c, valid=True))
-            except VerificationError:
-                checked.append(replace(c, valid=False))
-        found = checked
+        # Without --chain: every chain with records, and every chain whose Merkle tree or
+        # checkpoints outlived its records (deleted: "no records", and invalid with --verify).
+        names = list(chains) if chains else chain_ids({*view.chains(), *view.merkle_chains()})
+        found = [_chain(view, c, sinks, now) for c in names]
+        if verify:
+            found = [replace(c, valid=_valid(view, c.chain)) for c in found]
     spool = _spool(config or AuditConfig.from_env(), spool_dir)
     return Health(
         format_timestamp(now), name, found, spool, _problems(found, spool, thresholds), thresholds
     )
+
+
+def _valid(view: LedgerReader, chain: str) -> bool:
+    from audit_core.verify import verify_ledger
+
+    try:
+        verify_ledger(view, [chain])
+    except VerificationError:
+        return False
+    return True
 
 
 def publish(health: Health) -> bool:

@@ -45,6 +45,7 @@ import socket
 import string
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -248,6 +249,22 @@ class AdapterOptions:
     processors: tuple[Callable[[Any], Any], ...] | None = None
 
 
+#: Every adapter of this process, to reset their locks in a forked child (one at-fork handler,
+#: not one per instance: instances come and go, a registered handler stays forever).
+_ADAPTERS: weakref.WeakSet[AdapterBase] = weakref.WeakSet()
+
+
+def _reset_adapter_locks() -> None:
+    # A fork while another thread holds an adapter's lock (trail(), write()) would leave the
+    # child a lock nobody releases: its hooks would hang past any budget.
+    for adapter in list(_ADAPTERS):
+        adapter._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_adapter_locks)
+
+
 class AdapterBase:
     """The machinery both orchestrator adapters share, once: options and the trail built on
     first use, the :class:`HookRunner`, the event filter, and the background :class:`Flusher`
@@ -261,6 +278,7 @@ class AdapterBase:
         self._trail = trail
         self._options: AdapterOptions | None = None
         self._lock = threading.Lock()
+        _ADAPTERS.add(self)
         self._flusher: Flusher | None = None
         self.runner = HookRunner(budget_s=budget_s)
         from audit_core.spool import TrailSpool  # spool imports this module's neighbours

@@ -245,8 +245,11 @@ class TrailSpool:
                 self._writer = SpoolWriter(self._trail().config)
             return self._writer
 
-    def spill(self, events: Sequence[Any], *, uncertain: bool = False) -> list[str]:
-        """Spool ``events`` (each with ``ts`` and ``chain`` already set); their ids."""
+    def spill(
+        self, events: Sequence[Any], *, uncertain: bool = False, order: int | None = None
+    ) -> list[str]:
+        """Spool ``events`` (each with ``ts`` and ``chain`` already set); their ids. ``order``:
+        the batch's number in the caller's order (:meth:`FileWriter.append`)."""
         trail = self._trail()
         at = _now()
         ids: list[str] = []
@@ -257,10 +260,12 @@ class TrailSpool:
             ids.append(rid)
             if event.ts is None:  # the adapters set it; a record keeps its original time
                 event = replace(event, ts=at)
-            marked.append(trail.prepare(replace(event, data=mark(event.data, rid, at))))
+            # The marker joins the data after normalization: a digest that replaces data over
+            # MAX_DATA_BYTES, or a processor, must not remove it (the drain checks it).
+            marked.append(trail.prepare(event, marker={SPOOL_KEY: {"id": rid, "at": at}}))
             if uncertain:
                 unmarked.append(trail.prepare(event))
-        self.writer.append(ids, marked, unmarked=unmarked if uncertain else None)
+        self.writer.append(ids, marked, unmarked=unmarked if uncertain else None, order=order)
         COUNTERS.incr("records_spooled", len(ids))
         return ids
 

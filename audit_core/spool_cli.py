@@ -61,18 +61,18 @@ def _config(args: argparse.Namespace) -> AuditConfig:
     return AuditConfig.from_env(**overrides)
 
 
-def _ledger(args: argparse.Namespace, *, write: bool) -> Ledger:
+def _ledger(args: argparse.Namespace) -> Ledger:
     # As every command opens it: an unsupported URL, or a SQLite file that does not exist (a
-    # typo), is a usage error, never "nothing waits" nor a new empty ledger.
+    # typo), is a usage error, never "nothing waits" nor a new empty ledger. Nothing is read
+    # yet (SQLite and PostgreSQL ledgers connect on first use).
     from audit_core.cli import _open
 
-    ledger = _open(args, write=write)[0]
-    ledger.chains()  # a file that is no ledger fails now, not at the first spooled record
-    return ledger
+    return _open(args, write=True)[0]
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    _ledger(args, write=False).close()
+    # The ledger is named, not read: status must answer while the ledger is down.
+    _ledger(args).close()
     config = _config(args)
     mine = len(pending_files(config))
     report = []
@@ -102,7 +102,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_drain(args: argparse.Namespace) -> int:
     config = _config(args)
-    ledger = _ledger(args, write=True)
+    ledger = _ledger(args)
+    ledger.chains()  # a file that is no ledger fails now, not at the first spooled record
     key = ledger_key(config.ledger_url)
     total = DrainResult()
     try:

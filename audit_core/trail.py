@@ -200,8 +200,16 @@ class AuditTrail:
             self._after_append(chain, size)
         return stored
 
-    def prepare(self, event: Event, *, strict: bool = False) -> PreparedRecord:
-        """Normalize, redact and encode ``event`` (everything but seq and prev)."""
+    def prepare(
+        self,
+        event: Event,
+        *,
+        strict: bool = False,
+        marker: JSONObject | None = None,
+    ) -> PreparedRecord:
+        """Normalize, redact and encode ``event`` (everything but seq and prev); ``marker``'s
+        members are added to the normalized data after the processors and the size limit (the
+        spool's ``data._spool``, which neither a processor nor the digest may remove)."""
         return self._prepare(
             event.type,
             event.data,
@@ -211,6 +219,7 @@ class AuditTrail:
             event.ts,
             event.chain,
             strict,
+            marker,
         )
 
     def _prepare(
@@ -223,6 +232,7 @@ class AuditTrail:
         ts: dt.datetime | str | None,
         chain: str | None,
         strict: bool,
+        marker: JSONObject | None = None,
     ) -> PreparedRecord:
         limit, processors = self.config.max_value_bytes, self.processors
         norm_data = normalize(
@@ -249,6 +259,8 @@ class AuditTrail:
             logger.warning(
                 "workflow-audit: %s recorded with conversions: %s", event, "; ".join(issues)
             )
+        if marker is not None:
+            value = {**(value if isinstance(value, dict) else {"value": value}), **marker}
         return prepare(
             chain=chain or self.config.chain,
             event=event,

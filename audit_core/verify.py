@@ -27,7 +27,7 @@ from audit_core.checkpoint import Checkpoint, check_stored, open_checkpoint
 from audit_core.errors import CheckpointError, HeadMismatchError, LedgerError, SignatureError
 from audit_core.ledgers import LedgerReader
 
-__all__ = ["ChainHead", "stored_claims", "verify_chain", "verify_ledger"]
+__all__ = ["ChainHead", "chain_of", "stored_claims", "verify_chain", "verify_ledger"]
 
 
 def verify_chain(
@@ -194,7 +194,7 @@ def _verify_ledger(
     )
     by_chain: dict[str, list[tuple[Checkpoint, str]]] = {}
     for checkpoint, label in external:
-        owner = _chain_of(checkpoint, names) or _chain_of(checkpoint, ledger.chains())
+        owner = chain_of(checkpoint, names) or chain_of(checkpoint, ledger.chains())
         if owner is None:
             raise CheckpointError(
                 f"the {label} ({checkpoint.describe()}) names no chain in this ledger: its "
@@ -230,8 +230,9 @@ def _verify_ledger(
     return heads
 
 
-def _chain_of(checkpoint: Checkpoint, chains: Sequence[str]) -> str | None:
-    # Chain ids may contain "/": the longest chain id the origin ends with wins.
+def chain_of(checkpoint: Checkpoint, chains: Sequence[str]) -> str | None:
+    """The chain of ``chains`` a checkpoint is for (its origin is ``<prefix>/<chain>``), or
+    None. Chain ids may contain "/": the longest chain id the origin ends with wins."""
     matches = [c for c in chains if checkpoint.origin.endswith("/" + c)]
     return max(matches, key=len) if matches else None
 

@@ -13,6 +13,7 @@ can fork or gap a chain, and returns only once the record is durable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -121,7 +122,10 @@ def ledger_path(url: str) -> Path | None:
     """
     if "://" not in url:
         return Path(url).expanduser()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced "[": urllib's IPv6 check
+        raise ConfigError(f"{masked_url(url)!r} is not a valid URL: {exc}") from exc
     if parts.scheme != "sqlite":
         raise ConfigError(f"{masked_url(url)!r} is not a sqlite: URL")
     if parts.netloc:
@@ -147,7 +151,7 @@ def open_ledger(
     ``read_only``: an auditor's view. Nothing is created or written (writes raise
     :class:`~audit_core.errors.LedgerError`); it works without write access to the ledger, on
     read-only media too."""
-    scheme = urlsplit(url).scheme if "://" in url else "sqlite"
+    scheme = url.partition("://")[0].lower() if "://" in url else "sqlite"
     if scheme == "sqlite":
         from audit_core.ledgers.sqlite import SqliteLedger
 
@@ -187,6 +191,41 @@ def masked_url(url: str) -> str:
     # urlsplit ends the userinfo at a "/" ("mysql://u:p/w@h" would keep "p/w" whole).
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        url = f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
+    # libpq also takes the password as a query parameter: ?password=… / &password=…
+    return _QUERY_PASSWORD.sub(r"\g<1>***", url)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|sslpassword)=)[^&#]*", re.IGNORECASE)
+
+
+def masked_error(text: str, url: str) -> str:
+    """A driver's error ``text`` fit for a message: ``url``, and its password in any
+    spelling (as written, percent-decoded), masked. libpq echoes the URI it could not parse."""
+    secrets = {m.group(1) for m in re.finditer(r"[?&](?:ssl)?password=([^&#]*)", url, re.I)}
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        secrets.add(userinfo.partition(":")[2])
+    text = text.replace(url, masked_url(url))
+    for secret in sorted(secrets | {unquote(x) for x in secrets}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_url_password(url: str) -> None:
+    """Refuse a URL whose password a URL parser would split elsewhere than we do: an
+    unescaped "@", "/", "?" or "#", or a "%" not followed by two hex digits. libpq would
+    then read part of the password as the host and print it in its error."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
     if not (sep and at and ":" in userinfo):
-        return url
-    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
+        return
+    password = userinfo.partition(":")[2]
+    if re.search(r"[@/?#]|%(?![0-9A-Fa-f]{2})", password):
+        raise ConfigError(
+            f"the password in {masked_url(url)!r} must be percent-encoded: write '@' as %40, "
+            "'/' as %2F, '?' as %3F, '#' as %23 and '%' as %25"
+        )

@@ -72,7 +72,7 @@ from audit_core._merkle import Frontier, frontier_positions, push
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
 from audit_core.errors import ConfigError, LedgerError
-from audit_core.ledgers import masked_url
+from audit_core.ledgers import check_url_password, masked_error, masked_url
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -176,7 +176,11 @@ class _RowReads:
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
         rows = self._rows(_CURSOR, (name, chain))
-        return int(rows[0][0]) if rows else -1
+        if not rows:
+            return -1
+        if type(rows[0][0]) is not int:  # a row edited outside workflow-audit
+            raise LedgerError(f"the cursor of {name!r} in chain {chain!r} is not an integer")
+        return int(rows[0][0])
 
     def cursor_names(self) -> list[str]:
         """The names of every consumer with a cursor in some chain, sorted."""
@@ -202,6 +206,7 @@ class PostgresLedger(_RowReads):
             raise ConfigError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         if busy_timeout_s <= 0:
             raise ConfigError(f"busy_timeout_s must be positive, not {busy_timeout_s}")
+        check_url_password(url)
         self.url = url
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
@@ -218,6 +223,10 @@ class PostgresLedger(_RowReads):
 
     def __repr__(self) -> str:
         return f"PostgresLedger({masked_url(self.url)!r})"
+
+    def _why(self, exc: Exception) -> str:
+        # psycopg's message may quote the URI (libpq echoes one it cannot parse)
+        return masked_error(str(exc), self.url)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -289,14 +298,15 @@ class PostgresLedger(_RowReads):
                         self._drop()
                     if time.monotonic() + delay > deadline:
                         raise LedgerError(
-                            f"cannot {what} {self!r} within {self.busy_timeout_s:g} s: {exc}"
+                            f"cannot {what} {self!r} within {self.busy_timeout_s:g} s: "
+                            + self._why(exc)
                         ) from exc
                     COUNTERS.incr("ledger_retries")
                     logger.warning("workflow-audit: %s %r failed (%s); retrying", what, self, exc)
                     time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
                     delay = min(delay * 2, 1.0)
                 except psycopg.Error as exc:
-                    raise LedgerError(f"cannot {what} {self!r}: {exc}") from exc
+                    raise LedgerError(f"cannot {what} {self!r}: {self._why(exc)}") from exc
 
     # -- writing -------------------------------------------------------------------------
 
@@ -462,14 +472,14 @@ class PostgresLedger(_RowReads):
         try:
             conn = psycopg.connect(self.url, connect_timeout=10)
         except psycopg.Error as exc:
-            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+            raise LedgerError(f"cannot read {self!r}: {self._why(exc)}") from exc
         try:
             with conn.cursor(name="workflow_audit_read", binary=True) as cur:
                 cur.itersize = 5000
                 cur.execute(sql, args)
                 yield from map(_stored, cur)
         except psycopg.Error as exc:
-            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+            raise LedgerError(f"cannot read {self!r}: {self._why(exc)}") from exc
         finally:
             conn.close()
 
@@ -486,13 +496,13 @@ class PostgresLedger(_RowReads):
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
         except psycopg.Error as exc:
-            raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+            raise LedgerError(f"cannot read {self!r}: {self._why(exc)}") from exc
         try:
             try:
                 # the first statement of a REPEATABLE READ transaction takes its snapshot
                 conn.execute("SELECT 1").fetchone()
             except psycopg.Error as exc:
-                raise LedgerError(f"cannot read {self!r}: {exc}") from exc
+                raise LedgerError(f"cannot read {self!r}: {self._why(exc)}") from exc
             yield PostgresSnapshot(self, conn)
         finally:
             conn.close()  # rolls the read-only transaction back
@@ -578,7 +588,7 @@ class PostgresSnapshot(_RowReads):
         try:
             return fn(self._conn)
         except psycopg.Error as exc:  # no retry: a new connection would see a new snapshot
-            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+            raise LedgerError(f"cannot read {self.ledger!r}: {self.ledger._why(exc)}") from exc
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         return self._run(lambda conn: conn.execute(sql, args).fetchall())
@@ -598,7 +608,7 @@ class PostgresSnapshot(_RowReads):
                 cur.execute(sql, args)
                 yield from map(_stored, cur)
         except psycopg.Error as exc:
-            raise LedgerError(f"cannot read {self.ledger!r}: {exc}") from exc
+            raise LedgerError(f"cannot read {self.ledger!r}: {self.ledger._why(exc)}") from exc
 
     def tree_head(self, chain: str) -> tuple[int, bytes]:
         """``(size, root)`` from the stored subtrees; LedgerError when they are missing."""

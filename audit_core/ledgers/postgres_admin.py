@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from audit_core.errors import LedgerError
+from audit_core.ledgers import check_url_password, masked_error
 
 if TYPE_CHECKING:
     import psycopg
@@ -188,6 +189,7 @@ def init(
     Installs pgaudit (``CREATE EXTENSION``) when the server preloads it."""
     import psycopg
 
+    check_url_password(url)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             create_schema(conn)
@@ -226,7 +228,11 @@ def init(
             if pgaudit:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pgaudit")
     except psycopg.Error as exc:
-        raise LedgerError(f"cannot initialize the PostgreSQL ledger: {exc}") from exc
+        why = masked_error(str(exc), url)
+        for secret in (writer_password, auditor_password):  # a role's password in a statement
+            if secret:
+                why = why.replace(secret, "***")
+        raise LedgerError(f"cannot initialize the PostgreSQL ledger: {why}") from exc
     return InitResult(pgaudit=pgaudit, logins=tuple(logins))
 
 

@@ -33,11 +33,12 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from audit_core._merkle import Frontier, push
@@ -45,7 +46,16 @@ from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
 from audit_core.errors import ConfigError, LedgerError
 
-__all__ = ["SCHEMA_VERSION", "SqliteLedger", "SqliteSnapshot", "connect_read_only"]
+_C = TypeVar("_C", bound=sqlite3.Connection)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "LockFreeConnection",
+    "SqliteLedger",
+    "SqliteSnapshot",
+    "check_unchanged",
+    "connect_read_only",
+]
 
 logger = logging.getLogger("workflow_audit")
 
@@ -162,11 +172,30 @@ class _RowReads:
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
         rows = self._rows(_CURSOR, (name, chain))
-        return int(rows[0][0]) if rows else -1
+        if not rows:
+            return -1
+        if type(rows[0][0]) is not int:  # a row edited outside workflow-audit
+            raise LedgerError(f"the cursor of {name!r} in chain {chain!r} is not an integer")
+        return int(rows[0][0])
 
     def cursor_names(self) -> list[str]:
         """The names of every consumer with a cursor in some chain, sorted."""
         return [r[0] for r in self._rows("SELECT DISTINCT name FROM cursors ORDER BY name")]
+
+
+#: Every SqliteLedger of this process: a forked child gets new locks (one at-fork handler).
+_LEDGERS: weakref.WeakSet[SqliteLedger] = weakref.WeakSet()
+
+
+def _reset_locks() -> None:
+    # A fork while another thread holds a ledger's lock would leave the child a lock nobody
+    # releases (the connection itself is replaced by _connection, which checks the pid).
+    for ledger in list(_LEDGERS):
+        ledger._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks)
 
 
 class SqliteLedger(_RowReads):
@@ -194,6 +223,7 @@ class SqliteLedger(_RowReads):
         self.busy_timeout_s = busy_timeout_s
         self._create = create and not read_only
         self._lock = threading.Lock()
+        _LEDGERS.add(self)
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         # A connection must not cross fork() (sqlite.org/howtocorrupt.html §2.6); connections
@@ -353,7 +383,9 @@ class SqliteLedger(_RowReads):
         conn = self._reader()
         try:
             yield from map(make, conn.execute(*_range_query(chain, start, stop)))
+            check_unchanged(conn)
         except sqlite3.Error as exc:
+            check_unchanged(conn, exc)
             raise LedgerError(f"cannot read {self!r}: {exc}") from exc
         finally:
             conn.close()
@@ -389,7 +421,12 @@ class SqliteLedger(_RowReads):
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
-            yield SqliteSnapshot(self, conn)
+            try:
+                yield SqliteSnapshot(self, conn)
+            except Exception as exc:  # a verdict read from a torn file is no verdict
+                check_unchanged(conn, exc)
+                raise
+            check_unchanged(conn)
         finally:
             conn.close()  # ends the read transaction
 
@@ -532,13 +569,20 @@ def connect_read_only(path: Path, *, timeout_s: float = 30.0) -> sqlite3.Connect
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
     uri = base + "?mode=ro"
-    try:
-        return _open_uri(uri, timeout_s)
-    except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
-            raise LedgerError(f"cannot open ledger {path} read-only: {exc}") from exc
-        first = exc
+    shm = Path(f"{path}-shm")
+    first: Exception
+    if os.access(path.parent, os.W_OK) and not shm.exists():
+        # mode=ro would create the -wal and -shm, owned by this user, and the ledger's own
+        # writers could then no longer open it: read lock-free instead (guarded below).
+        first = LedgerError(f"no {shm.name}, and creating one would lock out the writers")
+    else:
+        try:
+            return _open_uri(uri, timeout_s)
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+                raise LedgerError(f"cannot open ledger {path} read-only: {exc}") from exc
+            first = exc
     wal = Path(f"{path}-wal")
     try:
         wal_size = wal.stat().st_size
@@ -557,18 +601,64 @@ def connect_read_only(path: Path, *, timeout_s: float = 30.0) -> sqlite3.Connect
             "'PRAGMA wal_checkpoint(TRUNCATE)' first."
         )
     try:
-        # immutable=1: no -shm and no locks; safe because no write-ahead log exists (a
-        # writer of a WAL database writes to the -wal first, sqlite.org/wal.html)
-        return _open_uri(uri + "&immutable=1", timeout_s)
-    except sqlite3.Error as exc:
+        # immutable=1: no -shm and no locks, so nothing stops a writer from appending (to a
+        # new -wal) and checkpointing into the main file while we read it. The connection
+        # remembers the file as it was; check_unchanged() turns a read that overlapped a
+        # write into a LedgerError instead of a verdict on torn pages.
+        signature = _signature(path)
+        conn = _open_uri(uri + "&immutable=1", timeout_s, factory=LockFreeConnection)
+    except (sqlite3.Error, OSError) as exc:
         raise LedgerError(f"cannot open ledger {path} read-only: {first}; {exc}") from exc
+    conn.path, conn.signature = path, signature
+    return conn
 
 
-def _open_uri(uri: str, timeout_s: float) -> sqlite3.Connection:
+class LockFreeConnection(sqlite3.Connection):
+    """A read of a ledger that takes no locks (``immutable=1``): valid only if the file did
+    not change while it was read (see :func:`check_unchanged`)."""
+
+    path: Path
+    signature: tuple[int, int, int, bool]
+
+
+def _signature(path: Path) -> tuple[int, int, int, bool]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, Path(f"{path}-wal").exists())
+
+
+def check_unchanged(conn: sqlite3.Connection, cause: BaseException | None = None) -> None:
+    """After a lock-free read: raise LedgerError (from ``cause``, whatever the read found)
+    if a writer touched the ledger meanwhile; any other connection passes."""
+    if not isinstance(conn, LockFreeConnection):
+        return
+    try:
+        unchanged = _signature(conn.path) == conn.signature
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        raise LedgerError(
+            f"{conn.path} was written while it was read without locks (this user cannot "
+            f"create {conn.path.name}-shm, so SQLite cannot coordinate with the writers): "
+            "the read may be torn, so no verdict. What to do: run it again, or give the "
+            f"auditor a {conn.path.name}-shm it can open (a writer creates one while it runs), "
+            "or verify a copy"
+        ) from cause
+
+
+def _open_uri(
+    uri: str,
+    timeout_s: float,
+    factory: type[_C] = sqlite3.Connection,  # type: ignore[assignment]
+) -> _C:
     # check_same_thread=False: an abandoned read() generator may be finalized (and its
     # connection closed) by the garbage collector in another thread
     conn = sqlite3.connect(
-        uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        uri,
+        uri=True,
+        timeout=timeout_s,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=factory,
     )
     try:
         conn.execute("PRAGMA query_only=1")

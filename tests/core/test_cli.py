@@ -18,6 +18,7 @@ import rfc8785
 from audit_core import AuditConfig, AuditTrail
 from audit_core._merkle import root_of
 from audit_core._report import EXPORT_CSV_COLUMNS
+from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core import _tamper
 
 CHAIN = "default"
@@ -561,3 +562,54 @@ class TestDefaultLedger:
         run = cli("prove", "--seq", "0", "-o", tmp_path / "p.json")
         assert 0 == run.code, run.err
         assert "chain 'airflow' seq 0" in run.err
+
+
+class TestReviewFindings:
+    """Reading commands agree with `verify` on a deleted chain and on chain ids with "/"."""
+
+    @staticmethod
+    def _chains(path: Path, *names: str) -> None:
+        for chain in names:
+            config = AuditConfig(ledger_url=f"sqlite:///{path}", chain=chain, checkpoint_every=5)
+            with AuditTrail(config) as trail:
+                for i in range(10):
+                    trail.record("task.succeeded", {"i": i})
+
+    def _delete_beta(self, path: Path) -> None:
+        self._chains(path, "default", "beta")
+        with _tamper._tampering(path) as conn:
+            conn.execute("DELETE FROM records WHERE chain = 'beta'")
+
+    def test_report_fails_on_a_deleted_chain(self, cli: Any, ledger_file: Path) -> None:
+        """report's verdict is INVALID when a chain's records were deleted but its
+        checkpoints remain, as verify's is."""
+        self._delete_beta(ledger_file)
+        assert 1 == cli("verify", "--ledger", ledger_file).code
+        run = cli("report", "--ledger", ledger_file, "--format", "json")
+        assert "valid" != json.loads(run.out)["verification"]["verdict"]
+
+    def test_progress_bar_survives_a_chain_only_the_merkle_tables_name(
+        self, cli: Any, ledger_file: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a terminal, verify of a ledger with a deleted chain says INVALID (exit 1), no
+        KeyError from the progress bar."""
+        self._delete_beta(ledger_file)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+        run = cli("verify", "--ledger", ledger_file)
+        assert 1 == run.code
+        assert "Traceback" not in run.out + run.err
+
+    def test_consistency_takes_the_longest_matching_chain(
+        self, cli: Any, ledger_file: Path, tmp_path: Path
+    ) -> None:
+        """With chains 'b' and 'x/b', checkpoints of 'x/b' are checked against 'x/b'."""
+        self._chains(ledger_file, "b", "x/b")
+        ledger = SqliteLedger(ledger_file, create=False, read_only=True)
+        notes = [c.note for c in ledger.checkpoints("x/b")]
+        ledger.close()
+        old, new = tmp_path / "old.cp", tmp_path / "new.cp"
+        old.write_text(notes[0])
+        new.write_text(notes[-1])
+        key = f"{ledger_file}.key.pub"
+        run = cli("consistency", old, new, "--ledger", ledger_file, "--key", key)
+        assert 0 == run.code, run.err

@@ -347,3 +347,51 @@ class TestReadOnly:
         assert (0, "") == (done.returncode, done.stderr)
         assert 1 == json.loads(done.stdout)["chains"][0]["records"]
         assert before == {p.name: p.read_bytes() for p in shared_dir.iterdir() if p.is_file()}
+
+
+def _two_chains(path: Path) -> None:
+    """Chains ``default`` and ``beta``, ten signed records each."""
+    for chain in ("default", "beta"):
+        config = AuditConfig(ledger_url=f"sqlite:///{path}", chain=chain, checkpoint_every=5)
+        with AuditTrail(config) as trail:
+            for i in range(10):
+                trail.record("task.succeeded", {"i": i})
+
+
+class TestUntrustedRows:
+    """health on a ledger edited outside workflow-audit: a verdict, never a traceback."""
+
+    def test_deleted_chain_is_found_without_chain(
+        self, cli: Any, ledger_file: Path, spool_dir: Path
+    ) -> None:
+        """A chain whose records were deleted but whose checkpoints remain is listed, has
+        'no records', and fails --verify (exit 1), as `verify` says."""
+        _two_chains(ledger_file)
+        with _tamper._tampering(ledger_file) as conn:
+            conn.execute("DELETE FROM records WHERE chain = 'beta'")
+        code, out, _ = cli("health", "--ledger", ledger_file, "--spool", spool_dir, "--verify")
+        assert 1 == code
+        assert "UNHEALTHY: chain 'beta': no records" in out
+
+    def test_text_seq_is_invalid_not_a_traceback(
+        self, cli: Any, ledger_file: Path, spool_dir: Path
+    ) -> None:
+        """A last row whose seq is TEXT: exit 1 naming the chain, no TypeError."""
+        write(ledger_file, [3, 2, 1])
+        with _tamper._tampering(ledger_file) as conn:
+            conn.execute("UPDATE records SET seq = 'x9' WHERE seq = 2")
+        code, _, err = cli("health", "--ledger", ledger_file, "--spool", spool_dir)
+        assert 1 == code
+        assert "INVALID" in err
+
+    def test_sink_lag_only_where_the_sink_ships(
+        self, cli: Any, ledger_file: Path, spool_dir: Path
+    ) -> None:
+        """A sink with a cursor in one chain shows no lag for the chains it does not ship."""
+        _two_chains(ledger_file)
+        ledger = SqliteLedger(ledger_file)
+        ledger.set_cursor("s3", "default", 9)
+        ledger.close()
+        _, out, _ = cli("health", "--ledger", ledger_file, "--spool", spool_dir, "--json")
+        doc = json.loads(out)
+        assert {"default": {"s3": 0}, "beta": {}} == {c["chain"]: c["sinks"] for c in doc["chains"]}

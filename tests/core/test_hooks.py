@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_core import Event
+from audit_core import AuditTrail, Event
 from audit_core.errors import LedgerError
 from audit_core.hooks import (
     COUNTERS,
@@ -30,6 +30,7 @@ from audit_core.hooks import (
     digest,
     failure_data,
 )
+from audit_core.spool import TrailSpool
 from tests.core._spooling import MiniAdapter, bodies, cli, locked, make_ledger
 
 # Long enough that a write blocked on a gate never finishes on its own while a test runs, short
@@ -270,7 +271,7 @@ class TestHookRunner:
         script = textwrap.dedent(
             """
             import atexit, threading
-            from audit_core import Event
+            from audit_core import AuditTrail, Event
             from audit_core.hooks import COUNTERS, HookRunner
 
             # Registered first, so it runs after the runner's own at-exit handler.
@@ -304,7 +305,9 @@ class _RecordingSpill:
         self.recovered = threading.Event()
         self.allow_recovery = threading.Event()
 
-    def spill(self, events: Sequence[Event], *, uncertain: bool = False) -> list[str]:
+    def spill(
+        self, events: Sequence[Event], *, uncertain: bool = False, order: int | None = None
+    ) -> list[str]:
         self.spooled.extend(events)
         return [f"id{i}" for i, _ in enumerate(events)]
 
@@ -396,6 +399,31 @@ class TestBreaker:
             "task.succeeded", lambda: _events("task.succeeded"), written.extend
         )
         assert _events("task.succeeded") == written
+
+    def test_timed_out_write_that_fails_is_drained_before_later_hooks(
+        self, tmp_path: Path, gate: threading.Event
+    ) -> None:
+        """A write that outlives the budget, then fails, lands before later hooks' records."""
+        config = make_ledger(tmp_path / "l.db")
+        with AuditTrail(config) as trail:
+            hooks = HookRunner(
+                budget_s=0.3, name="workflow-audit-test", spill=TrailSpool(lambda: trail)
+            )
+            hooks.PROBE_MIN_S = 0.01
+
+            def fail_late(batch: Sequence[Event]) -> None:
+                gate.wait(GATE_TIMEOUT_S)
+                raise LedgerError("server closed the connection")
+
+            step = lambda n: [Event(type="test.step", data={"n": n})]  # noqa: E731
+            try:
+                assert False is hooks.run("first", lambda: step(1), fail_late)
+                assert False is hooks.run("second", lambda: step(2), trail.record_many)
+            finally:
+                gate.set()
+            assert True is hooks.drain(GATE_TIMEOUT_S)
+            assert _until(lambda: not hooks.breaker_open)  # the probe drained the spool
+        assert [1, 2] == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]]
 
     def test_without_a_spill_a_ledger_error_is_only_a_failure(self) -> None:
         """No spill (plain HookRunner): the old fail-open behaviour, no breaker."""
@@ -520,6 +548,37 @@ class TestBreaker:
         assert 0 == drained.returncode, drained.stderr
         steps = sorted(r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:])
         assert [0, 1, 2, 3] == steps
+
+    def test_fork_while_another_thread_holds_the_adapter_and_ledger_locks(
+        self, tmp_path: Path
+    ) -> None:
+        """A child forked while threads hold the adapter and ledger locks writes its hook."""
+        adapter = MiniAdapter(make_ledger(tmp_path / "l.db"), budget_s=2.0)
+        assert True is adapter.hook(1)
+        sqlite_ledger = adapter.trail.ledger._ledger
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with adapter._lock, sqlite_ledger._lock:
+                holding.set()
+                release.wait(GATE_TIMEOUT_S)
+
+        helper = threading.Thread(target=hold)
+        helper.start()
+        holding.wait(GATE_TIMEOUT_S)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = 0 if adapter.hook(2) else 1
+                finally:
+                    os._exit(code)
+        finally:
+            release.set()
+            helper.join()
+        assert 0 == _wait_child(pid, timeout_s=GATE_TIMEOUT_S)  # None: the child hung
+        assert [1, 2] == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]]
 
 
 class _Outer:

@@ -21,6 +21,7 @@ import pytest
 
 import audit_core
 from audit_core import AuditConfig, AuditTrail
+from audit_core._chain import stored_size
 from audit_core.errors import LedgerError
 from audit_core.ledgers import open_ledger
 from audit_core.ledgers.sqlite import SqliteLedger
@@ -210,6 +211,43 @@ class TestReadOnlyMedia:
         _remount_ro(ro_mount)
         _assert_refused(src, ro_mount)
         _assert_refused(src, ro_mount, as_nobody=False)
+
+
+class TestLockFreeRead:
+    """SQLite's lock-free fallback (``immutable=1``) never gives a verdict on a torn read."""
+
+    def test_a_write_during_a_lock_free_read_is_no_verdict(self, src: Path, ro_mount: Path) -> None:
+        """A writer appends (and checkpoints into the main file) while a lock-free snapshot
+        is open: leaving the snapshot raises LedgerError, not a verdict on what it read."""
+        _build(ro_mount, src, wal=False)
+        path = ro_mount / "ledger.db"
+        _remount_ro(ro_mount)  # no -shm can be made: the read takes no locks
+        reader = SqliteLedger(path, create=False, read_only=True)
+        with (  # noqa: PT012 - the write happens inside the read
+            pytest.raises(LedgerError, match="written while it was read without locks"),
+            reader.snapshot() as view,
+        ):
+            assert FIRST == stored_size("default", view.head("default"))
+            subprocess.run([MOUNT, "-o", "remount,rw", str(ro_mount)], check=True)
+            path.chmod(0o644)
+            with AuditTrail(AuditConfig(ledger_url=f"sqlite:///{path}")) as trail:
+                trail.record("task.succeeded", {"late": 1})
+        with reader.snapshot() as view:  # a read with nothing written meanwhile is a verdict
+            assert FIRST + 1 == stored_size("default", view.head("default"))
+
+    def test_auditor_leaves_no_files_that_lock_out_the_writers(
+        self, src: Path, evidence_dir: Path
+    ) -> None:
+        """nobody may write the directory (1777) but not the ledger: reading commands create
+        no -wal or -shm of theirs, and the ledger's owner can still append afterwards."""
+        size = _build(evidence_dir, src, wal=False)
+        evidence_dir.chmod(0o1777)
+        _assert_all_read(src, evidence_dir, size)
+        assert [] == sorted(p.name for p in evidence_dir.glob("ledger.db-*"))
+        path = evidence_dir / "ledger.db"
+        path.chmod(0o644)
+        with AuditTrail(AuditConfig(ledger_url=f"sqlite:///{path}")) as trail:
+            assert size == trail.record("task.succeeded", {"after": "audit"}).seq
 
 
 class TestReadOnlyLedger:

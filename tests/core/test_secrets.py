@@ -251,6 +251,35 @@ class TestMessages:
         assert expected == masked_url(url)
 
 
+class TestPostgresUrls:
+    """PostgreSQL URLs: libpq's own messages echo what it could not parse."""
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://127.0.0.1:1/db?user=u&password=Pw1secretZ",
+            "postgresql://u:Pw1secretZ@[::1/db",
+            "postgresql://u:Pw1secretZ%zz@127.0.0.1:1/db",
+            "postgresql://u:Pw1secretZ@x@127.0.0.1:1/db",
+            "sqlite://u:Pw1secretZ@[x/db",
+        ],
+    )
+    def test_no_password_in_any_error(self, url: str) -> None:
+        """verify on an unreachable or malformed PostgreSQL URL exits 2 without a traceback
+        and without any part of the password."""
+        done = _cli("verify", "--ledger", url)
+        assert 2 == done.returncode
+        assert "Pw1secretZ" not in done.stdout + done.stderr
+        assert "secretZ" not in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+
+    def test_masked_url_masks_a_query_password(self) -> None:
+        """masked_url hides ?password= and &sslpassword= values too."""
+        assert "postgresql://h/db?user=u&password=***&sslpassword=***" == masked_url(
+            "postgresql://h/db?user=u&password=a&sslpassword=b"
+        )
+
+
 class TestReprsAndOtherMessages:
     """Configs, S3 URLs and signing-key specs never show a password or key material."""
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from audit_core import AuditConfig, AuditTrail, Event
+from audit_core import AuditConfig, AuditTrail, Event, _spoolfile
+from audit_core._record import PreparedRecord
+from audit_core.errors import LedgerError
 from audit_core.hooks import COUNTERS
 from audit_core.ledgers import open_ledger
 from audit_core.spool import (
@@ -144,6 +150,17 @@ class TestDrain:
         assert 3 == _drain(config)
         assert [1, 2, 3] == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]]
 
+    def test_data_over_the_size_limit_keeps_its_marker_and_drains(self, tmp_path: Path) -> None:
+        """Data over MAX_DATA_BYTES is spooled as its digest plus the marker, and drained."""
+        config = make_ledger(tmp_path / "l.db")
+        big = {f"k{i}": "x" * 15000 for i in range(80)}  # ~1.2 MB, each value under the limit
+        (rid,) = _spill(config, [Event(type="test.big", data=big, ts=_steps(1)[0].ts)])
+        assert 1 == _drain(config)
+        (record,) = bodies(tmp_path / "l.db")[1:]
+        assert rid == record["data"][SPOOL_KEY]["id"]
+        assert "sha256" in record["data"]
+        assert 0 == backlog(spool_dir(config)).corrupt
+
     def test_second_drain_appends_nothing(self, tmp_path: Path) -> None:
         """Draining twice appends each record once."""
         config = make_ledger(tmp_path / "l.db")
@@ -270,6 +287,51 @@ class TestDrain:
         assert SPOOL_KEY not in records[0]["data"]
         assert SPOOL_KEY in records[1]["data"]
 
+    def test_uncertain_record_is_found_behind_a_drained_backlog_with_old_ts(
+        self, tmp_path: Path
+    ) -> None:
+        """An uncertain write that landed is skipped though 300 older-ts records follow it."""
+        config = make_ledger(tmp_path / "l.db")
+        landed = Event(type="test.step", data={"n": 1}, ts="2026-12-04T12:00:00.000000Z")
+        with AuditTrail(config) as trail:
+            trail.record_many([landed])
+            trail.record_many(_steps(*range(2, 302)))  # ts 10:00: more than one scan window
+        _spill(config, [landed], uncertain=True)
+        assert 0 == _drain(config)
+        assert 1 == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]].count(1)
+
+    def test_journal_is_kept_while_a_file_waits(self, tmp_path: Path) -> None:
+        """A drain leaving a file waiting keeps an interrupted drain's journal: no duplicates."""
+        config = make_ledger(tmp_path / "l.db")
+        key, directory = ledger_key(config.ledger_url), spool_dir(config)
+        _spill(config, _steps(1, 2, second=20))
+        ledger = open_ledger(config.ledger_url)
+
+        class CrashAfterFirstBatch:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def append_many(self, records: list[PreparedRecord]) -> object:
+                self.calls += 1
+                if self.calls == 2:
+                    raise LedgerError("crash after the first commit")
+                return ledger.append_many(records)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(ledger, name)
+
+        with pytest.raises(LedgerError):
+            drain(CrashAfterFirstBatch(), directory, key, batch=1)  # type: ignore[arg-type]
+        with AuditTrail(config) as trail:
+            live = TrailSpool(lambda: trail)
+            live.spill(_steps(0, second=5))  # a live process holds an older record
+            assert 1 == drain(ledger, directory, key).waiting
+            assert (directory / f".drain.{key}.journal").exists()
+            live.close()
+        drain(ledger, directory, key)
+        assert [1, 0, 2] == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]]
+        ledger.close()
+
     def test_landed_line_cancels_an_uncertain_record(self, tmp_path: Path) -> None:
         """An uncertain write whose writer saw it land (a `landed` line) is not appended."""
         config = make_ledger(tmp_path / "l.db")
@@ -307,12 +369,28 @@ class TestDrain:
         done = cli("spool", command, "--ledger", str(missing))
         assert (2, False) == (done.returncode, missing.exists())
         assert "no ledger at" in done.stderr
-        other = tmp_path / "notes.txt"
-        other.write_text("not a database\n" * 100)
-        assert 2 == cli("spool", command, "--ledger", str(other)).returncode
         done = cli("spool", command, "--ledger", "mysql://u:Pw1secretZ@h/db")
         assert 2 == done.returncode
         assert "Pw1secretZ" not in done.stdout + done.stderr
+
+    def test_drain_into_a_file_that_is_no_ledger_is_a_usage_error(self, tmp_path: Path) -> None:
+        """`spool drain` into a file that is no SQLite database exits 2 before it reads any
+        spooled record."""
+        other = tmp_path / "notes.txt"
+        other.write_text("not a database\n" * 100)
+        done = cli("spool", "drain", "--ledger", str(other))
+        assert 2 == done.returncode
+        assert "not a database" in done.stderr
+
+    def test_status_answers_while_the_ledger_is_down(self, tmp_path: Path) -> None:
+        """`spool status` reads the spool only: with a PostgreSQL ledger that does not
+        answer, it still reports the backlog (exit 0), at once."""
+        url = f"postgresql://audit:pw@127.0.0.1:{_closed_port()}/audit"
+        started = time.monotonic()
+        done = cli("spool", "status", "--ledger", url, "--spool-dir", str(tmp_path / "spool"))
+        assert 0 == done.returncode, done.stderr
+        assert "0 file(s) of this ledger wait" in done.stdout
+        assert time.monotonic() - started < 30  # no connection attempt, no retry budget
 
     def test_secrets_are_redacted_before_they_are_spooled(self, tmp_path: Path) -> None:
         """The spool holds records as the ledger would: redacted."""
@@ -350,6 +428,65 @@ class TestDrain:
         assert ids == [r["data"][SPOOL_KEY]["id"] for r in records]
         assert list(range(total)) == [r["data"]["n"] for r in records]
         assert 0 == cli("verify", "--ledger", str(tmp_path / "l.db")).returncode
+
+
+class TestFileWriter:
+    """FileWriter: a drainer between create and lock, a short write, never lose or glue lines."""
+
+    def test_file_unlinked_by_a_drainer_before_the_lock_is_not_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A drain between O_EXCL create and flock removes the empty file: the next name is used."""
+        config = make_ledger(tmp_path / "l.db")
+        ledger = open_ledger(config.ledger_url)
+        key = ledger_key(config.ledger_url)
+        drains: list[int] = []
+
+        def flock(fd: int, op: int) -> None:
+            if not drains:  # another drainer runs in exactly this window
+                drains.append(drain(ledger, spool_dir(config), key).files)
+            fcntl.flock(fd, op)
+
+        monkeypatch.setattr(
+            _spoolfile,
+            "fcntl",
+            types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB),
+        )
+        ids = _spill(config, _steps(1))
+        assert [1] == drains  # it took (and removed) the new, empty file
+        assert 1 == drain(ledger, spool_dir(config), key).drained
+        assert ids == [r["data"][SPOOL_KEY]["id"] for r in bodies(tmp_path / "l.db")[1:]]
+        ledger.close()
+
+    def test_short_write_then_error_leaves_a_torn_line_not_glued_to_the_next(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """After a short write and ENOSPC, the next spill starts a new file; it drains whole."""
+        config = make_ledger(tmp_path / "l.db")
+        calls: list[int] = []
+
+        def write(fd: int, data: memoryview) -> int:
+            calls.append(fd)
+            if len(calls) == 1:
+                return os.write(fd, bytes(data[:40]))  # a short write ...
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")  # ... then a full disk
+            return os.write(fd, data)
+
+        fake_os = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if k[:2] != "__"})
+        fake_os.write = write
+        monkeypatch.setattr(_spoolfile, "os", fake_os)
+        with AuditTrail(config) as trail:
+            spool = TrailSpool(lambda: trail)
+            with pytest.raises(LedgerError):
+                spool.spill(_steps(1))
+            ids = spool.spill(_steps(2))
+            spool.close()
+        ledger = open_ledger(config.ledger_url)
+        result = drain(ledger, spool_dir(config), ledger_key(config.ledger_url))
+        ledger.close()
+        assert (1, 1) == (result.drained, result.corrupt)  # the fragment is quarantined
+        assert ids == [r["data"][SPOOL_KEY]["id"] for r in bodies(tmp_path / "l.db")[1:]]
 
 
 @pytest.fixture
@@ -429,3 +566,10 @@ class TestDiskFull:
         assert lost == _count("records_abandoned") - abandoned_before
         assert seconds < 60
         assert lost == sum("reach neither the ledger nor the spool" in m for m in caplog.messages)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
