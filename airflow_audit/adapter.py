@@ -43,8 +43,7 @@ from typing import Any
 
 from airflow_audit import _compat
 from airflow_audit.settings import AirflowAuditSettings, load_settings
-from audit_core import AuditTrail, Event
-from audit_core._trace import trace_context
+from audit_core import AuditTrail, Event, trace_context
 from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
 
 __all__ = ["AirflowAdapter", "dagrun_subject", "get_adapter", "task_subject"]

@@ -18,8 +18,7 @@ from typing import Any
 
 from airflow_audit.adapter import TERMINAL_EVENTS, task_subject
 from airflow_audit.settings import load_settings
-from audit_core import AuditConfig, Event
-from audit_core._record import Record
+from audit_core import AuditConfig, Event, Record
 from audit_core.reconcile import Expected
 
 __all__ = ["AirflowReconciler", "find_gaps"]

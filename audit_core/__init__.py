@@ -16,9 +16,10 @@ from audit_core._jcs import canonical_bytes
 from audit_core._metrics import COUNTERS
 from audit_core._normalize import REDACTED, Normalized, Processor, normalize, redact
 from audit_core._record import FORMAT_VERSION, Record, StoredRecord, genesis, leaf_hash
+from audit_core._trace import trace_context
 from audit_core.config import AuditConfig
 from audit_core.errors import AuditError, InvalidRecordError, LedgerError, VerificationError
-from audit_core.ledgers import Ledger, open_ledger
+from audit_core.ledgers import Ledger, LedgerReader, open_ledger
 from audit_core.trail import AuditTrail, Event
 from audit_core.verify import verify_chain, verify_ledger
 
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidRecordError",
     "Ledger",
     "LedgerError",
+    "LedgerReader",
     "Normalized",
     "Processor",
     "Record",
@@ -51,6 +53,7 @@ __all__ = [
     "normalize",
     "open_ledger",
     "redact",
+    "trace_context",
     "verify_chain",
     "verify_ledger",
 ]

@@ -21,8 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from audit_core import AuditTrail, Event
-from audit_core._trace import trace_context
+from audit_core import AuditTrail, Event, trace_context
 from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
 from prefect_audit.settings import WorkflowAuditSettings
 

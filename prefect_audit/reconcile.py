@@ -17,8 +17,7 @@ import datetime as dt
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from audit_core import AuditConfig, Event
-from audit_core._record import Record
+from audit_core import AuditConfig, Event, Record
 from audit_core.reconcile import Expected
 from prefect_audit.adapter import (
     FLOW_TERMINAL_EVENTS,

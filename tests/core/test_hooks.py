@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,28 +244,10 @@ class TestHookRunner:
         # ever release it. Holding the lock from a helper thread makes that moment certain.
         runner.run("task.started", lambda: _events("task.started"), lambda _: None)
         assert True is runner.drain(GATE_TIMEOUT_S)
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with runner._lock:
-                holding.set()
-                release.wait(GATE_TIMEOUT_S)
-
-        helper = threading.Thread(target=hold)
-        helper.start()
-        holding.wait(GATE_TIMEOUT_S)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    ok = runner.run("task.succeeded", lambda: _events("x.y"), lambda _: None)
-                    code = 0 if ok else 1
-                finally:
-                    os._exit(code)
-        finally:
-            release.set()
-            helper.join()
+        pid = _fork_while_held(
+            [runner._lock],
+            lambda: runner.run("task.succeeded", lambda: _events("x.y"), lambda _: None),
+        )
         assert 0 == _wait_child(pid, timeout_s=2.0)  # None: the child deadlocked
 
     def test_pending_writes_are_reported_at_exit(self, tmp_path: Path) -> None:
@@ -556,29 +540,39 @@ class TestBreaker:
         adapter = MiniAdapter(make_ledger(tmp_path / "l.db"), budget_s=2.0)
         assert True is adapter.hook(1)
         sqlite_ledger = adapter.trail.ledger._ledger
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with adapter._lock, sqlite_ledger._lock:
-                holding.set()
-                release.wait(GATE_TIMEOUT_S)
-
-        helper = threading.Thread(target=hold)
-        helper.start()
-        holding.wait(GATE_TIMEOUT_S)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    code = 0 if adapter.hook(2) else 1
-                finally:
-                    os._exit(code)
-        finally:
-            release.set()
-            helper.join()
+        pid = _fork_while_held([adapter._lock, sqlite_ledger._lock], lambda: adapter.hook(2))
         assert 0 == _wait_child(pid, timeout_s=GATE_TIMEOUT_S)  # None: the child hung
         assert [1, 2] == [r["data"]["n"] for r in bodies(tmp_path / "l.db")[1:]]
+
+
+def _fork_while_held(locks: list[Any], in_child: Callable[[], bool]) -> int:
+    """Fork while a helper thread holds ``locks`` (the moment a fork copies a locked lock into
+    a child where no thread will release it); the child runs ``in_child`` and exits 0 if it
+    returned True. Returns the child's pid."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            holding.set()
+            release.wait(GATE_TIMEOUT_S)
+
+    helper = threading.Thread(target=hold)
+    helper.start()
+    holding.wait(GATE_TIMEOUT_S)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if in_child() else 1
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        helper.join()
+    return pid
 
 
 class _Outer:
