@@ -43,7 +43,7 @@ demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 test: lint test-airflow test-prefect
 
 test-airflow: $(AIRFLOW_VENV)/.stamp
-	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping tests/postgres audit_core airflow_audit --doctest-modules $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping tests/postgres audit_core airflow_audit testkit --doctest-modules $(PYTEST_ARGS)
 
 test-prefect: $(PREFECT_VENV)/.stamp
 	$(PREFECT_VENV)/bin/python -m pytest tests/core tests/prefect audit_core prefect_audit --doctest-modules $(PYTEST_ARGS)

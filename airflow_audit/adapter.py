@@ -45,6 +45,7 @@ from airflow_audit import _compat
 from airflow_audit.settings import AirflowAuditSettings, load_settings
 from audit_core import AuditTrail, Event, trace_context
 from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
+from audit_core.ship import deliver_to_sinks
 
 __all__ = ["AirflowAdapter", "dagrun_subject", "get_adapter", "task_subject"]
 
@@ -87,7 +88,11 @@ class AirflowAdapter(AdapterBase):
         *,
         trail: AuditTrail | None = None,
     ) -> None:
-        super().__init__(trail=trail, budget_s=settings.hook_timeout_s if settings else 5.0)
+        super().__init__(
+            trail=trail,
+            budget_s=settings.hook_timeout_s if settings else 5.0,
+            delivery=deliver_to_sinks,
+        )
         self._settings = settings
 
     @property
@@ -247,28 +252,12 @@ class AirflowAdapter(AdapterBase):
 
     # -- the task-side API -----------------------------------------------------------------
 
-    def task_record(
-        self,
-        event: str,
-        data: object,
-        subject: Mapping[str, object] | None,
-        *,
-        required: bool,
-    ) -> bool:
-        """One user event inside a running task (see :mod:`airflow_audit.api`)."""
-
-        def build() -> list[Event]:
-            ti = _compat.current_task_instance()
-            full = {**(task_subject(ti) if ti is not None else {}), **(subject or {})}
-            carrier = _compat.task_carrier(ti) if ti is not None else None
-            return [Event(type=event, subject=full, data=data, trace=trace_context(carrier))]
-
-        if required:  # the caller wants an exception, not fail-open: write in this thread
-            if self.wanted(event):
-                self.write(build())
-                return True
-            return False
-        return self._run(event, build)
+    def _user_event(self, event: str, data: object, subject: Mapping[str, object] | None) -> Event:
+        # One user event inside a running task (see :mod:`airflow_audit.api`).
+        ti = _compat.current_task_instance()
+        full = {**(task_subject(ti) if ti is not None else {}), **(subject or {})}
+        carrier = _compat.task_carrier(ti) if ti is not None else None
+        return Event(type=event, subject=full, data=data, trace=trace_context(carrier))
 
 
 def task_subject(ti: Any) -> Data:

@@ -16,27 +16,25 @@ task must not proceed without).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from airflow_audit.adapter import get_adapter
-from audit_core.hooks import TaskApi
+from audit_core.hooks import AdapterBase, TaskApi
 
 __all__ = ["Audit", "audit"]
 
 
 class Audit(TaskApi):
-    """``audit.record(...)`` and the shortcuts of :class:`audit_core.hooks.TaskApi`."""
+    """``audit.record(...)`` and the shortcuts of :class:`audit_core.hooks.TaskApi`, for the
+    running Airflow task."""
 
-    def record(
-        self,
-        event: str,
-        data: object = None,
-        *,
-        subject: Mapping[str, object] | None = None,
-        required: bool = False,
-    ) -> bool:
-        """Record ``event`` for the running task; True once it is durable."""
-        return get_adapter().task_record(event, data, subject, required=required)
+    def __init__(self) -> None:
+        super().__init__(_adapter)
+
+
+def _adapter() -> AdapterBase:
+    # Looked up per record: the adapter is created on first use, and tests replace
+    # get_adapter. A module-level function, not a lambda, so `audit` still pickles (a
+    # ProcessPoolExecutor or a virtualenv task with serializer="pickle" sends it along).
+    return get_adapter()
 
 
 audit = Audit()

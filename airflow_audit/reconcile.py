@@ -12,13 +12,12 @@ Airflow configuration), e.g. from a daily maintenance DAG or a cron job.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Hashable, Iterator
 from typing import Any
 
 from airflow_audit.adapter import TERMINAL_EVENTS, task_subject
 from airflow_audit.settings import load_settings
-from audit_core import AuditConfig, Event, Record
+from audit_core import AuditConfig, Event, Record, parse_timestamp
 from audit_core.reconcile import Expected
 
 __all__ = ["AirflowReconciler", "find_gaps"]
@@ -43,7 +42,7 @@ class AirflowReconciler:
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
-        start, end = _when(since), _when(until) if until else None
+        start, end = parse_timestamp(since), parse_timestamp(until) if until else None
         with create_session() as session:
             for model in (TaskInstance, TaskInstanceHistory):
                 query = select(model).where(
@@ -88,7 +87,3 @@ def _unrecorded(ti: Any) -> Event:
             "ran (SIGKILL, OOM kill, lost worker).",
         },
     )
-
-
-def _when(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -26,7 +26,14 @@ from audit_core.config import ENV_PREFIX
 from audit_core.errors import ConfigError
 from audit_core.hooks import EventFilter
 
-__all__ = ["OPTIONS", "SECTION", "AirflowAuditSettings", "Option", "load_settings"]
+__all__ = [
+    "OPTIONS",
+    "SECTION",
+    "AirflowAuditSettings",
+    "Option",
+    "load_settings",
+    "parse_boolean",
+]
 
 SECTION = "workflow_audit"
 DEFAULT_CHAIN = "airflow"
@@ -153,21 +160,29 @@ def load_settings(
         patterns = tuple(p.strip() for p in extra.split(",") if p.strip())
         audit = audit.evolve(redact_keys=audit.redact_keys + patterns)
     return AirflowAuditSettings(
-        enabled=_boolean("enabled", option("enabled")),
+        enabled=parse_boolean("enabled", option("enabled")),
         audit=audit,
         hook_timeout_s=_positive("hook_timeout", option("hook_timeout")),
         events=EventFilter(option("events")),
-        record_not_run=_boolean("record_not_run", option("record_not_run")),
-        record_conf=_boolean("record_conf", option("record_conf")),
+        record_not_run=parse_boolean("record_not_run", option("record_not_run")),
+        record_conf=parse_boolean("record_conf", option("record_conf")),
     )
 
 
-def _boolean(key: str, text: str) -> bool:
-    if text.lower() in _TRUE:
+def parse_boolean(key: str, text: str) -> bool:
+    """The boolean option ``key`` written as ``text`` (Airflow's spellings, any case).
+
+    >>> parse_boolean("enabled", " Off ")
+    False
+    """
+    value = text.strip().lower()
+    if value in _TRUE:
         return True
-    if text.lower() in _FALSE:
+    if value in _FALSE:
         return False
-    raise ConfigError(f"[{SECTION}] {key} must be True or False, not {text!r}")
+    raise ConfigError(
+        f"[{SECTION}] {key} must be True or False (or 1/0, yes/no, on/off, t/f, y/n), not {text!r}"
+    )
 
 
 def _positive(key: str, text: str) -> float:
@@ -202,3 +217,16 @@ def provider_config() -> dict[str, Any]:
             "options": options,
         }
     }
+
+
+def default_ledger_url() -> str:
+    """The ledger the Airflow plugin writes by default, found without importing Airflow:
+    ``$AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL``, else ``$AIRFLOW_HOME/workflow_audit/ledger.db``
+    (``~/airflow`` when unset). Entry point ``workflow_audit.ledgers``: the core CLI opens it
+    when no other ledger is configured, so ``workflow-audit verify`` on an Airflow host finds
+    Airflow's trail."""
+    url = os.environ.get("AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+    return "sqlite:///" + str(home / "workflow_audit" / "ledger.db")

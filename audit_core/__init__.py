@@ -14,8 +14,23 @@ from importlib.metadata import PackageNotFoundError, version
 from audit_core._chain import ChainHead
 from audit_core._jcs import canonical_bytes
 from audit_core._metrics import COUNTERS
-from audit_core._normalize import REDACTED, Normalized, Processor, normalize, redact
-from audit_core._record import FORMAT_VERSION, Record, StoredRecord, genesis, leaf_hash
+from audit_core._normalize import (
+    REDACTED,
+    Normalized,
+    Processor,
+    normalize,
+    parse_timestamp,
+    redact,
+)
+from audit_core._note import Signer, Verifier
+from audit_core._record import (
+    FORMAT_VERSION,
+    PreparedRecord,
+    Record,
+    StoredRecord,
+    genesis,
+    leaf_hash,
+)
 from audit_core._trace import trace_context
 from audit_core.config import AuditConfig
 from audit_core.errors import AuditError, InvalidRecordError, LedgerError, VerificationError
@@ -42,16 +57,20 @@ __all__ = [
     "LedgerError",
     "LedgerReader",
     "Normalized",
+    "PreparedRecord",
     "Processor",
     "Record",
+    "Signer",
     "StoredRecord",
     "VerificationError",
+    "Verifier",
     "__version__",
     "canonical_bytes",
     "genesis",
     "leaf_hash",
     "normalize",
     "open_ledger",
+    "parse_timestamp",
     "redact",
     "trace_context",
     "verify_chain",

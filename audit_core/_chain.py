@@ -114,12 +114,13 @@ def verify_records(
     claims: Sequence[TreeHeadClaim] = (),
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
+    stored_hashes: bool = True,
 ) -> ChainHead:
     """Verify one chain's records, given in stored order, and return its head.
 
     ``claims`` (checkpoints) are checked as the tree passes their size: the Merkle root of
     the records so far must equal the claimed root, and a claim beyond the last record means
-    the tail was cut off.
+    the tail was cut off. ``stored_hashes`` as for :func:`scan_records`.
     """
     by_size: dict[int, list[TreeHeadClaim]] = {}
     for claim in claims:
@@ -139,6 +140,7 @@ def verify_records(
         at_size=at_size,
         on_progress=on_progress,
         progress_every=progress_every,
+        stored_hashes=stored_hashes,
     )
     root = fold(scan.nodes)
     for size, pending in sorted(by_size.items()):
@@ -184,12 +186,17 @@ def scan_records(
     at_size: Callable[[int, list[bytes]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
+    stored_hashes: bool = True,
 ) -> Scan:
     """The per-record checks over records ``start, start + 1, …``: seq, hash, canonical form,
     format, and each ``prev`` link (the first one only when ``prev`` is given). Folds the
     record hashes into the compact range of ``[start, end)`` (RFC 9162), and calls
     ``at_size(size, nodes)`` when the range reaches each of the sorted ``sizes``; ``start``
-    must be a multiple of a power of two no smaller than the range (0 always is)."""
+    must be a multiple of a power of two no smaller than the range (0 always is).
+
+    ``stored_hashes=False`` is for records stored without their hash (S3 segments): the
+    records' ``hash`` is ignored. Each record's bytes are still hashed, and those hashes are
+    what every ``prev`` link and every Merkle root is checked against."""
     seq = start
     first_prev: str | None = None
     loads, canon, lhash = orjson.loads, canonical_loaded, leaf_hash
@@ -206,8 +213,8 @@ def scan_records(
             value = loads(body)
             canonical = canon(value)
         except (TypeError, orjson.JSONDecodeError, InvalidRecordError) as exc:
-            raise _unreadable_error(chain, seq, body, stored_hash, exc) from exc
-        if digest != stored_hash:
+            raise _unreadable_error(chain, seq, body, stored_hash, exc, stored_hashes) from exc
+        if stored_hashes and digest != stored_hash:
             raise _hash_error(chain, seq, digest, stored_hash)
         if canonical != body:
             raise _canonical_error(chain, seq, canonical, body)
@@ -250,7 +257,7 @@ def _check_claim(chain: str, claim: TreeHeadClaim, root: bytes) -> None:
 
 
 def _unreadable_error(
-    chain: str, seq: int, body: object, stored_hash: object, exc: Exception
+    chain: str, seq: int, body: object, stored_hash: object, exc: Exception, check_hash: bool
 ) -> VerificationError:
     if not isinstance(body, bytes):  # a body column rewritten as TEXT or a number
         return FormatError(
@@ -262,7 +269,7 @@ def _unreadable_error(
             found=type(body).__name__,
         )
     digest = leaf_hash(body)
-    if digest != stored_hash:  # changed bytes that no longer parse: say so first
+    if check_hash and digest != stored_hash:  # changed bytes that no longer parse: say so first
         return _hash_error(chain, seq, digest, stored_hash)
     return FormatError(
         f"chain {chain!r} seq {seq}: stored bytes are not an RFC 8785 JSON record: {exc}",

@@ -36,14 +36,16 @@ from audit_core.errors import AuditError
 from audit_core.ledgers import LedgerReader
 from audit_core.ledgers.sqlite import SqliteLedger, SqliteSnapshot
 
-__all__ = ["MIN_RECORDS_PER_JOB", "verify_parallel"]
+__all__ = ["MIN_RECORDS_PER_JOB", "RANGES_PER_JOB", "RangeResult", "combine", "verify_parallel"]
 
 #: Below this many records a job, process start-up costs more than it saves.
 MIN_RECORDS_PER_JOB = 50_000
-_RANGES_PER_JOB = 4  # more ranges than workers evens out their finishing times
+#: Ranges a job: more ranges than workers evens out their finishing times.
+RANGES_PER_JOB = 4
 
-# (ok, first prev, last hash, end, compact range, {size: compact range up to size})
-_Result = tuple[bool, str | None, str, int, list[bytes], dict[int, list[bytes]]]
+#: What a worker returns of one range: (ok, first prev, last hash, end, compact range,
+#: {size: compact range up to size}).
+RangeResult = tuple[bool, str | None, str, int, list[bytes], dict[int, list[bytes]]]
 
 
 def verify_parallel(
@@ -69,7 +71,7 @@ def verify_parallel(
     with closing(ledger.read(chain, -(1 << 62), 0)) as below_zero:
         if next(below_zero, None) is not None:
             return None  # rows below seq 0: no range would read them
-    span = 1 << max(12, (size // (jobs * _RANGES_PER_JOB) - 1).bit_length())
+    span = 1 << max(12, (size // (jobs * RANGES_PER_JOB) - 1).bit_length())
     starts = list(range(0, size, span))
     sizes = sorted({c.size for c in claims if 0 < c.size <= size})
     tasks = [
@@ -80,18 +82,22 @@ def verify_parallel(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
         results = list(pool.map(_verify_range, tasks))
-    return _combine(chain, size, span, claims, tasks, results, on_progress)
+    return combine(chain, size, span, claims, tasks, results, on_progress)
 
 
-def _combine(
+def combine(
     chain: str,
     size: int,
     span: int,
     claims: Sequence[TreeHeadClaim],
     tasks: Sequence[tuple[str, str, int, int, list[int]]],
-    results: Sequence[_Result],
+    results: Sequence[RangeResult],
     on_progress: Callable[[int], None] | None,
 ) -> ChainHead | None:
+    """The chain's head from its ranges' ``results`` (``tasks``: ``(source, chain, start,
+    end, checkpoint sizes)`` of each range of ``span`` records, in order): the links between
+    ranges, the subtree roots folded into the chain's root, each of ``claims`` at its size.
+    None when anything failed or disagrees (the caller verifies in one process)."""
     roots = {c.size: c.root for c in claims}
     if any(s > size for s in roots) or any(c.size == 0 for c in claims):
         return None  # the one-process run names the checkpoint and the cut
@@ -124,7 +130,7 @@ def _combine(
     )
 
 
-def _verify_range(task: tuple[str, str, int, int, list[int]]) -> _Result:
+def _verify_range(task: tuple[str, str, int, int, list[int]]) -> RangeResult:
     path, chain, start, end, sizes = task
     snapshots: dict[int, list[bytes]] = {}
 

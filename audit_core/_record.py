@@ -43,6 +43,7 @@ __all__ = [
     "StoredRecord",
     "genesis",
     "is_timestamp",
+    "is_trace",
     "leaf_hash",
     "prepare",
 ]
@@ -206,18 +207,21 @@ def _check_actor(actor: JSONObject) -> None:
         raise InvalidRecordError(f"actor needs non-empty string 'type' and 'id', got {actor!r}")
 
 
-def _check_trace(trace: JSONObject) -> None:
-    trace_id, span_id = trace.get("trace_id"), trace.get("span_id")
-    # W3C Trace Context §3.2.2.3/§3.2.2.4: lower-case hex, all-zero ids are invalid.
-    if not (
+def is_trace(trace_id: object, span_id: object) -> bool:
+    """Whether ``trace_id`` and ``span_id`` are valid W3C ids (32 and 16 lower-case hex
+    digits, not all zero: W3C Trace Context §3.2.2.3/§3.2.2.4)."""
+    return (
         isinstance(trace_id, str)
-        and _TRACE_ID.fullmatch(trace_id)
+        and _TRACE_ID.fullmatch(trace_id) is not None
         and trace_id != "0" * 32
         and isinstance(span_id, str)
-        and _SPAN_ID.fullmatch(span_id)
+        and _SPAN_ID.fullmatch(span_id) is not None
         and span_id != "0" * 16
-        and len(trace) == 2
-    ):
+    )
+
+
+def _check_trace(trace: JSONObject) -> None:
+    if not (is_trace(trace.get("trace_id"), trace.get("span_id")) and len(trace) == 2):
         raise InvalidRecordError(
             f"trace must be {{'trace_id': 32 hex, 'span_id': 16 hex}} (W3C), got {trace!r}"
         )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from audit_core._chain import ChainHead
-from audit_core._normalize import JSON, JSONObject, format_timestamp
+from audit_core._normalize import JSON, JSONObject, format_timestamp, parse_timestamp
 from audit_core._record import Record
 from audit_core.errors import ConfigError, VerificationError
 
@@ -57,11 +57,9 @@ EXPORT_CSV_COLUMNS = (
 def parse_time(text: str) -> str:
     """An RFC 3339 time or a date (``2026-11-28``) as a comparable record timestamp."""
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = parse_timestamp(text)
     except ValueError as exc:
         raise ConfigError(f"{text!r} is not an RFC 3339 time or a YYYY-MM-DD date") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
     return format_timestamp(when)
 
 

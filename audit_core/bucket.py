@@ -6,7 +6,7 @@
 ('COMPLIANCE', 365)
 
 :func:`verify_bucket` reads what :class:`~audit_core.sinks.s3.S3SegmentSink` wrote under
-``s3://BUCKET/PREFIX`` (layout in :mod:`audit_core.sinks.s3`) and returns one
+``s3://BUCKET/PREFIX`` (layout in :mod:`audit_core._segment`) and returns one
 :class:`BucketChain` per chain, or raises the precise
 :class:`~audit_core.errors.VerificationError` for the first problem, naming the object, the
 chain and the seq. In this order:
@@ -48,8 +48,16 @@ from typing import Any, TypeVar
 
 from audit_core._chain import ChainHead, TreeHeadClaim, scan_records, verify_records
 from audit_core._note import Verifier, unverified_text
-from audit_core._parallel import _RANGES_PER_JOB, MIN_RECORDS_PER_JOB, _combine, _Result
+from audit_core._parallel import MIN_RECORDS_PER_JOB, RANGES_PER_JOB, RangeResult, combine
 from audit_core._record import StoredRecord
+from audit_core._segment import (
+    LOCK_MODES,
+    checkpoint_key,
+    decode_segment,
+    parse_key,
+    segment_key,
+    sha256_b64,
+)
 from audit_core.checkpoint import Checkpoint, open_checkpoint
 from audit_core.errors import (
     CheckpointError,
@@ -60,14 +68,6 @@ from audit_core.errors import (
     SequenceError,
     SignatureError,
     VerificationError,
-)
-from audit_core.sinks.s3 import (
-    LOCK_MODES,
-    checkpoint_key,
-    decode_segment,
-    parse_key,
-    segment_key,
-    sha256_b64,
 )
 
 __all__ = [
@@ -162,24 +162,9 @@ class _Run:
     client_factory: Callable[[], Any] | None
 
 
-class _NoStoredHash:
-    """The ``hash`` of a record read from a segment: segments store no record hashes, so
-    there is nothing to compare the recomputed one with (it compares equal to any digest).
-    The records' bytes are still hashed once each by the chain checks, and those hashes are
-    what every ``prev`` link and every checkpoint's Merkle root are checked against."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, bytes)
-
-    def __ne__(self, other: object) -> bool:
-        return not isinstance(other, bytes)
-
-    __hash__ = None  # type: ignore[assignment]  # unhashable, as its __eq__ requires
-
-
-_NO_STORED_HASH: Any = _NoStoredHash()
+#: The ``hash`` of a record read from a segment: segments store no record hashes, so the
+#: chain checks run with ``stored_hashes=False`` and never read it.
+_NO_STORED_HASH = b""
 
 
 def verify_bucket(
@@ -334,7 +319,9 @@ def _verify_chain(
     fetched = _ahead(fetch, [obj for _, obj in segments], run.workers)
     records = _segment_records(chain, segments, fetched, run.policy, lock, current)
     try:
-        head = verify_records(chain, records, claims=claims, on_progress=on_progress)
+        head = verify_records(
+            chain, records, claims=claims, on_progress=on_progress, stored_hashes=False
+        )
     except (SegmentError, RetentionError, CheckpointError):
         raise
     except VerificationError as exc:
@@ -418,7 +405,7 @@ def _start_processes(
     subtree of the Merkle tree, combined by this process)."""
     assert run.client_factory is not None
     size = segments[-1][0].last + 1
-    span = 1 << max(12, (size // (run.jobs * _RANGES_PER_JOB) - 1).bit_length())
+    span = 1 << max(12, (size // (run.jobs * RANGES_PER_JOB) - 1).bit_length())
     sizes = [rng.last + 1 for rng, _ in segments]  # every checkpoint is at a segment's end
     tasks: list[_Span] = []
     for a in range(0, size, span):
@@ -453,7 +440,7 @@ def _finish_processes(
         return None
     for _, modes, until in results:
         lock.merge(modes, until)
-    return _combine(
+    return combine(
         chain,
         size,
         span,
@@ -464,7 +451,7 @@ def _finish_processes(
     )
 
 
-_SpanResult = tuple[_Result, list[str], "dt.datetime | None"]
+_SpanResult = tuple[RangeResult, list[str], "dt.datetime | None"]
 
 
 def _verify_span(task: _Span) -> _SpanResult:
@@ -479,10 +466,18 @@ def _verify_span(task: _Span) -> _SpanResult:
         client = factory()
         fetched = _ahead(lambda o: _get(client, bucket, o), [o for _, o in segments], workers)
         records = _segment_records(chain, segments, fetched, policy, lock, [], start, stop)
-        scan = scan_records(chain, records, start=start, prev=None, sizes=sizes, at_size=keep)
+        scan = scan_records(
+            chain,
+            records,
+            start=start,
+            prev=None,
+            sizes=sizes,
+            at_size=keep,
+            stored_hashes=False,
+        )
     except Exception:  # noqa: BLE001 - any failure: the parent verifies in one process
         return (False, None, "", start, [], {}), [], None
-    result: _Result = (True, scan.first_prev, scan.last, scan.end, scan.nodes, snapshots)
+    result: RangeResult = (True, scan.first_prev, scan.last, scan.end, scan.nodes, snapshots)
     return result, sorted(lock.modes), lock.until
 
 

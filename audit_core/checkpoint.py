@@ -17,7 +17,8 @@ name equal the origin holds only for a key dedicated to one chain).
 
 A log must never sign two inconsistent checkpoints (tlog-checkpoint, "Signatures"):
 :func:`write_checkpoint` proves consistency with the latest stored checkpoint (RFC 9162
-§2.1.4) before it signs, and refuses otherwise.
+§2.1.4) before it signs, and refuses otherwise. :class:`CheckpointSigner` is the key and
+origin a configuration names, for the trail and for the sinks that sign (S3 segments).
 """
 
 from __future__ import annotations
@@ -28,29 +29,33 @@ import datetime as dt
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from audit_core._merkle import consistency_proof, verify_consistency
+from audit_core._merkle import Frontier, consistency_proof, verify_consistency
 from audit_core._metrics import COUNTERS
 from audit_core._normalize import format_timestamp
 from audit_core._note import Signer, Verifier, open_note, sign_note
 from audit_core._record import StoredCheckpoint
+from audit_core.config import AuditConfig, default_ledger_url
 from audit_core.errors import (
     CheckpointError,
     ConfigError,
     ProofError,
     SignatureError,
 )
-from audit_core.ledgers import Ledger
+from audit_core.ledgers import Ledger, ledger_path
 
 __all__ = [
     "MAX_TREE_SIZE",
     "ROTATE_KEY_ENV",
     "Checkpoint",
+    "CheckpointSigner",
     "check_stored",
+    "ledger_checkpoints",
     "load_signer",
     "load_verifiers",
     "open_checkpoint",
@@ -199,6 +204,25 @@ def write_checkpoint(
     return checkpoint
 
 
+def ledger_checkpoints(
+    ledger: Ledger, signer: Signer, origin: Callable[[str], str]
+) -> Callable[[str, int], str]:
+    """A ``checkpoint`` callable for :class:`~audit_core.sinks.s3.S3SegmentSink`: the signed
+    note of the chain's tree at any size the ledger holds, its RFC 9162 root folded from the
+    ledger's stored subtrees (``ledger_checkpoints(trail.ledger, trail.signer, trail.origin)``).
+
+    A root at an earlier size of the same tree is consistent with every checkpoint of that
+    tree by construction, so this never signs two inconsistent checkpoints (tlog-checkpoint,
+    "Signatures"). Ed25519 signatures are deterministic (RFC 8032), so a re-signed checkpoint
+    is byte-identical and its re-upload a no-op."""
+
+    def sign(chain: str, size: int) -> str:
+        root = Frontier.at(partial(ledger.node, chain), size).root()
+        return sign_note(Checkpoint(origin(chain), size, root).text(), [signer])
+
+    return sign
+
+
 def _fork(chain: str, last: StoredCheckpoint, size: int, root: bytes) -> CheckpointError:
     return CheckpointError(
         f"chain {chain!r}: the tree at size {size} (root {root.hex()[:16]}…) is not an "
@@ -297,6 +321,70 @@ def load_signer(
         signer.verifier,
     )
     return signer
+
+
+class CheckpointSigner:
+    """The checkpoint key and origin a configuration names for ``ledger``: the key of
+    ``config.signing_key``, else the local key beside the ledger (``<ledger file>.key``),
+    loaded (or created) on first use by :func:`load_signer`; the origin ``config.origin``,
+    else the key's name, followed by ``/CHAIN``.
+
+    ``rotate`` is :func:`load_signer`'s (None: ask ``$WORKFLOW_AUDIT_ROTATE_KEY``); it may be
+    set until the key is first used.
+    """
+
+    def __init__(self, config: AuditConfig, ledger: Ledger, *, rotate: bool | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.rotate = rotate
+        self._signer: Signer | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: AuditConfig, ledger: Ledger, *, rotate: bool | None = None
+    ) -> CheckpointSigner:
+        """The signer ``config`` names for ``ledger`` (no key is read before first use)."""
+        return cls(config, ledger, rotate=rotate)
+
+    @property
+    def signer(self) -> Signer:
+        """The signing key (loaded, or created beside the ledger, on first use)."""
+        if self._signer is None:
+            self._signer = load_signer(
+                self.config.signing_key,
+                default_path=_default_key_path(self.config.ledger_url),
+                name=f"workflow-audit.local/{socket.gethostname()}",
+                signed_before=self._signed_before,
+                rotate=self.rotate,
+            )
+        return self._signer
+
+    def _signed_before(self) -> bool:
+        # asked only when the local key is missing: was any chain signed (by that key)?
+        return any(self.ledger.latest_checkpoint(c) is not None for c in self.ledger.chains())
+
+    def origin(self, chain: str) -> str:
+        """The origin line of ``chain``'s checkpoints."""
+        return f"{self.config.origin or self.signer.name}/{chain}"
+
+    def write(self, chain: str) -> StoredCheckpoint | None:
+        """Sign and store a checkpoint of ``chain``'s current tree (:func:`write_checkpoint`)."""
+        return write_checkpoint(self.ledger, chain, self.signer, origin=self.origin(chain))
+
+    def at_size(self) -> Callable[[str, int], str]:
+        """The signed note of any chain at any size the ledger holds, for a sink
+        (:func:`ledger_checkpoints`; the key is loaded now)."""
+        return ledger_checkpoints(self.ledger, self.signer, self.origin)
+
+
+def _default_key_path(ledger_url: str) -> Path | None:
+    """``<ledger file>.key`` for a SQLite ledger; None (a throw-away key) for one in memory;
+    ``signing.key`` in the user's data directory for any other ledger."""
+    try:
+        path = ledger_path(ledger_url)
+    except ConfigError:  # not a file ledger: the user's data directory
+        return Path(default_ledger_url()[len("sqlite:///") :]).with_name("signing.key")
+    return None if path is None else path.with_name(path.name + ".key")
 
 
 def _verifier_lines(public: Path) -> list[Verifier]:

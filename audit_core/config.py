@@ -14,7 +14,7 @@ Environment variables (all optional; README "Configuration" lists them too):
 ``WORKFLOW_AUDIT_CHAIN``           chain id records go to (default ``default``)
 ``WORKFLOW_AUDIT_ACTOR``           who records, ``type:id`` (default ``process:USER@HOST``)
 ``WORKFLOW_AUDIT_SYNCHRONOUS``     SQLite ``synchronous``: ``FULL`` (default) or ``NORMAL``,
-                                   ``EXTRA``
+                                   ``EXTRA``, ``OFF``
 ``WORKFLOW_AUDIT_BUSY_TIMEOUT``    seconds a writer waits for the ledger lock (default 30)
 ``WORKFLOW_AUDIT_MAX_VALUE_BYTES`` values larger than this become a digest (default 16384)
 ``WORKFLOW_AUDIT_REDACT_KEYS``     comma-separated extra key patterns (regular expressions)
@@ -45,14 +45,15 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from audit_core._normalize import DEFAULT_MAX_VALUE_BYTES, DEFAULT_REDACT_KEYS
 from audit_core.errors import ConfigError
-from audit_core.ledgers import masked_url
+from audit_core.ledgers import masked_url, synchronous_level
 
 __all__ = ["ENV_PREFIX", "AuditConfig", "default_ledger_url"]
 
@@ -104,10 +105,7 @@ class AuditConfig:
         return "AuditConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def __post_init__(self) -> None:
-        if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(
-                f"synchronous must be FULL, NORMAL or EXTRA, not {self.synchronous!r}"
-            )
+        synchronous_level(self.synchronous)  # kept as given; the ledger upper-cases it
         if self.busy_timeout_s <= 0:
             raise ConfigError(f"busy_timeout_s must be positive, not {self.busy_timeout_s}")
         if self.max_value_bytes < 64:
@@ -122,39 +120,9 @@ class AuditConfig:
         """Defaults, overridden by ``WORKFLOW_AUDIT_*`` variables, overridden by ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {"ledger_url": default_ledger_url(env)}
-        get = env.get
-        if v := get(ENV_PREFIX + "LEDGER"):
-            values["ledger_url"] = v
-        if v := get(ENV_PREFIX + "CHAIN"):
-            values["chain"] = v
-        if v := get(ENV_PREFIX + "ACTOR"):
-            kind, sep, ident = v.partition(":")
-            if not sep:
-                raise ConfigError(f"{ENV_PREFIX}ACTOR must be 'type:id', not {v!r}")
-            values["actor"] = (kind, ident)
-        if v := get(ENV_PREFIX + "SYNCHRONOUS"):
-            values["synchronous"] = v
-        if v := get(ENV_PREFIX + "BUSY_TIMEOUT"):
-            values["busy_timeout_s"] = _number(ENV_PREFIX + "BUSY_TIMEOUT", v, float)
-        if v := get(ENV_PREFIX + "MAX_VALUE_BYTES"):
-            values["max_value_bytes"] = _number(ENV_PREFIX + "MAX_VALUE_BYTES", v, int)
-        if v := get(ENV_PREFIX + "SIGNING_KEY"):
-            values["signing_key"] = v
-        if v := get(ENV_PREFIX + "ORIGIN"):
-            values["origin"] = v
-        if v := get(ENV_PREFIX + "CHECKPOINT_EVERY"):
-            values["checkpoint_every"] = _number(ENV_PREFIX + "CHECKPOINT_EVERY", v, int)
-        if v := get(ENV_PREFIX + "CHECKPOINT_INTERVAL"):
-            values["checkpoint_interval_s"] = _number(ENV_PREFIX + "CHECKPOINT_INTERVAL", v, float)
-        if v := get(ENV_PREFIX + "FLUSH_SINKS"):
-            values["flush_sinks"] = tuple(n.strip() for n in v.split(",") if n.strip())
-        if v := get(ENV_PREFIX + "S3_URL"):
-            values["s3_url"] = v
-        if v := get(ENV_PREFIX + "SPOOL_DIR"):
-            values["spool_dir"] = v
-        if v := get(ENV_PREFIX + "REDACT_KEYS"):
-            extra = tuple(p.strip() for p in v.split(",") if p.strip())
-            values["redact_keys"] = DEFAULT_REDACT_KEYS + extra
+        for suffix, name, parse in _FROM_ENV:
+            if v := env.get(ENV_PREFIX + suffix):
+                values[name] = parse(ENV_PREFIX + suffix, v)
         values.update(overrides)
         return cls(**values)
 
@@ -168,3 +136,42 @@ def _number(name: str, text: str, kind: type[float] | type[int]) -> Any:
         return kind(text)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a {kind.__name__}, not {text!r}") from exc
+
+
+def _text(name: str, text: str) -> str:
+    return text
+
+
+def _actor(name: str, text: str) -> tuple[str, str]:
+    kind, sep, ident = text.partition(":")
+    if not sep:
+        raise ConfigError(f"{name} must be 'type:id', not {text!r}")
+    return (kind, ident)
+
+
+def _names(name: str, text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _redact_keys(name: str, text: str) -> tuple[str, ...]:
+    return DEFAULT_REDACT_KEYS + _names(name, text)  # added to the built-in list
+
+
+#: ``WORKFLOW_AUDIT_<suffix>`` -> (field, parser of its text), read in this order (so the first
+#: bad variable of this list is the one reported); an empty variable counts as unset.
+_FROM_ENV: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+    ("LEDGER", "ledger_url", _text),
+    ("CHAIN", "chain", _text),
+    ("ACTOR", "actor", _actor),
+    ("SYNCHRONOUS", "synchronous", _text),
+    ("BUSY_TIMEOUT", "busy_timeout_s", partial(_number, kind=float)),
+    ("MAX_VALUE_BYTES", "max_value_bytes", partial(_number, kind=int)),
+    ("SIGNING_KEY", "signing_key", _text),
+    ("ORIGIN", "origin", _text),
+    ("CHECKPOINT_EVERY", "checkpoint_every", partial(_number, kind=int)),
+    ("CHECKPOINT_INTERVAL", "checkpoint_interval_s", partial(_number, kind=float)),
+    ("FLUSH_SINKS", "flush_sinks", _names),
+    ("S3_URL", "s3_url", _text),
+    ("SPOOL_DIR", "spool_dir", _text),
+    ("REDACT_KEYS", "redact_keys", _redact_keys),
+)

@@ -62,7 +62,9 @@ __all__ = [
     "publish",
 ]
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNHEALTHY = 0, 1, 2, 4
+#: ``workflow-audit health``'s exit code for a trail that passed a threshold (the others are
+#: every command's: audit_core.cli).
+EXIT_UNHEALTHY = 4
 
 #: The gauges the verdict is published as (``workflow_audit.<name>``) and their units: no
 #: unit for counts and 1/0 flags (Prometheus would add ``_ratio`` to a gauge of unit ``1``).

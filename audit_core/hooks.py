@@ -1,4 +1,8 @@
-"""What orchestrator adapters share: bounded fail-open hook calls, failure facts, event filters.
+"""The adapter kit: what orchestrator adapters share, on top of the trail. :class:`AdapterBase`
+(options and trail built on first use, hooks run by the :class:`HookRunner` of
+:mod:`audit_core._runner` with the spool as its fallback, a background flush by
+:mod:`audit_core.flush`), the task-side :class:`TaskApi`, event filters, failure facts,
+digests and per-stream chain names. The kit knows no sinks: an adapter hands it the delivery.
 
 >>> from audit_core import AuditConfig, AuditTrail, Event
 >>> trail = AuditTrail(AuditConfig(ledger_url="sqlite:///:memory:"))
@@ -52,17 +56,22 @@ from typing import Any
 
 from audit_core._jcs import canonical_bytes
 from audit_core._metrics import COUNTERS
-from audit_core._normalize import JSONObject, to_json
-from audit_core._runner import HookRunner, Spill
-from audit_core._runner import TrackedLedger as _TrackedLedger
-from audit_core.trail import Event, _now
+from audit_core._normalize import JSONObject, now_timestamp, to_json
+from audit_core._runner import HookRunner, Spill, TrackedLedger
+from audit_core.config import AuditConfig
+from audit_core.flush import Flusher
+from audit_core.ledgers import Ledger, open_ledger
+from audit_core.spool import TrailSpool
+from audit_core.trail import AuditTrail, Event
+
+logger = logging.getLogger("workflow_audit")
 
 __all__ = [
     "COUNTERS",
     "AdapterBase",
     "AdapterOptions",
+    "Delivery",
     "EventFilter",
-    "Flusher",
     "HookRunner",
     "Spill",
     "TaskApi",
@@ -70,8 +79,6 @@ __all__ = [
     "digest",
     "failure_data",
 ]
-
-logger = logging.getLogger("workflow_audit")
 
 #: Longest failure message kept in a record; the full text stays in the orchestrator's log.
 MAX_MESSAGE_CHARS = 2000
@@ -154,8 +161,12 @@ class EventFilter:
 
 
 class TaskApi:
-    """The task-side API both adapters offer: ``record`` (theirs) and shortcuts for the events
-    ML pipelines record most. Subclasses implement :meth:`record`."""
+    """The task-side API both adapters offer: :meth:`record` and shortcuts for the events ML
+    pipelines record most. ``adapter`` returns the process's adapter when a record is made
+    (looked up per call: an adapter is created on first use, and tests replace it)."""
+
+    def __init__(self, adapter: Callable[[], AdapterBase]) -> None:
+        self._adapter = adapter
 
     def record(
         self,
@@ -165,8 +176,11 @@ class TaskApi:
         subject: Mapping[str, object] | None = None,
         required: bool = False,
     ) -> bool:
-        """Record ``event`` for the running task; True once it is durable."""
-        raise NotImplementedError
+        """Record ``event`` for the running task (or flow); True once it is durable.
+        ``subject`` adds to (or overrides) the task's own; ``required=True`` writes in the
+        caller's thread and raises an :class:`~audit_core.errors.AuditError` instead of
+        failing open."""
+        return self._adapter().task_record(event, data, subject, required=required)
 
     def data_uploaded(self, uri: str, *, required: bool = False, **facts: object) -> bool:
         """``data.uploaded``: a dataset was written (uri, rows, sha256, schema, ...)."""
@@ -185,59 +199,6 @@ class TaskApi:
         return self.record("drift.detected", {"model": model, **facts}, required=required)
 
 
-class Flusher:
-    """Best-effort delivery soon after a task or run ends (``WORKFLOW_AUDIT_FLUSH_SINKS``).
-
-    :meth:`request` only sets a flag: a daemon thread of this process then ships whatever the
-    ledger holds past the sinks' cursors (:class:`~audit_core.ship.Shipper`), so a hook never
-    waits for a sink. What it does not deliver before the process ends stays in the ledger
-    for the next flush or ``workflow-audit ship``: the ledger is the spool, nothing is lost.
-    """
-
-    def __init__(self, trail: Any, names: Sequence[str]) -> None:
-        self.trail = trail
-        self.names = tuple(names)
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._shippers: list[Any] = []
-
-    def request(self) -> None:
-        """Ask for a flush (never blocks; a no-op without configured sinks)."""
-        if not self.names:
-            return
-        with self._lock:
-            if self._pid != os.getpid():  # first use, or a forked child: start our thread
-                self._pid = os.getpid()
-                self._wake = threading.Event()
-                threading.Thread(
-                    target=self._loop, args=(self._wake,), name="workflow-audit-flush", daemon=True
-                ).start()
-        self._wake.set()
-
-    def _loop(self, wake: threading.Event) -> None:
-        while True:
-            wake.wait()
-            wake.clear()
-            try:
-                for shipper in self._ensure_shippers():
-                    shipper.ship_once()  # a failing sink is logged, counted, retried next time
-            except Exception:  # the flush thread's one containment point
-                COUNTERS.incr("flush_failures")
-                logger.exception("workflow-audit: background flush to %s failed", self.names)
-
-    def _ensure_shippers(self) -> list[Any]:
-        if not self._shippers:
-            from audit_core.ship import Shipper
-            from audit_core.sinks.registry import make_sink, sink_names
-
-            ledger, config = self.trail.ledger, self.trail.config
-            self._shippers = [
-                Shipper(ledger, make_sink(name, ledger, config)) for name in sink_names(self.names)
-            ]
-        return self._shippers
-
-
 @dataclass(frozen=True, slots=True)
 class AdapterOptions:
     """What the shared adapter machinery needs from an orchestrator's own settings."""
@@ -245,7 +206,7 @@ class AdapterOptions:
     enabled: bool
     events: EventFilter
     hook_timeout_s: float
-    audit: Any  # audit_core.AuditConfig (Any: hooks.py is imported by trail-free code too)
+    audit: AuditConfig
     processors: tuple[Callable[[Any], Any], ...] | None = None
 
 
@@ -265,27 +226,43 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_adapter_locks)
 
 
+#: Builds what a :class:`~audit_core.flush.Flusher` calls to deliver a ledger to the sinks of
+#: a config's ``flush_sinks`` (the adapters pass :func:`audit_core.ship.deliver_to_sinks`).
+Delivery = Callable[[Ledger, AuditConfig], Callable[[], None]]
+
+
 class AdapterBase:
     """The machinery both orchestrator adapters share, once: options and the trail built on
-    first use, the :class:`HookRunner`, the event filter, and the background :class:`Flusher`
-    after terminal events. Subclasses implement :meth:`_load_options` and their hooks, each
-    hook ending in ``self._run(what, build)``."""
+    first use, the :class:`HookRunner`, the event filter, the task-side API's writes, and a
+    background :class:`~audit_core.flush.Flusher` after terminal events (when the adapter
+    passes a ``delivery``). Subclasses implement :meth:`_load_options`, :meth:`_user_event`
+    and their hooks, each hook ending in ``self._run(what, build)``."""
 
     #: Events after which a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS`` is requested.
     flush_after: frozenset[str] = frozenset()
 
-    def __init__(self, *, trail: Any = None, budget_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        trail: AuditTrail | None = None,
+        budget_s: float = 5.0,
+        delivery: Delivery | None = None,
+    ) -> None:
         self._trail = trail
         self._options: AdapterOptions | None = None
         self._lock = threading.Lock()
         _ADAPTERS.add(self)
+        self._delivery = delivery
+        self._warned_no_delivery = False
         self._flusher: Flusher | None = None
-        self.runner = HookRunner(budget_s=budget_s)
-        from audit_core.spool import TrailSpool  # spool imports this module's neighbours
-
-        self.runner.spill = TrailSpool(lambda: self.trail)
+        self.runner = HookRunner(budget_s=budget_s, spill=TrailSpool(lambda: self.trail))
 
     def _load_options(self) -> AdapterOptions:
+        raise NotImplementedError
+
+    def _user_event(self, event: str, data: object, subject: Mapping[str, object] | None) -> Event:
+        """The task-side API's record of ``event`` (subject: the running task, plus
+        ``subject``); called inside the hook's containment."""
         raise NotImplementedError
 
     @property
@@ -296,11 +273,8 @@ class AdapterBase:
         return self._options
 
     @property
-    def trail(self) -> Any:
+    def trail(self) -> AuditTrail:
         """This process's :class:`~audit_core.AuditTrail` (created on first use)."""
-        from audit_core.ledgers import open_ledger
-        from audit_core.trail import AuditTrail
-
         with self._lock:
             if self._trail is None:
                 options = self.options
@@ -315,7 +289,7 @@ class AdapterBase:
                     busy_timeout_s=config.busy_timeout_s,
                 )
                 self._trail = AuditTrail(
-                    config, ledger=_TrackedLedger(ledger), processors=options.processors
+                    config, ledger=TrackedLedger(ledger), processors=options.processors
                 )
             return self._trail
 
@@ -323,17 +297,48 @@ class AdapterBase:
         """Append ``events`` in one transaction (the runner's thread calls this); after a
         terminal event, ask for a background flush to ``WORKFLOW_AUDIT_FLUSH_SINKS``."""
         trail = self.trail
-        if not isinstance(trail.ledger, _TrackedLedger):  # a trail given by the caller
-            trail.ledger = _TrackedLedger(trail.ledger)
+        if not isinstance(trail.ledger, TrackedLedger):  # a trail given by the caller
+            trail.ledger = TrackedLedger(trail.ledger)
         template = trail.config.chain
         if "{" in template:  # one chain per stream (chain_for)
             events = [e if e.chain else replace(e, chain=chain_for(template, e)) for e in events]
         trail.record_many(events)
-        if trail.config.flush_sinks and any(e.type in self.flush_after for e in events):
+        sinks, delivery = trail.config.flush_sinks, self._delivery
+        if sinks and delivery is None and not self._warned_no_delivery:
+            # An adapter built without ``delivery=`` cannot flush: say so once, not per event.
+            self._warned_no_delivery = True
+            logger.warning(
+                "workflow-audit: WORKFLOW_AUDIT_FLUSH_SINKS=%s is set but %s was built without "
+                "delivery=audit_core.ship.deliver_to_sinks: nothing is flushed in the background",
+                ",".join(sinks),
+                type(self).__name__,
+            )
+        if sinks and delivery and any(e.type in self.flush_after for e in events):
             with self._lock:
                 if self._flusher is None:
-                    self._flusher = Flusher(trail, trail.config.flush_sinks)
+                    self._flusher = Flusher(delivery(trail.ledger, trail.config), sinks)
             self._flusher.request()
+
+    def task_record(
+        self,
+        event: str,
+        data: object,
+        subject: Mapping[str, object] | None,
+        *,
+        required: bool,
+    ) -> bool:
+        """One event of the task-side API (:class:`TaskApi`): fail-open and time-bounded
+        like every hook, or, ``required``, written in the caller's thread, raising."""
+
+        def build() -> list[Event]:
+            return [self._user_event(event, data, subject)]
+
+        if required:  # the caller wants an exception, not fail-open: write in this thread
+            if self.wanted(event):
+                self.write(build())
+                return True
+            return False
+        return self._run(event, build)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait (bounded) until every queued record is durable in the ledger or the spool
@@ -361,7 +366,7 @@ class AdapterBase:
                 return events
             # The event time is taken here, in the hook: a record that waits in the spool
             # keeps it. The chain is chosen here too, so spooled records keep theirs.
-            now = _now()
+            now = now_timestamp()
             template = options.audit.chain
             return [
                 replace(

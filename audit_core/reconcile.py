@@ -32,9 +32,10 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from audit_core._normalize import redact
 from audit_core._record import Record, StoredRecord
 from audit_core.config import AuditConfig
-from audit_core.errors import ConfigError
+from audit_core.errors import AuditError, ConfigError
 from audit_core.trail import AuditTrail, Event
 
 __all__ = ["ENTRY_POINT_GROUP", "Expected", "ReconcileResult", "Reconciler", "load", "reconcile"]
@@ -86,7 +87,14 @@ def reconcile(
     dry_run: bool = False,
 ) -> ReconcileResult:
     """Append the events of expected runs with no record on ``trail``'s chain."""
-    expected = list(reconciler.expected(since, until))
+    try:
+        expected = list(reconciler.expected(since, until))
+    except AuditError:
+        raise
+    except Exception as exc:  # the orchestrator's database or API: a clean error, no secret
+        raise ConfigError(
+            f"cannot read which runs ended from the orchestrator: {_describe(exc)}"
+        ) from exc
     chain = trail.config.chain
     proven: set[Hashable] = set()
     for stored in trail.ledger.read(chain):
@@ -114,6 +122,22 @@ def load(name: str) -> Reconciler:
             f"no reconciler {name!r} (installed: {known}); "
             f'install the adapter, e.g. pip install "workflow-audit[{name}]"'
         )
-    factory = found[name].load()
+    try:
+        factory = found[name].load()
+    except ImportError as exc:  # the adapter is registered but its orchestrator is missing
+        raise ConfigError(
+            f"the {name!r} reconciler cannot be loaded ({exc}); "
+            f'install the orchestrator, e.g. pip install "workflow-audit[{name}]"'
+        ) from exc
     reconciler: Reconciler = factory()
     return reconciler
+
+
+_SCRUB = redact()
+
+
+def _describe(exc: Exception) -> str:
+    """The first line of ``exc`` (drivers append the whole statement), credentials redacted."""
+    first = (str(exc).strip().splitlines() or [""])[0][:500]
+    scrubbed = _SCRUB({"error": f"{type(exc).__name__}: {first}"})["error"]
+    return str(scrubbed)

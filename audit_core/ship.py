@@ -35,10 +35,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from audit_core._metrics import COUNTERS
+from audit_core.config import AuditConfig
 from audit_core.ledgers import Ledger
 from audit_core.sinks import Batch, ExportResult, Sink
 
-__all__ = ["Backoff", "ShipReport", "Shipper"]
+__all__ = ["Backoff", "ShipReport", "Shipper", "deliver_to_sinks"]
 
 logger = logging.getLogger("workflow_audit")
 
@@ -167,3 +168,21 @@ class Shipper:
             if time.monotonic() + delay > deadline:
                 return False
             self._sleep(delay)
+
+
+def deliver_to_sinks(ledger: Ledger, config: AuditConfig) -> Callable[[], None]:
+    """One pass of every sink in ``config.flush_sinks`` (``WORKFLOW_AUDIT_FLUSH_SINKS``): what
+    the adapters hand their background :class:`~audit_core.flush.Flusher`. The sinks are
+    built on the first call (in the flush thread, where a failure is contained), then kept."""
+    shippers: list[Shipper] = []
+
+    def deliver() -> None:
+        if not shippers:
+            from audit_core.sinks.registry import make_sink, sink_names
+
+            names = sink_names(config.flush_sinks)
+            shippers.extend([Shipper(ledger, make_sink(n, ledger, config)) for n in names])
+        for shipper in shippers:
+            shipper.ship_once()  # a failing sink is logged, counted, retried next time
+
+    return deliver

@@ -86,6 +86,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from audit_core._drain import DrainResult, drain
 from audit_core._metrics import COUNTERS
+from audit_core._normalize import now_timestamp
 from audit_core._record import PreparedRecord
 from audit_core._spoolfile import (
     QUARANTINE,
@@ -100,7 +101,6 @@ from audit_core._spoolfile import (
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError
 from audit_core.ledgers import ledger_path
-from audit_core.trail import _now
 
 __all__ = [
     "SPOOL_KEY",
@@ -251,7 +251,7 @@ class TrailSpool:
         """Spool ``events`` (each with ``ts`` and ``chain`` already set); their ids. ``order``:
         the batch's number in the caller's order (:meth:`FileWriter.append`)."""
         trail = self._trail()
-        at = _now()
+        at = now_timestamp()
         ids: list[str] = []
         marked: list[PreparedRecord] = []
         unmarked: list[PreparedRecord] = []

@@ -18,11 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 
 from audit_core._metrics import COUNTERS
@@ -32,6 +30,7 @@ from audit_core._normalize import (
     Processor,
     format_timestamp,
     normalize,
+    now_timestamp,
     process,
     redact,
 )
@@ -43,10 +42,10 @@ from audit_core._record import (
     is_timestamp,
     prepare,
 )
-from audit_core.checkpoint import load_signer, write_checkpoint
-from audit_core.config import AuditConfig, default_ledger_url
-from audit_core.errors import AuditError, ConfigError, InvalidRecordError
-from audit_core.ledgers import Ledger, ledger_path, open_ledger
+from audit_core.checkpoint import CheckpointSigner
+from audit_core.config import AuditConfig
+from audit_core.errors import AuditError, InvalidRecordError
+from audit_core.ledgers import Ledger, open_ledger
 
 __all__ = ["AuditTrail", "Event"]
 
@@ -80,18 +79,15 @@ class AuditTrail:
         rotate_key: bool | None = None,
     ) -> None:
         self.config = AuditConfig.from_env() if config is None else config
-        # may a missing local key be replaced for a ledger holding checkpoints (None: ask
-        # $WORKFLOW_AUDIT_ROTATE_KEY)? See audit_core.checkpoint.load_signer.
-        self.rotate_key = rotate_key
-        self.ledger = ledger or open_ledger(
+        self._ledger = ledger or open_ledger(
             self.config.ledger_url,
             synchronous=self.config.synchronous,
             busy_timeout_s=self.config.busy_timeout_s,
         )
+        self._signing = CheckpointSigner.from_config(self.config, self._ledger, rotate=rotate_key)
         if processors is None:
             processors = (redact(self.config.redact_keys),)
         self.processors = tuple(processors)
-        self._signer: Signer | None = None
         # chain -> (size of the latest checkpoint, time.monotonic() it was known at)
         self._checkpointed: dict[str, tuple[int, float]] = {}
         self._written: dict[str, int] = {}  # chain -> tree size after our last append
@@ -118,30 +114,39 @@ class AuditTrail:
         self.ledger.close()
 
     @property
+    def ledger(self) -> Ledger:
+        """Where records and checkpoints go (replaceable, e.g. by a wrapping ledger: the
+        checkpoints follow it)."""
+        return self._ledger
+
+    @ledger.setter
+    def ledger(self, value: Ledger) -> None:
+        self._ledger = value
+        self._signing.ledger = value
+
+    @property
+    def rotate_key(self) -> bool | None:
+        """May a missing local key be replaced for a ledger holding checkpoints (None: ask
+        $WORKFLOW_AUDIT_ROTATE_KEY)? See :func:`audit_core.checkpoint.load_signer`."""
+        return self._signing.rotate
+
+    @rotate_key.setter
+    def rotate_key(self, value: bool | None) -> None:
+        self._signing.rotate = value
+
+    @property
     def signer(self) -> Signer:
         """The checkpoint signing key (loaded, or created beside the ledger, on first use)."""
-        if self._signer is None:
-            self._signer = load_signer(
-                self.config.signing_key,
-                default_path=_default_key_path(self.config.ledger_url),
-                name=f"workflow-audit.local/{socket.gethostname()}",
-                signed_before=self._signed_before,
-                rotate=self.rotate_key,
-            )
-        return self._signer
-
-    def _signed_before(self) -> bool:
-        # asked only when the local key is missing: was any chain signed (by that key)?
-        return any(self.ledger.latest_checkpoint(c) is not None for c in self.ledger.chains())
+        return self._signing.signer
 
     def origin(self, chain: str) -> str:
         """The origin line of ``chain``'s checkpoints."""
-        return f"{self.config.origin or self.signer.name}/{chain}"
+        return self._signing.origin(chain)
 
     def checkpoint(self, chain: str | None = None) -> StoredCheckpoint | None:
         """Sign and store a checkpoint of ``chain`` now (None: the chain has no records)."""
         name = chain or self.config.chain
-        stored = write_checkpoint(self.ledger, name, self.signer, origin=self.origin(name))
+        stored = self._signing.write(name)
         if stored is not None:
             self._checkpointed[name] = (stored.size, time.monotonic())
             COUNTERS.incr("checkpoints_signed")
@@ -287,32 +292,9 @@ class AuditTrail:
         return normalize(actor, processors=self.processors, strict=strict, path="actor")
 
 
-def _default_key_path(ledger_url: str) -> Path | None:
-    """``<ledger file>.key`` for a SQLite ledger; None (a throw-away key) for one in memory."""
-    try:
-        path = ledger_path(ledger_url)
-    except ConfigError:  # not a file ledger: the user's data directory
-        return Path(default_ledger_url()[len("sqlite:///") :]).with_name("signing.key")
-    return None if path is None else path.with_name(path.name + ".key")
-
-
-_second_cache: list[tuple[int, str]] = [(-1, "")]
-
-
-def _now() -> str:
-    # strftime costs ~2 us a call; the text up to the seconds changes once a second.
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
-    cached_second, prefix = _second_cache[0]
-    if cached_second != second:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_cache[0] = (second, prefix)
-    return f"{prefix}.{fraction:06d}Z"
-
-
 def _timestamp(ts: dt.datetime | str | None) -> str:
     if ts is None:
-        return _now()
+        return now_timestamp()
     if isinstance(ts, dt.datetime):
         try:
             return format_timestamp(ts)

@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import perf_counter
 
-from bench_core import _load, _relative, machine, met, progress, sqlite_url, table
+from bench._common import load_average, machine, met, progress, relative, sqlite_url, table
 
 # -- goals (from the plugin issue) ----------------------------------------------------------------
 
@@ -279,7 +279,7 @@ class OpenLineageSetup:
 def openlineage_site(python: Path) -> OpenLineageSetup:
     """OL_SITE, installing it first if missing: the provider plus whichever of its dependencies
     the venv lacks (what ``pip install --dry-run`` in the venv would add), ``--no-deps``."""
-    shown = _relative(str(OL_SITE))
+    shown = relative(str(OL_SITE))
     if (OL_SITE / OL_MARKER).is_dir():
         dists = sorted(p.name.removesuffix(".dist-info") for p in OL_SITE.glob("*.dist-info"))
         return OpenLineageSetup(OL_SITE, [f"using existing `{shown}`: {', '.join(dists)}"], None)
@@ -398,7 +398,7 @@ def verify_ledger(bench: Bench) -> tuple[str, str, dict[str, int]]:
         events = collections.Counter(
             json.loads(body)["event"] for (body,) in db.execute("SELECT body FROM records")
         )
-    shown = [_relative(command[0]), *command[1:]]
+    shown = [relative(command[0]), *command[1:]]
     return " ".join(shown), output, dict(sorted(events.items()))
 
 
@@ -630,7 +630,7 @@ def report(
     for variant in VARIANTS:
         extra = dict(variant.env)
         if variant.openlineage_site:
-            extra["PYTHONPATH"] = _relative(str(OL_SITE))
+            extra["PYTHONPATH"] = relative(str(OL_SITE))
         add(f"`{variant.name}`: " + ", ".join(f"`{k}={v}`" for k, v in extra.items()) + "  ")
     add(
         f"\nEach run: `airflow dags test {DAG_ID}` on a generated DAG of {N_TASKS} trivial "
@@ -666,7 +666,7 @@ def _log_lines(results: Results, field: str) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str]:
-    """``bench_core.parse_bench_args`` plus ``--rounds``, and the command line to print."""
+    """``_common.parse_bench_args`` plus ``--rounds``, and the command line to print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds, smoke test")
     parser.add_argument(
@@ -681,7 +681,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str]:
     extra = ["--quick"] if args.quick else []
     if args.rounds is not None:
         extra += ["--rounds", str(args.rounds)]
-    return args, " ".join([_relative(sys.executable), _relative(__file__), *extra])
+    return args, " ".join([relative(sys.executable), relative(__file__), *extra])
 
 
 def fingerprint() -> str:
@@ -699,9 +699,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
     started = perf_counter()
     sources = fingerprint()
-    load_start = _load()
+    load_start = load_average()
     python = Path(sys.executable)
-    progress(f"OpenLineage provider: {OL_SPEC} in {_relative(str(OL_SITE))}")
+    progress(f"OpenLineage provider: {OL_SPEC} in {relative(str(OL_SITE))}")
     setup = openlineage_site(python)
     for note in setup.notes:
         progress(note)
@@ -740,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Versions from metadata: importing airflow here would set up ~/airflow.
         ("Airflow", importlib.metadata.version("apache-airflow")),
         ("airflow_audit + audit_core", sources),
-        ("load average (1 min), start → end", f"{load_start} → {_load()}"),
+        ("load average (1 min), start → end", f"{load_start} → {load_average()}"),
     ]
     print(
         report(

@@ -17,36 +17,57 @@ chooses its parent: fsync cost depends on the file system).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as dt
-import gc
 import hashlib
-import importlib.metadata
-import json
 import os
-import platform
 import random
-import re
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import timeit
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
-from typing import TypeVar
 
 import orjson
 import rfc8785
 
-import audit_core
-from audit_core import AuditConfig, AuditTrail, Event, canonical_bytes, leaf_hash
-from audit_core._chain import verify_records
-from audit_core._record import StoredRecord, genesis
+from audit_core import (
+    AuditConfig,
+    AuditTrail,
+    Event,
+    StoredRecord,
+    canonical_bytes,
+    genesis,
+    leaf_hash,
+    normalize,
+    verify_chain,
+)
 from audit_core.ledgers.sqlite import SqliteLedger
+from bench._common import (
+    ACTOR,
+    BUILD_BATCH,
+    LATENCY_HEADER,
+    ChildRun,
+    Run,
+    Stats,
+    build_ledger,
+    each,
+    interleaved,
+    machine,
+    make_events,
+    met,
+    mib,
+    ms,
+    open_trail,
+    parse_bench_args,
+    progress,
+    rate,
+    table,
+    us,
+    verify_child,
+)
 
 # -- goals (from the performance issue) -----------------------------------------------------------
 
@@ -58,15 +79,11 @@ GOAL_VERIFY_RPS = 300_000
 #: The records themselves are ~0.5 GB, so anything that grows with the chain shows far beyond it.
 FLAT_TOLERANCE_MIB = 8.0
 
-ACTOR = ("service", "airflow-scheduler")
 SYNCS = ("FULL", "NORMAL")
-BUILD_BATCH = 5_000
 #: What canonical_bytes asks orjson for (audit_core/_jcs.py), to split its cost.
 CANON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 #: Verify rounds stop early once another round would take the time spent past this budget.
 VERIFY_BUDGET_S = 90.0
-
-T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,191 +140,6 @@ QUICK = Sizes(
 )
 
 
-# -- statistics and formatting --------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Stats:
-    """Latency summary of one operation, in nanoseconds."""
-
-    n: int
-    p50: float
-    p90: float
-    p99: float
-    max: float
-    mean: float
-
-    @classmethod
-    def of(cls, samples_ns: Sequence[int]) -> Stats:
-        ordered = sorted(samples_ns)
-        return cls(
-            n=len(ordered),
-            p50=_rank(ordered, 50),
-            p90=_rank(ordered, 90),
-            p99=_rank(ordered, 99),
-            max=float(ordered[-1]),
-            mean=statistics.fmean(ordered),
-        )
-
-    def cells(self) -> tuple[str, str, str, str, str]:
-        """p50, p90, p99, max and mean, in milliseconds."""
-        return (ms(self.p50), ms(self.p90), ms(self.p99), ms(self.max), ms(self.mean))
-
-
-LATENCY_HEADER = ("Operation", "p50", "p90", "p99", "max", "mean")
-
-
-def _rank(ordered: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of sorted samples."""
-    index = max(0, min(len(ordered) - 1, -(-len(ordered) * q // 100) - 1))
-    return float(ordered[int(index)])
-
-
-def ms(ns: float) -> str:
-    return f"{ns / 1e6:.3f} ms"
-
-
-def us(ns: float) -> str:
-    return f"{ns / 1e3:.2f} µs"
-
-
-def rate(per_second: float) -> str:
-    return f"{per_second:,.0f}/s"
-
-
-def mib(kib: float) -> str:
-    return f"{kib / 1024:.1f} MiB"
-
-
-def met(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-# -- realistic events -----------------------------------------------------------------------------
-
-_DAGS = ("ml_training_pipeline", "daily_sales_etl", "customer_churn_scoring", "s3_to_dwh_sync")
-_TASKS = ("extract_orders", "build_features", "train_model", "evaluate_model", "publish_report")
-_OPERATORS = ("PythonOperator", "KubernetesPodOperator", "SnowflakeOperator", "BashOperator")
-_STATES = {
-    "task.started": "running",
-    "task.succeeded": "success",
-    "task.failed": "failed",
-    "task.retried": "up_for_retry",
-}
-
-
-def make_events(n: int, *, seed: int = 20261128, chain: str | None = None) -> list[Event]:
-    """Task events as an Airflow adapter would record them: ~500-byte records, no trace."""
-    rng = random.Random(seed)
-    events = []
-    for _ in range(n):
-        dag, task = rng.choice(_DAGS), rng.choice(_TASKS)
-        day = f"2026-11-{rng.randint(1, 28):02d}"
-        event_type = rng.choice(tuple(_STATES))
-        # Floats that orjson writes as ECMAScript would (never "12.0" or an exponent), so the
-        # fast canonical path is measured here; the slow path is measured on its own (section 4).
-        duration = round(rng.uniform(0.5, 900.0), 3)
-        if duration == int(duration):
-            duration += 0.125
-        events.append(
-            Event(
-                type=event_type,
-                subject={
-                    "dag_id": dag,
-                    "task_id": task,
-                    "run_id": f"scheduled__{day}T00:00:00+00:00",
-                    "try_number": rng.randint(1, 3),
-                    "map_index": rng.choice((-1, -1, -1, rng.randint(0, 63))),
-                },
-                data={
-                    "state": _STATES[event_type],
-                    "operator": rng.choice(_OPERATORS),
-                    "hostname": f"airflow-worker-{rng.randint(0, 7)}",
-                    "pool": "default_pool",
-                    "duration_s": duration,
-                    "rows_out": rng.randint(0, 5_000_000),
-                },
-                chain=chain,
-            )
-        )
-    return events
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"  # an absolute path gives sqlite:////abs/path, as documented
-
-
-def open_trail(path: Path, synchronous: str = "FULL") -> AuditTrail:
-    return AuditTrail(
-        AuditConfig(ledger_url=sqlite_url(path), synchronous=synchronous, actor=ACTOR)
-    )
-
-
-# -- machine --------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return found.group(1).strip() if found else "unknown"
-
-
-def _filesystem(path: Path) -> str:
-    """The mount point and type holding ``path`` (fsync cost depends on it)."""
-    try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return "unknown"
-    resolved = str(path.resolve())
-    best = ("", "unknown")
-    for point, kind in mounts:
-        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > len(best[0]):
-            best = (point, kind)
-    return f"{best[0]} ({best[1]})"
-
-
-def source_fingerprint() -> str:
-    """Which audit_core was measured: the tree has no commit to name, and it changes often."""
-    root = Path(audit_core.__file__).parent
-    files = sorted(root.rglob("*.py"))
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    newest = dt.datetime.fromtimestamp(max(f.stat().st_mtime for f in files), dt.timezone.utc)
-    return (
-        f"sha256 {digest.hexdigest()[:12]} of {len(files)} files under {_relative(str(root))}, "
-        f"newest changed {newest:%Y-%m-%d %H:%M} UTC"
-    )
-
-
-def machine(tmp: Path) -> list[tuple[str, str]]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    return [
-        ("CPU", f"{_cpu_model()}; nproc {os.cpu_count()} (usable {affinity})"),
-        ("OS", platform.platform()),
-        ("Python", platform.python_version()),
-        ("SQLite", sqlite3.sqlite_version),
-        ("orjson", orjson.__version__),
-        ("rfc8785", importlib.metadata.version("rfc8785")),
-        ("workflow-audit", f"{audit_core.__version__}; {source_fingerprint()}"),
-        ("ledger directory", f"{tmp} on {_filesystem(tmp)}"),
-    ]
-
-
 # -- 1. durable record() latency ------------------------------------------------------------------
 
 
@@ -345,12 +177,7 @@ def bench_latency(tmp: Path, sizes: Sizes, events: list[Event]) -> LatencyResult
                     prepare.append(t2 - t1)
                     append[sync].append(t3 - t2)
         bodies = [r.body for r in trails["FULL"].ledger.read("default")]
-        try:
-            parts = prepare_parts(trails["FULL"], events, rounds=5)
-        except (TypeError, AttributeError) as exc:
-            # It calls private functions the owner may change; the public numbers still count.
-            progress(f"prepare breakdown skipped, private API changed: {exc!r}")
-            parts = []
+        parts = prepare_parts(trails["FULL"], events, rounds=5)
     finally:
         for trail in trails.values():
             trail.close()
@@ -364,64 +191,46 @@ def bench_latency(tmp: Path, sizes: Sizes, events: list[Event]) -> LatencyResult
 
 
 def prepare_parts(trail: AuditTrail, events: list[Event], rounds: int) -> list[tuple[str, float]]:
-    """Mean ns per event of each step of AuditTrail.prepare (mirrors trail.py; private API)."""
-    try:
-        from audit_core._normalize import JSONObject, to_json
-        from audit_core._record import prepare as prepare_record
-        from audit_core.trail import _timestamp
-    except ImportError as exc:  # the owner may rename private modules; the rest still runs
-        progress(f"prepare breakdown skipped: {exc}")
-        return []
+    """Mean ns per event of the steps of ``AuditTrail.prepare`` that the public API can run
+    alone, and of the rest (timestamp, actor, field checks and the record's canonical encoding)
+    as the difference; the whole last."""
     limit = trail.config.max_value_bytes
-    datas = [to_json(e.data, max_value_bytes=limit).value for e in events]
-    subjects = [to_json(e.subject, max_value_bytes=limit, path="subject").value for e in events]
-    actor: JSONObject = {"type": ACTOR[0], "id": ACTOR[1]}
-    ts = _timestamp(None)
-    fields: list[tuple[str, JSONObject, JSONObject | None, JSONObject]] = [
-        (e.type, s, None if e.trace is None else dict(e.trace), d)
-        for e, s, d in zip(events, subjects, datas, strict=True)
+    datas = [normalize(e.data, processors=(), max_value_bytes=limit).value for e in events]
+    subjects = [
+        normalize(e.subject, processors=(), max_value_bytes=limit, path="subject").value
+        for e in events
     ]
 
-    def encode(f: tuple[str, JSONObject, JSONObject | None, JSONObject]) -> object:
-        return prepare_record(
-            chain="default", event=f[0], ts=ts, actor=actor, subject=f[1], trace=f[2], data=f[3]
-        )
-
     def run_processors() -> None:
-        for d in datas:
+        for value in (*datas, *subjects):
             for p in trail.processors:
-                d = p(d)
+                value = p(value)
 
+    names = ", ".join(_name(p) for p in trail.processors)
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("`to_json(data)`", each(lambda e: to_json(e.data, max_value_bytes=limit), events)),
         (
-            "`to_json(subject)`",
-            each(lambda e: to_json(e.subject, max_value_bytes=limit, path="subject"), events),
+            "`normalize(data, processors=())` (to JSON, size limit)",
+            each(lambda e: normalize(e.data, processors=(), max_value_bytes=limit), events),
         ),
         (
-            "processors (" + ", ".join(_name(p) for p in trail.processors) + ")",
-            run_processors,
+            "`normalize(subject, processors=())`",
+            each(
+                lambda e: normalize(
+                    e.subject, processors=(), max_value_bytes=limit, path="subject"
+                ),
+                events,
+            ),
         ),
-        ("timestamp of now (`trail._timestamp(None)`)", each(lambda _: _timestamp(None), events)),
-        (
-            "`_record.prepare()` (validate + canonical-encode the fields)",
-            each(encode, fields),
-        ),
+        (f"processors ({names}) on data and subject", run_processors),
         ("`canonical_bytes(data)` alone", each(canonical_bytes, datas)),
         ("whole `trail.prepare(event)`", each(trail.prepare, events)),
     ]
-    return [(name, ns / len(events)) for name, ns in interleaved(steps, rounds)]
-
-
-def each(fn: Callable[[T], object], items: Sequence[T]) -> Callable[[], None]:
-    """A step that calls ``fn`` on every item and keeps no result, like a streaming loop
-    (a list comprehension would keep thousands of objects alive and inflate GC time)."""
-
-    def run() -> None:
-        for item in items:
-            fn(item)
-
-    return run
+    timing = [(name, ns / len(events)) for name, ns in interleaved(steps, rounds)]
+    whole = timing[-1][1]
+    rest = whole - sum(ns for _, ns in timing[:3])
+    # The record's own encoding has no public name of its own: it is what the rest costs.
+    label = "the rest: timestamp, actor, field checks, canonical encoding (difference)"
+    return [*timing[:3], (label, rest), *timing[3:]]
 
 
 def _noop(_: object) -> None:
@@ -430,21 +239,6 @@ def _noop(_: object) -> None:
 
 def _name(fn: Callable[..., object]) -> str:
     return "`" + fn.__qualname__.split(".")[0] + "`"
-
-
-def interleaved(
-    steps: Sequence[tuple[str, Callable[[], object]]], rounds: int
-) -> list[tuple[str, float]]:
-    """Run every step once per round, rotating the order; median ns per step."""
-    times: dict[str, list[int]] = {name: [] for name, _ in steps}
-    for r in range(rounds):
-        for k in range(len(steps)):
-            name, fn = steps[(k + r) % len(steps)]
-            gc.collect()
-            t0 = perf_counter_ns()
-            fn()
-            times[name].append(perf_counter_ns() - t0)
-    return [(name, statistics.median(times[name])) for name, _ in steps]
 
 
 # -- 2. batched append ----------------------------------------------------------------------------
@@ -494,48 +288,6 @@ def bench_batch(tmp: Path, sizes: Sizes, events: list[Event]) -> BatchResult:
 
 # -- 3. verification ------------------------------------------------------------------------------
 
-# Runs in a fresh interpreter so that its peak RSS is the verifier's alone. Peak = VmHWM after
-# verify_chain; baseline = VmRSS just before it (imports done, ledger opened). RUSAGE_CHILDREN
-# in the parent would be the maximum over all children so far, so a 100k run after a 1M run
-# could not be told apart.
-_VERIFY_CHILD = """
-import json, resource, sys, time
-from audit_core import verify_chain
-from audit_core.ledgers.sqlite import SqliteLedger
-
-def status_kib(field):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-ledger = SqliteLedger(sys.argv[1], create=False)
-before = status_kib("VmRSS")
-w0, c0 = time.perf_counter(), time.process_time()
-head = verify_chain(ledger, sys.argv[2])
-w1, c1 = time.perf_counter(), time.process_time()
-peak = status_kib("VmHWM")
-print(json.dumps({"size": head.size, "wall_s": w1 - w0, "cpu_s": c1 - c0,
-                  "rss_before_kib": before, "peak_kib": peak}))
-"""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChildRun:
-    size: int
-    wall_s: float
-    cpu_s: float
-    rss_before_kib: int
-    peak_kib: int
-
-    @property
-    def growth_kib(self) -> int:
-        return self.peak_kib - self.rss_before_kib
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class VerifyResult:
@@ -546,39 +298,6 @@ class VerifyResult:
     stages: list[tuple[str, float]]  # cumulative ns per record
     stage_records: int
     micro: list[tuple[str, float]]  # ns per call
-
-
-def build_ledger(path: Path, chains: Sequence[tuple[str, int]]) -> float:
-    """Write the chains in transactions of BUILD_BATCH records; returns records/s.
-
-    Each chain's BUILD_BATCH events are prepared once and the same prepared records are
-    appended again and again: ``ledger.append_many`` is what ``record_many`` does after
-    ``prepare``, and it seals every copy with its own seq and prev, so the chain is valid and
-    the build takes seconds instead of minutes (``prepare`` is measured in sections 1 and 2).
-    """
-    total = sum(n for _, n in chains)
-    written = 0
-    t0 = perf_counter()
-    with open_trail(path) as trail:
-        for chain, n in chains:
-            pool = [trail.prepare(e) for e in make_events(BUILD_BATCH, seed=n, chain=chain)]
-            for start in range(0, n, BUILD_BATCH):
-                count = min(BUILD_BATCH, n - start)
-                trail.ledger.append_many(pool[:count])
-                written += count
-                if written % 200_000 == 0:
-                    progress(f"  built {written:,} / {total:,} records")
-    return total / (perf_counter() - t0)
-
-
-def verify_child(path: Path, chain: str) -> ChildRun:
-    out = subprocess.run(
-        [sys.executable, "-c", _VERIFY_CHILD, str(path), chain],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return ChildRun(**json.loads(out.stdout))
 
 
 def bench_verify(tmp: Path, sizes: Sizes) -> VerifyResult:
@@ -603,8 +322,12 @@ def bench_verify(tmp: Path, sizes: Sizes) -> VerifyResult:
             progress(f"3. stopping after {rep + 1} round(s): {spent:.0f} s spent verifying")
             break
     progress(f"3. per-stage verification cost on {sizes.breakdown_records:,} records")
+    # A chain of exactly that many records, so that the last stage is verify_chain on all of it.
+    stages_path = tmp / "stages.db"
+    build_ledger(stages_path, [("default", sizes.breakdown_records)])
+    with closing(SqliteLedger(stages_path, create=False)) as stages_ledger:
+        stages = verify_stages(stages_ledger, sizes.breakdown_records, sizes.breakdown_rounds)
     ledger = SqliteLedger(path, create=False)
-    stages = verify_stages(ledger, sizes.breakdown_records, sizes.breakdown_rounds)
     micro = verify_micro(ledger, sizes.micro_records)
     ledger.close()
     return VerifyResult(
@@ -619,7 +342,8 @@ def bench_verify(tmp: Path, sizes: Sizes) -> VerifyResult:
 
 
 def verify_stages(ledger: SqliteLedger, n: int, rounds: int) -> list[tuple[str, float]]:
-    """Cumulative cost of what verify_records does, stage by stage, in ns per record."""
+    """Cumulative cost of what verify_chain does, stage by stage, in ns per record, on a
+    ledger whose chain ``default`` holds ``n`` records."""
     lhash, loads, canon = leaf_hash, orjson.loads, canonical_bytes
 
     def read_only() -> None:
@@ -645,20 +369,21 @@ def verify_stages(ledger: SqliteLedger, n: int, rounds: int) -> list[tuple[str, 
                 raise RuntimeError(f"not canonical at seq {rec.seq}")
 
     def full() -> None:
-        verify_records("default", ledger.read("default", 0, n))
+        if verify_chain(ledger, "default").size != n:
+            raise RuntimeError(f"the chain does not hold {n} records")
 
     steps: list[tuple[str, Callable[[], object]]] = [
         ("SQLite read (iterate `ledger.read`)", read_only),
         ("+ `leaf_hash` (SHA-256) and compare", with_hash),
         ("+ `orjson.loads`", with_loads),
         ("+ `canonical_bytes` re-encode and compare", with_canonical),
-        ("full `verify_records` (+ format checks, prev link)", full),
+        ("full `verify_chain` (+ format checks, prev link, Merkle root)", full),
     ]
     return [(name, ns / n) for name, ns in interleaved(steps, rounds)]
 
 
 def verify_micro(ledger: SqliteLedger, n: int) -> list[tuple[str, float]]:
-    """ns per call of each operation verify_records does per record, on bodies in memory."""
+    """ns per call of each operation verify_chain does per record, on bodies in memory."""
     recs = list(ledger.read("default", 0, n))
     rows = [(r.seq, r.hash, r.body) for r in recs]
     bodies = [r.body for r in recs]
@@ -977,7 +702,7 @@ def report(
     )
     add(f"\nMedian for {n_big:,} records: {rate(big_rps)} wall, {rate(big_cpu_rps)} CPU time.")
     add(
-        f"\nCost per record, in process, first {ver.stage_records:,} records of `default`; each "
+        f"\nCost per record, in process, on a ledger of {ver.stage_records:,} records; each "
         "row adds one step to the previous one (median of rounds, stages interleaved; an "
         "added cost within noise can come out slightly negative):\n"
     )
@@ -998,7 +723,7 @@ def report(
 
     add(f"\n### 4. Canonicalization ({canon.n:,} record dicts, {sizes.canon_rounds} rounds)\n")
     add(
-        "Record dicts parsed from realistic record bodies, as `verify_records` sees them. Slow "
+        "Record dicts parsed from realistic record bodies, as `verify_chain` sees them. Slow "
         "path: the same dicts with `1e16` and `1e-7`-style floats added to `data` "
         f"(sorted orjson output alone differs from RFC 8785 for {canon.orjson_differs:,} of "
         f"these {canon.n:,}, so the exact encoder must run).\n"
@@ -1060,26 +785,10 @@ def report(
     return "\n".join(out)
 
 
-def parse_bench_args(
-    doc: str | None, script: str, argv: Sequence[str] | None
-) -> tuple[argparse.Namespace, str]:
-    """The options every bench script takes, and the command line to print in its report."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes (< 30 s), smoke test")
-    parser.add_argument(
-        "--tmpdir", type=Path, default=None, help="parent of the temporary ledger directory"
-    )
-    args = parser.parse_args(argv)
-    quick = ["--quick"] if args.quick else []
-    return args, " ".join([_relative(sys.executable), _relative(script), *quick])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args, command = parse_bench_args(__doc__, __file__, argv)
     sizes = QUICK if args.quick else FULL
-    started = perf_counter()
-    fingerprint = source_fingerprint()
-    load_start = _load()
+    run = Run.begin(command)
     events = make_events(2_000)
     with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=args.tmpdir) as tmp_name:
         tmp = Path(tmp_name)
@@ -1093,33 +802,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress("4. canonical_bytes vs rfc8785")
         canon = bench_canonical(sizes, events)
         ver = bench_verify(tmp, sizes)
-    print(
-        report(
-            command=command,
-            host=host,
-            sizes=sizes,
-            lat=lat,
-            batch=batch,
-            ver=ver,
-            canon=canon,
-            floor=floor,
-            elapsed_s=perf_counter() - started,
-            code_changed=source_fingerprint() != fingerprint,
-            load=(load_start, _load()),
-        )
+    run.print_report(
+        report, host=host, sizes=sizes, lat=lat, batch=batch, ver=ver, canon=canon, floor=floor
     )
-
-
-def _load() -> str:
-    """1-minute load average: other work on a 2-core machine shows in every number."""
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
-
-
-def _relative(path: str) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return path
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -23,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from audit_core import AuditConfig, AuditTrail, Event, open_ledger
+from audit_core import Event, open_ledger
+from bench._common import build_copies, verify_cli
 
-_RATE = re.compile(r"([\d,]+) records/s")
 CHAIN = "default"
 
 # One writer: durable record() calls until SIGTERM, as an Airflow task process would append.
@@ -44,23 +43,12 @@ while True:
 """
 
 
-def build(path: Path, records: int) -> None:
-    """A chain of ``records`` task records at synchronous=OFF, checkpoints every 50,000."""
-    config = AuditConfig(
-        ledger_url=f"sqlite:///{path}", synchronous="OFF", checkpoint_every=0, actor=("bench", "b")
-    )
-    with AuditTrail(config) as trail:
-        event = Event(
-            type="task.succeeded",
-            data={"duration_s": 12.5, "rows": 1000, "state": "success", "hostname": "worker-1"},
-            subject={"dag_id": "ml_pipeline", "task_id": "train", "run_id": "r0", "try_number": 1},
-        )
-        batch = [trail.prepare(event)] * 5_000
-        for done in range(0, records, len(batch)):
-            trail.ledger.append_many(batch[: records - done])
-            if (done + len(batch)) % 50_000 == 0:
-                trail.checkpoint()
-        trail.checkpoint()
+#: A task record as the writers append them; the ledger is built of copies of it.
+EVENT = Event(
+    type="task.succeeded",
+    data={"duration_s": 12.5, "rows": 1000, "state": "success", "hostname": "worker-1"},
+    subject={"dag_id": "ml_pipeline", "task_id": "train", "run_id": "r0", "try_number": 1},
+)
 
 
 def size(path: Path) -> int:
@@ -70,20 +58,6 @@ def size(path: Path) -> int:
         return 0 if head is None else head.seq + 1
     finally:
         ledger.close()
-
-
-def verify(path: Path, jobs: int) -> tuple[int, int, str]:
-    """(exit code, records/s from the summary line or 0, first line of stderr)."""
-    cli = Path(sys.executable).with_name("workflow-audit")
-    run = subprocess.run(
-        [str(cli), "verify", "--ledger", f"sqlite:///{path}", "--jobs", str(jobs)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = _RATE.search(run.stderr)
-    rate = int(found.group(1).replace(",", "")) if found else 0
-    return run.returncode, rate, run.stderr.strip().splitlines()[0] if run.stderr.strip() else ""
 
 
 def main() -> None:
@@ -96,11 +70,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="audit-bench-live-", dir=args.tmpdir) as tmp:
         path = Path(tmp) / "ledger.db"
         print(f"building {args.records:,} records…", file=sys.stderr)
-        build(path, args.records)
+        build_copies(path, args.records, EVENT, checkpoint_every=50_000)
         idle: dict[int, list[int]] = {1: [], 2: []}
         for _ in range(2):
             for jobs in (1, 2):
-                idle[jobs].append(verify(path, jobs)[1])
+                idle[jobs].append(verify_cli(path, jobs)[1])
         print(f"starting {args.writers} writers…", file=sys.stderr)
         writers = [
             subprocess.Popen(
@@ -122,7 +96,7 @@ def main() -> None:
             alarms: list[str] = []
             while time.perf_counter() - started < args.seconds:
                 for jobs in (1, 2):
-                    code, rate, first = verify(path, jobs)
+                    code, rate, first = verify_cli(path, jobs)
                     codes[code] = codes.get(code, 0) + 1
                     if code == 0:
                         live[jobs].append(rate)

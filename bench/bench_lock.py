@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 from audit_core import AuditConfig, AuditTrail
+from testkit.airflow import home_env
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOCK_S = 60.0
 EXPECTED = 17  # records one ml_pipeline run writes (tests/airflow/_airflow.py ML_TIMELINE)
@@ -49,19 +49,7 @@ def airflow_home(root: Path) -> dict[str, str]:
     home = root / "airflow"
     dags = home / "dags"
     dags.mkdir(parents=True)
-    for path in (REPO / "example_dags").glob("*.py"):
-        shutil.copy(path, dags)
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "ML_PIPELINE_HOME": str(home / "ml_pipeline"),
-        "PYTHONWARNINGS": "ignore",
-    }
-    for key in [k for k in env if k.startswith("WORKFLOW_AUDIT_")]:
-        del env[key]
+    env = home_env(home, dags)
     progress("airflow db migrate ...")
     subprocess.run(
         [str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, check=True

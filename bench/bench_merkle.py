@@ -12,17 +12,18 @@ Markdown goes to stdout (paste it into BENCHMARKS.md as is); progress goes to st
 script prints numbers and ratios and compares them with the goals of the checkpoint issue; it
 never fails because something is slow.
 
-Method, as in ``bench_core.py`` (whose helpers it imports): whatever is compared is measured in
-the same run, interleaved call by call or round by round, and reported as a median. The
-"without Merkle" ledger of section 1 is a bench-only subclass of ``SqliteLedger`` whose
-``_seal_all`` is a copy of the real one minus the frontier and subtree work; the report warns
-when the real ``_seal_all`` has changed since that copy was made.
+Method, as in ``bench_core.py`` (helpers shared in ``bench/_common.py``): whatever is compared
+is measured in the same run, interleaved call by call or round by round, and reported as a
+median. The "without Merkle" ledger of section 1 is a bench-only subclass of ``SqliteLedger``
+whose ``_seal_all`` is a copy of the real one minus the frontier and subtree work; the report
+warns when the real ``_seal_all`` (or the SQL it runs) has changed since that copy was made.
+Everything else goes through ``audit_core``'s public API: steps that have no public name of
+their own are reported as the difference between what has one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import importlib.metadata
 import inspect
@@ -31,17 +32,35 @@ import sqlite3
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
+from typing import Any
 
-from bench_core import (
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import audit_core.ledgers.sqlite
+from audit_core import (
+    AuditConfig,
+    AuditTrail,
+    Event,
+    PreparedRecord,
+    Signer,
+    StoredRecord,
+    Verifier,
+    genesis,
+    leaf_hash,
+    verify_chain,
+)
+from audit_core.checkpoint import Checkpoint, open_checkpoint, write_checkpoint
+from audit_core.ledgers.sqlite import SqliteLedger
+from audit_core.proofs import make_inclusion_bundle, prove_consistency, verify_inclusion_bundle
+from bench._common import (
     ACTOR,
     BUILD_BATCH,
     LATENCY_HEADER,
     ChildRun,
+    Run,
     Stats,
-    _load,
     each,
     interleaved,
     machine,
@@ -52,33 +71,11 @@ from bench_core import (
     parse_bench_args,
     progress,
     rate,
-    source_fingerprint,
     sqlite_url,
     table,
     us,
     verify_child,
 )
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from audit_core import AuditConfig, AuditTrail, Event, leaf_hash, verify_chain
-from audit_core._merkle import (
-    Frontier,
-    NodeReader,
-    consistency_proof,
-    fold,
-    inclusion_proof,
-    node_hash,
-    push,
-    subtree_hash,
-    verify_consistency,
-    verify_inclusion,
-)
-from audit_core._normalize import format_timestamp
-from audit_core._note import Signer, Verifier, sign_note
-from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis
-from audit_core.checkpoint import Checkpoint, open_checkpoint
-from audit_core.ledgers.sqlite import _INSERT, _LAST, SqliteLedger
-from audit_core.proofs import make_inclusion_bundle, verify_inclusion_bundle
 
 # -- goals (from the checkpoint issue) ------------------------------------------------------------
 
@@ -92,10 +89,15 @@ GOAL_VERIFY_RPS = 250_000
 CHAIN = "default"
 VARIANTS = ("A", "B")
 SIGNER_NAME = "bench.workflow-audit.local"
-#: sha256[:12] of ``inspect.getsource(SqliteLedger._seal_all)`` when NoMerkleLedger copied it.
-SEAL_ALL_COPIED_FROM = "a7be5deeac15"
+#: sha256[:12] of ``inspect.getsource(SqliteLedger._seal_all)`` when NoMerkleLedger was last
+#: checked against it (issue #12: its sealing moved to ``ledgers._frontier.seal``; B unchanged).
+SEAL_ALL_COPIED_FROM = "9480dbd76b20"
 #: Verify rounds stop early once another round would take the time spent past this budget.
 VERIFY_BUDGET_S = 60.0
+#: B's copies of the statements ``SqliteLedger._seal_all`` runs on ``records`` (bench only:
+#: :func:`seal_all_fingerprint` checks that the ledger still runs them).
+LAST_SQL = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
+INSERT_SQL = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,7 +180,7 @@ class NoMerkleLedger(SqliteLedger):
 
     def _seal_all(
         self, conn: sqlite3.Connection, records: Sequence[PreparedRecord]
-    ) -> tuple[list[StoredRecord], dict[str, Frontier]]:
+    ) -> tuple[list[StoredRecord], dict[str, Any]]:
         # BENCH ONLY: a copy of SqliteLedger._seal_all with every frontier/subtree line removed.
         heads: dict[str, tuple[int, str]] = {}
         stored: list[StoredRecord] = []
@@ -186,18 +188,23 @@ class NoMerkleLedger(SqliteLedger):
             chain = rec.chain
             head = heads.get(chain)
             if head is None:
-                row = conn.execute(_LAST, (chain,)).fetchone()
+                row = conn.execute(LAST_SQL, (chain,)).fetchone()
                 head = (-1, genesis(chain)) if row is None else (row[0], row[1].hex())
             seq = head[0] + 1
             body = rec.seal(seq, head[1])
             digest = leaf_hash(body)
             heads[chain] = (seq, digest.hex())
             stored.append(StoredRecord(chain, seq, digest, body))
-        conn.executemany(_INSERT, stored)
+        conn.executemany(INSERT_SQL, stored)
         return stored, {}
 
 
 def seal_all_fingerprint() -> str:
+    """sha256[:12] of ``SqliteLedger._seal_all``'s source, or "SQL changed" when the SQL that B
+    copied is no longer in ``audit_core/ledgers/sqlite.py``."""
+    module = inspect.getsource(audit_core.ledgers.sqlite)
+    if any(f'"{sql}"' not in module for sql in (LAST_SQL, INSERT_SQL)):
+        return "SQL changed"
     source = inspect.getsource(SqliteLedger._seal_all)
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
@@ -243,7 +250,6 @@ class AppendResult:
     wal_pages: dict[str, float]  # variant -> WAL frames (pages) written per FULL commit
     grow_calls: dict[str, int]  # synchronous -> calls until both WALs reached full size
     batch: Pair
-    frontier_ns: float  # _seal_all's Python frontier work for one record, near 2**20 leaves
     node_hash_ns: float
     both_verify: str
     seal_all_now: str
@@ -272,13 +278,12 @@ def bench_append(tmp: Path, sizes: Sizes, events: list[Event]) -> AppendResult:
         checks += [verify_chain(t.ledger, CHAIN).size for t in trails.values()]
     finally:
         close_all(trails)
-    frontier_ns, node_ns = frontier_micro(sizes.micro_calls)
+    node_ns = node_hash_micro(sizes.micro_calls)
     return AppendResult(
         single=single,
         wal_pages=wal_pages,
         grow_calls=grown,
         batch=batch,
-        frontier_ns=frontier_ns,
         node_hash_ns=node_ns,
         both_verify=f"all {len(checks)} ledgers pass `verify_chain` ({sum(checks):,} records)",
         seal_all_now=seal_all_fingerprint(),
@@ -388,33 +393,29 @@ def batch_pair(trails: dict[str, AuditTrail], events: list[Event], sizes: Sizes)
     )
 
 
-def frontier_micro(n: int) -> tuple[float, float]:
-    """ns per call: the Python side of a single-record append's frontier work at a 1M-leaf
-    tree, as ``SqliteLedger._seal_all`` does it (cache lookup, ``list(nodes)``, ``push``, the
-    subtree rows, the new ``Frontier`` for the cache), and ``node_hash``."""
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """RFC 9162 §2.1.1 interior node hash, SHA-256(0x01 || left || right): the unit of every
+    Merkle step (audit_core's own is private; section 4 checks this one against the ledger's
+    tree head)."""
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def fold(nodes: Sequence[bytes]) -> bytes:
+    """The root of a tree from its compact frontier: the nodes folded from the right."""
+    h = nodes[-1]
+    for left in reversed(nodes[:-1]):
+        h = node_hash(left, h)
+    return h
+
+
+def node_hash_micro(n: int) -> float:
+    """ns per :func:`node_hash` call on random 32-byte pairs."""
     rng = random.Random(7)
-    states = []
-    for _ in range(n):
-        size = (1 << 20) - 512 + rng.randrange(1024)
-        nodes = tuple(rng.randbytes(32) for _ in range(size.bit_count()))
-        states.append(({CHAIN: Frontier(size, nodes)}, rng.randbytes(32)))
     pairs = [(rng.randbytes(32), rng.randbytes(32)) for _ in range(n)]
-
-    def update(state: tuple[dict[str, Frontier], bytes]) -> object:
-        cache, leaf = state
-        frontier = cache[CHAIN]
-        nodes, size = list(frontier.nodes), frontier.size
-        completed: list[tuple[int, int, bytes]] = []
-        push(nodes, size, leaf, completed)
-        rows = [(CHAIN, size, level, h) for level, _, h in completed]
-        return rows, Frontier(size + 1, tuple(nodes))
-
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("frontier", each(update, states)),
         ("node_hash", each(lambda p: node_hash(p[0], p[1]), pairs)),
     ]
-    res = dict(interleaved(steps, rounds=5))
-    return res["frontier"] / n, res["node_hash"] / n
+    return dict(interleaved(steps, rounds=5))["node_hash"] / n
 
 
 # -- 2. build the big ledger; checkpoints ----------------------------------------------------------
@@ -480,9 +481,8 @@ def default_checkpoint_every() -> int:
 PIECES = (
     "`ledger.latest_checkpoint` (index seek)",
     "`ledger.tree_head` (last seq; cached frontier → root)",
-    "`consistency_proof` + `verify_consistency` from the latest",
-    "`sign_note` (Ed25519)",
-    "`ledger.add_checkpoint` (INSERT, FULL commit)",
+    "`prove_consistency` from the latest (head read, proof, verify)",
+    "`signer.sign(text)` (Ed25519)",
 )
 
 
@@ -544,8 +544,8 @@ def bench_checkpoint(
 
 
 def checkpoint_pieces(ledger: SqliteLedger, signer: Signer, origin: str, size: int) -> list[int]:
-    """What ``write_checkpoint`` does, step by step and in its order, timed; stores the
-    checkpoint too."""
+    """The steps of ``write_checkpoint`` that have a public name, in its order, timed; then
+    ``write_checkpoint`` itself, untimed, stores the checkpoint (every run signs a new one)."""
     clock = perf_counter_ns
     t0 = clock()
     last = ledger.latest_checkpoint(CHAIN)
@@ -554,21 +554,19 @@ def checkpoint_pieces(ledger: SqliteLedger, signer: Signer, origin: str, size: i
     t2 = clock()
     if last is None:
         raise RuntimeError("the big ledger has no checkpoint")
-    proof = consistency_proof(partial(ledger.node, CHAIN), last.size, tree_size)
-    verify_consistency(last.size, tree_size, proof, last.root, root)
+    new = Checkpoint(origin, tree_size, root)
+    prove_consistency(ledger, CHAIN, Checkpoint(origin, last.size, last.root), new)
     t3 = clock()
-    note = sign_note(Checkpoint(origin, tree_size, root).text(), [signer])
+    signer.sign(new.text().encode())
     t4 = clock()
-    created = format_timestamp(dt.datetime.now(dt.timezone.utc))
-    ledger.add_checkpoint(StoredCheckpoint(CHAIN, tree_size, root, note, created))
-    t5 = clock()
-    if tree_size != size:
+    stored = write_checkpoint(ledger, CHAIN, signer, origin=origin)
+    if tree_size != size or stored is None or stored.size != size:
         raise RuntimeError(f"tree head at {tree_size}, expected {size}")
-    return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
+    return [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 
 
 def signing_micro(signer: Signer, note: str, n: int) -> list[tuple[str, float]]:
-    """ns per call of the Ed25519 steps behind ``sign_note`` and ``open_checkpoint``."""
+    """ns per call of the Ed25519 steps behind signing a checkpoint and ``open_checkpoint``."""
     key = Ed25519PrivateKey.from_private_bytes(signer.seed)
     public = key.public_key()
     verifier = signer.verifier
@@ -577,16 +575,15 @@ def signing_micro(signer: Signer, note: str, n: int) -> list[tuple[str, float]]:
     signature = key.sign(message)
     calls = range(n)
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("`sign_note(text, [signer])`", each(lambda _: sign_note(text, [signer]), calls)),
         (
-            "  ↳ `signer.verifier` (cached per key: an `lru_cache` hit)",
-            each(lambda _: signer.verifier, calls),
-        ),
-        (
-            "  ↳ `signer.sign(text)` (cached key object, signs)",
+            "`signer.sign(text)` (cached key object, signs)",
             each(lambda _: signer.sign(message), calls),
         ),
         ("  ↳ Ed25519 sign alone, key object kept", each(lambda _: key.sign(message), calls)),
+        (
+            "`signer.verifier` (cached per key: an `lru_cache` hit)",
+            each(lambda _: signer.verifier, calls),
+        ),
         (
             "what the cache saves: `Ed25519PrivateKey.from_private_bytes(seed)`",
             each(lambda _: Ed25519PrivateKey.from_private_bytes(signer.seed), calls),
@@ -614,25 +611,32 @@ class ProofResult:
     node_reads: Stats  # ledger.node calls per inclusion proof
     verify: Stats
     open_checkpoint: Stats
-    bare: Stats
+    verify_rest: Stats  # verify_inclusion_bundle minus open_checkpoint, call by call
     path_len: float
     consistency: Stats
     consistency_reads: Stats
-    consistency_verify: Stats
     consistency_len: float
+    checkpoints: int  # stored checkpoints the consistency pairs are drawn from
 
 
-def counting(read: NodeReader, counter: list[int]) -> NodeReader:
-    def reader(level: int, index: int) -> bytes:
-        counter[0] += 1
-        return read(level, index)
+class NodeCounter:
+    """The ledger, with its ``node`` reads (one ``SELECT`` each) counted."""
 
-    return reader
+    def __init__(self, ledger: SqliteLedger) -> None:
+        self.ledger = ledger
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+    def node(self, chain: str, level: int, index: int) -> bytes:
+        self.reads += 1
+        return self.ledger.node(chain, level, index)
 
 
 def bench_proofs(ledger: SqliteLedger, verifier: Verifier, sizes: Sizes) -> ProofResult:
-    """Inclusion bundles for random seqs: make, verify, and verify the bare path, call by
-    call; then consistency proofs between random sizes."""
+    """Inclusion bundles for random seqs: make, verify, and the pieces of each, call by call;
+    then consistency proofs between random pairs of stored checkpoints."""
     rng = random.Random(20261129)
     latest = ledger.latest_checkpoint(CHAIN)
     if latest is None:
@@ -641,11 +645,11 @@ def bench_proofs(ledger: SqliteLedger, verifier: Verifier, sizes: Sizes) -> Proo
     make: list[int] = []
     verify: list[int] = []
     opened: list[int] = []
-    bare: list[int] = []
+    verify_rest: list[int] = []
     parts: dict[str, list[int]] = {
         "`ledger.latest_checkpoint` (index seek)": [],
         "`ledger.read(chain, seq, seq + 1)` (opens a connection)": [],
-        "`inclusion_proof` (`ledger.node` reads)": [],
+        "the rest: `inclusion_proof` (`ledger.node` reads), the bundle (difference)": [],
     }
     reads: list[int] = []
     path_lens: list[int] = []
@@ -660,46 +664,36 @@ def bench_proofs(ledger: SqliteLedger, verifier: Verifier, sizes: Sizes) -> Proo
         t3 = clock()
         if proven.checkpoint.size != latest.size:
             raise RuntimeError(f"bundle for tree size {proven.checkpoint.size}, not {latest.size}")
-        path = [bytes.fromhex(h) for h in bundle["audit_path"]]
-        leaf = leaf_hash(bundle["record"].encode())
-        t4 = clock()
-        verify_inclusion(leaf, seq, latest.size, path, latest.root)
-        t5 = clock()
         ledger.latest_checkpoint(CHAIN)
-        t6 = clock()
+        t4 = clock()
         next(iter(ledger.read(CHAIN, seq, seq + 1)))
-        t7 = clock()
-        counter = [0]
-        inclusion_proof(counting(partial(ledger.node, CHAIN), counter), seq, latest.size)
-        t8 = clock()
+        t5 = clock()
+        counted = NodeCounter(ledger)
+        make_inclusion_bundle(counted, CHAIN, seq)  # untimed: counts the reads
         make.append(t1 - t0)
         verify.append(t2 - t1)
         opened.append(t3 - t2)
-        bare.append(t5 - t4)
-        for name, ns in zip(parts, (t6 - t5, t7 - t6, t8 - t7), strict=True):
+        verify_rest.append((t2 - t1) - (t3 - t2))
+        rest = (t1 - t0) - (t4 - t3) - (t5 - t4)
+        for name, ns in zip(parts, (t4 - t3, t5 - t4, rest), strict=True):
             parts[name].append(ns)
-        reads.append(counter[0])
-        path_lens.append(len(path))
+        reads.append(counted.reads)
+        path_lens.append(len(bundle["audit_path"]))
 
-    size = ledger.tree_head(CHAIN)[0]
-    read = partial(ledger.node, CHAIN)
+    origin = open_checkpoint(latest.note, [verifier]).origin
+    stored = [Checkpoint(origin, c.size, c.root) for c in ledger.checkpoints(CHAIN)]
     cons: list[int] = []
-    cons_verify: list[int] = []
     cons_reads: list[int] = []
     cons_lens: list[int] = []
     for _ in range(sizes.consistency_proofs):
-        old, new = sorted(rng.sample(range(1, size + 1), 2))
-        counter = [0]
+        old, new = sorted(rng.sample(stored, 2), key=lambda c: c.size)
         t0 = clock()
-        proof = consistency_proof(counting(read, counter), old, new)
+        proof = prove_consistency(ledger, CHAIN, old, new)
         t1 = clock()
-        old_root, new_root = subtree_hash(read, 0, old), subtree_hash(read, 0, new)
-        t2 = clock()
-        verify_consistency(old, new, proof, old_root, new_root)
-        t3 = clock()
+        counted = NodeCounter(ledger)
+        prove_consistency(counted, CHAIN, old, new)  # untimed: counts the reads
         cons.append(t1 - t0)
-        cons_verify.append(t3 - t2)
-        cons_reads.append(counter[0])
+        cons_reads.append(counted.reads)
         cons_lens.append(len(proof))
     return ProofResult(
         tree_size=latest.size,
@@ -708,12 +702,12 @@ def bench_proofs(ledger: SqliteLedger, verifier: Verifier, sizes: Sizes) -> Proo
         node_reads=Stats.of(reads),
         verify=Stats.of(verify),
         open_checkpoint=Stats.of(opened),
-        bare=Stats.of(bare),
+        verify_rest=Stats.of(verify_rest),
         path_len=statistics.fmean(path_lens),
         consistency=Stats.of(cons),
         consistency_reads=Stats.of(cons_reads),
-        consistency_verify=Stats.of(cons_verify),
         consistency_len=statistics.fmean(cons_lens),
+        checkpoints=len(stored),
     )
 
 
@@ -768,8 +762,8 @@ def bench_verify(path: Path, sizes: Sizes) -> VerifyResult:
 def fold_loops(
     conn: sqlite3.Connection, rounds: int, roots: list[bytes]
 ) -> list[tuple[str, float]]:
-    """Iterate the stored hashes; the same plus the compact-frontier fold ``verify_records``
-    does inline; the same plus ``_merkle.push`` per leaf instead (what the ledger calls)."""
+    """Iterate the stored hashes; the same plus the compact-frontier fold ``verify_chain``
+    does inline, with :func:`node_hash`."""
 
     def read_only() -> None:
         for _seq, (_h,) in enumerate(conn.execute(_HASHES, (CHAIN,))):
@@ -785,16 +779,9 @@ def fold_loops(
             stack.append(node)
         roots.append(fold(stack))
 
-    def pushed() -> None:
-        nodes: list[bytes] = []
-        for seq, (h,) in enumerate(conn.execute(_HASHES, (CHAIN,))):
-            push(nodes, seq, h)
-        roots.append(fold(nodes))
-
     steps: list[tuple[str, Callable[[], object]]] = [
         ("iterate `SELECT hash … ORDER BY seq` (baseline)", read_only),
-        ("+ compact-frontier fold, as inlined in `verify_records`", inline),
-        ("+ `_merkle.push` per leaf instead (as `_seal_all` and the catch-up call it)", pushed),
+        ("+ compact-frontier fold, as inlined in `verify_chain`", inline),
     ]
     return interleaved(steps, rounds)
 
@@ -1106,9 +1093,8 @@ def report(
             "subtree and writes no row."
         )
     add(
-        "\nIn memory, per call: `_seal_all`'s Python frontier work for one record near 2^20 "
-        "leaves (cache lookup, `list(nodes)`, `push`, the subtree rows, the new `Frontier` "
-        f"for the cache) {us(app.frontier_ns)}; `node_hash` {us(app.node_hash_ns)}. "
+        f"\nIn memory, per call: an RFC 9162 node hash {us(app.node_hash_ns)} (a frontier "
+        "update hashes one per trailing 1 bit of the size: one on average). "
         f"Sanity: {app.both_verify}."
     )
 
@@ -1126,7 +1112,8 @@ def report(
         "an index seek, the tree head from the ledger's cached frontier, current since the "
         "same instance just appended, a consistency proof from the latest checkpoint, the "
         "Ed25519 signature with the signer's cached key, the INSERT); alternating run by run "
-        "with the same steps done by hand, in the same order, and timed one by one. "
+        "with its steps that have a public name done by hand, in the same order, and timed "
+        "one by one (then `write_checkpoint`, untimed, stores that run's checkpoint). "
         f"{sizes.checkpoint_runs} runs each after "
         f"{sizes.checkpoint_warmup} warm-up; the chain ends at {cp.size_after:,} records "
         f"with {cp.stored_after:,} checkpoints.\n"
@@ -1134,6 +1121,8 @@ def report(
     rows = [("`trail.checkpoint()`", *cp.whole.cells())]
     rows += [(f"  ↳ {name}", *s.cells()) for name, s in cp.pieces]
     rows.append(("  = sum of the pieces (same run)", *cp.pieces_total.cells()))
+    rest = cp.whole.p50 - cp.pieces_total.p50
+    rows.append(("  whole - sum at p50: the note, the INSERT (FULL commit)", ms(rest), *["—"] * 4))
     add(table(LATENCY_HEADER, rows))
     add("\nThe Ed25519 steps in memory (median of 5 rounds; ↳ rows are parts of the row above):\n")
     add(table(("Operation", "per call"), [(name, us(ns)) for name, ns in cp.micro]))
@@ -1142,8 +1131,8 @@ def report(
     add(
         f'{sizes.proofs} random seqs, each: `make_inclusion_bundle(ledger, "{CHAIN}", seq)` '
         "(against the latest stored checkpoint), `verify_inclusion_bundle(bundle, [verifier])`, "
-        "`open_checkpoint` alone, the bare `_merkle.verify_inclusion` (inputs decoded "
-        "beforehand), then the pieces of `make_inclusion_bundle` one by one. Audit paths: "
+        "`open_checkpoint` alone, then the pieces of `make_inclusion_bundle` that have a "
+        "public name one by one (the rest is the per-call difference). Audit paths: "
         f"{proofs.path_len:.1f} hashes on average.\n"
     )
     rows = [("`make_inclusion_bundle`", *proofs.make.cells())]
@@ -1151,13 +1140,15 @@ def report(
     rows += [
         ("`verify_inclusion_bundle`", *proofs.verify.cells()),
         ("  ↳ `open_checkpoint` (Ed25519 verify, note parse)", *proofs.open_checkpoint.cells()),
-        ("bare `verify_inclusion` (path of hashes)", *proofs.bare.cells()),
         (
-            f"`consistency_proof`, random sizes ≤ {ver.records:,} "
-            f"({sizes.consistency_proofs} pairs)",
+            "  ↳ the rest: decode, `leaf_hash`, path check, record parse (difference)",
+            *proofs.verify_rest.cells(),
+        ),
+        (
+            f"`prove_consistency` (proof + verify), random pairs of the {proofs.checkpoints:,} "
+            f"stored checkpoints ({sizes.consistency_proofs} pairs)",
             *proofs.consistency.cells(),
         ),
-        ("`verify_consistency`", *proofs.consistency_verify.cells()),
     ]
     add(table(LATENCY_HEADER, rows))
     r, c = proofs.node_reads, proofs.consistency_reads
@@ -1274,9 +1265,7 @@ def report(
 def main(argv: Sequence[str] | None = None) -> None:
     args, command = parse_bench_args(__doc__, __file__, argv)
     sizes = QUICK if args.quick else FULL
-    started = perf_counter()
-    fingerprint = source_fingerprint()
-    load_start = _load()
+    run = Run.begin(command)
     events = make_events(2_000)
     signer = Signer.generate(SIGNER_NAME)
     with tempfile.TemporaryDirectory(prefix="audit-bench-merkle-", dir=args.tmpdir) as tmp_name:
@@ -1299,22 +1288,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         disk = bench_storage(big)
         progress(f"6. frontier sources, {sizes.frontier_runs} runs")
         sources = bench_frontier_sources(big, sizes, signer, events)
-    print(
-        report(
-            command=command,
-            host=host,
-            sizes=sizes,
-            app=app,
-            build=build,
-            cp=cp,
-            proofs=proofs,
-            ver=ver,
-            disk=disk,
-            sources=sources,
-            elapsed_s=perf_counter() - started,
-            code_changed=source_fingerprint() != fingerprint,
-            load=(load_start, _load()),
-        )
+    run.print_report(
+        report,
+        host=host,
+        sizes=sizes,
+        app=app,
+        build=build,
+        cp=cp,
+        proofs=proofs,
+        ver=ver,
+        disk=disk,
+        sources=sources,
     )
 
 

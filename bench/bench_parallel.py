@@ -10,55 +10,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from audit_core import AuditConfig, AuditTrail, Event
+from audit_core import Event
+from bench._common import build_copies, verify_cli
 
-_RATE = re.compile(r"([\d,]+) records/s")
-
-
-def build(path: Path, records: int) -> None:
-    """A chain of ``records`` Airflow-like task records, a checkpoint every 100,000."""
-    config = AuditConfig(
-        ledger_url=f"sqlite:///{path}", synchronous="OFF", checkpoint_every=0, actor=("bench", "b")
-    )
-    with AuditTrail(config) as trail:
-        event = Event(
-            type="task.succeeded",
-            data={"duration_s": 12.5, "rows": 1000, "state": "success", "hostname": "worker-1"},
-            subject={
-                "dag_id": "ml_pipeline",
-                "task_id": "train",
-                "run_id": "scheduled__2026-11-28T00:00:00+00:00",
-                "try_number": 1,
-                "map_index": -1,
-            },
-        )
-        batch = [trail.prepare(event)] * 5_000
-        for done in range(0, records, len(batch)):
-            trail.ledger.append_many(batch[: records - done])
-            if (done + len(batch)) % 100_000 == 0:
-                trail.checkpoint()
-        trail.checkpoint()
+#: An Airflow-like task record; the ledger is built of copies of it.
+EVENT = Event(
+    type="task.succeeded",
+    data={"duration_s": 12.5, "rows": 1000, "state": "success", "hostname": "worker-1"},
+    subject={
+        "dag_id": "ml_pipeline",
+        "task_id": "train",
+        "run_id": "scheduled__2026-11-28T00:00:00+00:00",
+        "try_number": 1,
+        "map_index": -1,
+    },
+)
 
 
 def rate(path: Path, jobs: int) -> int:
-    cli = Path(sys.executable).with_name("workflow-audit")
-    run = subprocess.run(
-        [str(cli), "verify", "--ledger", str(path), "--jobs", str(jobs)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = _RATE.search(run.stderr)
-    if found is None:
-        raise SystemExit(f"no rate in: {run.stderr!r}")
-    return int(found.group(1).replace(",", ""))
+    code, records_per_s, first = verify_cli(path, jobs)
+    if code != 0 or not records_per_s:
+        raise SystemExit(f"verify --jobs {jobs} exited {code}: {first!r}")
+    return records_per_s
 
 
 def main() -> None:
@@ -68,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="audit-bench-parallel-") as tmp:
         path = Path(tmp) / "ledger.db"
-        build(path, args.records)
+        build_copies(path, args.records, EVENT, checkpoint_every=100_000)
         rates: dict[int, list[int]] = {1: [], 2: []}
         for _ in range(args.rounds):
             for jobs in (1, 2):  # alternating: both see the same machine state

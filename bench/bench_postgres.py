@@ -1,7 +1,7 @@
 """Durable appends per second: the PostgreSQL ledger next to SQLite, in the same run.
 
 Run from the repository root (as root: the server is a throw-away cluster made by
-``tests/postgres/_pgserver.py``, installed with apt when missing)::
+``testkit/postgres.py``, installed with apt when missing)::
 
     .venv-airflow/bin/python bench/bench_postgres.py            # numbers for BENCHMARKS.md
     .venv-airflow/bin/python bench/bench_postgres.py --quick    # smoke test
@@ -28,13 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit_core import AuditConfig, AuditTrail, Event
 from audit_core.ledgers.postgres_admin import init
-from tests.postgres._pgserver import PgServer
+from testkit.postgres import PgServer
 
 
 def _writer(

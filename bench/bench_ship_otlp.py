@@ -6,12 +6,13 @@ Run from the repository root (full mode ~1-2 minutes, ``--quick`` under 30 s)::
     .venv-airflow/bin/python bench/bench_ship_otlp.py            # numbers for BENCHMARKS.md
     .venv-airflow/bin/python bench/bench_ship_otlp.py --quick    # smoke test, small sizes
 
-Same conventions as ``bench_core.py`` (whose helpers it imports): Markdown on stdout, progress
-on stderr, goals table first (≥ 10,000 records/s shipped to OTLP), numbers and ratios only.
+Same conventions as ``bench_core.py`` (helpers shared in ``bench/_common.py``): Markdown on
+stdout, progress on stderr, goals table first (≥ 10,000 records/s shipped to OTLP), numbers and
+ratios only.
 
-Method: a ledger of N task records (bench_core's ~500-byte events, half of them with trace
+Method: a ledger of N task records (``make_events``' ~500-byte events, half of them with trace
 ids) is shipped with ``Shipper(ledger, OtlpSink(...)).ship_once()`` in batches of 1,000, to the
-tests' OTLP/HTTP receiver (tests/shipping/_otlp.py) running in its own process on 127.0.0.1:
+OTLP/HTTP receiver of testkit/otlp.py (the tests' too) in its own process on 127.0.0.1:
 it decodes every ``ExportLogsServiceRequest`` with opentelemetry-proto and counts distinct
 (audit.chain, audit.seq) pairs, so "all arrived" is checked, not assumed. Each round uses a
 fresh receiver on a new port: a new sink name, so a new cursor, so the whole chain again.
@@ -35,10 +36,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
 
-from bench_core import (
+from audit_core import AuditTrail, Event
+from audit_core.ship import Shipper
+from audit_core.sinks.otlp import OtlpSink
+from bench._common import (
     LATENCY_HEADER,
+    Run,
     Stats,
-    _load,
     machine,
     make_events,
     met,
@@ -46,20 +50,14 @@ from bench_core import (
     parse_bench_args,
     progress,
     rate,
-    source_fingerprint,
     sqlite_url,
     table,
     us,
 )
-
-from audit_core import AuditTrail, Event
-from audit_core.ship import Shipper
-from audit_core.sinks.otlp import OtlpSink
+from testkit import HOST, free_port
+from testkit.otlp import Rotel, rotel_agent
 
 REPO = Path(__file__).resolve().parents[1]
-RECEIVER = REPO / "tests" / "shipping" / "_otlp.py"
-sys.path.insert(0, str(REPO))  # the rotel helper of the tests
-from tests.shipping._otlp import Rotel, free_port, rotel_agent  # noqa: E402 - needs sys.path
 
 GOAL_SHIP_RPS = 10_000
 CHAIN = "bench"
@@ -116,7 +114,7 @@ class Receiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     def stats(self) -> dict[str, int]:
         with urllib.request.urlopen(f"{self.endpoint}/stats", timeout=10) as response:  # noqa: S310 - 127.0.0.1
@@ -135,9 +133,9 @@ class Receiver:
 
 @contextmanager
 def receiver() -> Iterator[Receiver]:
-    """tests/shipping/_otlp.py as a count-only receiver in its own process."""
+    """testkit/otlp.py as a count-only receiver in its own process."""
     process = subprocess.Popen(
-        [sys.executable, str(RECEIVER), "--port", str(free_port())],
+        [sys.executable, "-m", "testkit.otlp", "--port", str(free_port())],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -264,7 +262,7 @@ def record_latency(tmp: Path, sizes: Sizes) -> dict[str, Stats]:
     events = [dataclasses.replace(e, chain="latency") for e in make_events(500)]
     samples: dict[str, list[int]] = {v: [] for v in VARIANTS}
     with receiver() as live:
-        dead = f"http://127.0.0.1:{free_port()}"
+        dead = f"http://{HOST}:{free_port()}"
         for block in range(sizes.latency_blocks):
             order = VARIANTS if block % 2 == 0 else VARIANTS[::-1]
             for variant in order:
@@ -421,9 +419,7 @@ def report(
 def main(argv: Sequence[str] | None = None) -> None:
     args, command = parse_bench_args(__doc__, __file__, argv)
     sizes = QUICK if args.quick else FULL
-    started = perf_counter()
-    fingerprint = source_fingerprint()
-    load_start = _load()
+    run = Run.begin(command)
     with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=args.tmpdir) as tmp_name:
         tmp = Path(tmp_name)
         host = machine(tmp)
@@ -446,20 +442,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         trail.close()
         progress("3. record() latency while shipping")
         latency = record_latency(tmp, sizes)
-    print(
-        report(
-            command=command,
-            host=host,
-            sizes=sizes,
-            direct=direct,
-            via_rotel=via_rotel,
-            rotel_note=rotel_note,
-            parts=parts,
-            latency=latency,
-            elapsed_s=perf_counter() - started,
-            code_changed=source_fingerprint() != fingerprint,
-            load=(load_start, _load()),
-        )
+    run.print_report(
+        report,
+        host=host,
+        sizes=sizes,
+        direct=direct,
+        via_rotel=via_rotel,
+        rotel_note=rotel_note,
+        parts=parts,
+        latency=latency,
     )
 
 

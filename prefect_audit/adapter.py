@@ -18,11 +18,13 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from audit_core import AuditTrail, Event, trace_context
 from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
+from audit_core.ship import deliver_to_sinks
+from prefect_audit._client import task_runs
 from prefect_audit.settings import WorkflowAuditSettings
 
 __all__ = ["PrefectAdapter", "flow_subject", "get_adapter", "task_subject"]
@@ -52,7 +54,11 @@ class PrefectAdapter(AdapterBase):
     def __init__(
         self, settings: WorkflowAuditSettings | None = None, *, trail: AuditTrail | None = None
     ) -> None:
-        super().__init__(trail=trail, budget_s=settings.hook_timeout if settings else 5.0)
+        super().__init__(
+            trail=trail,
+            budget_s=settings.hook_timeout if settings else 5.0,
+            delivery=deliver_to_sinks,
+        )
         self._settings = settings
         # flow run id -> what task hooks recorded in real time (the end-of-run sync skips it)
         self._live: dict[str, set[Key]] = {}
@@ -189,33 +195,22 @@ class PrefectAdapter(AdapterBase):
 
     # -- the task-side API -----------------------------------------------------------------
 
-    def user_record(
-        self, event: str, data: object, subject: dict[str, object] | None, *, required: bool
-    ) -> bool:
-        """One user event inside a running task or flow (see :func:`prefect_audit.record`)."""
+    def _user_event(self, event: str, data: object, subject: Mapping[str, object] | None) -> Event:
+        # One user event inside a running task or flow (see :func:`prefect_audit.record`).
+        from prefect.context import FlowRunContext, TaskRunContext
 
-        def build() -> list[Event]:
-            from prefect.context import FlowRunContext, TaskRunContext
-
-            task_ctx, flow_ctx = TaskRunContext.get(), FlowRunContext.get()
-            flow, flow_run = (flow_ctx.flow, flow_ctx.flow_run) if flow_ctx else (None, None)
-            if task_ctx is not None:
-                run = task_ctx.task_run
-                base = task_subject(run, int(run.run_count or 1), flow, flow_run)
-                trace = _trace(run, None)
-            elif flow_run is not None:
-                base, trace = flow_subject(flow, flow_run), _trace(flow_run, None)
-            else:
-                base, trace = {}, trace_context()
-            full = {**base, **(subject or {})}
-            return [Event(type=event, subject=full, data=data, trace=trace)]
-
-        if required:
-            if self.wanted(event):
-                self.write(build())
-                return True
-            return False
-        return self._run(event, build)
+        task_ctx, flow_ctx = TaskRunContext.get(), FlowRunContext.get()
+        flow, flow_run = (flow_ctx.flow, flow_ctx.flow_run) if flow_ctx else (None, None)
+        if task_ctx is not None:
+            run = task_ctx.task_run
+            base = task_subject(run, int(run.run_count or 1), flow, flow_run)
+            trace = _trace(run, None)
+        elif flow_run is not None:
+            base, trace = flow_subject(flow, flow_run), _trace(flow_run, None)
+        else:
+            base, trace = {}, trace_context()
+        full = {**base, **(subject or {})}
+        return Event(type=event, subject=full, data=data, trace=trace)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -392,7 +387,7 @@ def _final_task_runs(flow_run_id: Any, timeout_s: float) -> list[tuple[Any, list
     with get_client(sync_client=True) as client:
         previous: list[str] = []
         while True:
-            runs = _all_task_runs(client, flow_filter)
+            runs = task_runs(client, flow_filter)
             ids = sorted(str(r.id) for r in runs)
             settled = all(r.state is not None and r.state.is_final() for r in runs)
             if (settled and ids == previous) or time.monotonic() >= deadline:
@@ -406,15 +401,6 @@ def _final_task_runs(flow_run_id: Any, timeout_s: float) -> list[tuple[Any, list
                 return [(r, list(client.read_task_run_states(r.id))) for r in runs]
             previous = ids
             time.sleep(0.05)
-
-
-def _all_task_runs(client: Any, flow_filter: Any) -> list[Any]:
-    runs: list[Any] = []
-    while True:
-        page = client.read_task_runs(flow_run_filter=flow_filter, offset=len(runs), limit=200)
-        runs.extend(page)
-        if len(page) < 200:
-            return runs
 
 
 _ADAPTER: PrefectAdapter | None = None

@@ -13,16 +13,15 @@ merely still going is not reported.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from audit_core import AuditConfig, Event, Record
+from audit_core import AuditConfig, Event, Record, parse_timestamp
 from audit_core.reconcile import Expected
+from prefect_audit._client import flow_runs, flows, task_runs
 from prefect_audit.adapter import (
     FLOW_TERMINAL_EVENTS,
     TASK_TERMINAL_EVENTS,
-    _all_task_runs,
     flow_subject,
     task_subject,
 )
@@ -56,12 +55,12 @@ class PrefectReconciler:
             FlowRunFilterStartTime,
         )
 
-        start, end = _when(since), _when(until) if until else None
+        start, end = parse_timestamp(since), parse_timestamp(until) if until else None
         with get_client(sync_client=True) as client:
             window = FlowRunFilterStartTime(after_=start, before_=end)  # type: ignore[arg-type]
-            flow_runs = _all_flow_runs(client, FlowRunFilter(start_time=window))
-            names = {f.id: f.name for f in _flows(client, {r.flow_id for r in flow_runs})}
-            for run in flow_runs:
+            runs = flow_runs(client, FlowRunFilter(start_time=window))
+            names = {f.id: f.name for f in flows(client, {r.flow_id for r in runs})}
+            for run in runs:
                 final = run.state is not None and run.state.is_final()
                 if not final and end is None:
                     continue  # may still be running: only an explicit --until judges it
@@ -70,7 +69,7 @@ class PrefectReconciler:
                     ("flow", str(run.id)), _unrecorded("flowrun", flow_subject(flow, run), run)
                 )
                 ids = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-                for task_run in _all_task_runs(client, ids):
+                for task_run in task_runs(client, ids):
                     if task_run.state is not None and task_run.state.is_final():
                         subject = task_subject(task_run, int(task_run.run_count or 1), flow, run)
                         yield Expected(
@@ -104,24 +103,3 @@ def _unrecorded(kind: str, subject: dict[str, Any], run: Any) -> Event:
             "reason": _REASON,
         },
     )
-
-
-def _all_flow_runs(client: Any, flow_filter: Any) -> list[Any]:
-    runs: list[Any] = []
-    while True:
-        page = client.read_flow_runs(flow_run_filter=flow_filter, offset=len(runs), limit=200)
-        runs.extend(page)
-        if len(page) < 200:
-            return runs
-
-
-def _flows(client: Any, ids: set[Any]) -> list[Any]:
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterId
-
-    if not ids:
-        return []
-    return list(client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=list(ids)))))
-
-
-def _when(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -23,7 +23,37 @@ from urllib.parse import unquote, urlsplit
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
 from audit_core.errors import ConfigError
 
-__all__ = ["Ledger", "LedgerReader", "ledger_path", "masked_url", "open_ledger"]
+__all__ = [
+    "SYNCHRONOUS",
+    "Ledger",
+    "LedgerReader",
+    "ledger_path",
+    "masked_url",
+    "open_ledger",
+    "synchronous_level",
+]
+
+#: The ``synchronous`` settings a ledger accepts: SQLite's ``PRAGMA synchronous`` levels
+#: (sqlite.org/pragma.html#pragma_synchronous); PostgreSQL maps them onto
+#: ``synchronous_commit`` (``NORMAL``: off; the others: at least on).
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def synchronous_level(value: str) -> str:
+    """``value`` upper-cased, if it is one of :data:`SYNCHRONOUS`; else ConfigError.
+
+    >>> synchronous_level("normal")
+    'NORMAL'
+    >>> synchronous_level("sometimes")
+    Traceback (most recent call last):
+    ...
+    audit_core.errors.ConfigError: synchronous must be OFF, NORMAL, FULL or EXTRA, not 'sometimes'
+    """
+    level = value.upper()
+    if level not in SYNCHRONOUS:
+        *first, last = SYNCHRONOUS
+        raise ConfigError(f"synchronous must be {', '.join(first)} or {last}, not {value!r}")
+    return level
 
 
 @runtime_checkable
@@ -144,13 +174,15 @@ def open_ledger(
     synchronous: str = "FULL",
     busy_timeout_s: float = 30.0,
     read_only: bool = False,
+    create: bool = True,
 ) -> Ledger:
     """Open the ledger a URL names: ``sqlite:///…`` (or a plain path), or
     ``postgresql://user:password@host:port/db`` (psycopg 3, the ``postgres`` extra).
 
     ``read_only``: an auditor's view. Nothing is created or written (writes raise
     :class:`~audit_core.errors.LedgerError`); it works without write access to the ledger, on
-    read-only media too."""
+    read-only media too. ``create=False``: a writer that never creates a missing ledger or
+    schema (the CLI's writing commands: a typo in a path is an error, not a new ledger)."""
     scheme = url.partition("://")[0].lower() if "://" in url else "sqlite"
     if scheme == "sqlite":
         from audit_core.ledgers.sqlite import SqliteLedger
@@ -159,7 +191,7 @@ def open_ledger(
             ledger_path(url),
             synchronous=synchronous,
             busy_timeout_s=busy_timeout_s,
-            create=not read_only,
+            create=create and not read_only,
             read_only=read_only,
         )
     if scheme in ("postgresql", "postgres"):
@@ -175,7 +207,7 @@ def open_ledger(
             url,
             synchronous=synchronous,
             busy_timeout_s=busy_timeout_s,
-            create=not read_only,
+            create=create and not read_only,
             read_only=read_only,
         )
     raise ConfigError(

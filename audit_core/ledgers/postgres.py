@@ -66,13 +66,21 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from audit_core._merkle import Frontier, frontier_positions, push
+from audit_core._merkle import Frontier, frontier_positions
 from audit_core._metrics import COUNTERS
-from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
+from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
 from audit_core.errors import ConfigError, LedgerError
-from audit_core.ledgers import check_url_password, masked_error, masked_url
+from audit_core.ledgers import (
+    _frontier,
+    check_url_password,
+    masked_error,
+    masked_url,
+    synchronous_level,
+)
+from audit_core.ledgers._reads import Queries, RowReads, RowWrites
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -92,7 +100,6 @@ _NEW_HEAD = "INSERT INTO chain_heads (chain, seq, hash) VALUES (%s, -1, '') ON C
 _SET_HEAD = "UPDATE chain_heads SET seq = %s, hash = %s WHERE chain = %s"
 _LAST = "SELECT seq, hash FROM records WHERE chain = %s ORDER BY seq DESC LIMIT 1"
 _SINCE = "SELECT seq, hash FROM records WHERE chain = %s AND seq >= %s ORDER BY seq LIMIT %s"
-_HEAD = "SELECT chain, seq, hash, body FROM records WHERE chain = %s ORDER BY seq DESC LIMIT 1"
 _INSERT = "INSERT INTO records (chain, seq, hash, body, idem) VALUES (%s, %s, %s, %s, %s)"
 # ON CONFLICT DO NOTHING: a rebuild may meet subtrees that exist; they are derived data, and a
 # wrong one only makes a proof fail to verify (never pass).
@@ -103,95 +110,58 @@ _BY_KEYS = "SELECT idem, chain, seq, hash, body FROM records WHERE idem = ANY(%s
 _SUBTREES = "SELECT last, hashes FROM merkle_subtrees WHERE chain = %s AND last = ANY(%s)"
 _LEAF = "SELECT hash FROM records WHERE chain = %s AND seq = %s"
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = %s ORDER BY seq"
-_CHECKPOINTS = "SELECT chain, size, root, note, created FROM checkpoints WHERE chain = %s"
-_EXTENT = "SELECT max(last) FROM merkle_subtrees WHERE chain = %s"  # a primary key seek
-_CURSOR = "SELECT seq FROM cursors WHERE name = %s AND chain = %s"
-# A loose index scan: one index probe per chain instead of reading every record.
-_CHAINS = """
-WITH RECURSIVE c AS (
-    (SELECT chain FROM records ORDER BY chain LIMIT 1)
-    UNION ALL
-    SELECT (SELECT r.chain FROM records r WHERE r.chain > c.chain ORDER BY r.chain LIMIT 1)
-    FROM c WHERE c.chain IS NOT NULL
+
+
+def _distinct_chains(*tables: str) -> str:
+    """The distinct chains of ``tables`` (ours, never input), sorted: a loose index scan of
+    each (a recursive CTE), one index probe per chain instead of reading every row."""
+    scans = [
+        f"t{i} AS ((SELECT chain FROM {table} ORDER BY chain LIMIT 1) UNION ALL SELECT "  # noqa: S608 - our table names
+        f"(SELECT n.chain FROM {table} n WHERE n.chain > t{i}.chain ORDER BY n.chain LIMIT 1) "
+        f"FROM t{i} WHERE t{i}.chain IS NOT NULL)"
+        for i, table in enumerate(tables)
+    ]
+    each = [f"SELECT chain FROM t{i} WHERE chain IS NOT NULL" for i in range(len(tables))]  # noqa: S608 - our CTE names
+    return f"WITH RECURSIVE {', '.join(scans)} {' UNION '.join(each)} ORDER BY chain"
+
+
+_QUERIES = Queries(
+    head="SELECT chain, seq, hash, body FROM records WHERE chain = %s ORDER BY seq DESC LIMIT 1",
+    chains=_distinct_chains("records"),
+    merkle_chains=_distinct_chains("merkle_subtrees", "checkpoints"),
+    extent="SELECT max(last) FROM merkle_subtrees WHERE chain = %s",  # a primary key seek
+    checkpoints="SELECT chain, size, root, note, created FROM checkpoints WHERE chain = %s",
+    cursor="SELECT seq FROM cursors WHERE name = %s AND chain = %s",
+    add_checkpoint="INSERT INTO checkpoints (chain, size, root, note, created) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+    set_cursor="INSERT INTO cursors (name, chain, seq) VALUES (%s, %s, %s) "
+    "ON CONFLICT (name, chain) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq)",
 )
-SELECT chain FROM c WHERE chain IS NOT NULL
-"""
-_MERKLE_CHAINS = """
-WITH RECURSIVE s AS (
-    (SELECT chain FROM merkle_subtrees ORDER BY chain LIMIT 1)
-    UNION ALL
-    SELECT (SELECT m.chain FROM merkle_subtrees m WHERE m.chain > s.chain ORDER BY m.chain LIMIT 1)
-    FROM s WHERE s.chain IS NOT NULL
-), k AS (
-    (SELECT chain FROM checkpoints ORDER BY chain LIMIT 1)
-    UNION ALL
-    SELECT (SELECT p.chain FROM checkpoints p WHERE p.chain > k.chain ORDER BY p.chain LIMIT 1)
-    FROM k WHERE k.chain IS NOT NULL
-)
-SELECT chain FROM s WHERE chain IS NOT NULL
-UNION
-SELECT chain FROM k WHERE chain IS NOT NULL
-ORDER BY chain
-"""
 # Hashing the few leaves others appended since our last commit is cheaper than reading the
 # O(log n) subtrees, up to a point.
 _CATCH_UP_LIMIT = 256
 _KEY_BYTES = 16
 
 
-class _RowReads:
-    """The reads that are one query each, written once for the ledger (its connection, under its
-    lock) and its snapshot (one read transaction): each supplies ``_rows``."""
+class _Rows:
+    """Rows as psycopg returns them: ``bytea`` becomes ``bytes`` for the record types."""
 
-    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> StoredRecord:
+        return _stored(row)
 
-    def head(self, chain: str) -> StoredRecord | None:
-        """The last record of ``chain`` (None if it has none)."""
-        rows = self._rows(_HEAD, (chain,))
-        return _stored(rows[0]) if rows else None
-
-    def chains(self) -> list[str]:
-        """Every chain id with at least one record, sorted."""
-        return [str(r[0]) for r in self._rows(_CHAINS)]
-
-    def merkle_chains(self) -> list[str]:
-        """Every chain id with stored Merkle subtrees or checkpoints, sorted."""
-        return [str(r[0]) for r in self._rows(_MERKLE_CHAINS)]
-
-    def merkle_extent(self, chain: str) -> int:
-        """One more than the last leaf that completed a stored subtree; 0 when none."""
-        rows = self._rows(_EXTENT, (chain,))
-        return _extent(rows[0][0] if rows else None)
-
-    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
-        """The chain's checkpoint of the largest tree."""
-        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
-        return _checkpoint(rows[0]) if rows else None
-
-    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
-        """The chain's stored checkpoints, smallest tree first."""
-        return [_checkpoint(r) for r in self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))]
-
-    def get_cursor(self, name: str, chain: str) -> int:
-        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
-        rows = self._rows(_CURSOR, (name, chain))
-        if not rows:
-            return -1
-        if type(rows[0][0]) is not int:  # a row edited outside workflow-audit
-            raise LedgerError(f"the cursor of {name!r} in chain {chain!r} is not an integer")
-        return int(rows[0][0])
-
-    def cursor_names(self) -> list[str]:
-        """The names of every consumer with a cursor in some chain, sorted."""
-        return [str(r[0]) for r in self._rows("SELECT DISTINCT name FROM cursors ORDER BY name")]
+    @staticmethod
+    def _checkpoint(row: tuple[Any, ...]) -> StoredCheckpoint:
+        return StoredCheckpoint(row[0], row[1], bytes(row[2]), row[3], row[4])
 
 
-class PostgresLedger(_RowReads):
+class PostgresLedger(_Rows, RowWrites):
     """A :class:`~audit_core.ledgers.Ledger` in a PostgreSQL database (``postgresql://…``).
 
     ``read_only=True``: creates nothing and sets ``default_transaction_read_only`` on its
     session, so an auditor role that may only SELECT can run every reading command."""
+
+    queries = _QUERIES
 
     def __init__(
         self,
@@ -202,13 +172,11 @@ class PostgresLedger(_RowReads):
         create: bool = True,
         read_only: bool = False,
     ) -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        self.synchronous = synchronous_level(synchronous)
         if busy_timeout_s <= 0:
             raise ConfigError(f"busy_timeout_s must be positive, not {busy_timeout_s}")
         check_url_password(url)
         self.url = url
-        self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
         self._create = create and not read_only
         self.read_only = read_only
@@ -319,13 +287,15 @@ class PostgresLedger(_RowReads):
         Retried on transient errors without ever storing a record twice."""
         if not records:
             return []
-        return self.append_keyed(records, [os.urandom(_KEY_BYTES) for _ in records])
+        return self._append_keyed(records, [os.urandom(_KEY_BYTES) for _ in records])
 
-    def append_keyed(
+    def _append_keyed(
         self, records: Sequence[PreparedRecord], keys: Sequence[bytes]
     ) -> list[StoredRecord]:
-        """:meth:`append_many` with the caller's idempotency keys (one per record, unique):
-        when records with these keys are stored already, they are returned, not appended."""
+        """:meth:`append_many` with given idempotency keys (one per record, unique): when
+        records with these keys are stored already, they are returned, not appended.
+        Private: the keys are this ledger's retry mechanism (no other ledger has them), not a
+        :class:`~audit_core.ledgers.Ledger` method; tests replay a call through it."""
         if len(keys) != len(records):
             raise ConfigError(f"{len(keys)} idempotency keys for {len(records)} records")
         attempts = [0]
@@ -366,33 +336,14 @@ class PostgresLedger(_RowReads):
         # COMMIT another.
         with conn.pipeline(), conn.transaction():
             states = self._lock_chains(conn, sorted({r.chain for r in records}))
-            rows: list[tuple[str, int, bytes, bytes, bytes]] = []
-            completed: list[tuple[int, int, bytes]] = []
-            subtrees: list[tuple[str, int, bytes]] = []
-            lhash = leaf_hash
-            for rec, key in zip(records, keys, strict=True):
-                chain = rec.chain
-                state = states[chain]
-                seq, prev, nodes = state
-                body = rec.seal(seq, prev)
-                digest = lhash(body)
-                rows.append((chain, seq, digest, body, key))
-                if seq & 1:  # an odd seq completes subtrees: levels 1..k, stored as one row
-                    push(nodes, seq, digest, completed)
-                    subtrees.append((chain, seq, b"".join(h for _, _, h in completed)))
-                    completed.clear()
-                else:
-                    nodes.append(digest)  # what push() does for an even tree size
-                state[0] = seq + 1
-                state[1] = digest.hex()
+            stored, subtrees = _frontier.seal(records, states)
             with conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
+                cur.executemany(_INSERT, [(*r, k) for r, k in zip(stored, keys, strict=True)])
                 if subtrees:
                     cur.executemany(_INSERT_SUBTREE, subtrees)
                 cur.executemany(
                     _SET_HEAD, [(n - 1, bytes.fromhex(h), c) for c, (n, h, _) in states.items()]
                 )
-        stored = [StoredRecord(c, s, h, b) for c, s, h, b, _ in rows]
         caches = {
             c: (Frontier(n, tuple(nodes)), bytes.fromhex(h)) for c, (n, h, nodes) in states.items()
         }
@@ -429,8 +380,7 @@ class PostgresLedger(_RowReads):
                     None if head is None else head[0],
                     frontier.size - 1,
                 )
-            prev = last.hex() if frontier.size else genesis(chain)
-            states[chain] = [frontier.size, prev, list(frontier.nodes)]
+            states[chain] = _frontier.chain_state(chain, frontier, last)
         return states
 
     def _frontier_locked(
@@ -520,11 +470,10 @@ class PostgresLedger(_RowReads):
             size, last = row[0] + 1, bytes(row[1])
             cached = self._frontiers.get(chain)
             if cached is not None and cached[0].size == size:
-                frontier = cached[0]
-            else:
-                frontier = _frontier_at(conn, chain, size, rebuild=False)
-                # committed records never change: the frontier of a size read is safe to keep
-                self._frontiers[chain] = (frontier, last)
+                return (size, cached[0].root())
+            frontier = _frontier_at(conn, chain, size, rebuild=False)
+            # committed records never change: the frontier of a size read is safe to keep
+            self._frontiers[chain] = (frontier, last)
             return (size, frontier.root())
 
         return self._retrying("read", run)
@@ -532,25 +481,6 @@ class PostgresLedger(_RowReads):
     def node(self, chain: str, level: int, index: int) -> bytes:
         """Hash of the complete subtree ``(level, index)``; level 0 is a record's hash."""
         return self._retrying("read", lambda conn: _read_node(conn, chain, level, index))
-
-    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
-        """Store a signed checkpoint; False when one of that size is already stored."""
-        c = checkpoint
-        return 1 == self._write(
-            "INSERT INTO checkpoints (chain, size, root, note, created) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (c.chain, c.size, c.root, c.note, c.created),
-        )
-
-    # -- consumer cursors (sinks) ----------------------------------------------------------
-
-    def set_cursor(self, name: str, chain: str, seq: int) -> None:
-        """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
-        self._write(
-            "INSERT INTO cursors (name, chain, seq) VALUES (%s, %s, %s) "
-            "ON CONFLICT (name, chain) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq)",
-            (name, chain, seq),
-        )
 
     # -- one statement on this process's connection ----------------------------------------
 
@@ -563,11 +493,12 @@ class PostgresLedger(_RowReads):
         return self._retrying("write to", lambda conn: conn.execute(sql, args).rowcount)
 
 
-class PostgresSnapshot(_RowReads):
+class PostgresSnapshot(_Rows, RowReads):
     """A :class:`~audit_core.ledgers.LedgerReader` over one REPEATABLE READ READ ONLY
     transaction (from :meth:`PostgresLedger.snapshot`): every call sees the same committed
     state. Valid until the ``with`` block that made it ends; one thread at a time."""
 
+    queries = _QUERIES
     _names = itertools.count()  # server-side cursors of one transaction need distinct names
 
     def __init__(self, ledger: PostgresLedger, conn: _Conn) -> None:
@@ -630,16 +561,8 @@ def _range_query(chain: str, start: int, stop: int | None) -> tuple[str, tuple[o
     return sql + " AND seq < %s ORDER BY seq", (chain, start, stop)
 
 
-def _extent(last: object) -> int:
-    return last + 1 if isinstance(last, int) else 0
-
-
 def _stored(row: tuple[Any, ...]) -> StoredRecord:
     return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]))
-
-
-def _checkpoint(row: tuple[Any, ...]) -> StoredCheckpoint:
-    return StoredCheckpoint(row[0], row[1], bytes(row[2]), row[3], row[4])
 
 
 def _stored_by_keys(conn: _Conn, keys: Sequence[bytes]) -> list[StoredRecord] | None:
@@ -655,56 +578,38 @@ def _stored_by_keys(conn: _Conn, keys: Sequence[bytes]) -> list[StoredRecord] | 
 def _read_node(conn: _Conn, chain: str, level: int, index: int) -> bytes:
     if level == 0:
         row = conn.execute(_LEAF, (chain, index)).fetchone()
-        found = bytes(row[0]) if row is not None else None
-    else:
-        row = conn.execute(_SUBTREES, (chain, [((index + 1) << level) - 1])).fetchone()
-        found = bytes(row[1])[(level - 1) * 32 : level * 32] if row is not None else None
-    if found is None or len(found) != 32:
-        raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
-    return found
+        return _frontier.checked_node(row and bytes(row[0]), chain, level, index)
+    last = _frontier.last_leaf(level, index)
+    row = conn.execute(_SUBTREES, (chain, [last])).fetchone()
+    return _frontier.subtree_node(row and bytes(row[1]), chain, level, index)
 
 
 def _frontier_at(conn: _Conn, chain: str, size: int, *, rebuild: bool) -> Frontier:
     """The frontier of ``size`` leaves from the stored subtrees, in one query (plus one for a
     lone leaf); with ``rebuild``, recomputed from every record hash when subtrees are
     missing, else LedgerError."""
-    positions = frontier_positions(size)
-    lasts = [((i + 1) << lv) - 1 for lv, i in positions if lv > 0]
+    lasts = [_frontier.last_leaf(lv, i) for lv, i in frontier_positions(size) if lv > 0]
     stored = {r[0]: bytes(r[1]) for r in conn.execute(_SUBTREES, (chain, lasts))} if lasts else {}
 
     def read(level: int, index: int) -> bytes:
         if level == 0:
             return _read_node(conn, chain, 0, index)
-        hashes = stored.get(((index + 1) << level) - 1, b"")
-        found = hashes[(level - 1) * 32 : level * 32]
-        if len(found) != 32:
-            raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
-        return found
+        hashes = stored.get(_frontier.last_leaf(level, index))
+        return _frontier.subtree_node(hashes, chain, level, index)
 
-    try:
-        return Frontier.at(read, size)
-    except LedgerError:
-        if not rebuild:
-            raise
-        return _rebuild(conn, chain, size)
+    return _frontier.frontier(
+        size, read, rebuild=partial(_rebuild, conn, chain, size) if rebuild else None
+    )
 
 
 def _rebuild(conn: _Conn, chain: str, size: int) -> Frontier:
-    """Recompute a chain's subtrees from its record hashes; loudly, it reads the whole chain."""
-    logger.warning(
-        "workflow-audit: rebuilding the Merkle tree of chain %r from its %d records", chain, size
-    )
-    COUNTERS.incr("merkle_rebuilds")
-    completed: list[tuple[int, int, bytes]] = []
+    """Recompute a chain's subtrees from its record hashes and store them."""
     hashes: Iterator[bytes] = (bytes(h) for (h,) in conn.execute(_HASHES_FROM, (chain,)))
-    frontier = Frontier.empty().extend(hashes, completed)
-    if frontier.size != size:
-        raise LedgerError(f"chain {chain!r} has {frontier.size} records, expected {size}")
-    by_leaf: dict[int, list[bytes]] = {}
-    for level, index, digest in completed:  # in level order for each leaf
-        by_leaf.setdefault(((index + 1) << level) - 1, []).append(digest)
+    rebuilt, subtrees = _frontier.rebuild(chain, size, hashes)
+    # READ COMMITTED: this read is a later snapshot than the caller's (under the chain lock,
+    # the same records; a mismatch means something else changed them)
+    if rebuilt.size != size:
+        raise LedgerError(f"chain {chain!r} has {rebuilt.size} records, expected {size}")
     with conn.cursor() as cur:
-        cur.executemany(
-            _INSERT_SUBTREE, [(chain, last, b"".join(hs)) for last, hs in by_leaf.items()]
-        )
-    return frontier
+        cur.executemany(_INSERT_SUBTREE, subtrees)
+    return rebuilt

@@ -1,4 +1,4 @@
-"""``workflow-audit postgres init``: the PostgreSQL ledger's schema, triggers and roles.
+"""The PostgreSQL ledger's schema, triggers and roles (``workflow-audit postgres init``).
 
 >>> from audit_core.ledgers.postgres_admin import WRITER_ROLE, AUDITOR_ROLE
 >>> (WRITER_ROLE, AUDITOR_ROLE)
@@ -26,9 +26,6 @@ tables stay owned by the role that ran ``init``, which the writers must not be.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +41,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "WRITER_ROLE",
     "InitResult",
-    "add_parsers",
     "create_schema",
     "init",
 ]
@@ -234,47 +230,3 @@ def init(
                 why = why.replace(secret, "***")
         raise LedgerError(f"cannot initialize the PostgreSQL ledger: {why}") from exc
     return InitResult(pgaudit=pgaudit, logins=tuple(logins))
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``postgres init`` to the ``workflow-audit`` subcommands ``sub``."""
-    pg = sub.add_parser("postgres", help="PostgreSQL ledgers")
-    commands = pg.add_subparsers(dest="postgres_command", metavar="COMMAND", required=True)
-    cmd = commands.add_parser(
-        "init",
-        help="create the ledger schema, append-only triggers and roles",
-        description="Create the ledger tables, the triggers that refuse UPDATE, DELETE and "
-        f"TRUNCATE on records, Merkle subtrees and checkpoints, the group roles {WRITER_ROLE} "
-        f"(SELECT, INSERT) and {AUDITOR_ROLE} (SELECT), and optionally login roles that are "
-        "members of them. Idempotent. Run it as the role that will own the tables (never the "
-        "writers' role). Passwords may come from $WORKFLOW_AUDIT_WRITER_PASSWORD and "
-        "$WORKFLOW_AUDIT_AUDITOR_PASSWORD instead of the command line.",
-    )
-    cmd.add_argument("--url", required=True, help="postgresql://OWNER@HOST:PORT/DB")
-    cmd.add_argument("--writer-role", help=f"login role to create as a member of {WRITER_ROLE}")
-    cmd.add_argument("--writer-password", help="its password (else $WORKFLOW_AUDIT_WRITER_…)")
-    cmd.add_argument("--auditor-role", help=f"login role to create as a member of {AUDITOR_ROLE}")
-    cmd.add_argument("--auditor-password", help="its password (else $WORKFLOW_AUDIT_AUDITOR_…)")
-    cmd.set_defaults(func=_cmd_init)
-
-
-def _cmd_init(args: argparse.Namespace) -> int:
-    result = init(
-        args.url,
-        writer=args.writer_role,
-        writer_password=args.writer_password or os.environ.get("WORKFLOW_AUDIT_WRITER_PASSWORD"),
-        auditor=args.auditor_role,
-        auditor_password=args.auditor_password or os.environ.get("WORKFLOW_AUDIT_AUDITOR_PASSWORD"),
-    )
-    tables = "records, chain_heads, merkle_subtrees, checkpoints, cursors, meta"
-    print(f"schema v{SCHEMA_VERSION}: {tables}")
-    print(f"roles: {WRITER_ROLE} (SELECT, INSERT), {AUDITOR_ROLE} (SELECT)")
-    for login in result.logins:
-        print(f"login role: {login}")
-    if not result.pgaudit:
-        print(
-            "warning: pgaudit is not in shared_preload_libraries: attempted changes are refused "
-            "but not written to the server's audit log",
-            file=sys.stderr,
-        )
-    return 0

@@ -28,8 +28,6 @@ nothing, so an auditor without write access, or a copy on read-only media, can v
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import sqlite3
 import threading
@@ -41,10 +39,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from audit_core._merkle import Frontier, push
-from audit_core._metrics import COUNTERS
-from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord, genesis, leaf_hash
+from audit_core._merkle import Frontier
+from audit_core._record import PreparedRecord, StoredRecord
 from audit_core.errors import ConfigError, LedgerError
+from audit_core.ledgers import _frontier, synchronous_level
+from audit_core.ledgers._reads import Queries, RowReads, RowWrites
 
 _C = TypeVar("_C", bound=sqlite3.Connection)
 
@@ -57,10 +56,7 @@ __all__ = [
     "connect_read_only",
 ]
 
-logger = logging.getLogger("workflow_audit")
-
 SCHEMA_VERSION = 1
-_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -110,7 +106,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
 
-_HEAD = "SELECT seq, hash, body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _LAST = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _INSERT = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
 # OR IGNORE: a rebuild may meet subtrees that exist; they are derived data, and a wrong one
@@ -119,68 +114,26 @@ _INSERT_SUBTREE = "INSERT OR IGNORE INTO merkle_subtrees (chain, last, hashes) V
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"
 _HASHES_BETWEEN = "SELECT hash FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq"
 _CATCH_UP_LIMIT = 64
-_CHECKPOINTS = "SELECT chain, size, root, note, created FROM checkpoints WHERE chain = ?"
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
 _NODE = "SELECT hashes FROM merkle_subtrees WHERE chain = ? AND last = ?"
-_EXTENT = "SELECT max(last) FROM merkle_subtrees WHERE chain = ?"  # a seek on the primary key
-_CHAINS = "SELECT DISTINCT chain FROM records ORDER BY chain"
-_MERKLE_CHAINS = (
-    "SELECT DISTINCT chain FROM merkle_subtrees UNION SELECT DISTINCT chain FROM checkpoints "
-    "ORDER BY chain"
+_QUERIES = Queries(
+    head="SELECT chain, seq, hash, body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1",
+    chains="SELECT DISTINCT chain FROM records ORDER BY chain",
+    merkle_chains=(
+        "SELECT DISTINCT chain FROM merkle_subtrees UNION SELECT DISTINCT chain FROM checkpoints "
+        "ORDER BY chain"
+    ),
+    extent="SELECT max(last) FROM merkle_subtrees WHERE chain = ?",  # a seek on the primary key
+    checkpoints="SELECT chain, size, root, note, created FROM checkpoints WHERE chain = ?",
+    cursor="SELECT seq FROM cursors WHERE name = ? AND chain = ?",
+    add_checkpoint="INSERT OR IGNORE INTO checkpoints (chain, size, root, note, created) "
+    "VALUES (?, ?, ?, ?, ?)",
+    set_cursor="INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
+    "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
 )
-_CURSOR = "SELECT seq FROM cursors WHERE name = ? AND chain = ?"
 # SQLite result codes (sqlite.org/rescode.html), low byte: the ones a read-only open of a
 # WAL database gives when the -shm file can be neither opened for writing nor created.
 _SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
-
-
-class _RowReads:
-    """The reads that are one query each, written once for the ledger (its connection, under its
-    lock) and its snapshot (one read transaction): each supplies ``_rows``."""
-
-    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def head(self, chain: str) -> StoredRecord | None:
-        """The last record of ``chain`` (None if it has none)."""
-        rows = self._rows(_HEAD, (chain,))
-        return StoredRecord(chain, *rows[0]) if rows else None
-
-    def chains(self) -> list[str]:
-        """Every chain id with at least one record, sorted."""
-        return [r[0] for r in self._rows(_CHAINS)]
-
-    def merkle_chains(self) -> list[str]:
-        """Every chain id with stored Merkle subtrees or checkpoints, sorted."""
-        return [r[0] for r in self._rows(_MERKLE_CHAINS)]
-
-    def merkle_extent(self, chain: str) -> int:
-        """One more than the last leaf that completed a stored subtree; 0 when none."""
-        rows = self._rows(_EXTENT, (chain,))
-        return _extent(rows[0][0] if rows else None)
-
-    def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
-        """The chain's checkpoint of the largest tree."""
-        rows = self._rows(_CHECKPOINTS + " ORDER BY size DESC LIMIT 1", (chain,))
-        return StoredCheckpoint(*rows[0]) if rows else None
-
-    def checkpoints(self, chain: str) -> list[StoredCheckpoint]:
-        """The chain's stored checkpoints, smallest tree first."""
-        rows = self._rows(_CHECKPOINTS + " ORDER BY size", (chain,))
-        return [StoredCheckpoint(*row) for row in rows]
-
-    def get_cursor(self, name: str, chain: str) -> int:
-        """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
-        rows = self._rows(_CURSOR, (name, chain))
-        if not rows:
-            return -1
-        if type(rows[0][0]) is not int:  # a row edited outside workflow-audit
-            raise LedgerError(f"the cursor of {name!r} in chain {chain!r} is not an integer")
-        return int(rows[0][0])
-
-    def cursor_names(self) -> list[str]:
-        """The names of every consumer with a cursor in some chain, sorted."""
-        return [r[0] for r in self._rows("SELECT DISTINCT name FROM cursors ORDER BY name")]
 
 
 #: Every SqliteLedger of this process: a forked child gets new locks (one at-fork handler).
@@ -198,11 +151,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_locks)
 
 
-class SqliteLedger(_RowReads):
+class SqliteLedger(RowWrites):
     """A :class:`~audit_core.ledgers.Ledger` in one SQLite file (``path=None``: in memory).
 
     ``read_only=True``: an existing file, opened by :func:`connect_read_only`; nothing is
     created, and writes raise LedgerError."""
+
+    queries = _QUERIES
 
     def __init__(
         self,
@@ -213,13 +168,12 @@ class SqliteLedger(_RowReads):
         create: bool = True,
         read_only: bool = False,
     ) -> None:
-        if synchronous.upper() not in _SYNCHRONOUS:
-            raise ConfigError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
+        level = synchronous_level(synchronous)
         if read_only and path is None:
             raise ConfigError("a read-only SQLite ledger needs a file, not :memory:")
         self.path = Path(path) if path is not None else None
         self.read_only = read_only
-        self.synchronous = synchronous.upper()
+        self.synchronous = level
         self.busy_timeout_s = busy_timeout_s
         self._create = create and not read_only
         self._lock = threading.Lock()
@@ -315,32 +269,17 @@ class SqliteLedger(_RowReads):
     def _seal_all(
         self, conn: sqlite3.Connection, records: Sequence[PreparedRecord]
     ) -> tuple[list[StoredRecord], dict[str, Frontier]]:
-        # chain -> [next seq, prev hash hex, frontier nodes]: mutable, for the per-record loop
         states: dict[str, list[Any]] = {}
-        completed: list[tuple[int, int, bytes]] = []
-        subtrees: list[tuple[str, int, bytes]] = []
-        stored: list[StoredRecord] = []
-        lhash = leaf_hash
         for rec in records:
             chain = rec.chain
-            state = states.get(chain)
-            if state is None:
+            if chain not in states:
                 row = conn.execute(_LAST, (chain,)).fetchone()
                 size = 0 if row is None else row[0] + 1
-                prev = genesis(chain) if row is None else row[1].hex()
-                state = states[chain] = [size, prev, list(self._frontier(conn, chain, size).nodes)]
-            seq, prev, nodes = state
-            body = rec.seal(seq, prev)
-            digest = lhash(body)
-            stored.append(StoredRecord(chain, seq, digest, body))
-            if seq & 1:  # an odd seq completes subtrees: levels 1..k, stored as one row
-                push(nodes, seq, digest, completed)
-                subtrees.append((chain, seq, b"".join(h for _, _, h in completed)))
-                completed.clear()
-            else:
-                nodes.append(digest)  # what push() does for an even tree size
-            state[0] = seq + 1
-            state[1] = digest.hex()
+                last = b"" if row is None else row[1]
+                states[chain] = _frontier.chain_state(
+                    chain, self._frontier(conn, chain, size), last
+                )
+        stored, subtrees = _frontier.seal(records, states)
         conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
         conn.executemany(_INSERT_SUBTREE, subtrees)
         return stored, {c: Frontier(n, tuple(nodes)) for c, (n, _, nodes) in states.items()}
@@ -354,18 +293,17 @@ class SqliteLedger(_RowReads):
         subtrees are missing, else LedgerError."""
         cached = self._frontiers.get(chain)
         if cached is not None and cached.size == size:
-            return cached
+            return cached  # the append path: one writer, nothing to catch up
         # Others appended since: their subtrees exist. Hashing the few new leaves is cheaper
         # than reading the O(log n) subtrees (measured: break-even near 100 records).
-        if cached is not None and cached.size < size <= cached.size + _CATCH_UP_LIMIT:
-            rows = conn.execute(_HASHES_BETWEEN, (chain, cached.size, size))
-            return cached.extend(h for (h,) in rows)
-        try:
-            return Frontier.at(partial(_read_node, conn, chain), size)
-        except LedgerError:
-            if not rebuild:
-                raise
-            return _rebuild(conn, chain, size)
+        return _frontier.frontier(
+            size,
+            partial(_read_node, conn, chain),
+            cached=cached,
+            since=lambda start: (h for (h,) in conn.execute(_HASHES_BETWEEN, (chain, start, size))),
+            limit=_CATCH_UP_LIMIT,
+            rebuild=partial(_rebuild, conn, chain, size) if rebuild else None,
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -455,24 +393,6 @@ class SqliteLedger(_RowReads):
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot read {self!r}: {exc}") from exc
 
-    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
-        """Store a signed checkpoint; False when one of that size is already stored."""
-        return 1 == self._write(
-            "INSERT OR IGNORE INTO checkpoints (chain, size, root, note, created) "
-            "VALUES (?, ?, ?, ?, ?)",
-            tuple(dataclasses.astuple(checkpoint)),
-        )
-
-    # -- consumer cursors (sinks) ----------------------------------------------------------
-
-    def set_cursor(self, name: str, chain: str, seq: int) -> None:
-        """Move consumer ``name``'s cursor in ``chain`` forward to ``seq`` (never back)."""
-        self._write(
-            "INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
-            "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
-            (name, chain, seq),
-        )
-
     # -- one statement on this process's connection ----------------------------------------
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
@@ -490,10 +410,12 @@ class SqliteLedger(_RowReads):
                 raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
 
 
-class SqliteSnapshot(_RowReads):
+class SqliteSnapshot(RowReads):
     """A :class:`~audit_core.ledgers.LedgerReader` over one read transaction of a
     :class:`SqliteLedger` (from :meth:`SqliteLedger.snapshot`): every call sees the same
     committed state. Valid until the ``with`` block that made it ends; one thread at a time."""
+
+    queries = _QUERIES
 
     def __init__(self, ledger: SqliteLedger, conn: sqlite3.Connection) -> None:
         self.ledger = ledger
@@ -673,39 +595,20 @@ def _open_uri(
     return conn
 
 
-def _extent(last: object) -> int:
-    # a tampered row may hold anything; only an integer says how far the tree reached
-    return last + 1 if isinstance(last, int) else 0
-
-
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:
     if level == 0:
         row = conn.execute(_NODE_LEAF, (chain, index)).fetchone()
-        found = row[0] if row is not None else None
-    else:
-        row = conn.execute(_NODE, (chain, ((index + 1) << level) - 1)).fetchone()
-        hashes = row[0] if row is not None else None  # a tampered row may hold any type
-        found = hashes[(level - 1) * 32 : level * 32] if isinstance(hashes, bytes) else None
-    if not isinstance(found, bytes) or len(found) != 32:
-        raise LedgerError(f"chain {chain!r} has no Merkle node at level {level}, index {index}")
-    return bytes(found)
+        return _frontier.checked_node(row and row[0], chain, level, index)
+    row = conn.execute(_NODE, (chain, _frontier.last_leaf(level, index))).fetchone()
+    return _frontier.subtree_node(row and row[0], chain, level, index)
 
 
 def _rebuild(conn: sqlite3.Connection, chain: str, size: int) -> Frontier:
-    """Recompute a chain's subtrees from its record hashes (a ledger written before Merkle
-    trees, or subtrees deleted); loudly, since it reads the whole chain."""
-    logger.warning(
-        "workflow-audit: rebuilding the Merkle tree of chain %r from its %d records", chain, size
-    )
-    COUNTERS.incr("merkle_rebuilds")
-    completed: list[tuple[int, int, bytes]] = []
+    """Recompute a chain's subtrees from its record hashes and store them."""
     rows = conn.execute(_HASHES_FROM, (chain, 0))
-    frontier = Frontier.empty().extend((h for (h,) in rows), completed)
-    by_leaf: dict[int, list[bytes]] = {}
-    for level, index, digest in completed:  # in level order for each leaf
-        by_leaf.setdefault(((index + 1) << level) - 1, []).append(digest)
-    conn.executemany(_INSERT_SUBTREE, [(chain, last, b"".join(hs)) for last, hs in by_leaf.items()])
-    return frontier
+    rebuilt, subtrees = _frontier.rebuild(chain, size, (h for (h,) in rows))
+    conn.executemany(_INSERT_SUBTREE, subtrees)
+    return rebuilt
 
 
 def _lenient_text(raw: bytes) -> str:

@@ -1,8 +1,6 @@
 """OTLP sink: each record becomes one OpenTelemetry log record, sent over OTLP/HTTP (protobuf).
 
->>> from audit_core.sinks.otlp import OtlpSink, severity
->>> severity("task.failed"), severity("drift.detected"), severity("model.deployed")
-(('ERROR', 17), ('WARN', 13), ('INFO', 9))
+>>> from audit_core.sinks.otlp import OtlpSink
 >>> OtlpSink("http://127.0.0.1:4318", timeout_s=2).name
 'otlp:http://127.0.0.1:4318/v1/logs'
 
@@ -30,7 +28,7 @@ OTLP field                    value
 ============================  ===============================================================
 ``body``                      the event type (``task.failed``); also ``event_name``
 ``time_unix_nano``            the record's ``ts`` (event time); observed time: when shipped
-``severity_text``/``number``  :func:`severity`: ERROR for failures (``*.failed``,
+``severity_text``/``number``  ERROR for failures (``*.failed``,
                               ``*.unrecorded``, ``*.import_error``, ``*.crashed``,
                               ``access.denied``), WARN for ``*.retry_scheduled``,
                               ``*.upstream_failed`` and ``drift.detected``, INFO otherwise
@@ -40,7 +38,7 @@ OTLP field                    value
 attributes                    below
 ============================  ===============================================================
 
-Attributes (:data:`CORE_ATTRIBUTES` always, the rest when the record has them):
+Attributes (the four core ones always, the rest when the record has them):
 
 - ``audit.chain`` (string), ``audit.seq`` (int), ``audit.hash`` (64 hex: the record's RFC 9162
   leaf hash, as ``workflow-audit export`` prints it), ``audit.event`` (string);
@@ -53,11 +51,12 @@ Attributes (:data:`CORE_ATTRIBUTES` always, the rest when the record has them):
 Nested objects are flattened with dots (``data: {"metrics": {"auc": 0.9}}`` →
 ``audit.data.metrics.auc``), lists become their JSON text, ``null`` values and empty objects
 are left out. OTLP attributes are for searching and dashboards; the record itself is the
-ledger's, so to keep log records small, string values are cut at :data:`MAX_VALUE_CHARS`
-characters and a record gets at most :data:`MAX_ATTRIBUTES` attributes (core, actor, subject,
-then data, in key order); a record that was cut carries ``audit.truncated = true``, and
-``audit.hash`` finds the full record in the ledger. Loki turns the dots into underscores
-(``audit_event``, ``audit_subject_dag_id``): deploy/README.md shows the queries.
+ledger's, so to keep log records small, string values are cut at 4,096 characters and a
+record gets at most 128 attributes (core, actor, subject, then data, in key order: the caps
+of :mod:`audit_core.sinks._attributes`); a record that was cut carries
+``audit.truncated = true``, and ``audit.hash`` finds the full record in the ledger. Loki
+turns the dots into underscores (``audit_event``, ``audit_subject_dag_id``):
+deploy/README.md shows the queries.
 
 Configuration: explicit arguments win over the standard OpenTelemetry variables, which win
 over the SDK's defaults:
@@ -88,17 +87,26 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
-
 from audit_core._metrics import COUNTERS
-from audit_core._normalize import JSON, JSONObject
+from audit_core._normalize import JSONObject
 from audit_core._record import Record, StoredRecord
 from audit_core.errors import ConfigError, FormatError
 from audit_core.sinks import Batch, ExportResult
+from audit_core.sinks._attributes import (
+    CORE_ATTRIBUTES,
+    ERROR,
+    INFO,
+    MAX_ATTRIBUTES,
+    MAX_VALUE_CHARS,
+    UNREADABLE_EVENT,
+    WARN,
+    Attributes,
+    attributes,
+    severity,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -106,6 +114,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
     from opentelemetry.sdk.resources import Resource
 
+# The attribute names and limits (shared with the structlog sink in _attributes.py) stay
+# public here, where OTLP users look for them.
 __all__ = [
     "CORE_ATTRIBUTES",
     "MAX_ATTRIBUTES",
@@ -120,17 +130,6 @@ __all__ = [
 
 logger = logging.getLogger("workflow_audit")
 
-#: Attributes every log record has.
-CORE_ATTRIBUTES: Final = ("audit.chain", "audit.seq", "audit.hash", "audit.event")
-#: At most this many attributes a log record (the SDK's default attribute count limit).
-MAX_ATTRIBUTES: Final = 128
-#: String attribute values are cut to this many characters.
-MAX_VALUE_CHARS: Final = 4096
-#: The event of the log record sent in place of a ledger record that cannot be parsed (only a
-#: damaged ledger has one): ERROR, with the record's chain, seq and hash, so that an alert
-#: fires and the shipper does not stall behind it. ``workflow-audit verify`` says what is wrong.
-UNREADABLE_EVENT: Final = "audit.unreadable"
-
 DEFAULT_ENDPOINT: Final = "http://localhost:4318"
 LOGS_PATH: Final = "/v1/logs"
 SERVICE_NAME: Final = "workflow-audit"
@@ -138,25 +137,7 @@ SERVICE_NAME: Final = "workflow-audit"
 #: (the protobuf request is 1-2x this), well below what collectors accept by default.
 REQUEST_BYTES: Final = 2 * 1024 * 1024
 
-# OpenTelemetry log data model, "Field: SeverityNumber": INFO 9, WARN 13, ERROR 17.
-_INFO, _WARN, _ERROR = ("INFO", 9), ("WARN", 13), ("ERROR", 17)
-_ERROR_SUFFIXES = (".failed", ".unrecorded", ".import_error", ".crashed")
-_ERROR_EVENTS = frozenset({"access.denied", UNREADABLE_EVENT})
-_WARN_SUFFIXES = (".retry_scheduled", ".upstream_failed")
-_WARN_EVENTS = frozenset({"drift.detected"})
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-
-Attributes = dict[str, str | bool | int | float]
-
-
-@lru_cache(maxsize=1024)
-def severity(event: str) -> tuple[str, int]:
-    """(severity text, OpenTelemetry severity number) of an event type."""
-    if event in _ERROR_EVENTS or event.endswith(_ERROR_SUFFIXES):
-        return _ERROR
-    if event in _WARN_EVENTS or event.endswith(_WARN_SUFFIXES):
-        return _WARN
-    return _INFO
 
 
 def timestamp_ns(ts: str) -> int:
@@ -164,50 +145,6 @@ def timestamp_ns(ts: str) -> int:
     days = dt.date(int(ts[0:4]), int(ts[5:7]), int(ts[8:10])).toordinal() - _EPOCH_ORDINAL
     seconds = days * 86_400 + int(ts[11:13]) * 3_600 + int(ts[14:16]) * 60 + int(ts[17:19])
     return seconds * 1_000_000_000 + int(ts[20:26]) * 1_000
-
-
-def attributes(record: Record) -> Attributes:
-    """The OTLP attributes of ``record`` (the keys in this module's docstring)."""
-    out: Attributes = {
-        "audit.chain": record.chain,
-        "audit.seq": record.seq,
-        "audit.hash": record.hash,
-        "audit.event": record.event,
-    }
-    full = _Flattener(out)
-    full.add("audit.actor", record.actor)
-    full.add("audit.subject", record.subject)
-    full.add("audit.data", record.data)
-    if full.truncated:
-        out["audit.truncated"] = True
-    return out
-
-
-class _Flattener:
-    """Adds flattened values to ``out`` within the caps, noting whether anything was cut."""
-
-    __slots__ = ("out", "truncated")
-
-    def __init__(self, out: Attributes) -> None:
-        self.out = out
-        self.truncated = False
-
-    def add(self, key: str, value: JSON) -> None:
-        if value is None:
-            return
-        if isinstance(value, dict):
-            for k, v in value.items():
-                self.add(f"{key}.{k}", v)
-            return
-        if len(self.out) >= MAX_ATTRIBUTES - 1:  # one slot kept for audit.truncated
-            self.truncated = True
-            return
-        if isinstance(value, list):
-            value = orjson.dumps(value).decode()
-        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
-            value = value[:MAX_VALUE_CHARS]
-            self.truncated = True
-        self.out[key] = value
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -355,7 +292,7 @@ class _Sdk:
         self._trace = trace
         self._record = LogRecord
         self._readable = ReadableLogRecord
-        self._severity = {n: SeverityNumber(n) for _, n in (_INFO, _WARN, _ERROR)}
+        self._severity = {n: SeverityNumber(n) for _, n in (INFO, WARN, ERROR)}
         self._scope = InstrumentationScope("workflow-audit", __version__)
         self._provider = provider
         self._resource = provider.resource

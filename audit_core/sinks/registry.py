@@ -7,6 +7,7 @@ background flush (``WORKFLOW_AUDIT_FLUSH_SINKS``).
 
 from __future__ import annotations
 
+from audit_core.checkpoint import CheckpointSigner
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError
 from audit_core.ledgers import Ledger
@@ -43,19 +44,17 @@ def make_sink(
 
         return OtlpSink(endpoint or None)
     if name == "structlog":
-        from audit_core.integrations.structlog import StructlogSink
+        from audit_core.sinks.structlog import StructlogSink
 
         return StructlogSink()
     if name == "s3":
-        from audit_core.sinks.s3 import S3SegmentSink, ledger_checkpoints
-        from audit_core.trail import AuditTrail
+        from audit_core.sinks.s3 import S3SegmentSink
 
         url = s3_url or config.s3_url
         if not url:
             raise ConfigError("the s3 sink needs --s3 s3://BUCKET/PREFIX or WORKFLOW_AUDIT_S3_URL")
         # Each segment ends with a checkpoint signed at its size: the shipper holds the key
         # (WORKFLOW_AUDIT_SIGNING_KEY, else `<ledger>.key`, as for `workflow-audit checkpoint`).
-        trail = AuditTrail(config, ledger=ledger)
-        checkpoint = ledger_checkpoints(ledger, trail.signer, trail.origin)
+        checkpoint = CheckpointSigner.from_config(config, ledger).at_size()
         return S3SegmentSink.from_url(url, checkpoint=checkpoint)
     raise ConfigError(f"unknown sink {name!r}; known: {', '.join(SINK_NAMES)}")

@@ -1,25 +1,13 @@
 """Ship a chain to S3 as sealed, write-once segments under Object Lock.
 
->>> key = segment_key("audit/prod", "airflow", 0, 999)
->>> key
-'audit/prod/airflow/00000000000000000000-00000000000000000999.jsonl.gz'
->>> parse_key("audit/prod", key)
-('airflow', 0, 999, 'segment')
->>> decode_segment(encode_segment([b'{"seq":0}', b'{"seq":1}']))
-[b'{"seq":0}', b'{"seq":1}']
+>>> from audit_core.sinks.s3 import LOCK_MODES, MIN_RETENTION_DAYS
+>>> LOCK_MODES, MIN_RETENTION_DAYS
+(('COMPLIANCE', 'GOVERNANCE'), 184)
 
-Layout of a bucket (``s3://BUCKET/PREFIX``), one pair of objects per segment:
+The objects and their bytes (``PREFIX/CHAIN/FIRST-LAST.jsonl.gz`` and its
+``….checkpoint``) are the segment format of :mod:`audit_core._segment`, which bucket
+verification (:mod:`audit_core.bucket`) reads too; this module is the writer.
 
-- ``PREFIX/CHAIN/FIRST-LAST.jsonl.gz`` (FIRST and LAST: seqs, 20 digits, so names sort by
-  position): records FIRST..LAST of the chain, each its canonical RFC 8785 bytes followed by
-  ``\\n`` (canonical JSON escapes every control character, so a record never holds a raw
-  newline), compressed as exactly one RFC 1952 gzip member (mtime 0, no file name). The
-  record hashes are not stored: a verifier recomputes them from the bytes.
-- ``PREFIX/CHAIN/FIRST-LAST.checkpoint``: the chain's C2SP tlog-checkpoint at tree size
-  LAST + 1 as a C2SP signed-note: the RFC 9162 root of every record up to the segment's end.
-  Written after its segment: a segment without one is an upload cut short.
-
-CHAIN is percent-encoded (RFC 3986), so a ``/`` in a chain id never makes a sub-directory.
 Names derive from chain and range only, so a re-upload is a no-op. Every object is written
 once: ``If-None-Match: *`` (S3 conditional writes) makes the server refuse to replace an
 existing key; the sink then compares what is there, and a difference is a loud FAILURE,
@@ -37,34 +25,40 @@ same prefix at once could leave overlapping segments (``verify s3://…`` report
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import gzip
-import hashlib
 import importlib
 import logging
-import re
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
-from urllib.parse import quote, unquote
 
-from audit_core._merkle import Frontier
 from audit_core._metrics import COUNTERS
-from audit_core._note import Signer, sign_note
-from audit_core.checkpoint import Checkpoint
+from audit_core._segment import (
+    LOCK_MODES,
+    MIN_RETENTION_DAYS,
+    chain_dir,
+    checkpoint_key,
+    decode_segment,
+    encode_segment,
+    parse_key,
+    segment_key,
+    sha256_b64,
+)
+from audit_core.checkpoint import ledger_checkpoints
 from audit_core.errors import ConfigError
-from audit_core.ledgers import Ledger, masked_url
+from audit_core.ledgers import masked_url
 from audit_core.sinks import Batch, ExportResult
 
+# The segment format's names (audit_core/_segment.py) and ledger_checkpoints (checkpoint.py)
+# stay importable from here, where users of the sink found them before #12.
 __all__ = [
     "LOCK_MODES",
     "MIN_RETENTION_DAYS",
     "S3SegmentSink",
+    "boto_errors",
     "decode_segment",
     "encode_segment",
+    "error_code",
     "ledger_checkpoints",
     "parse_key",
     "parse_s3_url",
@@ -73,50 +67,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("workflow_audit")
-
-#: EU AI Act Art. 19(1): logs of high-risk AI systems are kept "for a period appropriate to
-#: the intended purpose …, of at least six months". Six calendar months are at most 184
-#: days (July-December), so 184 days is six months whenever the clock starts.
-MIN_RETENTION_DAYS = 184
-#: S3 Object Lock retention modes (PutObject ``x-amz-object-lock-mode``).
-LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
-
-_NAME = re.compile(r"(\d{20})-(\d{20})\.(jsonl\.gz|checkpoint)")
-_SUFFIX = {"jsonl.gz": "segment", "checkpoint": "checkpoint"}
-_COMPRESSLEVEL = 6  # zlib's default: ~3 µs a record; level 9 halves the speed for 0.5 % less
-
-
-def chain_dir(prefix: str, chain: str) -> str:
-    """``PREFIX/CHAIN/``: where a chain's objects live (the chain percent-encoded)."""
-    enc = quote(chain, safe="")
-    return f"{prefix.strip('/')}/{enc}/" if prefix.strip("/") else f"{enc}/"
-
-
-def segment_key(prefix: str, chain: str, first: int, last: int) -> str:
-    """The object name of the segment holding records ``first..last`` of ``chain``."""
-    return f"{chain_dir(prefix, chain)}{first:020d}-{last:020d}.jsonl.gz"
-
-
-def checkpoint_key(prefix: str, chain: str, first: int, last: int) -> str:
-    """The object name of the checkpoint at the end of segment ``first..last``."""
-    return f"{chain_dir(prefix, chain)}{first:020d}-{last:020d}.checkpoint"
-
-
-def parse_key(prefix: str, key: str) -> tuple[str, int, int, str] | None:
-    """``(chain, first, last, "segment" | "checkpoint")`` of one of our object names, or None
-    for anything else (a foreign object, or a chain not in its canonical encoding)."""
-    base = prefix.strip("/")
-    rel = key[len(base) + 1 :] if base else key
-    if base and not key.startswith(base + "/"):
-        return None
-    enc, sep, name = rel.partition("/")
-    found = _NAME.fullmatch(name)
-    if not sep or found is None:
-        return None
-    chain = unquote(enc)
-    if quote(chain, safe="") != enc:
-        return None
-    return chain, int(found[1]), int(found[2]), _SUFFIX[found[3]]
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -129,49 +79,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise ConfigError(f"{masked_url(url)!r} is not an s3://BUCKET[/PREFIX] URL")
     bucket, _, prefix = url[5:].partition("/")
     return bucket, prefix.strip("/")
-
-
-def encode_segment(bodies: Sequence[bytes]) -> bytes:
-    """One gzip member (RFC 1952) of the records' bytes, a ``\\n`` after each; mtime 0 and
-    no file name, so the same records give the same object with the same zlib."""
-    return gzip.compress(b"\n".join(bodies) + b"\n", compresslevel=_COMPRESSLEVEL, mtime=0)
-
-
-def decode_segment(data: bytes) -> list[bytes]:
-    """The record bytes in a segment; ValueError unless ``data`` is exactly one complete gzip
-    member of newline-terminated lines.
-
-    RFC 1952 §2.2 lets a gzip file hold several members, and Python's ``gzip`` module reads
-    them all (and skips trailing zeros): bytes appended after our one member would pass
-    unseen, as they did for years in the CloudTrail log file validator. So zlib is driven
-    directly (``wbits=31``: gzip framing, CRC-32 and ISIZE checked) and anything left after
-    the member is an error.
-    """
-    # RFC 1952 §2.3.1: ID1 ID2 CM=8 (deflate), FLG=0: no extra field, file name or comment
-    # (the sink writes none, so nothing can hide in the header).
-    if data[:4] != b"\x1f\x8b\x08\x00":
-        raise ValueError("not a gzip member as the sink writes it (magic, deflate, no flags)")
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data) + inflater.flush()
-    except zlib.error as exc:
-        raise ValueError(f"not a valid gzip member: {exc}") from exc
-    if not inflater.eof:
-        raise ValueError("the gzip member is truncated (no end of stream, CRC-32 or length)")
-    if inflater.unused_data:
-        extra = len(inflater.unused_data)
-        raise ValueError(
-            f"{extra} byte(s) after the end of the gzip member (a segment is exactly one "
-            "member: bytes were appended, or a second member was concatenated)"
-        )
-    if not out.endswith(b"\n"):
-        raise ValueError("the records do not end with a newline (truncated or altered)")
-    return out[:-1].split(b"\n")
-
-
-def sha256_b64(data: bytes) -> str:
-    """The value of ``x-amz-checksum-sha256``: base64 of the SHA-256 digest."""
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def s3_client() -> Any:
@@ -203,25 +110,6 @@ def boto_errors() -> tuple[type[BaseException], ...]:
     return (exceptions.ClientError, exceptions.BotoCoreError)
 
 
-def ledger_checkpoints(
-    ledger: Ledger, signer: Signer, origin: Callable[[str], str]
-) -> Callable[[str, int], str]:
-    """A ``checkpoint`` callable for :class:`S3SegmentSink`: the signed note of the chain's
-    tree at any size the ledger holds, its RFC 9162 root folded from the ledger's stored
-    subtrees (``ledger_checkpoints(trail.ledger, trail.signer, trail.origin)``).
-
-    A root at an earlier size of the same tree is consistent with every checkpoint of that
-    tree by construction, so this never signs two inconsistent checkpoints (tlog-checkpoint,
-    "Signatures"). Ed25519 signatures are deterministic (RFC 8032), so a re-signed checkpoint
-    is byte-identical and its re-upload a no-op."""
-
-    def sign(chain: str, size: int) -> str:
-        root = Frontier.at(partial(ledger.node, chain), size).root()
-        return sign_note(Checkpoint(origin(chain), size, root).text(), [signer])
-
-    return sign
-
-
 class _ConflictError(Exception):
     """An object already holds other bytes than the ones this sink would write."""
 
@@ -237,10 +125,10 @@ class S3SegmentSink:
     """Delivers each batch as sealed segments in ``s3://bucket/prefix`` (see the module).
 
     ``checkpoint(chain, size)`` returns the signed checkpoint note of ``chain`` at tree size
-    ``size`` (:func:`ledger_checkpoints` makes one from a trail). A bucket without Object
-    Lock is refused with :class:`~audit_core.errors.ConfigError` unless ``allow_no_lock``
-    (development only); a retention shorter than :data:`MIN_RETENTION_DAYS` unless
-    ``allow_short_retention``.
+    ``size`` (:func:`audit_core.checkpoint.ledger_checkpoints` makes one from a ledger). A
+    bucket without Object Lock is refused with :class:`~audit_core.errors.ConfigError`
+    unless ``allow_no_lock`` (development only); a retention shorter than
+    :data:`MIN_RETENTION_DAYS` unless ``allow_short_retention``.
     """
 
     def __init__(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from audit_core import Record
 from audit_core.ledgers.sqlite import SqliteLedger
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
 #: (event, task_id, try_number) of the records one run of example_dags/ml_pipeline.py writes.
 ML_TIMELINE = [
     ("task.started", "upload_dataset", 1),
@@ -88,9 +86,3 @@ def records(ledger: Path, chain: str = "airflow") -> list[Record]:
         return [Record.from_stored(s) for s in db.read(chain)]
     finally:
         db.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

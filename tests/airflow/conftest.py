@@ -4,7 +4,6 @@ executor path. Each test writes to its own ledger (``[workflow_audit] ledger_url
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -15,7 +14,9 @@ from pathlib import Path
 import airflow
 import pytest
 
-from tests.airflow._airflow import BIN, BUNDLED, REPO, AirflowHome, free_port
+from testkit import free_port
+from testkit.airflow import home_env
+from tests.airflow._airflow import BIN, BUNDLED, AirflowHome
 
 
 @pytest.fixture(scope="session")
@@ -25,23 +26,11 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
     home = tmp_path_factory.mktemp("airflow_home")
     dags = home / "dags"
     dags.mkdir()
-    for path in (REPO / "example_dags").glob("*.py"):
-        shutil.copy(path, dags)
+    env = home_env(home, dags)  # copies the example DAGs
     shutil.copy(Path(__file__).with_name("dags") / "audit_test_dags.py", dags)
     bundled = Path(airflow.__file__).parent / "example_dags"
     for name in BUNDLED:
         shutil.copy(bundled / name, dags)
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "ML_PIPELINE_HOME": str(home / "ml_pipeline"),
-        "PYTHONWARNINGS": "ignore",
-    }
-    for key in [k for k in env if k.startswith("WORKFLOW_AUDIT_")]:
-        del env[key]  # the tests configure the plugin through Airflow's configuration only
     done = subprocess.run(
         [str(BIN / "airflow"), "db", "migrate"],
         env=env,

@@ -180,6 +180,39 @@ class TestTaskSideApi:
         [rec] = written(tmp_path)
         assert ({"model": "churn"}, {"psi": 0.31}) == (rec.subject, rec.data)
 
+    def test_audit_pickles_and_still_records(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`audit` survives pickling (process pools, pickle-serialized tasks) and records."""
+        import pickle
+
+        from airflow_audit import audit
+
+        adapter = adapter_for(tmp_path)
+        monkeypatch.setattr("airflow_audit.api.get_adapter", lambda: adapter)
+        copy = pickle.loads(pickle.dumps(audit))  # noqa: S301 - our own bytes
+        assert copy.record("drift.detected", {"psi": 0.2}, subject={"model": "churn"})
+        assert ["drift.detected"] == [r.event for r in written(tmp_path)]
+
+    def test_reconcile_of_a_missing_orchestrator_is_a_clean_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`reconcile prefect` where Prefect is not installed: exit 2 and what to install."""
+        from audit_core.cli import main
+
+        try:
+            import prefect  # noqa: F401
+        except ImportError:
+            pass
+        else:  # the Airflow venv never has Prefect (disjoint fastapi pins)
+            raise AssertionError("this test needs a venv without Prefect")
+        ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+        assert 2 == main(["reconcile", "prefect", "--since", "2026-01-01", "--ledger", ledger])
+        err = capsys.readouterr().err
+        assert "cannot be loaded" in err
+        assert "workflow-audit[prefect]" in err
+        assert "Traceback" not in err
+
 
 class TestStreams:
     """A chain template puts each stream on its own chain."""

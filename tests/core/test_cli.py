@@ -523,6 +523,11 @@ class TestConsoleScript:
         }
 
 
+def _broken_ledger() -> str:
+    """A ledger entry point of a half-installed adapter."""
+    raise RuntimeError("half-installed adapter")
+
+
 class TestDefaultLedger:
     """Which ledger the commands open when --ledger is not given."""
 
@@ -562,6 +567,26 @@ class TestDefaultLedger:
         run = cli("prove", "--seq", "0", "-o", tmp_path / "p.json")
         assert 0 == run.code, run.err
         assert "chain 'airflow' seq 0" in run.err
+
+    def test_a_broken_adapter_entry_point_is_skipped(
+        self, cli: Any, airflow_ledger: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An adapter whose workflow_audit.ledgers entry point fails is skipped with a warning;
+        the next one still names its ledger."""
+        from importlib.metadata import EntryPoint
+
+        import audit_core.cli._common as common
+
+        group = common.LEDGER_ENTRY_POINTS
+        found = [
+            EntryPoint("airflow", "airflow_audit.settings:default_ledger_url", group),
+            EntryPoint("aaa", f"{__name__}:_broken_ledger", group),
+        ]
+        monkeypatch.setattr(common, "entry_points", lambda group: found)
+        run = cli("verify")
+        assert 0 == run.code, run.err
+        assert "ledger entry point 'aaa' failed" in run.err
+        assert f"using the Airflow plugin's ledger {airflow_ledger}" in run.err
 
 
 class TestReviewFindings:
@@ -613,3 +638,19 @@ class TestReviewFindings:
         key = f"{ledger_file}.key.pub"
         run = cli("consistency", old, new, "--ledger", ledger_file, "--key", key)
         assert 0 == run.code, run.err
+
+
+class TestForeignFiles:
+    """Writing commands never turn a file that is not a ledger into one."""
+
+    def test_checkpoint_of_a_foreign_sqlite_file(self, cli: Any, tmp_path: Path) -> None:
+        """`checkpoint --ledger other.db`: exit 2, and the file keeps only its own tables."""
+        other = tmp_path / "other.db"
+        with sqlite3.connect(other) as conn:
+            conn.execute("CREATE TABLE t (x)")
+        run = cli("checkpoint", "--ledger", other)
+        assert 2 == run.code
+        assert "no such table: records" in run.err
+        with sqlite3.connect(other) as conn:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+        assert ["t"] == tables

@@ -7,6 +7,7 @@ import pytest
 from audit_core import AuditConfig
 from audit_core._normalize import DEFAULT_REDACT_KEYS
 from audit_core.errors import ConfigError
+from audit_core.ledgers import SYNCHRONOUS
 
 
 class TestAuditConfig:
@@ -54,6 +55,20 @@ class TestAuditConfig:
         """A bad variable is a ConfigError naming the problem, not a crash later."""
         with pytest.raises(ConfigError):
             AuditConfig.from_env(env)
+
+    @pytest.mark.parametrize("value", ["OFF", "normal", "Full", "EXTRA"])
+    def test_every_synchronous_level_is_accepted(self, value: str) -> None:
+        """Each of the ledgers' synchronous levels, in any case, is a valid setting."""
+        assert value == AuditConfig(synchronous=value).synchronous
+
+    def test_synchronous_error_lists_every_accepted_level(self) -> None:
+        """The error for a bad synchronous value names every level accepted, OFF included."""
+        with pytest.raises(ConfigError) as caught:
+            AuditConfig.from_env({"WORKFLOW_AUDIT_SYNCHRONOUS": "SOMETIMES"})
+        assert ("synchronous must be OFF, NORMAL, FULL or EXTRA, not 'SOMETIMES'") == str(
+            caught.value
+        )
+        assert all(level in str(caught.value) for level in SYNCHRONOUS)
 
     def test_is_frozen(self) -> None:
         """Config objects are immutable; evolve() makes a changed copy."""

@@ -1,4 +1,5 @@
-"""audit_core.hooks: the bounded fail-open HookRunner, failure facts, digests, event filters."""
+"""audit_core.hooks: the bounded fail-open HookRunner, failure facts, digests, event filters,
+the background flush and the task-side API."""
 
 from __future__ import annotations
 
@@ -16,19 +17,24 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from audit_core import AuditTrail, Event
+from audit_core import AuditConfig, AuditTrail, Event, Ledger
 from audit_core.errors import LedgerError
+from audit_core.flush import Flusher
 from audit_core.hooks import (
     COUNTERS,
     MAX_MESSAGE_CHARS,
+    AdapterBase,
+    AdapterOptions,
+    Delivery,
     EventFilter,
     HookRunner,
+    TaskApi,
     digest,
     failure_data,
 )
@@ -708,3 +714,189 @@ class TestEventFilter:
         assert "EventFilter('task.*,dagrun.*,!task.started')" == repr(
             EventFilter(" task.* , dagrun.*,, !task.started ")
         )
+
+
+class TestFlusher:
+    """audit_core.flush.Flusher: delivery on a daemon thread, never in the caller's."""
+
+    def test_request_returns_before_delivery_ends(self, gate: threading.Event) -> None:
+        """request() only wakes the flush thread: a delivery blocked on a sink never blocks it."""
+        started = threading.Event()
+
+        def deliver() -> None:
+            started.set()
+            gate.wait(GATE_TIMEOUT_S)
+
+        flusher = Flusher(deliver)
+        begin = time.monotonic()
+        flusher.request()
+        assert time.monotonic() - begin < 1.0
+        assert started.wait(GATE_TIMEOUT_S)
+
+    def test_failing_delivery_is_counted_and_retried_next_time(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A raising delivery is logged and counted (flush_failures); the next request delivers."""
+        calls: list[int] = []
+        delivered = threading.Event()
+
+        def deliver() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("sink down")
+            delivered.set()
+
+        flusher = Flusher(deliver, ("otlp",))
+        before = _count("flush_failures")
+        with caplog.at_level(logging.ERROR, logger="workflow_audit"):
+            flusher.request()
+            deadline = time.monotonic() + GATE_TIMEOUT_S
+            while _count("flush_failures") == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            flusher.request()
+            assert delivered.wait(GATE_TIMEOUT_S)
+        assert 1 == _count("flush_failures") - before
+        assert "background flush to ('otlp',) failed" in caplog.text
+
+    def test_forked_child_delivers_on_its_own_thread(self) -> None:
+        """A child forked after the parent's thread started delivers all the same."""
+        delivered = threading.Event()
+        flusher = Flusher(delivered.set)
+        flusher.request()
+        assert delivered.wait(GATE_TIMEOUT_S)
+        delivered.clear()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                flusher.request()
+                code = 0 if delivered.wait(GATE_TIMEOUT_S) else 1
+            finally:
+                os._exit(code)
+        assert 0 == _wait_child(pid, timeout_s=GATE_TIMEOUT_S)
+
+
+class _FlushingAdapter(AdapterBase):
+    """An adapter whose terminal event is ``test.done`` and whose delivery is recorded."""
+
+    flush_after = frozenset({"test.done"})
+
+    def __init__(self, config: AuditConfig, delivery: Delivery | None) -> None:
+        super().__init__(delivery=delivery)
+        self._config = config
+
+    def _load_options(self) -> AdapterOptions:
+        return AdapterOptions(
+            enabled=True, events=EventFilter("*,!test.ignored"), hook_timeout_s=5.0,
+            audit=self._config,
+        )  # fmt: skip
+
+    def _user_event(self, event: str, data: object, subject: Mapping[str, object] | None) -> Event:
+        return Event(type=event, data=data, subject={"task": "t", **(subject or {})})
+
+    def hook(self, event: str) -> bool:
+        return self._run(event, lambda: [Event(type=event)])
+
+
+class TestAdapterDelivery:
+    """AdapterBase hands the flusher the delivery its adapter passed, after terminal events."""
+
+    def test_terminal_event_builds_the_delivery_once_and_requests_it(self, tmp_path: Path) -> None:
+        """The delivery is built once with the trail's ledger and config, and called after
+        each terminal event only."""
+        built: list[tuple[object, AuditConfig]] = []
+        calls = threading.Semaphore(0)
+
+        def delivery(ledger: Ledger, config: AuditConfig) -> Callable[[], None]:
+            built.append((ledger, config))
+            return calls.release
+
+        config = AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'l.db'}", flush_sinks=("otlp",))
+        adapter = _FlushingAdapter(config, delivery)
+        assert adapter.hook("test.step")
+        assert [] == built
+        assert adapter.hook("test.done")
+        assert calls.acquire(timeout=GATE_TIMEOUT_S)
+        assert adapter.hook("test.done")
+        assert calls.acquire(timeout=GATE_TIMEOUT_S)
+        assert [(adapter.trail.ledger, adapter.trail.config)] == built
+
+    def test_without_flush_sinks_nothing_is_delivered(self, tmp_path: Path) -> None:
+        """No WORKFLOW_AUDIT_FLUSH_SINKS: the delivery is never built."""
+        built: list[object] = []
+        config = AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'l.db'}")
+        adapter = _FlushingAdapter(config, lambda ledger, config: built.append(1) or (lambda: None))
+        assert adapter.hook("test.done")
+        assert [] == built
+
+    def test_flush_sinks_without_a_delivery_warns_once(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Sinks configured but no delivery given: one warning naming both, records kept."""
+        config = AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'l.db'}", flush_sinks=("otlp",))
+        adapter = _FlushingAdapter(config, None)
+        with caplog.at_level(logging.WARNING, logger="workflow_audit"):
+            assert adapter.hook("test.done")
+            assert adapter.hook("test.done")
+            assert adapter.flush()
+        warned = [r.getMessage() for r in caplog.records if "delivery=" in r.getMessage()]
+        assert 1 == len(warned)
+        assert "WORKFLOW_AUDIT_FLUSH_SINKS=otlp" in warned[0]
+        assert 2 == len(bodies(tmp_path / "l.db"))
+
+
+class TestTaskApi:
+    """TaskApi: one record() signature, written through the adapter it is given."""
+
+    def test_shortcut_records_through_the_adapter(self, tmp_path: Path) -> None:
+        """model_deployed() records model.deployed with the model and facts, subject merged."""
+        adapter = _FlushingAdapter(AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'l.db'}"), None)
+        api = TaskApi(lambda: adapter)
+        assert api.model_deployed("churn", version=7)
+        assert api.record("drift.detected", {"psi": 0.3}, subject={"model": "churn"})
+        assert adapter.flush()
+        assert [
+            ("model.deployed", {"task": "t"}, {"model": "churn", "version": 7}),
+            ("drift.detected", {"task": "t", "model": "churn"}, {"psi": 0.3}),
+        ] == [(r["event"], r["subject"], r["data"]) for r in bodies(tmp_path / "l.db")]
+
+    def test_required_record_raises_and_filtered_one_returns_false(self, tmp_path: Path) -> None:
+        """required=True raises the ledger's error; an event the filter drops returns False."""
+        (tmp_path / "file").write_text("")
+        config = AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'file' / 'l.db'}")
+        api = TaskApi(lambda: _FlushingAdapter(config, None))
+        with pytest.raises(LedgerError):
+            api.record("model.deployed", required=True)
+        assert False is api.record("test.ignored", required=True)
+
+
+class TestReconcileErrors:
+    """A reconciler whose orchestrator cannot be read gives a clean error, no secret."""
+
+    def test_orchestrator_error_becomes_config_error(self, tmp_path: Path) -> None:
+        """The driver's error is one line, its password redacted, as a ConfigError."""
+        from collections.abc import Hashable, Iterable
+
+        from audit_core import Record
+        from audit_core.errors import ConfigError
+        from audit_core.reconcile import Expected, reconcile
+
+        class Broken:
+            def config(self, ledger_url: str | None, chain: str | None) -> AuditConfig:
+                raise NotImplementedError
+
+            def expected(self, since: str, until: str | None) -> Iterable[Expected]:
+                raise RuntimeError(
+                    "could not connect to postgresql://etl:hunter2@db/airflow\n[SQL: SELECT …]"
+                )
+
+            def recorded_key(self, record: Record) -> Hashable | None:
+                return None
+
+        config = AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'l.db'}", checkpoint_every=0)
+        with AuditTrail(config) as trail, pytest.raises(ConfigError) as caught:
+            reconcile(trail, Broken(), since="2026-01-01T00:00:00Z")
+        message = str(caught.value)
+        assert "hunter2" not in message
+        assert "SQL" not in message
+        assert message.startswith("cannot read which runs ended from the orchestrator")

@@ -10,7 +10,7 @@ import pytest
 
 from audit_core.ledgers.postgres import PostgresLedger
 from audit_core.ledgers.postgres_admin import init
-from tests.postgres._pgserver import PgServer
+from testkit.postgres import PgServer
 
 WRITER, AUDITOR = "etl_writer", "etl_auditor"
 WRITER_PASSWORD, AUDITOR_PASSWORD = "writer-pw", "auditor-pw"

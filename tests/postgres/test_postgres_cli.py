@@ -12,9 +12,9 @@ from audit_core import AuditConfig, AuditTrail
 from audit_core.cli import main
 from audit_core.ledgers import open_ledger
 from audit_core.verify import verify_ledger
+from testkit.postgres import PgServer
 from tests.airflow._airflow import BIN, ML_TIMELINE, AirflowHome
 from tests.airflow.conftest import airflow_home
-from tests.postgres._pgserver import PgServer
 
 __all__ = ["airflow_home"]  # fixture, imported for pytest
 

@@ -18,7 +18,7 @@ from audit_core.errors import LedgerError
 from audit_core.ledgers import Ledger
 from audit_core.ledgers.postgres import PostgresLedger
 from audit_core.ledgers.sqlite import SqliteLedger
-from tests.postgres._pgserver import PgServer
+from testkit.postgres import PgServer
 
 ROOT = Path(__file__).parents[2]
 
@@ -198,8 +198,8 @@ class TestRetries:
             _trail("sqlite:///:memory:").prepare(Event(type="task.started")) for _ in range(3)
         ]
         keys = [os.urandom(16) for _ in prepared]
-        first = pg_ledger.append_keyed(prepared, keys)
-        assert first == pg_ledger.append_keyed(prepared, keys)
+        first = pg_ledger._append_keyed(prepared, keys)
+        assert first == pg_ledger._append_keyed(prepared, keys)
         assert 3 == verify_chain(pg_ledger, "default").size
 
     def test_killed_connection_is_replaced(self, pg_ledger: PostgresLedger, owner_url: str) -> None:

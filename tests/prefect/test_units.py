@@ -138,3 +138,18 @@ class TestSettings:
         """events becomes the filter the hooks apply."""
         keep = WorkflowAuditSettings(events="flowrun.*").event_filter()
         assert (True, False) == (keep("flowrun.failed"), keep("task.started"))
+
+
+class TestTaskSideApi:
+    """prefect_audit.audit and prefect_audit.record outside a flow."""
+
+    def test_audit_and_record_pickle(self) -> None:
+        """Both survive pickling (process pools, result persistence) as working objects."""
+        import pickle
+
+        from prefect_audit import audit, record
+
+        audit_copy = pickle.loads(pickle.dumps(audit))  # noqa: S301 - our own bytes
+        record_copy = pickle.loads(pickle.dumps(record))  # noqa: S301 - our own bytes
+        assert callable(record_copy)
+        assert type(audit) is type(audit_copy)

@@ -1,15 +1,35 @@
-"""Fixtures of the shipping tests. S3: a SeaweedFS server (tests/shipping/_s3server.py) per
-session, and a fresh bucket per test."""
+"""Fixtures of the shipping tests. OTLP: a receiver per test and the rotel agent in front of
+it (testkit/otlp.py). S3: a SeaweedFS server (testkit/s3.py) per session, and a fresh bucket
+per test."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.shipping._s3server import S3Server, weed_binary
+from testkit.otlp import OtlpReceiver, Rotel, rotel_agent
+from testkit.s3 import S3Server, weed_binary
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    """A running OTLP/HTTP logs receiver on 127.0.0.1."""
+    r = OtlpReceiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def rotel(receiver: OtlpReceiver, tmp_path: Path) -> Iterator[Rotel]:
+    """The rotel agent forwarding to ``receiver`` (rotel is a dev dependency: no skip)."""
+    assert rotel_agent() is not None, "rotel is not installed: make test installs the dev extra"
+    agent = Rotel(receiver.endpoint, log=tmp_path / "rotel.log").start()
+    yield agent
+    agent.stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,8 @@ from airflow_audit.adapter import AirflowAdapter
 from airflow_audit.settings import load_settings
 from audit_core.config import AuditConfig
 from audit_core.sinks.registry import sink_names
-from tests.shipping._otlp import OtlpReceiver, free_port, receiver
-
-__all__ = ["receiver"]  # fixture, imported for pytest
+from testkit import free_port
+from testkit.otlp import OtlpReceiver
 
 START = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
 

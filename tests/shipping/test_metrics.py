@@ -18,9 +18,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from audit_core import COUNTERS, AuditConfig, AuditTrail
 from audit_core.metrics import FLUSH_TIMEOUT_S, KNOWN_COUNTS, metric_name, report_gauges
-from tests.shipping._otlp import OtlpReceiver, free_port, receiver
-
-__all__ = ["receiver"]  # fixture, imported for pytest
+from testkit import free_port
+from testkit.otlp import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 

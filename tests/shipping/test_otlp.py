@@ -27,16 +27,8 @@ from audit_core.sinks.otlp import (
     severity,
     timestamp_ns,
 )
-from tests.shipping._otlp import (
-    OtlpReceiver,
-    ReceivedLog,
-    Rotel,
-    free_port,
-    receiver,
-    rotel,
-)
-
-__all__ = ["receiver", "rotel"]  # fixtures, imported for pytest
+from testkit import free_port
+from testkit.otlp import OtlpReceiver, ReceivedLog, Rotel
 
 TRACE = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
 OTHER_TRACE = {"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"}

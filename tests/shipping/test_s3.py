@@ -29,12 +29,16 @@ from audit_core import AuditConfig, AuditTrail, Event
 from audit_core import bucket as bucket_module
 from audit_core._metrics import COUNTERS
 from audit_core._note import Signer
+from audit_core._segment import sha256_b64
 from audit_core.bucket import (
     RetentionError,
     RetentionPolicy,
     SegmentError,
     verify_bucket,
 )
+from audit_core.checkpoint import ledger_checkpoints
+from audit_core.cli.s3 import add_parsers
+from audit_core.cli.verify import verify_bucket as verify_bucket_cli
 from audit_core.errors import (
     CheckpointError,
     ConfigError,
@@ -48,16 +52,12 @@ from audit_core.sinks.s3 import (
     S3SegmentSink,
     decode_segment,
     encode_segment,
-    ledger_checkpoints,
     parse_key,
     segment_key,
-    sha256_b64,
 )
 from audit_core.sinks.s3 import s3_client as s3_client_from_env
-from audit_core.sinks.s3_cli import add_parsers
-from audit_core.sinks.s3_cli import verify_bucket as verify_bucket_cli
 from audit_core.verify import verify_chain
-from tests.shipping._s3server import S3Server
+from testkit.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT = Event(
@@ -763,7 +763,7 @@ def run_s3_cli(argv: list[str]) -> int:
 
 @pytest.mark.usefixtures("s3_env")
 class TestS3Cli:
-    """`workflow-audit s3 init-bucket` and `verify s3://…` (s3_cli)."""
+    """`workflow-audit s3 init-bucket` and `verify s3://…` (audit_core.cli)."""
 
     def test_init_bucket_creates_a_locked_versioned_bucket(
         self, s3_client: Any, capsys: pytest.CaptureFixture[str]
@@ -951,7 +951,6 @@ class TestFaults:
 
     def test_server_stopped_and_restarted_mid_run(self, tmp_path: Path) -> None:
         """S3 down for a while during shipping: afterwards every segment is there once."""
-        pytest.importorskip("boto3")
         server = S3Server.create(tmp_path / "s3")
         server.start()
         try:
@@ -1008,7 +1007,7 @@ class TestFaults:
         command = [
             sys.executable,
             "-m",
-            "tests.shipping._s3server",
+            "testkit.s3",
             "ship",
             str(tmp_path / "ledger.db"),
             url,

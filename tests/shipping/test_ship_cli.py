@@ -11,9 +11,8 @@ import pytest
 
 from audit_core import AuditConfig, AuditTrail
 from audit_core.cli import main
-from tests.shipping._otlp import OtlpReceiver, free_port, receiver
-
-__all__ = ["receiver"]  # fixture, imported for pytest
+from testkit import free_port
+from testkit.otlp import OtlpReceiver
 
 
 @pytest.fixture

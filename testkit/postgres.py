@@ -1,4 +1,5 @@
-"""A throw-away PostgreSQL 15 cluster with pgaudit, for the Postgres ledger's tests and bench::
+"""A throw-away PostgreSQL 15 cluster with pgaudit, for the PostgreSQL ledger's tests and
+benchmark::
 
     server = PgServer.start()
     server.url(database="postgres")    # 'postgresql://postgres:…@127.0.0.1:54xxx/postgres'
@@ -18,12 +19,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from testkit import HOST, free_port
 
 __all__ = ["BIN", "PgServer", "PgServerError", "ensure_packages"]
 
@@ -58,13 +60,6 @@ def ensure_packages() -> None:
         raise PgServerError(f"cannot install {_PACKAGES}: {done.stderr[-2000:]}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class PgServer:
     """A running throw-away cluster."""
@@ -84,7 +79,7 @@ class PgServer:
         self, database: str = "postgres", user: str = "postgres", password: str = PASSWORD
     ) -> str:
         """A libpq URL for ``user`` on ``database`` over TCP loopback."""
-        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{user}:{password}@{HOST}:{self.port}/{database}"
 
     @classmethod
     def start(cls, *, pgaudit_log: str = "write, ddl, role") -> PgServer:
@@ -99,7 +94,7 @@ class PgServer:
         pwfile = root / "pwfile"
         pwfile.write_text(PASSWORD + "\n")
         os.chown(pwfile, postgres.pw_uid, postgres.pw_gid)
-        server = cls(root, _free_port())
+        server = cls(root, free_port())
         done = server._as_postgres(
             str(BIN / "initdb"),
             "-D",
@@ -118,7 +113,7 @@ class PgServer:
         with (server.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# workflow-audit tests\n"
-                "listen_addresses = '127.0.0.1'\n"
+                f"listen_addresses = '{HOST}'\n"
                 f"port = {server.port}\n"
                 f"unix_socket_directories = '{root}'\n"
                 "max_connections = 200\n"

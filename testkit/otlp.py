@@ -1,4 +1,5 @@
-"""Helpers of the OTLP tests: a real OTLP/HTTP logs and metrics receiver, the rotel agent.
+"""A real OTLP/HTTP logs and metrics receiver and the rotel agent, for the tests and the
+benchmarks.
 
 ``OtlpReceiver`` is a small HTTP server on 127.0.0.1 that accepts ``POST /v1/logs`` with a
 protobuf ``ExportLogsServiceRequest`` (plain or gzip, as the OTLP/HTTP spec allows), decodes it
@@ -12,7 +13,7 @@ with an error status.
 --otlp-exporter-endpoint http://127.0.0.1:R --otlp-exporter-protocol http``.
 
 Run as a script, the receiver serves in its own process and only counts (the benchmark):
-``python tests/shipping/_otlp.py --port 0`` prints ``listening PORT``; ``GET /stats`` returns
+``python -m testkit.otlp --port 0`` prints ``listening PORT``; ``GET /stats`` returns
 ``{"records": n, "requests": n, "distinct": n}`` as JSON (distinct: (chain, seq) pairs).
 """
 
@@ -24,45 +25,24 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 
+from testkit import HOST, free_port, terminate, wait_listening
+
 LOGS_PATH = "/v1/logs"
 METRICS_PATH = "/v1/metrics"
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, timeout_s: float = 10.0) -> bool:
-    """True once something accepts TCP connections on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    return False
 
 
 def any_value(value: common_pb2.AnyValue) -> object:
@@ -445,34 +425,8 @@ class Rotel:
         return self
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+        terminate(self._process)
         self._process = None
-
-
-# -- fixtures (imported by the test modules that use them) -----------------------------------
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    """A running OTLP/HTTP logs receiver on 127.0.0.1."""
-    r = OtlpReceiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def rotel(receiver: OtlpReceiver, tmp_path: Path) -> Iterator[Rotel]:
-    """The rotel agent forwarding to ``receiver`` (rotel is a dev dependency: no skip)."""
-    assert rotel_agent() is not None, "rotel is not installed: make test installs the dev extra"
-    agent = Rotel(receiver.endpoint, log=tmp_path / "rotel.log").start()
-    yield agent
-    agent.stop()
 
 
 def main() -> None:

@@ -1,5 +1,12 @@
 """``workflow-audit spool status`` and ``workflow-audit spool drain`` (see :mod:`audit_core.spool`).
 
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="workflow-audit")
+>>> add_parsers(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["spool", "status", "--spool-dir", "/var/spool/audit", "--json"])
+>>> args.spool_command, args.spool_dir, args.json, args.ledger
+('status', '/var/spool/audit', True, None)
+
 Exit codes: 0 done (or nothing waits), 2 a corrupt spool line was found (it is quarantined,
 never dropped: inspect ``<spool dir>/quarantine/``) or the ledger refused the drain (what was
 not appended stays spooled; run it again).
@@ -13,19 +20,23 @@ from typing import Any
 
 import orjson
 
+from audit_core.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_group,
+    default_ledger_url,
+    open_ledger_arg,
+)
 from audit_core.config import AuditConfig
 from audit_core.ledgers import Ledger
 from audit_core.spool import DrainResult, backlog, drain, ledger_key, pending_files, spool_dirs
 
 __all__ = ["add_parsers"]
 
-EXIT_OK, EXIT_USAGE = 0, 2
-
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``spool status`` and ``spool drain`` to the ``workflow-audit`` subcommands ``sub``."""
-    sp = sub.add_parser("spool", help="records that wait for the ledger: status, drain")
-    commands = sp.add_subparsers(dest="spool_command", metavar="COMMAND", required=True)
+    commands = add_group(sub, "spool", help="records that wait for the ledger: status, drain")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ledger", help="ledger URL (default: as for verify)")
@@ -53,9 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _config(args: argparse.Namespace) -> AuditConfig:
-    from audit_core.cli import _default_ledger_url
-
-    overrides: dict[str, Any] = {"ledger_url": args.ledger or _default_ledger_url()}
+    overrides: dict[str, Any] = {"ledger_url": args.ledger or default_ledger_url()}
     if args.spool_dir:
         overrides["spool_dir"] = args.spool_dir
     return AuditConfig.from_env(**overrides)
@@ -65,9 +74,7 @@ def _ledger(args: argparse.Namespace) -> Ledger:
     # As every command opens it: an unsupported URL, or a SQLite file that does not exist (a
     # typo), is a usage error, never "nothing waits" nor a new empty ledger. Nothing is read
     # yet (SQLite and PostgreSQL ledgers connect on first use).
-    from audit_core.cli import _open
-
-    return _open(args, write=True)[0]
+    return open_ledger_arg(args, write=True)[0]
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

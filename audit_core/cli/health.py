@@ -2,7 +2,7 @@
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="workflow-audit")
->>> add_parser(parser.add_subparsers(dest="command"), lambda args: NotImplemented)
+>>> add_parsers(parser.add_subparsers(dest="command"))
 >>> args = parser.parse_args(["health", "--max-record-age", "2h", "--max-lag", "off"])
 >>> args.max_record_age, args.max_checkpoint_age, args.max_lag, args.max_spool
 (7200.0, 3600.0, None, 0)
@@ -13,27 +13,17 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
+from audit_core.cli._common import EXIT_INVALID, EXIT_OK, EXIT_UNHEALTHY, open_ledger_arg
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError
-from audit_core.health import (
-    EXIT_INVALID,
-    EXIT_OK,
-    EXIT_UNHEALTHY,
-    Health,
-    Thresholds,
-    check,
-    parse_duration,
-    publish,
-)
-from audit_core.ledgers import Ledger
+from audit_core.health import Health, Thresholds, check, parse_duration, publish
 from audit_core.metrics import set_instance
 
-__all__ = ["add_parser"]
+__all__ = ["add_parsers"]
 
 
 def _render(health: Health) -> str:
@@ -80,11 +70,8 @@ def _count(text: str) -> int | None:
     return value
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    open_ledger: Callable[[argparse.Namespace], tuple[Ledger, str]],
-) -> None:
-    """Add ``health`` to the subcommands; ``open_ledger`` opens ``--ledger`` read-only."""
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``health`` to the ``workflow-audit`` subcommands ``sub``."""
     h = sub.add_parser(
         "health",
         help="records, checkpoints, sink lag and spool backlog; exit 4 when unhealthy",
@@ -103,42 +90,42 @@ def add_parser(
     h.add_argument("--max-checkpoint-age", type=_limit, default=3600.0, help="(default: 1h)")
     h.add_argument("--max-lag", type=_count, default=10_000, help="records (default: 10000)")
     h.add_argument("--max-spool", type=_count, default=0, help="records (default: 0)")
+    h.set_defaults(func=_cmd_health)
 
-    def run(args: argparse.Namespace) -> int:
-        # One series per checking host, whatever the run: the dashboard reads the last verdict.
-        set_instance(f"workflow-audit-health@{socket.gethostname()}")
-        ledger, name = open_ledger(args)
-        try:
-            # the spool's default place is beside the ledger: the one actually opened
-            path = getattr(ledger, "path", None)
-            url = f"sqlite:///{path}" if path is not None else args.ledger
-            config = AuditConfig.from_env(ledger_url=url) if url else AuditConfig.from_env()
-            limits = Thresholds(
-                max_record_age_s=args.max_record_age,
-                max_checkpoint_age_s=args.max_checkpoint_age,
-                max_lag=args.max_lag,
-                max_spool=args.max_spool,
-            )
-            health = check(
-                ledger,
-                name=name,
-                chains=args.chain,
-                thresholds=limits,
-                config=config,
-                spool_dir=args.spool,
-                verify=args.verify,
-            )
-        finally:
-            ledger.close()
-        if args.json:
-            sys.stdout.write(orjson.dumps(health.to_json(), option=orjson.OPT_INDENT_2).decode())
-            sys.stdout.write("\n")
-        else:
-            print(_render(health))
-        sys.stdout.flush()
-        publish(health)  # after the output: a slow collector never delays the verdict
-        if any(c.valid is False for c in health.chains):
-            return EXIT_INVALID
-        return EXIT_OK if health.healthy else EXIT_UNHEALTHY
 
-    h.set_defaults(func=run)
+def _cmd_health(args: argparse.Namespace) -> int:
+    # One series per checking host, whatever the run: the dashboard reads the last verdict.
+    set_instance(f"workflow-audit-health@{socket.gethostname()}")
+    ledger, name = open_ledger_arg(args)
+    try:
+        # the spool's default place is beside the ledger: the one actually opened
+        path = getattr(ledger, "path", None)
+        url = f"sqlite:///{path}" if path is not None else args.ledger
+        config = AuditConfig.from_env(ledger_url=url) if url else AuditConfig.from_env()
+        limits = Thresholds(
+            max_record_age_s=args.max_record_age,
+            max_checkpoint_age_s=args.max_checkpoint_age,
+            max_lag=args.max_lag,
+            max_spool=args.max_spool,
+        )
+        health = check(
+            ledger,
+            name=name,
+            chains=args.chain,
+            thresholds=limits,
+            config=config,
+            spool_dir=args.spool,
+            verify=args.verify,
+        )
+    finally:
+        ledger.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps(health.to_json(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        print(_render(health))
+    sys.stdout.flush()
+    publish(health)  # after the output: a slow collector never delays the verdict
+    if any(c.valid is False for c in health.chains):
+        return EXIT_INVALID
+    return EXIT_OK if health.healthy else EXIT_UNHEALTHY

@@ -1,0 +1,248 @@
+"""``workflow-audit keygen``, ``checkpoint``, ``prove``, ``verify-proof``, ``cosign`` and
+``consistency``: signed checkpoints of the chains and the RFC 9162 proofs built on them.
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="workflow-audit")
+>>> add_parsers(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["prove", "--seq", "7", "--chain", "etl", "-o", "proof.json"])
+>>> args.seq, args.chain, args.size, args.output
+(7, 'etl', None, 'proof.json')
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import orjson
+
+from audit_core._note import Signer, sign_note
+from audit_core.checkpoint import load_signer, load_verifiers, write_key_files
+from audit_core.cli._common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_ledger_args,
+    default_ledger_url,
+    open_ledger_arg,
+    read_checkpoint,
+)
+from audit_core.config import AuditConfig
+from audit_core.errors import CheckpointError, ConfigError, ProofError, SignatureError
+from audit_core.ledgers import LedgerReader
+from audit_core.proofs import (
+    BUNDLE_FORMAT,
+    make_inclusion_bundle,
+    prove_consistency,
+    verify_inclusion_bundle,
+)
+from audit_core.trail import AuditTrail
+from audit_core.verify import chain_of
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``keygen``, ``checkpoint``, ``prove``, ``verify-proof``, ``cosign`` and
+    ``consistency`` to the ``workflow-audit`` subcommands ``sub``."""
+    k = sub.add_parser("keygen", help="create a checkpoint signing key; print its verifier key")
+    k.add_argument(
+        "--name", required=True, help="key name, a schema-less URL such as example.com/audit/prod"
+    )
+    k.add_argument("-o", "--output", help="key file to write (default: NAME.key, mode 0600)")
+    k.set_defaults(func=_cmd_keygen)
+
+    c = sub.add_parser("checkpoint", help="sign a checkpoint of each chain now")
+    add_ledger_args(c, chain_help="chain to checkpoint (repeatable; default: every chain)")
+    c.add_argument(
+        "--all",
+        action="store_true",
+        help="every chain (the default without --chain; spelled out for scripts)",
+    )
+    c.add_argument(
+        "--rotate-key",
+        action="store_true",
+        help="the local signing key is lost: mint a new one even though the ledger holds "
+        "checkpoints signed by the old one (its verifier key is added to <key>.pub; "
+        "verifiers then need both keys)",
+    )
+    c.set_defaults(func=_cmd_checkpoint)
+
+    pr = sub.add_parser("prove", help="write an inclusion proof bundle for one record")
+    pr.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
+    pr.add_argument("--chain", default=None, help="chain (default: $WORKFLOW_AUDIT_CHAIN)")
+    pr.add_argument("--seq", type=int, required=True, help="the record's seq")
+    pr.add_argument("--size", type=int, help="tree size of a stored checkpoint (default: latest)")
+    pr.add_argument("-o", "--output", help="bundle file (default: standard output)")
+    pr.set_defaults(func=_cmd_prove)
+
+    vp = sub.add_parser("verify-proof", help="check an inclusion proof bundle offline")
+    vp.add_argument("bundle", help="bundle file written by `prove`")
+    vp.add_argument("--key", action="append", required=True, help="trusted verifier key")
+    vp.set_defaults(func=_cmd_verify_proof)
+
+    co = sub.add_parser("cosign", help="add a witness signature to a signed checkpoint")
+    co.add_argument("checkpoint", help="signed checkpoint file (rewritten with the new line)")
+    co.add_argument("--signing-key", required=True, help="witness signer key (string or file)")
+    co.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        help="verifier key the checkpoint must already be signed by (the log's)",
+    )
+    co.set_defaults(func=_cmd_cosign)
+
+    cs = sub.add_parser("consistency", help="prove append-only growth between two checkpoints")
+    cs.add_argument("old", help="older signed checkpoint file")
+    cs.add_argument("new", help="newer signed checkpoint file")
+    cs.add_argument("--ledger", help="ledger URL to build the proof from")
+    cs.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="trusted verifier key (without one, signatures are NOT checked)",
+    )
+    cs.set_defaults(func=_cmd_consistency)
+
+
+def _only_chain(ledger: LedgerReader) -> str | None:
+    """The ledger's chain when it has exactly one (then --chain may be left out)."""
+    chains = ledger.chains()
+    return chains[0] if len(chains) == 1 else None
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    signer = Signer.generate(args.name)
+    path = Path(args.output or re.sub(r"[^A-Za-z0-9._-]+", "_", args.name) + ".key")
+    try:
+        public = write_key_files(signer, path)
+    except FileExistsError as exc:
+        raise ConfigError(f"{path} exists; not overwriting a key") from exc
+    print(str(signer.verifier))
+    print(
+        f"signer key written to {path} (mode 0600); verifier key also in {public}.\n"
+        f"Use it: WORKFLOW_AUDIT_SIGNING_KEY={path}; keep the verifier key where the "
+        "ledger's writers cannot change it.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    if args.all and args.chain:
+        raise ConfigError("--all signs every chain: leave out --chain")
+    # The ledger must exist and be one: never create one here, nor a schema in another file.
+    ledger, _ = open_ledger_arg(args, write=True)
+    url = args.ledger or default_ledger_url()
+    trail = AuditTrail(AuditConfig.from_env(ledger_url=url), ledger=ledger)
+    if args.rotate_key:
+        trail.rotate_key = True
+    for chain in args.chain or trail.ledger.chains():
+        stored = trail.checkpoint(chain)
+        if stored is not None:
+            print(stored.note, end="")
+    return EXIT_OK
+
+
+def _cmd_prove(args: argparse.Namespace) -> int:
+    ledger, _ = open_ledger_arg(args)
+    chain = args.chain or _only_chain(ledger) or AuditConfig.from_env().chain
+    try:
+        with ledger.snapshot() as view:  # checkpoint, record and audit path of one instant
+            bundle = make_inclusion_bundle(view, chain, args.seq, args.size)
+    except ProofError as exc:
+        raise ConfigError(str(exc)) from exc
+    text = orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote inclusion proof of chain {chain!r} seq {args.seq} at tree size "
+            f"{bundle['tree_size']} to {args.output}",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_verify_proof(args: argparse.Namespace) -> int:
+    keys = load_verifiers(args.key)
+    try:
+        bundle = orjson.loads(Path(args.bundle).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read bundle {args.bundle}: {exc}") from exc
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ConfigError(f"{args.bundle} is not a {BUNDLE_FORMAT} bundle (written by `prove`)")
+    try:
+        proven = verify_inclusion_bundle(bundle, keys)
+    except (ProofError, SignatureError, CheckpointError) as exc:
+        print(f"INVALID proof {args.bundle}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    rec, cp = proven.record, proven.checkpoint
+    print(
+        f"valid: chain {rec.chain!r} seq {rec.seq} ({rec.event} at {rec.ts}) is leaf "
+        f"{rec.seq} of {cp.origin} at tree size {cp.size}, signed by "
+        + ", ".join(v.name for v in proven.signed_by)
+    )
+    return EXIT_OK
+
+
+def _cmd_cosign(args: argparse.Namespace) -> int:
+    # A witness signs only what it has checked: the log's signature first (c2sp.org/signed-note
+    # cosigning); a witness that also tracks consistency runs `consistency` before this.
+    keys = load_verifiers(args.key)
+    path = Path(args.checkpoint)
+    checkpoint = read_checkpoint(str(path), keys)  # exit 2 if unreadable, 1 if unsigned
+    note = path.read_text(encoding="utf-8")
+    witness = load_signer(args.signing_key, default_path=None, name="unused")
+    path.write_text(sign_note(checkpoint.text(), [witness], existing=note), encoding="utf-8")
+    print(
+        f"cosigned {checkpoint.describe()} as {witness.name}; verifier key {witness.verifier}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _cmd_consistency(args: argparse.Namespace) -> int:
+    keys = load_verifiers(args.key) if args.key else []
+    if not keys:
+        print("warning: no --key: checkpoint signatures are NOT checked", file=sys.stderr)
+    try:
+        old, new = (read_checkpoint(p, keys) for p in (args.old, args.new))
+    except (SignatureError, CheckpointError) as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if old.origin != new.origin:
+        raise ConfigError(f"checkpoints are of different logs: {old.origin!r}, {new.origin!r}")
+    ledger, _ = open_ledger_arg(args)
+    chain = chain_of(old, ledger.chains())  # the longest chain id the origin ends with
+    if chain is None:
+        print(
+            f"INVALID: no chain of the ledger matches origin {old.origin!r} (deleted?)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        with ledger.snapshot() as view:
+            proof = prove_consistency(view, chain, old, new)
+    except (ProofError, CheckpointError) as exc:
+        print(f"INVALID: {old.describe()} -> {new.describe()}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        orjson.dumps(
+            {
+                "origin": old.origin,
+                "old_size": min(old.size, new.size),
+                "new_size": max(old.size, new.size),
+                "proof": [h.hex() for h in proof],
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
+    print(
+        f"valid: the tree at size {min(old.size, new.size)} is a prefix of the tree at size "
+        f"{max(old.size, new.size)} (RFC 9162 consistency proof, {len(proof)} hashes)",
+        file=sys.stderr,
+    )
+    return EXIT_OK

@@ -1,0 +1,267 @@
+"""``workflow-audit verify``: every record, link and hash of a ledger's chains, or of the
+segments shipped to an S3 bucket (``verify s3://BUCKET/PREFIX --key K``).
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="workflow-audit")
+>>> add_parsers(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["verify", "--chain", "etl", "--expect-size", "3", "--json"])
+>>> args.source, args.chain, args.expect_size, args.json, args.jobs
+(None, ['etl'], 3, True, 1)
+
+The S3 client is configured from the environment, as the AWS CLI's is: credentials
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an instance role), region
+(``AWS_REGION``), and ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server. Exit codes: 0 every
+chain is valid, 1 the trail is invalid, 2 usage error, or the ledger or S3 cannot be read
+(credentials, permissions, no such bucket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from audit_core._chain import ChainHead, check_head, stored_size
+from audit_core._note import Verifier
+from audit_core.checkpoint import Checkpoint, load_verifiers
+from audit_core.cli._common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_ledger_args,
+    open_ledger_arg,
+    print_invalid,
+    print_valid,
+    read_checkpoint,
+)
+from audit_core.errors import AuditError, ConfigError, VerificationError
+from audit_core.ledgers import Ledger
+from audit_core.verify import verify_ledger
+
+__all__ = ["add_parsers", "verify_bucket"]
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``verify`` to the ``workflow-audit`` subcommands ``sub``."""
+    v = sub.add_parser("verify", help="check every record, link and hash of the chains")
+    v.add_argument(
+        "source",
+        nargs="?",
+        metavar="s3://BUCKET/PREFIX",
+        help="verify shipped segments from an S3 bucket alone (needs --key) instead of a ledger",
+    )
+    add_ledger_args(v, chain_help="chain to verify (repeatable; default: every chain)")
+    v.add_argument("--expect-size", type=int, help="the chain must hold exactly N records")
+    v.add_argument("--expect-head", help="hex hash the chain's last record must have")
+    v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    v.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="trusted verifier key (string or file); checks every stored "
+        "checkpoint's signature (repeatable: every key name must have signed; keys sharing "
+        "a name, as after a key rotation, are alternatives)",
+    )
+    v.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a signed checkpoint kept elsewhere: the ledger must still contain "
+        "its tree (catches truncation and rewrites); needs --key",
+    )
+    v.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="verify large chains in N processes (0: one per CPU); a failure found there is "
+        "re-verified in one process for the exact message",
+    )
+    v.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        help="witness verifier key that must also have cosigned each --checkpoint",
+    )
+    v.add_argument(
+        "--min-retention-days",
+        type=int,
+        default=365,
+        help="s3: each object must be locked at least this long (default 365)",
+    )
+    v.set_defaults(func=_cmd_verify)
+
+
+def _jobs(jobs: int) -> int:
+    return (os.cpu_count() or 1) if jobs <= 0 else jobs
+
+
+def _rate_line(total: int, chains: int, where: str, elapsed: float) -> None:
+    rate = f", {total / elapsed:,.0f} records/s" if elapsed > 0 and total else ""
+    line = f"verified {total} records in {chains} chain(s){where} in {elapsed:.2f}s{rate}"
+    print(line, file=sys.stderr)
+
+
+def _progress_verify(
+    ledger: Ledger,
+    chains: list[str] | None,
+    keys: Sequence[Verifier] = (),
+    external: Sequence[tuple[Checkpoint, str]] = (),
+    jobs: int = 1,
+) -> list[ChainHead]:
+    """verify_ledger with a rich progress bar when standard error is a terminal."""
+    if not sys.stderr.isatty():
+        return verify_ledger(ledger, chains, keys=keys, external=external, jobs=jobs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    names = chains if chains is not None else ledger.chains()
+    totals = {c: stored_size(c, ledger.head(c)) for c in names}
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        tasks = {c: bar.add_task(f"verify {c}", total=totals[c]) for c in names}
+
+        def on_progress(chain: str, n: int) -> None:
+            # verify_ledger also verifies chains only its Merkle tables name (deleted ones)
+            if chain not in tasks:
+                tasks[chain] = bar.add_task(f"verify {chain}", total=None)
+            bar.update(tasks[chain], completed=n)
+
+        return verify_ledger(
+            ledger, chains, keys=keys, external=external, on_progress=on_progress, jobs=jobs
+        )
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.source is not None:
+        if not args.source.startswith("s3://"):
+            raise ConfigError(f"verify takes an s3://BUCKET/PREFIX source, not {args.source!r}")
+        return verify_bucket(
+            args.source,
+            args.key,
+            args.json,
+            chains=args.chain,
+            min_retention_days=args.min_retention_days,
+            jobs=args.jobs,
+        )
+    ledger, where = open_ledger_arg(args)
+    chains: list[str] | None = list(args.chain) if args.chain else None
+    if (args.expect_size is not None or args.expect_head) and (chains is None or len(chains) != 1):
+        raise ConfigError("--expect-size/--expect-head need exactly one --chain")
+    keys = load_verifiers(args.key) if args.key else []
+    if args.checkpoint and not keys:
+        raise ConfigError(
+            "--checkpoint needs --key: a checkpoint is only evidence once its signature is checked"
+        )
+    if args.witness and not args.checkpoint:  # the witnesses cosign checkpoint files only
+        raise ConfigError("--witness needs --checkpoint: the checkpoint files they cosigned")
+    witnessed = keys + (load_verifiers(args.witness) if args.witness else [])
+    external = [
+        (read_checkpoint(path, witnessed), f"checkpoint {path}") for path in args.checkpoint
+    ]
+    started = time.perf_counter()
+    try:
+        heads = _progress_verify(ledger, chains, keys, external, _jobs(args.jobs))
+        if chains is not None and len(chains) == 1:
+            check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
+    except VerificationError as exc:
+        print_invalid("ledger", where, exc, args.json)
+        return EXIT_INVALID
+    elapsed = time.perf_counter() - started
+    total = sum(h.size for h in heads)
+    if args.json:
+        print_valid("ledger", where, total, bool(keys), [h.to_json() for h in heads])
+        return EXIT_OK
+    if not heads:
+        print(f"valid: {where} holds no records yet")
+    signed = "signatures checked" if keys else "signatures NOT checked: pass --key"
+    for h in heads:
+        print(f"valid: chain {h.chain!r}: {h.size} records, head {h.head}")
+        print(f"       Merkle root {h.root}, {h.checkpoints} checkpoint(s) matched ({signed})")
+    _rate_line(total, len(heads), "", elapsed)
+    return EXIT_OK
+
+
+def verify_bucket(
+    url: str,
+    keys: list[str],
+    json: bool,
+    *,
+    chains: Sequence[str] | None = None,
+    min_retention_days: int = 365,
+    allow_governance: bool = False,
+    allow_no_lock: bool = False,
+    jobs: int = 1,
+) -> int:
+    """``workflow-audit verify s3://BUCKET/PREFIX --key K``: print the verdict, return the
+    exit code. The policy defaults to what the sink writes: COMPLIANCE, 365 days. ``jobs``
+    as for ``verify --jobs`` (0: one process per CPU)."""
+    # boto3 and the bucket checker load only when a bucket is verified
+    from audit_core import bucket as checker
+    from audit_core.sinks.s3 import MIN_RETENTION_DAYS, boto_errors, parse_s3_url, s3_client
+
+    try:
+        bucket, prefix = parse_s3_url(url)
+        if not keys:
+            raise ConfigError(
+                "verifying a bucket needs --key: its checkpoints are the only evidence that "
+                "these records are the ones the ledger signed"
+            )
+        if min_retention_days < MIN_RETENTION_DAYS:
+            print(
+                f"workflow-audit: warning: a policy of {min_retention_days} days is below the "
+                f"EU AI Act Art. 19 floor of six months ({MIN_RETENTION_DAYS} days)",
+                file=sys.stderr,
+            )
+        policy = checker.RetentionPolicy(
+            mode="GOVERNANCE" if allow_governance else "COMPLIANCE",
+            min_retention_days=min_retention_days,
+            require_lock=not allow_no_lock,
+        )
+        verifiers = load_verifiers(keys)
+        started = time.perf_counter()
+        found = checker.verify_bucket(
+            s3_client(),
+            bucket,
+            prefix,
+            keys=verifiers,
+            chains=chains,
+            policy=policy,
+            jobs=_jobs(jobs),
+            client_factory=s3_client,
+        )
+    except VerificationError as exc:
+        print_invalid("bucket", url, exc, json)
+        return EXIT_INVALID
+    except AuditError as exc:
+        print(f"workflow-audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except boto_errors() as exc:
+        print(f"workflow-audit: error: cannot read {url}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    elapsed = time.perf_counter() - started
+    total = sum(c.head.size for c in found)
+    if json:
+        print_valid("bucket", url, total, True, [c.to_json() for c in found])
+        return EXIT_OK
+    if not found:
+        print(f"valid: {url} holds no segments yet")
+    for c in found:
+        h = c.head
+        print(f"valid: chain {h.chain!r}: {h.size} records in {c.segments} segments, head {h.head}")
+        matched = f"{h.checkpoints} checkpoint(s) matched (signatures checked)"
+        print(f"       Merkle root {h.root}, {matched}")
+        if c.modes:
+            until = "" if c.retained_until is None else c.retained_until.strftime("%Y-%m-%d")
+            modes = "/".join(c.modes)
+            print(f"       Object Lock {modes}, every object retained until {until} or later")
+        else:
+            print("       NO Object Lock (development bucket)")
+    _rate_line(total, len(found), f" from {url}", elapsed)
+    return EXIT_OK
