@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from audit_core._chain import chain_ids, stored_size
+from audit_core._normalize import parse_timestamp
 from audit_core._record import Record
 from audit_core.checkpoint import check_stored
 from audit_core.config import AuditConfig
@@ -150,11 +151,9 @@ def _age(ts: str | None, now: dt.datetime) -> float | None:
     if ts is None:
         return None
     try:
-        when = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        when = parse_timestamp(ts)
     except ValueError:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
     return round((now - when).total_seconds(), 3)
 
 

@@ -775,6 +775,19 @@ class TestFlusher:
                 os._exit(code)
         assert 0 == _wait_child(pid, timeout_s=GATE_TIMEOUT_S)
 
+    def test_fork_while_its_lock_is_held(self) -> None:
+        """A child forked while another thread holds the flusher's lock still requests and
+        delivers (the lock is reset in the child)."""
+        delivered = threading.Event()
+        flusher = Flusher(delivered.set)
+
+        def in_child() -> bool:
+            flusher.request()
+            return delivered.wait(GATE_TIMEOUT_S)
+
+        pid = _fork_while_held([flusher._lock], in_child)
+        assert 0 == _wait_child(pid, timeout_s=GATE_TIMEOUT_S)
+
 
 class _FlushingAdapter(AdapterBase):
     """An adapter whose terminal event is ``test.done`` and whose delivery is recorded."""
