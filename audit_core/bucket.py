@@ -39,10 +39,11 @@ import datetime as dt
 import importlib
 import logging
 import multiprocessing
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -305,9 +306,10 @@ def _verify_chain(
             started = _start_processes(run, chain, segments, stack)
         claims: list[TreeHeadClaim] = []
         checkpoints = [(r, r.checkpoint) for r in ranges if r.checkpoint is not None]
-        for (rng, obj), (data, meta) in zip(
-            checkpoints, _ahead(fetch, [o for _, o in checkpoints], run.workers), strict=True
-        ):
+        fetched_checkpoints = stack.enter_context(
+            closing(_ahead(fetch, [o for _, o in checkpoints], run.workers))
+        )
+        for (rng, obj), (data, meta) in zip(checkpoints, fetched_checkpoints, strict=True):
             _check_object(run.policy, chain, rng.first, obj, data, meta, lock)
             claims.append(_claim(chain, rng, obj.key, data, run.keys))
         if started is not None:
@@ -319,9 +321,10 @@ def _verify_chain(
     fetched = _ahead(fetch, [obj for _, obj in segments], run.workers)
     records = _segment_records(chain, segments, fetched, run.policy, lock, current)
     try:
-        head = verify_records(
-            chain, records, claims=claims, on_progress=on_progress, stored_hashes=False
-        )
+        with closing(fetched):  # its threads end here, also when verification fails
+            head = verify_records(
+                chain, records, claims=claims, on_progress=on_progress, stored_hashes=False
+            )
     except (SegmentError, RetentionError, CheckpointError):
         raise
     except VerificationError as exc:
@@ -466,15 +469,16 @@ def _verify_span(task: _Span) -> _SpanResult:
         client = factory()
         fetched = _ahead(lambda o: _get(client, bucket, o), [o for _, o in segments], workers)
         records = _segment_records(chain, segments, fetched, policy, lock, [], start, stop)
-        scan = scan_records(
-            chain,
-            records,
-            start=start,
-            prev=None,
-            sizes=sizes,
-            at_size=keep,
-            stored_hashes=False,
-        )
+        with closing(fetched):
+            scan = scan_records(
+                chain,
+                records,
+                start=start,
+                prev=None,
+                sizes=sizes,
+                at_size=keep,
+                stored_hashes=False,
+            )
     except Exception:  # noqa: BLE001 - any failure: the parent verifies in one process
         return (False, None, "", start, [], {}), [], None
     result: RangeResult = (True, scan.first_prev, scan.last, scan.end, scan.nodes, snapshots)
@@ -655,12 +659,15 @@ def _claim(
     return TreeHeadClaim(checkpoint.size, checkpoint.root, f"checkpoint object {key}")
 
 
-def _ahead(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+_FETCH_THREADS = "wa-s3-get"
+
+
+def _ahead(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Generator[R, None, None]:
     """``map(fn, items)`` in order, computed by ``workers`` threads at most ``2 * workers``
     items ahead of the consumer (downloads overlap verification; memory stays bounded)."""
     if not items:
         return
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="wa-s3-get")
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix=_FETCH_THREADS)
     try:
         window: deque[Future[R]] = deque()
         source: Iterable[T] = iter(items)
@@ -671,7 +678,10 @@ def _ahead(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R
         while window:
             yield window.popleft().result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Callers close this generator; one left to the garbage collector may be finalized
+        # in one of the pool's own threads, which cannot join itself.
+        in_pool = threading.current_thread().name.startswith(_FETCH_THREADS)
+        pool.shutdown(wait=not in_pool, cancel_futures=True)
 
 
 def _iso(when: dt.datetime) -> str:

@@ -667,6 +667,9 @@ class TestVerifyBucket:
         copy_prefix(s3_client, bucket, prefix, "nocp", skip=(rel(0, 99, "checkpoint"),))
         with pytest.raises(CheckpointError, match="has no checkpoint object"):
             verify_bucket(s3_client, bucket, "nocp", keys=[trail.signer.verifier])
+        # the download threads end with the verification, failed or not (never left to the
+        # garbage collector, which may finalize them in a thread that cannot join itself)
+        assert [] == [t.name for t in threading.enumerate() if t.name.startswith("wa-s3-get")]
 
     def test_governance_mode_is_reported(
         self, s3_client: Any, shipped: tuple[AuditTrail, str, str]
