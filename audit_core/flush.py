@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable
 
+from audit_core._forklock import renew_after_fork
 from audit_core._metrics import COUNTERS
 
 __all__ = ["Flusher"]
@@ -46,7 +46,7 @@ class Flusher:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._pid = -1
-        _FLUSHERS.add(self)
+        renew_after_fork(self)  # a fork during request() must not hang the child's flushes
 
     def request(self) -> None:
         """Ask for a flush (never blocks)."""
@@ -68,17 +68,3 @@ class Flusher:
             except Exception:  # the flush thread's one containment point
                 COUNTERS.incr("flush_failures")
                 logger.exception("workflow-audit: background flush to %s failed", self.what)
-
-
-#: Every flusher of this process, to reset their locks in a forked child: a fork while another
-#: thread is inside request() would copy a held lock that no thread of the child releases.
-_FLUSHERS: weakref.WeakSet[Flusher] = weakref.WeakSet()
-
-
-def _reset_locks() -> None:
-    for flusher in list(_FLUSHERS):
-        flusher._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks)

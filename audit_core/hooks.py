@@ -43,17 +43,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
-import os
 import re
 import socket
 import string
 import threading
 import traceback
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from audit_core._forklock import renew_after_fork
 from audit_core._jcs import canonical_bytes
 from audit_core._metrics import COUNTERS
 from audit_core._normalize import JSONObject, now_timestamp, to_json
@@ -210,22 +209,6 @@ class AdapterOptions:
     processors: tuple[Callable[[Any], Any], ...] | None = None
 
 
-#: Every adapter of this process, to reset their locks in a forked child (one at-fork handler,
-#: not one per instance: instances come and go, a registered handler stays forever).
-_ADAPTERS: weakref.WeakSet[AdapterBase] = weakref.WeakSet()
-
-
-def _reset_adapter_locks() -> None:
-    # A fork while another thread holds an adapter's lock (trail(), write()) would leave the
-    # child a lock nobody releases: its hooks would hang past any budget.
-    for adapter in list(_ADAPTERS):
-        adapter._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_adapter_locks)
-
-
 #: Builds what a :class:`~audit_core.flush.Flusher` calls to deliver a ledger to the sinks of
 #: a config's ``flush_sinks`` (the adapters pass :func:`audit_core.ship.deliver_to_sinks`).
 Delivery = Callable[[Ledger, AuditConfig], Callable[[], None]]
@@ -251,7 +234,7 @@ class AdapterBase:
         self._trail = trail
         self._options: AdapterOptions | None = None
         self._lock = threading.Lock()
-        _ADAPTERS.add(self)
+        renew_after_fork(self)  # trail(), write(): a fork must not hang the child's hooks
         self._delivery = delivery
         self._warned_no_delivery = False
         self._flusher: Flusher | None = None

@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from audit_core._forklock import renew_after_fork
 from audit_core._merkle import Frontier
 from audit_core._record import PreparedRecord, StoredRecord
 from audit_core.errors import ConfigError, LedgerError
@@ -136,21 +136,6 @@ _QUERIES = Queries(
 _SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
 
 
-#: Every SqliteLedger of this process: a forked child gets new locks (one at-fork handler).
-_LEDGERS: weakref.WeakSet[SqliteLedger] = weakref.WeakSet()
-
-
-def _reset_locks() -> None:
-    # A fork while another thread holds a ledger's lock would leave the child a lock nobody
-    # releases (the connection itself is replaced by _connection, which checks the pid).
-    for ledger in list(_LEDGERS):
-        ledger._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_locks)
-
-
 class SqliteLedger(RowWrites):
     """A :class:`~audit_core.ledgers.Ledger` in one SQLite file (``path=None``: in memory).
 
@@ -177,7 +162,9 @@ class SqliteLedger(RowWrites):
         self.busy_timeout_s = busy_timeout_s
         self._create = create and not read_only
         self._lock = threading.Lock()
-        _LEDGERS.add(self)
+        # A forked child gets a free lock (its connection is replaced by _connection, which
+        # checks the pid).
+        renew_after_fork(self)
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         # A connection must not cross fork() (sqlite.org/howtocorrupt.html §2.6); connections

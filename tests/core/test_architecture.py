@@ -34,6 +34,7 @@ PURE = frozenset(
         "audit_core._trace",
         "audit_core._metrics",
         "audit_core._segment",
+        "audit_core._forklock",
         "audit_core.errors",
     }
 )
