@@ -8,7 +8,7 @@ PYTHON ?= python3
 AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
-AIRFLOW_EXTRAS := dev,airflow,otlp,s3,postgres
+AIRFLOW_EXTRAS := dev,airflow,airflow-fab,otlp,s3,postgres
 PREFECT_EXTRAS := dev,prefect,postgres,otlp
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

@@ -14,6 +14,7 @@ listener that fails to read an optional field must still write the record.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,11 @@ __all__ = [
     "dagrun_task_instances",
     "enum_value",
     "is_runtime",
+    "is_scheduler_job",
     "logical_date",
+    "metadata_db",
+    "metadata_db_url",
+    "metadata_engine_kwargs",
     "operator_name",
     "optional",
     "task_carrier",
@@ -74,6 +79,74 @@ def airflow_conf_get(section: str, key: str, fallback: str) -> str:
         from airflow.sdk.configuration import conf as parser  # type: ignore[no-redef]
     value = parser.get(section, key, fallback=fallback)
     return fallback if value is None else str(value)
+
+
+def metadata_db_url() -> str:
+    """Airflow's metadata DB URL (see :func:`metadata_db`)."""
+    return metadata_db()[0]
+
+
+def metadata_db() -> tuple[str, str | None]:
+    """Airflow's metadata DB: ``[database] sql_alchemy_conn`` (Airflow 3; its ``_cmd`` and
+    ``_secret`` variants resolved by Airflow's configuration) and ``sql_alchemy_schema``
+    (None when blank, as ``airflow.models.base`` reads it)."""
+    from airflow.configuration import conf
+
+    schema = conf.get("database", "sql_alchemy_schema", fallback="") or ""
+    return str(conf.get("database", "sql_alchemy_conn")), schema.strip() or None
+
+
+#: Engine arguments that size or choose the pool: each of our engines chooses its own (one
+#: connection, or none held on SQLite), not the scheduler's pool of 5 + 10.
+_POOL_ARGS = frozenset(
+    {
+        "poolclass",
+        "pool",
+        "pool_size",
+        "max_overflow",
+        "pool_recycle",
+        "pool_pre_ping",
+        "pool_timeout",
+        "pool_use_lifo",
+        "pool_reset_on_return",
+    }
+)
+
+
+def metadata_engine_kwargs() -> dict[str, Any]:
+    """``create_engine`` arguments for Airflow's metadata DB beside the URL, read as Airflow's
+    ``settings.configure_orm`` reads them: ``connect_args`` from ``[database]
+    sql_alchemy_connect_args`` (an import path to a dict: TLS certificates, a driver's
+    options) and ``[database] sql_alchemy_engine_args`` (JSON) without its pool settings.
+    A path that does not import raises, as it does for Airflow: connecting without the
+    deployment's TLS settings would only fail later, less clearly."""
+    from airflow.configuration import conf
+
+    kwargs: dict[str, Any] = {}
+    engine_args = conf.getjson("database", "sql_alchemy_engine_args", fallback={})
+    if isinstance(engine_args, dict):
+        kwargs.update((k, v) for k, v in engine_args.items() if k not in _POOL_ARGS)
+    if conf.has_option("database", "sql_alchemy_connect_args"):
+        connect_args = conf.getimport("database", "sql_alchemy_connect_args")
+        if connect_args:
+            kwargs["connect_args"] = dict(connect_args)
+    return kwargs
+
+
+def is_scheduler_job(component: object) -> bool:
+    """Is a lifecycle listener's ``component`` the scheduler's ``Job``?
+
+    ``before_stopping`` sees the ``Job`` with its ``job_type`` (``"SchedulerJob"``), but
+    Airflow 3.3 calls ``on_starting`` from ``Job.__init__``, before the job runner sets it: a
+    ``Job`` whose type is not set yet is the scheduler's when this process is ``airflow
+    scheduler`` (the triggerer and the DAG processor run as their own commands).
+    """
+    if type(component).__name__ != "Job":  # the task runner's TaskRunnerMarker
+        return False
+    kind = optional(component, "job_type")
+    if kind is not None:
+        return bool(kind == "SchedulerJob")
+    return sys.argv[1:2] == ["scheduler"]
 
 
 def airflow_home() -> str:

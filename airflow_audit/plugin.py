@@ -9,21 +9,19 @@ import logging
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_audit import listener
+from airflow_audit import access, listener, service
 from airflow_audit._compat import airflow_conf_get
 from airflow_audit.settings import OPTIONS, SECTION, parse_boolean
 from audit_core.errors import ConfigError
 
 
-def _enabled() -> bool:
+def _enabled(key: str = "enabled") -> bool:
+    """The boolean option ``key``; False, with an error in the log, when it is neither."""
     try:
-        return parse_boolean(
-            "enabled", airflow_conf_get(SECTION, "enabled", OPTIONS["enabled"].default)
-        )
+        return parse_boolean(key, airflow_conf_get(SECTION, key, OPTIONS[key].default))
     except ConfigError as exc:
-        logging.getLogger("workflow_audit.airflow").error(
-            "workflow-audit: %s; no listener registered, nothing is recorded", exc
-        )
+        outcome = "no listener registered, nothing is recorded" if key == "enabled" else "off"
+        logging.getLogger("workflow_audit.airflow").error("workflow-audit: %s; %s", exc, outcome)
         return False
 
 
@@ -32,3 +30,12 @@ class WorkflowAuditPlugin(AirflowPlugin):
 
     name = "workflow_audit"
     listeners = [listener] if _enabled() else []
+    # Airflow's event log (and the permission checks) onto the events chain, from the
+    # scheduler and each API server worker (service.py says where and why there).
+    if _enabled() and (_enabled("ingest_event_log") or _enabled("record_access")):
+        listeners.append(service.lifecycle)
+        fastapi_apps = service.FASTAPI_APPS
+    # Logins, failed logins, logouts and 401/403 answers of the API server (access.py).
+    fastapi_root_middlewares = (
+        [access.middleware_entry()] if _enabled() and _enabled("record_access") else []
+    )

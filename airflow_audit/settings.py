@@ -113,6 +113,38 @@ OPTIONS: Mapping[str, Option] = {
         "boolean",
         "False",
     ),
+    "events_chain": Option(
+        "Chain of what people did: Airflow's event log (the log table), logins, failed logins, "
+        "access denied and permission changes. Kept apart from the task chain so the event "
+        "log's cursor and order are its own.",
+        "string",
+        "airflow-events",
+        "airflow-prod-events",
+    ),
+    "ingest_event_log": Option(
+        "Copy every row of Airflow's event log (the log table) onto the events chain, from "
+        "the scheduler and the API server (each row exactly once, however many run). False: "
+        "run `workflow-audit ingest airflow --follow` as a sidecar instead, or not at all.",
+        "boolean",
+        "True",
+    ),
+    "ingest_interval": Option(
+        "Seconds between two reads of Airflow's event log by the plugin's ingester.",
+        "float",
+        "1.0",
+    ),
+    "ingest_grace": Option(
+        "Seconds a hole in the event log's ids may stay open (a row not yet committed) before "
+        "it is recorded as a source.gap and ingestion moves past it.",
+        "float",
+        "10.0",
+    ),
+    "record_access": Option(
+        "Record logins, failed logins, logouts and every 401/403 the API server answers "
+        "(access.*), and permission changes (permission.changed).",
+        "boolean",
+        "True",
+    ),
 }
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -129,6 +161,11 @@ class AirflowAuditSettings:
     events: EventFilter = field(default_factory=EventFilter)
     record_not_run: bool = True
     record_conf: bool = False
+    events_chain: str = "airflow-events"
+    ingest_event_log: bool = True
+    ingest_interval_s: float = 1.0
+    ingest_grace_s: float = 10.0
+    record_access: bool = True
 
 
 def load_settings(
@@ -166,6 +203,11 @@ def load_settings(
         events=EventFilter(option("events")),
         record_not_run=parse_boolean("record_not_run", option("record_not_run")),
         record_conf=parse_boolean("record_conf", option("record_conf")),
+        events_chain=option("events_chain") or OPTIONS["events_chain"].default,
+        ingest_event_log=parse_boolean("ingest_event_log", option("ingest_event_log")),
+        ingest_interval_s=_positive("ingest_interval", option("ingest_interval")),
+        ingest_grace_s=_positive("ingest_grace", option("ingest_grace")),
+        record_access=parse_boolean("record_access", option("record_access")),
     )
 
 

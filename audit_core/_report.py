@@ -20,6 +20,12 @@ import orjson
 from audit_core._chain import ChainHead
 from audit_core._normalize import JSON, JSONObject, format_timestamp, parse_timestamp
 from audit_core._record import Record
+from audit_core._report_access import (
+    AccessSummary,
+    access_csv_rows,
+    access_json,
+    access_markdown,
+)
 from audit_core.errors import ConfigError, VerificationError
 
 __all__ = [
@@ -126,6 +132,7 @@ class Summary:
     heads: list[ChainHead] = field(default_factory=list)
     error: VerificationError | None = None
     signatures_checked: bool = False
+    access: AccessSummary = field(default_factory=AccessSummary)
 
     @property
     def verdict(self) -> str:
@@ -133,8 +140,9 @@ class Summary:
 
 
 def summarize(records: Iterable[Record], *, max_failures: int = 1000) -> Summary:
-    """Count records per event type, pipeline and outcome; list failures."""
-    s = Summary()
+    """Count records per event type, pipeline and outcome; list failures; sum up access,
+    permission and configuration changes and source gaps."""
+    s = Summary(access=AccessSummary(max_listed=max_failures))
     for rec in records:
         s.records += 1
         s.first_ts = rec.ts if s.first_ts is None or rec.ts < s.first_ts else s.first_ts
@@ -145,7 +153,14 @@ def summarize(records: Iterable[Record], *, max_failures: int = 1000) -> Summary
         outcome = outcome_of(rec.event)
         if outcome is not None:
             s.by_outcome[outcome] += 1
-        if outcome in ("failed", "unrecorded", "denied") and len(s.failures) < max_failures:
+        s.access.add(rec)
+        # A denial is listed under "Access and changes" with its user, path and status; as a
+        # failure it would only repeat there, once per refused request.
+        if (
+            outcome in ("failed", "unrecorded", "denied")
+            and rec.event != "access.denied"
+            and len(s.failures) < max_failures
+        ):
             s.failures.append(
                 {
                     "chain": rec.chain,
@@ -232,6 +247,7 @@ def render_report(s: Summary, fmt: str, *, ledger: str, period: str) -> str:
             "by_pipeline": dict(sorted(s.by_pipeline.items())),
             "by_outcome": dict(sorted(s.by_outcome.items())),
             "failures": list(s.failures),
+            "access": access_json(s.access),
         }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
     if fmt == "csv":
@@ -267,6 +283,7 @@ def _report_csv(s: Summary, verification: dict[str, JSON]) -> str:
                 f"{f['ts']} {f['pipeline']}.{f['task']} try {f['try']}: {f['error']}",
             ]
         )
+    w.writerows(access_csv_rows(s.access))
     return buf.getvalue()
 
 
@@ -320,4 +337,5 @@ def _report_md(s: Summary, *, ledger: str, period: str) -> str:
         ]
     else:
         lines.append("None.")
-    return "\n".join(lines) + "\n"
+    lines += ["", *access_markdown(s.access)]
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -15,6 +15,7 @@ __all__ = [
     "BrokenLinkError",
     "CheckpointError",
     "ConfigError",
+    "CursorMoved",
     "FormatError",
     "HashMismatchError",
     "HeadMismatchError",
@@ -26,6 +27,7 @@ __all__ = [
     "SegmentError",
     "SequenceError",
     "SignatureError",
+    "SourceError",
     "VerificationError",
 ]
 
@@ -45,6 +47,26 @@ class InvalidRecordError(AuditError):
 
 class LedgerError(AuditError):
     """The ledger cannot be opened, read or written."""
+
+
+class CursorMoved(LedgerError):  # noqa: N818 - the name the shared design fixed: an event, not a fault
+    """A cursor was not where a writer expected it (another writer advanced it first), so
+    :meth:`~audit_core.ledgers.Ledger.append_advancing` appended nothing.
+
+    ``cursor`` and ``chain`` name it; ``expected`` is what the writer compared against,
+    ``found`` what the ledger held (-1: no cursor)."""
+
+    def __init__(self, message: str, *, cursor: str, chain: str, expected: int, found: int) -> None:
+        super().__init__(message)
+        self.cursor = cursor
+        self.chain = chain
+        self.expected = expected
+        self.found = found
+
+
+class SourceError(AuditError):
+    """A source of events (:mod:`audit_core.sources`) cannot be read: unreachable, or it
+    answered something that is not a row."""
 
 
 class VerificationError(AuditError):

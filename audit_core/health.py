@@ -6,8 +6,10 @@
 It reads durable state only (the ledger, opened read-only as every reading command opens it,
 and the spool directory), so it works for an auditor who cannot write, and from a cron job or
 a Kubernetes probe. Per chain: records, age of the last record, the last checkpoint (size,
-age) and the records signed by none yet, and each sink's lag (records past its cursor). Then
-the spool's backlog. ``--json`` prints :meth:`Health.to_json`.
+age) and the records signed by none yet, each sink's lag (records past its cursor) and each
+source's cursor (the last source id ingested, :mod:`audit_core.sources`; or, for a source of
+states such as ``source:airflow.permissions``, a digest held as an int). Then the spool's
+backlog. ``--json`` prints :meth:`Health.to_json`.
 
 Exit codes: 0 healthy; 4 unhealthy (a threshold below was passed: each problem is printed);
 1 with ``--verify``, a chain failed verification (tampering, as for ``verify``); 2 usage error
@@ -50,6 +52,7 @@ from audit_core.checkpoint import check_stored
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError, VerificationError
 from audit_core.ledgers import LedgerReader
+from audit_core.sources import CURSOR_PREFIX
 from audit_core.spool import backlog, spool_dir
 
 __all__ = [
@@ -117,6 +120,9 @@ class ChainHealth:
     unsigned: int  # records after the last checkpoint
     unsigned_age_s: float | None  # age of the oldest of them
     sinks: dict[str, int] = field(default_factory=dict)  # sink name -> lag in records
+    # source name -> its cursor on this chain: the last source id ingested
+    # (audit_core.sources), or a digest held as an int (a source of states)
+    sources: dict[str, int] = field(default_factory=dict)
     valid: bool | None = None  # --verify's verdict; None when not verified
 
 
@@ -166,7 +172,12 @@ def _ts(ledger: LedgerReader, chain: str, seq: int) -> str | None:
     return None
 
 
-def _chain(ledger: LedgerReader, chain: str, sinks: Sequence[str], now: dt.datetime) -> ChainHealth:
+def _chain(
+    ledger: LedgerReader,
+    chain: str,
+    cursors: Sequence[str],
+    now: dt.datetime,
+) -> ChainHealth:
     # Rows come from an untrusted file: a re-typed seq or checkpoint column raises the
     # verifier's error naming it (exit 1, INVALID), never a TypeError in the arithmetic.
     head = ledger.head(chain)
@@ -178,7 +189,11 @@ def _chain(ledger: LedgerReader, chain: str, sinks: Sequence[str], now: dt.datet
     signed = 0 if checkpoint is None else checkpoint.size
     # A sink's lag only where it ships this chain (has a cursor in it): `ship --chain A`
     # must not make every other chain look behind.
-    cursors = {name: ledger.get_cursor(name, chain) for name in sinks}
+    at = {name: ledger.get_cursor(name, chain) for name in cursors}
+    # A source's cursor holds the source's own ids, not this chain's seqs: no lag to compute.
+    sources = {
+        n.removeprefix(CURSOR_PREFIX): i for n, i in at.items() if n.startswith(CURSOR_PREFIX)
+    }
     unsigned = max(records - signed, 0)
     return ChainHealth(
         chain=chain,
@@ -190,7 +205,12 @@ def _chain(ledger: LedgerReader, chain: str, sinks: Sequence[str], now: dt.datet
         checkpoint_age_s=None if checkpoint is None else _age(checkpoint.created, now),
         unsigned=unsigned,
         unsigned_age_s=_age(_ts(ledger, chain, signed), now) if unsigned else None,
-        sinks={name: records - 1 - seq for name, seq in cursors.items() if seq >= 0},
+        sinks={
+            name: records - 1 - seq
+            for name, seq in at.items()
+            if seq >= 0 and not name.startswith(CURSOR_PREFIX)
+        },
+        sources={name: i for name, i in sources.items() if i >= 0},
     )
 
 
@@ -252,11 +272,11 @@ def check(
 
     now = now or dt.datetime.now(dt.timezone.utc)
     with ledger.snapshot() as view:  # records, checkpoints, cursors and verdicts of one moment
-        sinks = view.cursor_names()
+        cursors = view.cursor_names()
         # Without --chain: every chain with records, and every chain whose Merkle tree or
         # checkpoints outlived its records (deleted: "no records", and invalid with --verify).
         names = list(chains) if chains else chain_ids({*view.chains(), *view.merkle_chains()})
-        found = [_chain(view, c, sinks, now) for c in names]
+        found = [_chain(view, c, cursors, now) for c in names]
         if verify:
             found = [replace(c, valid=_valid(view, c.chain)) for c in found]
     spool = _spool(config or AuditConfig.from_env(), spool_dir)

@@ -339,6 +339,18 @@ class AdapterBase:
         options = self.options
         return options.enabled and options.events(event)
 
+    def submit(self, what: str, build: Callable[[], Sequence[Event]]) -> bool:
+        """Record the events ``build`` returns through the hooks' runner: fail-open (a failure
+        in ``build`` or in the write is logged and counted, never raised), waiting at most the
+        hook budget, kept by the event filter; events without a ``ts`` get this call's time.
+
+        For records that are not task hooks (the event log, access, permission changes):
+        each event names its own ``chain`` (events without one go on the adapter's chain).
+        ``what`` names the records in logs and counters. Blocks for up to the budget: call it
+        off an event loop. True once written to the ledger within the budget; False when
+        they failed, ran late (the write goes on) or went to the spool."""
+        return self._run(what, build)
+
     def _run(self, what: str, build: Callable[[], Sequence[Event]]) -> bool:
         def kept() -> Sequence[Event]:
             options = self.options

@@ -104,6 +104,15 @@ KNOWN_COUNTS: Final[Mapping[str, str]] = {
     "records_spooled": "records written to the local spool because the ledger was unreachable",
     "spool_drained": "spooled records appended to their chains",
     "spool_corrupt_lines": "spool lines that do not parse or whose checksum differs",
+    "ingest_failures": "ingestion steps of a source (Airflow's event log) that failed",
+    "source_rows_recorded": "rows of a source recorded on their chain",
+    "source_gaps_purged": "source.gap records: ids deleted before they were read",
+    "source_gaps_missing": "source.gap records: ids that never appeared within the grace",
+    "source_resets": "source.reset records: ids restarted below the cursor",
+    "source_rows_unreadable": "source rows that could not become a record (source.unreadable)",
+    "access_failures": "access records (logins, denials) that could not be built or queued",
+    "access_dropped": "access records dropped because their queue was full",
+    "permission_check_failures": "permission snapshots that could not be read or recorded",
 }
 
 

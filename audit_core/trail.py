@@ -198,7 +198,35 @@ class AuditTrail:
     def record_many(self, events: Iterable[Event], *, strict: bool = False) -> list[StoredRecord]:
         """Append several records in one transaction (all or none); durable on return."""
         prepared = [self.prepare(e, strict=strict) for e in events]
-        stored = self.ledger.append_many(prepared)
+        return self._appended(self.ledger.append_many(prepared))
+
+    def record_advancing(
+        self,
+        events: Iterable[Event],
+        *,
+        cursor: str,
+        chain: str,
+        expect: int,
+        to: int,
+        strict: bool = False,
+    ) -> list[StoredRecord]:
+        """As :meth:`record_many`, and in the same transaction move cursor ``(cursor,
+        chain)`` from ``expect`` (-1: no cursor yet) to ``to``; events without a chain go on
+        ``chain``. Raises :class:`~audit_core.errors.CursorMoved`, appending nothing, when
+        the cursor was not at ``expect`` (another writer advanced it): what a reader of an
+        outside source needs to record each of its rows exactly once."""
+        prepared = [
+            self._prepare(
+                e.type, e.data, e.subject, e.actor, e.trace, e.ts, e.chain or chain, strict
+            )
+            for e in events
+        ]
+        stored = self.ledger.append_advancing(
+            prepared, cursor=cursor, chain=chain, expect=expect, to=to
+        )
+        return self._appended(stored)
+
+    def _appended(self, stored: list[StoredRecord]) -> list[StoredRecord]:
         COUNTERS.incr("records_written", len(stored))
         last: dict[str, int] = {s.chain: s.seq + 1 for s in stored}
         for chain, size in last.items():

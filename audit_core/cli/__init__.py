@@ -21,7 +21,18 @@ import sys
 from collections.abc import Sequence
 
 from audit_core import __version__
-from audit_core.cli import health, postgres, proofs, reconcile, records, s3, ship, spool, verify
+from audit_core.cli import (
+    health,
+    ingest,
+    postgres,
+    proofs,
+    reconcile,
+    records,
+    s3,
+    ship,
+    spool,
+    verify,
+)
 from audit_core.cli._common import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from audit_core.errors import AuditError, VerificationError
 
@@ -75,5 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     spool.add_parsers(sub)
     health.add_parsers(sub)
     reconcile.add_parsers(sub)
+    ingest.add_parsers(sub)
     records.add_report_parser(sub)
     return p

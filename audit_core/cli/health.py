@@ -38,6 +38,8 @@ def _render(health: Health) -> str:
             parts.append(f"checkpoint of {c.checkpoint_size} {c.checkpoint_age_s or 0:.0f}s ago")
         parts.append(f"{c.unsigned} unsigned")
         parts += [f"sink {s} lag {lag}" for s, lag in c.sinks.items()]
+        # a source's cursor is its own id, or a digest held as an int (a state source)
+        parts += [f"source {s} cursor {i}" for s, i in c.sources.items()]
         if c.valid is not None:
             parts.append("valid" if c.valid else "INVALID")
         lines.append(", ".join(parts))

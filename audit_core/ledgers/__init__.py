@@ -131,6 +131,24 @@ class Ledger(LedgerReader, Protocol):
         """Append several records in one transaction (all or none), in the given order."""
         ...
 
+    def append_advancing(
+        self,
+        records: Sequence[PreparedRecord],
+        *,
+        cursor: str,
+        chain: str,
+        expect: int,
+        to: int,
+    ) -> list[StoredRecord]:
+        """In one transaction: check that cursor ``(cursor, chain)`` holds ``expect`` (an
+        absent cursor holds -1), append ``records`` (may be empty) and set the cursor to
+        ``to``; else raise :class:`~audit_core.errors.CursorMoved` and append nothing.
+
+        A reader of an outside source that advances its own cursor this way records each
+        source row exactly once, however many readers race: the loser of a race appends
+        nothing. Source cursors are named ``source:<name>`` (not sinks)."""
+        ...
+
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         """Store a signed checkpoint; False if one of that size is stored already."""
         ...

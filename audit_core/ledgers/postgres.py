@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from audit_core._merkle import Frontier, frontier_positions
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
-from audit_core.errors import ConfigError, LedgerError
+from audit_core.errors import ConfigError, CursorMoved, LedgerError
 from audit_core.ledgers import (
     _frontier,
     check_url_password,
@@ -110,6 +110,12 @@ _BY_KEYS = "SELECT idem, chain, seq, hash, body FROM records WHERE idem = ANY(%s
 _SUBTREES = "SELECT last, hashes FROM merkle_subtrees WHERE chain = %s AND last = ANY(%s)"
 _LEAF = "SELECT hash FROM records WHERE chain = %s AND seq = %s"
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = %s ORDER BY seq"
+# A source's cursor (a compare-and-set; it may move back: a source's ids are not seqs)
+_CAS = "UPDATE cursors SET seq = %s WHERE name = %s AND chain = %s AND seq = %s RETURNING seq"
+_CAS_NEW = (
+    "INSERT INTO cursors (name, chain, seq) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING "
+    "RETURNING seq"
+)
 
 
 def _distinct_chains(*tables: str) -> str:
@@ -289,8 +295,33 @@ class PostgresLedger(_Rows, RowWrites):
             return []
         return self._append_keyed(records, [os.urandom(_KEY_BYTES) for _ in records])
 
+    def append_advancing(
+        self,
+        records: Sequence[PreparedRecord],
+        *,
+        cursor: str,
+        chain: str,
+        expect: int,
+        to: int,
+    ) -> list[StoredRecord]:
+        """If cursor ``(cursor, chain)`` holds ``expect`` (-1: absent), store ``records``
+        and set it to ``to``, in one transaction; else CursorMoved.
+
+        The compare-and-set is one statement that takes the cursor's row lock (``UPDATE …
+        WHERE seq = expect``; for -1, ``INSERT … ON CONFLICT DO NOTHING``): a concurrent
+        advancer waits for our COMMIT, then re-checks the row (READ COMMITTED re-evaluates
+        an UPDATE's WHERE on the row's newest version) and matches nothing. A retry after a
+        lost COMMIT reply finds the records by their idempotency keys and returns them; with
+        no records it finds the cursor moved and raises CursorMoved."""
+        return self._append_keyed(
+            records, [os.urandom(_KEY_BYTES) for _ in records], (cursor, chain, expect, to)
+        )
+
     def _append_keyed(
-        self, records: Sequence[PreparedRecord], keys: Sequence[bytes]
+        self,
+        records: Sequence[PreparedRecord],
+        keys: Sequence[bytes],
+        advance: tuple[str, str, int, int] | None = None,
     ) -> list[StoredRecord]:
         """:meth:`append_many` with given idempotency keys (one per record, unique): when
         records with these keys are stored already, they are returned, not appended.
@@ -303,11 +334,11 @@ class PostgresLedger(_Rows, RowWrites):
         def attempt(conn: _Conn) -> list[StoredRecord]:
             attempts[0] += 1
             # Always look first on a retry: the lost attempt may have committed.
-            found = _stored_by_keys(conn, keys) if attempts[0] > 1 else None
+            found = _stored_by_keys(conn, keys) if attempts[0] > 1 and keys else None
             if found is not None:
                 COUNTERS.incr("ledger_retries_deduplicated")
                 return found
-            stored, caches = self._append_once(conn, records, keys)
+            stored, caches = self._append_once(conn, records, keys, advance)
             self._frontiers.update(caches)  # only what is committed
             return stored
 
@@ -317,8 +348,12 @@ class PostgresLedger(_Rows, RowWrites):
             except Exception as exc:
                 import psycopg
 
-                if isinstance(exc, psycopg.errors.UniqueViolation) and "idem" in str(exc):
-                    # the keys were stored by an earlier call: the caller is replaying
+                replayed = isinstance(exc, CursorMoved) and keys
+                if replayed or (
+                    isinstance(exc, psycopg.errors.UniqueViolation) and "idem" in str(exc)
+                ):
+                    # the keys were stored by an earlier call: the caller is replaying (an
+                    # advancing replay finds the cursor moved by its own first call)
                     found = _stored_by_keys(conn, keys)
                     if found is not None:
                         return found
@@ -331,19 +366,28 @@ class PostgresLedger(_Rows, RowWrites):
         conn: _Conn,
         records: Sequence[PreparedRecord],
         keys: Sequence[bytes],
+        advance: tuple[str, str, int, int] | None = None,
     ) -> tuple[list[StoredRecord], dict[str, tuple[Frontier, bytes]]]:
         # Pipelined: the lock and the head reads are one round trip, the inserts and the
         # COMMIT another.
         with conn.pipeline(), conn.transaction():
+            # The cursor's row lock first, the chains' after: every advancer takes them in
+            # this order, so two cannot deadlock.
+            moved = _compare_and_set(conn, *advance) if advance is not None else None
             states = self._lock_chains(conn, sorted({r.chain for r in records}))
+            if advance is not None and moved is not None and moved.fetchone() is None:
+                raise _cursor_moved(conn, *advance)
             stored, subtrees = _frontier.seal(records, states)
             with conn.cursor() as cur:
-                cur.executemany(_INSERT, [(*r, k) for r, k in zip(stored, keys, strict=True)])
+                if stored:
+                    cur.executemany(_INSERT, [(*r, k) for r, k in zip(stored, keys, strict=True)])
                 if subtrees:
                     cur.executemany(_INSERT_SUBTREE, subtrees)
-                cur.executemany(
-                    _SET_HEAD, [(n - 1, bytes.fromhex(h), c) for c, (n, h, _) in states.items()]
-                )
+                if states:
+                    cur.executemany(
+                        _SET_HEAD,
+                        [(n - 1, bytes.fromhex(h), c) for c, (n, h, _) in states.items()],
+                    )
         caches = {
             c: (Frontier(n, tuple(nodes)), bytes.fromhex(h)) for c, (n, h, nodes) in states.items()
         }
@@ -563,6 +607,29 @@ def _range_query(chain: str, start: int, stop: int | None) -> tuple[str, tuple[o
 
 def _stored(row: tuple[Any, ...]) -> StoredRecord:
     return StoredRecord(row[0], row[1], bytes(row[2]), bytes(row[3]))
+
+
+def _compare_and_set(
+    conn: _Conn, name: str, chain: str, expect: int, to: int
+) -> psycopg.Cursor[tuple[Any, ...]]:
+    """Inside a transaction: move cursor ``(name, chain)`` from ``expect`` (-1: absent) to
+    ``to``, holding its row lock until COMMIT; the result has a row only if it moved."""
+    if expect == -1:
+        return conn.execute(_CAS_NEW, (name, chain, to))
+    return conn.execute(_CAS, (to, name, chain, expect))
+
+
+def _cursor_moved(conn: _Conn, name: str, chain: str, expect: int, _to: int) -> CursorMoved:
+    row = conn.execute(_QUERIES.cursor, (name, chain)).fetchone()
+    found = -1 if row is None else int(row[0])
+    return CursorMoved(
+        f"cursor {name!r} of chain {chain!r} is at {found}, not {expect}: another writer "
+        "advanced it",
+        cursor=name,
+        chain=chain,
+        expected=expect,
+        found=found,
+    )
 
 
 def _stored_by_keys(conn: _Conn, keys: Sequence[bytes]) -> list[StoredRecord] | None:

@@ -41,7 +41,7 @@ from urllib.parse import quote
 from audit_core._forklock import renew_after_fork
 from audit_core._merkle import Frontier
 from audit_core._record import PreparedRecord, StoredRecord
-from audit_core.errors import ConfigError, LedgerError
+from audit_core.errors import ConfigError, CursorMoved, LedgerError
 from audit_core.ledgers import _frontier, synchronous_level
 from audit_core.ledgers._reads import Queries, RowReads, RowWrites
 
@@ -114,6 +114,11 @@ _INSERT_SUBTREE = "INSERT OR IGNORE INTO merkle_subtrees (chain, last, hashes) V
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = ? AND seq >= ? ORDER BY seq"
 _HASHES_BETWEEN = "SELECT hash FROM records WHERE chain = ? AND seq >= ? AND seq < ? ORDER BY seq"
 _CATCH_UP_LIMIT = 64
+# A compare-and-set cursor may move back (a source's ids are not the chain's seqs).
+_SET_CURSOR = (
+    "INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
+    "ON CONFLICT (name, chain) DO UPDATE SET seq = excluded.seq"
+)
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
 _NODE = "SELECT hashes FROM merkle_subtrees WHERE chain = ? AND last = ?"
 _QUERIES = Queries(
@@ -236,12 +241,36 @@ class SqliteLedger(RowWrites):
         """Seal and store ``records`` in one transaction, in order; returns after COMMIT."""
         if not records:
             return []
+        return self._append(records, None)
+
+    def append_advancing(
+        self,
+        records: Sequence[PreparedRecord],
+        *,
+        cursor: str,
+        chain: str,
+        expect: int,
+        to: int,
+    ) -> list[StoredRecord]:
+        """If cursor ``(cursor, chain)`` holds ``expect`` (-1: absent), store ``records``
+        and set it to ``to``, in one ``BEGIN IMMEDIATE`` transaction; else CursorMoved.
+        The write lock is taken before the cursor is read, so no writer can move it between
+        the check and the COMMIT."""
+        return self._append(records, (cursor, chain, expect, to))
+
+    def _append(
+        self,
+        records: Sequence[PreparedRecord],
+        advance: tuple[str, str, int, int] | None,
+    ) -> list[StoredRecord]:
         with self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 committed = False
                 try:
+                    if advance is not None:
+                        _compare_and_set(conn, *advance)
                     stored, frontiers = self._seal_all(conn, records)
                     conn.execute("COMMIT")
                     committed = True
@@ -580,6 +609,23 @@ def _open_uri(
     # anyway so that the verifier names the record instead of the read failing.
     conn.text_factory = _lenient_text
     return conn
+
+
+def _compare_and_set(conn: sqlite3.Connection, name: str, chain: str, expect: int, to: int) -> None:
+    """Inside a write transaction: set cursor ``(name, chain)`` to ``to`` if it holds
+    ``expect`` (-1: absent), else raise CursorMoved (the caller rolls back)."""
+    row = conn.execute(_QUERIES.cursor, (name, chain)).fetchone()
+    found = -1 if row is None else row[0]
+    if found != expect:
+        raise CursorMoved(
+            f"cursor {name!r} of chain {chain!r} is at {found}, not {expect}: another writer "
+            "advanced it",
+            cursor=name,
+            chain=chain,
+            expected=expect,
+            found=found if type(found) is int else -2,
+        )
+    conn.execute(_SET_CURSOR, (name, chain, to))
 
 
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:

@@ -2,7 +2,7 @@
 ``audit.*`` attributes. The OTLP sink sends them as log record attributes, the structlog
 sink as event keys, so a query written for one matches the other.
 
->>> severity("task.failed"), severity("drift.detected"), severity("model.deployed")
+>>> severity("task.failed"), severity("access.login_failed"), severity("access.login")
 (('ERROR', 17), ('WARN', 13), ('INFO', 9))
 
 The keys and the caps (:data:`MAX_ATTRIBUTES`, :data:`MAX_VALUE_CHARS`) are documented in
@@ -48,9 +48,18 @@ INFO: Final = ("INFO", 9)
 WARN: Final = ("WARN", 13)
 ERROR: Final = ("ERROR", 17)
 _ERROR_SUFFIXES = (".failed", ".unrecorded", ".import_error", ".crashed")
-_ERROR_EVENTS = frozenset({"access.denied", UNREADABLE_EVENT})
+# source.gap: ids of a source's log (Airflow's ``log`` table) vanished before they were
+# recorded, a hole in what the trail can show: as loud as a run that ended unrecorded; so
+# are source.reset (ids restarted below the cursor: rows may be recorded twice, or some
+# lost) and source.unreadable (a row recorded without its content).
+_ERROR_EVENTS = frozenset({"source.gap", "source.reset", "source.unreadable", UNREADABLE_EVENT})
 _WARN_SUFFIXES = (".retry_scheduled", ".upstream_failed")
-_WARN_EVENTS = frozenset({"drift.detected"})
+# Security events people act on, one at a time rarely: an API server answers 401/403 for every
+# expired session, so a denial or a failed login is a warning and the alert rules count bursts;
+# a change of privileges is always worth a look.
+_WARN_EVENTS = frozenset(
+    {"drift.detected", "access.denied", "access.login_failed", "permission.changed"}
+)
 
 Attributes = dict[str, str | bool | int | float]
 

@@ -28,10 +28,12 @@ OTLP field                    value
 ============================  ===============================================================
 ``body``                      the event type (``task.failed``); also ``event_name``
 ``time_unix_nano``            the record's ``ts`` (event time); observed time: when shipped
-``severity_text``/``number``  ERROR for failures (``*.failed``,
+``severity_text``/``number``  ERROR for failures and holes (``*.failed``,
                               ``*.unrecorded``, ``*.import_error``, ``*.crashed``,
-                              ``access.denied``), WARN for ``*.retry_scheduled``,
-                              ``*.upstream_failed`` and ``drift.detected``, INFO otherwise
+                              ``source.gap``), WARN for ``*.retry_scheduled``,
+                              ``*.upstream_failed``, ``drift.detected``,
+                              ``access.denied``, ``access.login_failed`` and
+                              ``permission.changed``, INFO otherwise
 ``trace_id``/``span_id``      the record's ``trace`` (W3C ids; flags 0: the record does not
                               know whether the span was sampled), so Grafana links a log line
                               to its trace in Tempo; none when the record has no trace
@@ -46,7 +48,11 @@ Attributes (the four core ones always, the rest when the record has them):
 - ``audit.subject.<key>`` for each subject key (``audit.subject.dag_id``,
   ``audit.subject.task_id``, ``audit.subject.run_id``, ``audit.subject.try_number``,
   ``audit.subject.flow_name``, ``audit.subject.flow_run_id``, ``audit.subject.task_name``, …);
-- ``audit.data.<key>`` for each data key (``audit.data.model``, ``audit.data.uri``, …).
+- ``audit.data.<key>`` for each data key (``audit.data.model``, ``audit.data.uri``, …; of
+  the access and permission records: ``audit.data.username`` and ``audit.data.client`` of a
+  failed login, ``audit.data.status`` and ``audit.data.path`` of a denial,
+  ``audit.data.change`` and ``audit.data.target`` of a permission change,
+  ``audit.data.source`` and ``audit.data.first_id``/``last_id`` of a ``source.gap``).
 
 Nested objects are flattened with dots (``data: {"metrics": {"auc": 0.9}}`` →
 ``audit.data.metrics.auc``), lists become their JSON text, ``null`` values and empty objects

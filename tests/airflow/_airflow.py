@@ -1,10 +1,16 @@
-"""Helpers of the Airflow tests: the Airflow home, ledgers' records, free ports."""
+"""Helpers of the Airflow tests: the Airflow home, ledgers' records, API servers."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import json
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +92,76 @@ def records(ledger: Path, chain: str = "airflow") -> list[Record]:
         return [Record.from_stored(s) for s in db.read(chain)]
     finally:
         db.close()
+
+
+def events(ledger: Path, type_glob: str = "*", chain: str = "airflow-events") -> list[Record]:
+    """The records of the events chain whose event type matches ``type_glob`` (``access.*``);
+    none while the chain does not exist yet."""
+    if not ledger.exists():
+        return []
+    return [r for r in records(ledger, chain) if fnmatch.fnmatchcase(r.event, type_glob)]
+
+
+#: SimpleAuthManager users of the ``secured_api_server`` fixture and their passwords.
+PASSWORDS = {"admin": "admin-pw-1", "viewer": "viewer-pw-1"}
+
+
+@dataclass(frozen=True)
+class SecuredServer:
+    """An ``airflow api-server`` with SimpleAuthManager users ``admin`` and ``viewer``
+    (passwords :data:`PASSWORDS`) and its own ledger."""
+
+    url: str  # base, no trailing slash
+    env: dict[str, str]  # the server's environment (its ledger included)
+    ledger: Path
+    path: Path  # AIRFLOW_HOME
+
+    def token(self, user: str, password: str) -> str:
+        """A JWT from ``POST /auth/token``."""
+        request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1, built by the fixture
+            self.url + "/auth/token",
+            data=json.dumps({"username": user, "password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 - 127.0.0.1
+            return str(json.load(answer)["access_token"])
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``airflow api-server`` on 127.0.0.1:``port`` with ``env`` (its log in
+    AIRFLOW_HOME) until both APIs answer; stop it on leaving."""
+    log = (Path(env["AIRFLOW_HOME"]) / f"api-server-{port}.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # Ready means both APIs answer: the public one and the execution API task runners use.
+        for path in ("api/v2/monitor/health", "execution/health"):
+            _wait_for_http(f"http://127.0.0.1:{port}/{path}", server, log.name, deadline_s=300)
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _wait_for_http(url: str, server: subprocess.Popen[bytes], log: str, deadline_s: float) -> None:
+    """Poll ``url`` until it answers, the server exits (fail now), or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=10)  # noqa: S310 - http://127.0.0.1 built above
+            return
+        except OSError:
+            assert server.poll() is None, "api-server exited; see " + log
+            assert time.monotonic() < deadline, f"{url} did not answer in {deadline_s}s; see {log}"
+            time.sleep(0.5)

@@ -4,10 +4,9 @@ executor path. Each test writes to its own ledger (``[workflow_audit] ledger_url
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from testkit import free_port
 from testkit.airflow import home_env
-from tests.airflow._airflow import BIN, BUNDLED, AirflowHome
+from tests.airflow._airflow import BIN, BUNDLED, PASSWORDS, AirflowHome, SecuredServer, serving
 
 
 @pytest.fixture(scope="session")
@@ -68,36 +67,65 @@ def api_server(
         "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
         "AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MAX": "10",
     }
-    log = (airflow_home.path / f"api-server-{port}.log").open("w")
-    server = subprocess.Popen(
-        [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
-        env={**env, "AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": f"sqlite:///{ledger}"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        # Ready means both APIs answer: the public one and the execution API task runners use.
-        for path in ("api/v2/monitor/health", "execution/health"):
-            _wait_for_http(f"http://127.0.0.1:{port}/{path}", server, log.name, deadline_s=300)
+    with serving(env | {"AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": f"sqlite:///{ledger}"}, port):
         yield AirflowHome(airflow_home.path, env, ledger)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
-def _wait_for_http(url: str, server: subprocess.Popen[bytes], log: str, deadline_s: float) -> None:
-    """Poll ``url`` until it answers, the server exits (fail now), or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=10)  # noqa: S310 - http://127.0.0.1 built above
-            return
-        except OSError:
-            assert server.poll() is None, "api-server exited; see " + log
-            assert time.monotonic() < deadline, f"{url} did not answer in {deadline_s}s; see {log}"
-            time.sleep(0.5)
+@pytest.fixture(scope="module")
+def secured_api_server(
+    airflow_home: AirflowHome, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecuredServer]:
+    """An ``airflow api-server`` on 127.0.0.1 whose SimpleAuthManager knows ``admin`` (role
+    admin) and ``viewer`` (role viewer) with the passwords of :data:`PASSWORDS`, writing to a
+    ledger of its own."""
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("secured")
+    ledger = tmp / "ledger.db"
+    # SimpleAuthManager only generates passwords for users missing from this file (init()).
+    passwords = tmp / "passwords.json"
+    passwords.write_text(json.dumps(PASSWORDS))
+    env = {
+        **airflow_home.env,
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "workflow-audit-tests-" + "s" * 32,
+        "AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": f"sqlite:///{ledger}",
+    }
+    with serving(env, port):
+        yield SecuredServer(f"http://127.0.0.1:{port}", env, ledger, airflow_home.path)
+
+
+@pytest.fixture(scope="module")
+def fab_api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredServer]:
+    """An ``airflow api-server`` on 127.0.0.1 with the FAB auth manager in a fresh home
+    (``airflow db migrate`` creates FAB's tables too), users ``admin`` (role Admin) and
+    ``viewer`` (role Viewer) with the passwords of :data:`PASSWORDS`, and its own ledger."""
+    home = tmp_path_factory.mktemp("fab_home")
+    (home / "dags").mkdir()
+    port = free_port()
+    ledger = home / "ledger.db"
+    env = {
+        **home_env(home, home / "dags"),
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+        ),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "workflow-audit-tests-" + "f" * 32,
+        "AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": f"sqlite:///{ledger}",
+    }
+    fab = AirflowHome(home, env, ledger)
+    done = fab.run("db", "migrate", timeout=300)
+    assert 0 == done.returncode, done.stderr[-3000:]
+    for user, password in PASSWORDS.items():
+        names = ["-f", user, "-l", user, "-e", f"{user}@example.com"]
+        done = fab.run("users", "create", "-u", user, "-p", password, "-r", user.title(), *names)
+        assert 0 == done.returncode, done.stderr[-3000:]
+    with serving(env, port):
+        yield SecuredServer(f"http://127.0.0.1:{port}", env, ledger, home)

@@ -45,7 +45,8 @@ class TestEnabled:
 
     @pytest.mark.parametrize(
         ("enabled", "expected"),
-        [("True", ["airflow_audit.listener"]), (" YES ", ["airflow_audit.listener"]),
+        [("True", ["airflow_audit.listener", "airflow_audit.service.lifecycle"]),
+         (" YES ", ["airflow_audit.listener", "airflow_audit.service.lifecycle"]),
          ("off", []), ("0", [])],
     )  # fmt: skip
     def test_enabled_decides_the_listener(

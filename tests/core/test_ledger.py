@@ -14,11 +14,68 @@ import pytest
 
 from audit_core import AuditConfig, AuditTrail, Event, open_ledger, verify_chain, verify_ledger
 from audit_core._note import Verifier
-from audit_core.errors import ConfigError, LedgerError
+from audit_core.errors import ConfigError, CursorMoved, LedgerError
 from audit_core.ledgers import Ledger, ledger_path
 from audit_core.ledgers.sqlite import SqliteLedger
 
 WRITER = Path(__file__).with_name("_writer.py")
+
+#: A process racing others to copy rows 0..N-1 onto chain "race", BATCH at a time, each batch
+#: guarded by the cursor "source:race" (usage: -c ADVANCER URL N BATCH WHO); prints "won lost".
+ADVANCER = """
+import sys
+from audit_core import AuditConfig, AuditTrail, Event
+from audit_core.errors import CursorMoved
+url, n, batch, who = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+trail = AuditTrail(AuditConfig(ledger_url=url, checkpoint_every=0))
+won = lost = 0
+while True:
+    at = trail.ledger.get_cursor("source:race", "race")
+    if at >= n - 1:
+        break
+    to = min(at + batch, n - 1)
+    rows = [Event(type="row.copied", data={"row": i, "by": who}) for i in range(at + 1, to + 1)]
+    try:
+        trail.record_advancing(rows, cursor="source:race", chain="race", expect=at, to=to)
+        won += 1
+    except CursorMoved:
+        lost += 1
+trail.close()
+print(won, lost)
+"""
+
+
+def race_advancers(url: str, n: int, batch: int, processes: int = 4) -> list[tuple[int, int]]:
+    """Run ``processes`` ADVANCERs at once over rows 0..n-1; their (won, lost) counts."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ADVANCER, url, str(n), str(batch), f"p{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(processes)
+    ]
+    counts = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert 0 == p.returncode, err
+        won, lost = out.split()
+        counts.append((int(won), int(lost)))
+    return counts
+
+
+def check_race(ledger: Ledger, url: str, n: int = 2000, batch: int = 50) -> None:
+    """After 4 racing ADVANCERs over rows 0..n-1 of ``ledger`` (at ``url``): each row once,
+    in order, each batch appended by one winner, the cursor at the last row, a valid chain."""
+    counts = race_advancers(url, n, batch)
+    rows = [int(r.body.split(b'"row":')[1].split(b"}")[0]) for r in ledger.read("race")]
+    assert list(range(n)) == rows
+    assert n // batch == sum(won for won, _ in counts)
+    assert n - 1 == ledger.get_cursor("source:race", "race")
+    verify_chain(ledger, "race", expect_size=n)
 
 
 def _spawn(
@@ -138,6 +195,80 @@ class TestLedgerUrl:
         """An unsupported scheme is a ConfigError naming the scheme."""
         with pytest.raises(ConfigError, match="mysql"):
             open_ledger("mysql://x/y")
+
+
+class TestAppendAdvancing:
+    """append_advancing: records and a cursor move in one transaction, or nothing happens."""
+
+    def test_absent_cursor_holds_minus_one(self, trail: AuditTrail) -> None:
+        """A cursor that was never set is expected at -1; the records land and it moves."""
+        stored = trail.record_advancing(
+            [Event(type="row.copied", data={"i": 0})], cursor="source:t", chain="c", expect=-1, to=0
+        )
+        assert [("c", 0)] == [(s.chain, s.seq) for s in stored]
+        assert 0 == trail.ledger.get_cursor("source:t", "c")
+
+    def test_wins_when_cursor_matches(self, trail: AuditTrail) -> None:
+        """expect == the cursor: the batch is appended in order and the cursor set to ``to``."""
+        trail.ledger.set_cursor("source:t", "c", 9)
+        events = [Event(type="row.copied", data={"i": i}) for i in range(10, 13)]
+        stored = trail.record_advancing(events, cursor="source:t", chain="c", expect=9, to=12)
+        assert [0, 1, 2] == [s.seq for s in stored]
+        assert 12 == trail.ledger.get_cursor("source:t", "c")
+
+    def test_loses_when_cursor_moved(self, trail: AuditTrail) -> None:
+        """expect != the cursor: CursorMoved says where it is, nothing is appended."""
+        trail.ledger.set_cursor("source:t", "c", 5)
+        with pytest.raises(CursorMoved) as caught:
+            trail.record_advancing(
+                [Event(type="row.copied")], cursor="source:t", chain="c", expect=3, to=6
+            )
+        assert (3, 5, "source:t", "c") == (
+            caught.value.expected,
+            caught.value.found,
+            caught.value.cursor,
+            caught.value.chain,
+        )
+        assert isinstance(caught.value, LedgerError)
+        assert trail.ledger.head("c") is None
+        assert 5 == trail.ledger.get_cursor("source:t", "c")
+
+    def test_absent_cursor_is_not_zero(self, trail: AuditTrail) -> None:
+        """Expecting 0 of a cursor that does not exist loses (it holds -1)."""
+        with pytest.raises(CursorMoved):
+            trail.record_advancing([], cursor="source:t", chain="c", expect=0, to=1)
+        assert -1 == trail.ledger.get_cursor("source:t", "c")
+
+    def test_empty_records_move_the_cursor(self, trail: AuditTrail) -> None:
+        """No records: only the cursor moves (a source whose rows all vanished)."""
+        assert [] == trail.record_advancing([], cursor="source:t", chain="c", expect=-1, to=41)
+        assert 41 == trail.ledger.get_cursor("source:t", "c")
+        assert [] == trail.ledger.chains()
+
+    def test_events_keep_their_own_chain(self, trail: AuditTrail) -> None:
+        """Events naming a chain go there; the others go on the cursor's chain."""
+        events = [Event(type="a.b"), Event(type="a.c", chain="other")]
+        stored = trail.record_advancing(events, cursor="source:t", chain="c", expect=-1, to=1)
+        assert ["c", "other"] == [s.chain for s in stored]
+
+    def test_loser_appends_nothing_after_winner(self, ledger_file: Path) -> None:
+        """Two writers expecting the same cursor: the first wins, the second gets CursorMoved."""
+        url = f"sqlite:///{ledger_file}"
+        with (
+            AuditTrail(AuditConfig(ledger_url=url)) as a,
+            AuditTrail(AuditConfig(ledger_url=url)) as b,
+        ):
+            a.record_advancing([Event(type="x.y")], cursor="source:t", chain="c", expect=-1, to=0)
+            with pytest.raises(CursorMoved):
+                b.record_advancing(
+                    [Event(type="x.y")], cursor="source:t", chain="c", expect=-1, to=0
+                )
+            assert 1 == len(list(b.ledger.read("c")))
+
+    def test_four_processes_copy_each_row_once(self, ledger_file: Path) -> None:
+        """4 processes racing over the same 2,000 rows append each exactly once, in order."""
+        SqliteLedger(ledger_file).head("race")  # the schema once
+        check_race(SqliteLedger(ledger_file), f"sqlite:///{ledger_file}")
 
 
 @pytest.mark.slow

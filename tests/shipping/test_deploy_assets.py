@@ -9,19 +9,23 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
 
 from airflow_audit.adapter import AirflowAdapter, dagrun_subject, task_subject
-from audit_core import AuditConfig, AuditTrail, Record
+from audit_core import AuditConfig, AuditTrail, Event, Record
 from audit_core.health import GAUGES
 from audit_core.hooks import TaskApi
 from audit_core.metrics import KNOWN_COUNTS, metric_name
+from audit_core.ship import Shipper
 from audit_core.sinks.otlp import UNREADABLE_EVENT, OtlpSink, attributes
+from testkit.otlp import OtlpReceiver, ReceivedLog
+from tests.core import _access
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -150,6 +154,15 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             stored = trail.record(event, data, subject=subject, trace=trace, actor=actor)
             keys |= set(attributes(Record.from_stored(stored)))
             events.add(event)
+        people = _access.period() + _access.config_changes()  # what people did (issue #13)
+        seams = [  # what audit_core.sources records besides gaps (issue #13)
+            Event(type="source.reset", data={"source": "airflow.log", "reason": "restarted"}),
+            Event(type="source.unreadable", data={"source": "airflow.log", "id": 7}),
+        ]
+        for stored in trail.record_many(people + seams):
+            record = Record.from_stored(stored)
+            keys |= set(attributes(record))
+            events.add(record.event)
     resource = OtlpSink("http://127.0.0.1:9").provider.resource.attributes
     labels = {_loki_name(k) for k in resource if k == "service.name"}  # an index label
     return {
@@ -256,6 +269,12 @@ class TestLogqlHelpers:
             "audit_data_model",
             "audit_data_uri",
             "audit_data_rows",
+            "audit_data_username",
+            "audit_data_client",
+            "audit_data_status",
+            "audit_data_change",
+            "audit_data_target",
+            "audit_data_source",
             "service_name",
             "severity_text",
             "trace_id",
@@ -458,6 +477,8 @@ class TestDashboard:
         assert 'severity_text="ERROR"' in exprs  # failures
         assert {"model.retrained", "data.uploaded", "audit.unreadable"} <= logql_events(exprs)
         assert "unwrap audit_seq" in exprs  # chain heads shipped
+        assert {"access.login_failed", "permission.changed", "source.gap"} <= logql_events(exprs)
+        assert set(_access.CONFIG_EVENTS) <= logql_events(exprs)  # configuration changes
         status = next(p for p in self._panels(dashboard) if p["title"] == "Verification status")
         (target,) = status["targets"]
         assert "prometheus" == status["datasource"]["type"]
@@ -496,6 +517,264 @@ class TestAlertRules:
             assert set() == used - logql_groups(rule["expr"]), rule["alert"]
 
     def test_required_alerts(self, rules: list[dict[str, Any]]) -> None:
-        """task.failed bursts, access.denied and task.unrecorded each have a rule."""
+        """task.failed bursts, access.denied, task.unrecorded, failed logins, permission
+        changes and source gaps each have a rule."""
         alerted = set().union(*(logql_events(r["expr"]) for r in rules))
         assert {"task.failed", "access.denied", "task.unrecorded"} <= alerted
+        assert {"access.login_failed", "permission.changed", "source.gap"} <= alerted
+
+
+# -- the rules, evaluated on what a real receiver got ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LokiEntry:
+    """A log line as Loki stores an OTLP log record: index labels (service_name) and
+    structured metadata (log attributes, other resource attributes, severity, trace ids),
+    every value a string, names with dots turned into underscores."""
+
+    time_ns: int
+    labels: dict[str, str]
+    metadata: dict[str, str]
+
+    @classmethod
+    def of(cls, log: ReceivedLog) -> LokiEntry:
+        def text(value: object) -> str:
+            return str(value).lower() if isinstance(value, bool) else str(value)
+
+        labels = {"service_name": text(log.resource["service.name"])}
+        metadata = {_loki_name(k): text(v) for k, v in log.resource.items() if k != "service.name"}
+        metadata |= {_loki_name(k): text(v) for k, v in log.attributes.items()}
+        fields = {
+            "severity_text": log.severity_text,
+            "severity_number": str(log.severity_number),
+            "trace_id": log.trace_id,
+            "span_id": log.span_id,
+        }
+        metadata |= {k: v for k, v in fields.items() if v}
+        return cls(log.time_unix_nano, labels, metadata)
+
+    def value(self, name: str) -> str:
+        """What a label filter sees: labels and structured metadata; a missing name is ""."""
+        return self.labels.get(name, self.metadata.get(name, ""))
+
+
+_MATCHER = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
+_COUNT_RULE = re.compile(
+    r"\s*sum\s+by\s*\((?P<by>[^)]*)\)\s*\(\s*count_over_time\(\s*\{(?P<selector>[^}]*)\}"
+    r'(?P<stages>(?:[^\["]|"(?:[^"\\]|\\.)*")*)'  # filters; a quoted value may hold [
+    r"\[(?P<n>\d+)(?P<unit>[smh])\]\s*\)\s*\)\s*(?P<op>>=|>)\s*(?P<value>\d+)\s*"
+)
+_UNITS_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def _matches(op: str, actual: str, wanted: str) -> bool:
+    """A LogQL string matcher; regular expressions are anchored at both ends, as Loki's."""
+    if op in ("=~", "!~"):
+        return (re.fullmatch(wanted, actual) is not None) == (op == "=~")
+    return (actual == wanted) == (op == "=")
+
+
+def _matchers(text: str, sep: str) -> list[tuple[str, str, str]]:
+    """``name op "value"`` items separated by ``sep``; anything else is unsupported syntax."""
+    found = []
+    for part in re.split(rf"{re.escape(sep)}(?=\s*\w+\s*(?:=~|!~|!=|=)\s*\")", text.strip()):
+        if not part.strip():
+            continue
+        m = _MATCHER.fullmatch(part)
+        assert m, f"unsupported LogQL: {part!r}"
+        found.append((m[1], m[2], m[3].replace('\\"', '"').replace("\\\\", "\\")))
+    return found
+
+
+def evaluate(expr: str, entries: list[LokiEntry], at_ns: int) -> list[dict[str, str]]:
+    """The series of ``sum by (...) (count_over_time({sel} | filters [W])) op N`` that hold at
+    ``at_ns``: the window is (at - W, at], the stream selector reads index labels only, label
+    filters read labels and structured metadata, and a result drops empty labels (as Loki)."""
+    m = _COUNT_RULE.fullmatch(expr)
+    assert m, f"not a count_over_time rule: {expr!r}"
+    selector = _matchers(m["selector"], ",")
+    stages = _matchers(m["stages"], "|")
+    window = int(m["n"]) * _UNITS_NS[m["unit"]]
+    by = [n.strip() for n in m["by"].split(",")]
+    counts: dict[tuple[tuple[str, str], ...], int] = {}
+    for e in entries:
+        if not at_ns - window < e.time_ns <= at_ns:
+            continue
+        if not all(_matches(op, e.labels.get(n, ""), v) for n, op, v in selector):
+            continue
+        if not all(_matches(op, e.value(n), v) for n, op, v in stages):
+            continue
+        key = tuple((n, e.value(n)) for n in by if e.value(n))
+        counts[key] = counts.get(key, 0) + 1
+    threshold = int(m["value"])
+    held = [k for k, n in counts.items() if (n >= threshold if m["op"] == ">=" else n > threshold)]
+    return [dict(k) for k in held]
+
+
+def fired(rule: dict[str, Any], entries: list[LokiEntry]) -> set[frozenset[tuple[str, str]]]:
+    """Every series ``rule`` fires for, evaluated at each entry's time (where a count over a
+    window is highest), as frozen label sets."""
+    expr = " ".join(rule["expr"].split())
+    return {
+        frozenset(series.items()) for e in entries for series in evaluate(expr, entries, e.time_ns)
+    }
+
+
+def _scenario() -> list[Event]:
+    """Records that should trip each access rule once, and near misses that should not."""
+    at = _access.at
+    return [
+        # brute force: 5 failed logins for alice within 4 minutes, from 5 addresses
+        *(_access.login_failed("alice", f"10.1.0.{i}", at(i)) for i in range(5)),
+        # 4 for bob from one address: below both thresholds
+        *(_access.login_failed("bob", "198.51.100.7", at(i, 30)) for i in range(4)),
+        # 6 for carol, 2 minutes apart: never 5 within 5 minutes
+        *(_access.login_failed("carol", "10.2.0.1", at(20 + 2 * i)) for i in range(6)),
+        # spraying: 5 usernames from one address within a minute
+        *(_access.login_failed(f"user{i}", "203.0.113.9", at(40, 10 * i)) for i in range(5)),
+        # a scanner: 10 refused requests, not logged in; a viewer's 3 refused writes
+        *(
+            _access.denied(None, "192.0.2.50", f"/api/v2/p{i}", 401, at(50, 5 * i))
+            for i in range(10)
+        ),
+        *(_access.denied("viewer", "10.0.0.7", "/api/v2/variables", 403, at(51)) for _ in range(3)),
+        _access.permission_changed("admin", "user.roles", "bob", ["Viewer"], ["Admin"], at(55)),
+        _access.source_gap(100, 149, "purged", at(58)),
+        # a policy's denial inside a pipeline: no HTTP status, on the default chain
+        Event(
+            type="access.denied",
+            data={"reason": "policy"},
+            subject={"path": "s3://lake/pii"},
+            actor=("user", "bob"),
+            ts=at(59),
+            chain="default",
+        ),
+        # logins and configuration changes alert nobody
+        _access.login("alice", "10.0.0.5", at(60)),
+        *_access.config_changes(),
+        _access.event_log("cli.command", "cli_dags_list", "alice", {}, 200, at(61)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def loki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LokiEntry]]:
+    """The scenario written to a ledger, shipped by the OTLP sink to a real OTLP/HTTP
+    receiver, and stored as Loki would store what arrived."""
+    ledger = tmp_path_factory.mktemp("loki") / "ledger.db"
+    config = AuditConfig(ledger_url=f"sqlite:///{ledger}", checkpoint_every=0)
+    receiver = OtlpReceiver().start()
+    try:
+        with AuditTrail(config) as trail:
+            stored = trail.record_many(_scenario())
+            report = Shipper(trail.ledger, OtlpSink(receiver.endpoint, timeout_s=10)).ship_once()
+        assert not report.failed
+        assert len(stored) == len(receiver.logs)
+        yield [LokiEntry.of(log) for log in receiver.logs]
+    finally:
+        receiver.stop()
+
+
+def _series(**labels: str) -> frozenset[tuple[str, str]]:
+    return frozenset(labels.items())
+
+
+class TestRuleEvaluator:
+    """The test's LogQL evaluator, on entries it builds itself."""
+
+    @staticmethod
+    def _entries() -> list[LokiEntry]:
+        return [
+            LokiEntry(i, {"service_name": "s"}, {"audit_event": "e", "audit_data_user": u})
+            for i, u in enumerate(["a", "a", "b"])
+        ]
+
+    def test_counts_by_group_in_the_window(self) -> None:
+        """Counts per group of the entries in (at - W, at]; the threshold is applied."""
+        expr = (
+            "sum by (audit_data_user)"
+            ' (count_over_time({service_name="s"} | audit_event="e" [1s])) >= 2'
+        )
+        assert [{"audit_data_user": "a"}] == evaluate(expr, self._entries(), 2)
+        assert [] == evaluate(expr, self._entries(), -1)
+
+    def test_selector_reads_index_labels_only(self) -> None:
+        """A stream selector on structured metadata matches nothing, as in Loki."""
+        expr = 'sum by (audit_event) (count_over_time({audit_event="e"} [1s])) > 0'
+        assert [] == evaluate(expr, self._entries(), 2)
+
+    def test_missing_name_is_empty(self) -> None:
+        """A filter on a name no entry has matches only "" (a misspelt attribute fires
+        nothing)."""
+        base = 'sum by (audit_event) (count_over_time({service_name="s"} | audit_data_usr'
+        assert [] == evaluate(base + '="a" [1s])) > 0', self._entries(), 2)
+        assert [{"audit_event": "e"}] == evaluate(base + '="" [1s])) > 0', self._entries(), 2)
+
+    def test_regex_is_anchored(self) -> None:
+        """=~ matches the whole value."""
+        expr = (
+            "sum by (audit_event)"
+            ' (count_over_time({service_name="s"} | audit_data_user=~"a|x" [1s])) > 1'
+        )
+        assert [{"audit_event": "e"}] == evaluate(expr, self._entries(), 2)
+        assert [] == evaluate(expr.replace('"a|x"', '"x|"'), self._entries(), 2)
+
+
+class TestRulesOnShippedRecords:
+    """deploy/loki-alert-rules.yaml evaluated on what the OTLP sink sent a real receiver."""
+
+    #: What each rule fires for in _scenario(): each access rule once, nothing else.
+    EXPECTED: ClassVar[dict[str, set[frozenset[tuple[str, str]]]]] = {
+        "WorkflowAuditFailedLogins": {
+            _series(audit_chain=_access.CHAIN, audit_data_username="alice"),
+        },
+        "WorkflowAuditFailedLoginsFromClient": {
+            _series(audit_chain=_access.CHAIN, audit_data_client="203.0.113.9"),
+        },
+        "WorkflowAuditAccessDeniedBurst": {
+            _series(audit_chain=_access.CHAIN, audit_data_client="192.0.2.50"),
+        },
+        "WorkflowAuditPermissionChanged": {
+            _series(
+                audit_chain=_access.CHAIN,
+                audit_actor_id="admin",
+                audit_data_change="user.roles",
+                audit_data_target="bob",
+            ),
+        },
+        "WorkflowAuditSourceGap": {
+            _series(
+                audit_chain=_access.CHAIN,
+                audit_data_source="airflow.log",
+                audit_data_reason="purged",
+            ),
+        },
+        "WorkflowAuditAccessDenied": {_series(audit_chain="default", audit_actor_id="bob")},
+    }
+
+    def test_each_rule_fires_for_exactly_its_records(
+        self, rules: list[dict[str, Any]], loki: list[LokiEntry]
+    ) -> None:
+        """Brute force, spraying, a denial burst, a permission change, a source gap and a
+        pipeline's denial each fire their rule, with the labels the annotations use; near
+        misses and the other rules fire nothing."""
+        counted = [r for r in rules if "count_over_time" in r["expr"]]
+        assert set(self.EXPECTED) <= {r["alert"] for r in counted}
+        got = {r["alert"]: fired(r, loki) for r in counted}
+        assert self.EXPECTED == {alert: series for alert, series in got.items() if series}
+
+    def test_severities_as_stored(self, loki: list[LokiEntry]) -> None:
+        """Loki holds WARN for failed logins, denials and permission changes, ERROR for the
+        gap, INFO for logins and configuration changes."""
+        levels = {(e.value("audit_event"), e.value("severity_text")) for e in loki}
+        assert {
+            ("access.login_failed", "WARN"),
+            ("access.denied", "WARN"),
+            ("permission.changed", "WARN"),
+            ("source.gap", "ERROR"),
+            ("access.login", "INFO"),
+            ("variable.deleted", "INFO"),
+            ("connection.updated", "INFO"),
+            ("pool.deleted", "INFO"),
+            ("cli.command", "INFO"),
+        } <= levels

@@ -29,6 +29,7 @@ from audit_core.sinks.otlp import (
 )
 from testkit import free_port
 from testkit.otlp import OtlpReceiver, ReceivedLog, Rotel
+from tests.core import _access
 
 TRACE = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
 OTHER_TRACE = {"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"}
@@ -125,12 +126,12 @@ class TestSeverity:
             "task.unrecorded",
             "flowrun.unrecorded",
             "dag.import_error",
-            "access.denied",
+            "source.gap",
             UNREADABLE_EVENT,
         ],
     )
     def test_failures_are_errors(self, event: str) -> None:
-        """Failures, gaps, import errors and denied access are ERROR (17)."""
+        """Failures, unrecorded runs, source gaps and import errors are ERROR (17)."""
         assert ("ERROR", 17) == severity(event)
 
     @pytest.mark.parametrize(
@@ -145,8 +146,31 @@ class TestSeverity:
         assert ("WARN", 13) == severity("drift.detected")
 
     @pytest.mark.parametrize(
+        "event", ["access.denied", "access.login_failed", "permission.changed"]
+    )
+    def test_security_events_are_warnings(self, event: str) -> None:
+        """A denial, a failed login and a change of privileges are WARN (13): one alone is
+        worth a look, the alert rules count bursts."""
+        assert ("WARN", 13) == severity(event)
+
+    @pytest.mark.parametrize(
         "event",
-        ["task.started", "task.succeeded", "task.skipped", "model.deployed", "asset.updated"],
+        [
+            "task.started",
+            "task.succeeded",
+            "task.skipped",
+            "model.deployed",
+            "asset.updated",
+            "access.login",
+            "access.logout",
+            "permission.snapshot",
+            "cli.command",
+            "run.triggered",
+            "run.state_set",
+            "variable.updated",
+            "connection.tested",
+            "airflow.event",
+        ],
     )
     def test_everything_else_is_info(self, event: str) -> None:
         """Any other event is INFO (9)."""
@@ -310,6 +334,57 @@ class TestOtlpSinkConfig:
         sink.shutdown()
         sink.shutdown()
         assert ExportResult.FAILURE == sink.export(Batch("default", []))
+
+
+@pytest.mark.slow
+class TestAccessRecordsDelivered:
+    """Records of what people did (issue #13 taxonomy), as the real receiver decodes them."""
+
+    def test_severities_and_attributes(self, trail: AuditTrail, receiver: OtlpReceiver) -> None:
+        """Failed logins, denials and permission changes arrive WARN, gaps ERROR, logins and
+        event-log rows INFO, with the actor, username, client, change and target attributes
+        the alert rules query."""
+        stored = trail.record_many(_access.period())
+        Shipper(trail.ledger, OtlpSink(receiver.endpoint, timeout_s=5)).ship_once()
+        _assert_delivered(stored, receiver.logs)
+        got = {(log.body, log.severity_text, log.severity_number) for log in receiver.logs}
+        assert {
+            ("access.login", "INFO", 9),
+            ("access.logout", "INFO", 9),
+            ("access.login_failed", "WARN", 13),
+            ("access.denied", "WARN", 13),
+            ("permission.changed", "WARN", 13),
+            ("variable.updated", "INFO", 9),
+            ("variable.deleted", "INFO", 9),
+            ("connection.created", "INFO", 9),
+            ("pool.deleted", "INFO", 9),
+            ("run.triggered", "INFO", 9),
+            ("cli.command", "INFO", 9),
+            ("source.gap", "ERROR", 17),
+        } == got
+        by_event: dict[object, dict[str, object]] = {}
+        received = _by_seq(receiver.logs)
+        for seq in sorted(received):
+            by_event.setdefault(received[seq].body, received[seq].attributes)  # the first one
+        failed = by_event["access.login_failed"]
+        assert ("anonymous", "-", "admin", "203.0.113.9", 401) == (
+            failed["audit.actor.type"],
+            failed["audit.actor.id"],
+            failed["audit.data.username"],
+            failed["audit.data.client"],
+            failed["audit.data.status"],
+        )
+        change = by_event["permission.changed"]
+        assert ("admin", "user.roles", "bob") == (
+            change["audit.actor.id"],
+            change["audit.data.change"],
+            change["audit.data.target"],
+        )
+        gap = by_event["source.gap"]
+        assert ("airflow.log", 100, 149, 50, "purged") == tuple(
+            gap[f"audit.data.{k}"] for k in ("source", "first_id", "last_id", "count", "reason")
+        )
+        assert {"airflow-events"} == {log.attributes["audit.chain"] for log in receiver.logs}
 
 
 @pytest.mark.slow
