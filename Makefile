@@ -64,6 +64,9 @@ bench: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_ship_otlp.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ship_s3.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_postgres.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_ingest.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_eventlog.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_access.py
 
 clean:
 	rm -rf $(AIRFLOW_VENV) $(PREFECT_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,7 @@ LISTENERS = """
 import json
 from airflow.listeners.listener import get_listener_manager
 
-print(json.dumps([p.__name__ for p in get_listener_manager().pm.get_plugins()]))
+print(json.dumps(sorted(p.__name__ for p in get_listener_manager().pm.get_plugins())))
 """
 
 
