@@ -346,6 +346,26 @@ def prefect_run_ml_pipeline_bad_data(demo: Demo) -> None:
     )
 
 
+def airflow_ingest_event_log(demo: Demo) -> None:
+    """Airflow's own event log (the ``log`` table: here the ``airflow dags test`` commands
+    above) onto the chain ``airflow-events``, as a sidecar would; in a deployment the
+    scheduler and the API server do this by themselves."""
+    env = _airflow_env(demo)
+    _say("\n$ workflow-audit ingest airflow")
+    code = subprocess.run(
+        [str(BIN / "workflow-audit"), "ingest", "airflow"], env=env, check=False
+    ).returncode
+    if code != 0:
+        raise DemoError(f"workflow-audit ingest airflow exited with {code}")
+    commands = [r for r in _records(demo, "airflow-events") if r.event == "cli.command"]
+    if not commands:
+        raise DemoError("no cli.command record on chain 'airflow-events' after ingesting")
+    _say(
+        f"chain airflow-events: {len(commands)} `airflow` commands, each with who ran it "
+        f"({commands[0].actor.get('id')}) and its command line"
+    )
+
+
 def checkpoint(demo: Demo) -> None:
     """Sign a checkpoint of every chain now: the Airflow plugin signs one only every 1000
     records or 300 s."""
@@ -444,6 +464,7 @@ AIRFLOW: tuple[Step, ...] = (
     airflow_db_migrate,
     airflow_run_ml_pipeline,
     airflow_run_ml_pipeline_bad_data,
+    airflow_ingest_event_log,
 )
 # Prefect lives in .venv-prefect: its steps run the example flows there as subprocesses,
 # writing to the same ledger on a chain of their own, before the ledger steps below
