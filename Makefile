@@ -56,7 +56,7 @@ lint: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(PREFECT_VENV)/bin/mypy --strict prefect_audit
 
 ## bench: print the numbers in BENCHMARKS.md (core, then Merkle tree and checkpoints).
-bench: $(AIRFLOW_VENV)/.stamp
+bench: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_core.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_merkle.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_parallel.py
@@ -67,6 +67,9 @@ bench: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_ingest.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_eventlog.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_access.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_keys.py
+	$(PREFECT_VENV)/bin/python bench/bench_prefect_overhead.py
+	$(PREFECT_VENV)/bin/python bench/bench_follow.py
 
 clean:
 	rm -rf $(AIRFLOW_VENV) $(PREFECT_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -42,7 +42,9 @@ _UNCERTAIN_MAX_SCAN = 100_000
 class DrainResult:
     """What one :func:`drain` did."""
 
-    drained: int = 0  # records appended to their chains
+    # records appended to their chains, and those skipped because their idempotency key
+    # landed meanwhile (the follower recorded the same event): either way, on the chain
+    drained: int = 0
     skipped: int = 0  # records found on their chain already (an earlier, interrupted drain)
     files: int = 0  # spool files drained and removed
     busy: int = 0  # files held by a live process (its writer drains them itself)
@@ -192,7 +194,11 @@ def _drain_taken(
                 todo.append(rec)
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
-            ledger.append_many([r.prepared for r in part])  # LedgerError: all stays spooled
+            # Keyed: a record whose key reached its chain meanwhile is skipped by the ledger in
+            # this same transaction. LedgerError: all stays spooled.
+            appended = ledger.append_many([r.prepared for r in part])
+            if len(appended) < len(part):
+                COUNTERS.incr("records_deduplicated", len(part) - len(appended))
             drained += len(part)
             COUNTERS.incr("spool_drained", len(part))
 

@@ -36,11 +36,13 @@ __all__ = [
     "EVENT_TYPE",
     "FIELDS",
     "FORMAT_VERSION",
+    "KEY",
     "TIMESTAMP",
     "PreparedRecord",
     "Record",
     "StoredCheckpoint",
     "StoredRecord",
+    "check_key",
     "genesis",
     "is_timestamp",
     "is_trace",
@@ -68,6 +70,8 @@ TIMESTAMP = re.compile(
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
 )
 _TIMESTAMP_MATCH = TIMESTAMP.fullmatch
+#: An idempotency key: 1..256 printable ASCII characters (space to tilde, no control ones).
+KEY = re.compile(r"[\x20-\x7e]{1,256}")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -135,6 +139,9 @@ class PreparedRecord(NamedTuple):
     canonicalizing) is done before, so the transaction holds its lock for microseconds.
     Because RFC 8785 sorts members and every field name is ASCII, the canonical bytes of the
     whole record are the concatenation below (proven equal to ``canonical_bytes`` by tests).
+
+    ``key``: the record's idempotency key (docs/FORMAT.md "Idempotency keys"): the ledger
+    appends at most one record per ``(chain, key)``. Not part of the bytes nor of the hash.
     """
 
     chain: str
@@ -142,6 +149,7 @@ class PreparedRecord(NamedTuple):
     ts: str
     head: bytes  # '{"actor":…,"chain":…,"data":…,"event":…,"prev":"'
     tail: bytes  # ',"subject":…,"trace":…,"ts":…,"v":1}'
+    key: str | None = None
 
     def seal(self, seq: int, prev: str) -> bytes:
         """The canonical bytes of this record at ``seq``, linked to the hash ``prev``."""
@@ -157,9 +165,12 @@ def prepare(
     subject: JSONObject,
     trace: JSONObject | None,
     data: JSONObject,
+    key: str | None = None,
 ) -> PreparedRecord:
     """Validate and encode a record's fields: JSON values already made by
     :func:`~audit_core._normalize.normalize` (a NaN here would be written as null)."""
+    if key is not None:
+        check_key(key)
     if chain not in _valid_chains and not _remember(chain, CHAIN_ID, _valid_chains):
         raise InvalidRecordError(f"chain id {chain!r} must match {CHAIN_ID.pattern}")
     if event not in _valid_events and not _remember(event, EVENT_TYPE, _valid_events):
@@ -184,7 +195,15 @@ def prepare(
     after = canonical_loaded({"subject": subject, "trace": trace, "ts": ts, "v": FORMAT_VERSION})
     head = before[:-1] + b',"prev":"'  # drop "}"
     tail = b"," + after[1:]  # drop "{"
-    return PreparedRecord(chain=chain, event=event, ts=ts, head=head, tail=tail)
+    return PreparedRecord(chain=chain, event=event, ts=ts, head=head, tail=tail, key=key)
+
+
+def check_key(key: object) -> None:
+    """Raise InvalidRecordError unless ``key`` is an idempotency key (:data:`KEY`)."""
+    if type(key) is not str or KEY.fullmatch(key) is None:
+        raise InvalidRecordError(
+            f"idempotency key {key!r:.80} must be 1 to 256 printable ASCII characters"
+        )
 
 
 # Chain ids and event types that passed their pattern: a process uses few of them, and each

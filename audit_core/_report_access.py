@@ -1,14 +1,16 @@
 """The "Access and changes" part of ``workflow-audit report``: who logged in, who failed to,
-who was refused, whose privileges changed, which variables, connections and pools changed,
-and which holes a source left in the record. Pure functions over records.
+who was refused, whose privileges changed, which configuration changed (Airflow's variables,
+connections and pools; Prefect's deployments, work pools and queues, variables, block
+documents, automations, concurrency limits and flows), by kind and by actor, and which holes a
+source left in the record. Pure functions over records.
 
 >>> from audit_core._report_access import config_target
 >>> config_target({"extra": {"key": "api_url", "value": "***", "method": "POST"}})
 'api_url'
 
-Only names are kept, never values: a configuration change is listed by the key or id it
-changed (a variable's key, a connection id, a pool name) even though the event log's masked
-``extra`` also holds the rest of the request body.
+Only names are kept, never values: a configuration change is listed by the key, id or name
+it changed (a variable's key, a connection id, a pool name, a Prefect resource's name) even
+though the event log's masked ``extra`` also holds the rest of the request body.
 """
 
 from __future__ import annotations
@@ -32,8 +34,22 @@ __all__ = [
     "config_target",
 ]
 
-#: Event types whose records are configuration changes (the Airflow event log's names).
-CONFIG_PREFIXES: Final = ("variable.", "connection.", "pool.")
+#: Event types whose records are configuration changes: the Airflow event log's names, then
+#: Prefect's (prefect_audit.eventmap: ``prefect.work-pool.paused`` -> ``work_pool.paused``).
+CONFIG_PREFIXES: Final = (
+    "variable.",
+    "connection.",
+    "pool.",
+    "deployment.",
+    "work_pool.",
+    "work_queue.",
+    "block_document.",
+    "automation.",
+    "concurrency_limit.",
+    "flow.",
+)
+#: Records under those prefixes that are no change anyone made: an automation firing.
+_NOT_CHANGES: Final = ("automation.triggered", "automation.resolved", "automation.action.")
 #: Keys naming what a configuration change changed, in order of preference: a variable's
 #: key, a connection's id, a pool's name (request body first, then the URL's path parameter).
 _TARGET_KEYS: Final = (
@@ -119,6 +135,8 @@ class AccessSummary:
     denied_by_status: Counter[str] = field(default_factory=Counter)
     permission_changes: int = 0
     config_changes: int = 0
+    config_by_kind: Counter[str] = field(default_factory=Counter)  # variable, work_pool, ...
+    config_by_actor: Counter[str] = field(default_factory=Counter)  # type:id
     gaps: int = 0
     listed_permissions: list[dict[str, JSON]] = field(default_factory=list)
     listed_config: list[dict[str, JSON]] = field(default_factory=list)
@@ -152,11 +170,14 @@ class AccessSummary:
                         "after": data.get("after"),
                     }
                 )
-        elif event.startswith(CONFIG_PREFIXES):
+        elif event.startswith(CONFIG_PREFIXES) and not event.startswith(_NOT_CHANGES):
             self.config_changes += 1
+            actor = _actor(rec)
+            self.config_by_kind[event.split(".", 1)[0]] += 1
+            self.config_by_actor[actor] += 1
             if len(self.listed_config) < self.max_listed:
                 self.listed_config.append(
-                    {**where, "actor": _actor(rec), "event": event, "target": config_target(data)}
+                    {**where, "actor": actor, "event": event, "target": config_target(data)}
                 )
         elif event == "source.gap":
             self.gaps += 1
@@ -210,7 +231,12 @@ def access_json(a: AccessSummary) -> dict[str, JSON]:
             "count": a.permission_changes,
             "items": list(a.listed_permissions),
         },
-        "config_changes": {"count": a.config_changes, "items": list(a.listed_config)},
+        "config_changes": {
+            "count": a.config_changes,
+            "by_kind": _counts(a.config_by_kind),
+            "by_actor": _counts(a.config_by_actor),
+            "items": list(a.listed_config),
+        },
         "source_gaps": {"count": a.gaps, "items": list(a.listed_gaps)},
     }
 
@@ -244,6 +270,8 @@ def access_csv_rows(a: AccessSummary) -> list[tuple[str, str, JSON]]:
         ("denied_user", a.denied_by_user),
         ("denied_path", a.denied_by_path),
         ("denied_status", a.denied_by_status),
+        ("config_change_kind", a.config_by_kind),
+        ("config_change_actor", a.config_by_actor),
     ):
         rows += [(section, key, n) for key, n in _by_count(counts)]
     rows += [
@@ -290,12 +318,23 @@ def _md_counts(title: str, total: int, *tables: tuple[str, Counter[str]]) -> lis
 
 
 def _md_listed(
-    title: str, total: int, columns: tuple[str, ...], rows: list[list[str]], *, cap: int
+    title: str,
+    total: int,
+    columns: tuple[str, ...],
+    rows: list[list[str]],
+    *,
+    cap: int,
+    counts: tuple[tuple[str, Counter[str]], ...] = (),
 ) -> list[str]:
-    """A heading with the total, then a table of the listed items (the first ``cap``)."""
+    """A heading with the total, a count table per ``counts`` (column, counts), then a table
+    of the listed items (the first ``cap``)."""
     lines = [f"### {title} ({total})", ""]
     if not rows:
         return [*lines, _NONE, ""]
+    for column, counted in counts:
+        lines += [f"| {column} | count |", "|---|---:|"]
+        lines += [f"| {_md(k)} | {n} |" for k, n in _by_count(counted)]
+        lines.append("")
     if total > len(rows):
         lines += [f"The first {cap} are listed.", ""]
     header = ("chain#seq", "time", *columns)
@@ -304,9 +343,14 @@ def _md_listed(
     return [*lines, ""]
 
 
-#: A listed part of the section: title, total, columns, items, an item's cells.
+#: A listed part of the section: title, total, columns, items, an item's cells, counts.
 _Listed = tuple[
-    str, int, tuple[str, ...], list[dict[str, JSON]], Callable[[dict[str, JSON]], list[JSON]]
+    str,
+    int,
+    tuple[str, ...],
+    list[dict[str, JSON]],
+    Callable[[dict[str, JSON]], list[JSON]],
+    tuple[tuple[str, Counter[str]], ...],
 ]
 
 
@@ -339,13 +383,15 @@ def access_markdown(a: AccessSummary) -> list[str]:
             ("actor", "change", "target", "before → after"),
             a.listed_permissions,
             lambda p: [p["actor"], p["change"], p["target"], _change(p)],
+            (),
         ),
         (
-            "Configuration changes: variables, connections, pools",
+            "Configuration changes",
             a.config_changes,
-            ("actor", "change", "key or id"),
+            ("actor", "change", "key, id or name"),
             a.listed_config,
             lambda c: [c["actor"], c["event"], c["target"]],
+            (("kind", a.config_by_kind), ("actor", a.config_by_actor)),
         ),
         (
             "Source gaps: source rows never recorded",
@@ -353,9 +399,10 @@ def access_markdown(a: AccessSummary) -> list[str]:
             ("source", "ids", "count", "reason"),
             a.listed_gaps,
             lambda g: [g["source"], _ids_range(g), _text(g["count"]), g["reason"]],
+            (),
         ),
     ]
-    for title, total, columns, items, cells in parts:
+    for title, total, columns, items, cells, counts in parts:
         rows = [[*_where(item), *map(str, cells(item))] for item in items]
-        lines += _md_listed(title, total, columns, rows, cap=a.max_listed)
+        lines += _md_listed(title, total, columns, rows, cap=a.max_listed, counts=counts)
     return lines

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from audit_core._jcs import canonical_bytes, canonical_loaded
-from audit_core._record import PreparedRecord
-from audit_core.errors import LedgerError
+from audit_core._record import PreparedRecord, check_key
+from audit_core.errors import InvalidRecordError, LedgerError
 
 __all__ = [
     "QUARANTINE",
@@ -80,11 +80,12 @@ class SpooledRecord:
     head: bytes
     tail: bytes
     unmarked: tuple[bytes, bytes] | None = None  # the bytes an uncertain write would have
+    key: str | None = None  # its idempotency key: the drain skips it if the key landed
 
     @property
     def prepared(self) -> PreparedRecord:
         """The record as the ledger appends it (marked with its spool id)."""
-        return PreparedRecord(self.chain, self.event, self.ts, self.head, self.tail)
+        return PreparedRecord(self.chain, self.event, self.ts, self.head, self.tail, self.key)
 
 
 @dataclass(slots=True)
@@ -147,10 +148,15 @@ def _parse(raw: bytes, out: Contents) -> None:
                 if value.get("unmarked")
                 else None
             ),
+            key=value.get("key"),
         )
+        if rec.key is not None:
+            check_key(rec.key)
         _check(rec)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"missing or mistyped member: {exc!r}") from exc
+    except InvalidRecordError as exc:
+        raise ValueError(str(exc)) from exc
     out.records.append(rec)
 
 
@@ -281,6 +287,8 @@ class FileWriter:
                     "head": rec.head.decode("utf-8"),
                     "tail": rec.tail.decode("utf-8"),
                 }
+                if rec.key is not None:
+                    body["key"] = rec.key
                 if unmarked is not None:
                     body["unmarked"] = [unmarked[i].head.decode(), unmarked[i].tail.decode()]
                 self._n += 1

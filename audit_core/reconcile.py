@@ -71,11 +71,15 @@ class Reconciler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReconcileResult:
-    """How many runs were checked, which were missing, and what was appended."""
+    """How many runs were checked, which were missing, what was appended, and which of the
+    missing were recorded already when appending (their key was on the chain: a racing
+    reconciler or another writer of the same record got there between the read and the
+    append)."""
 
     checked: int
     missing: list[Event] = field(default_factory=list)
     appended: list[StoredRecord] = field(default_factory=list)
+    already_recorded: list[Event] = field(default_factory=list)
 
 
 def reconcile(
@@ -101,14 +105,23 @@ def reconcile(
         key = reconciler.recorded_key(Record.from_stored(stored))
         if key is not None:
             proven.add(key)
-    missing: list[Event] = []
-    seen: set[Hashable] = set()
+    missing: dict[Hashable, Event] = {}
     for item in expected:
-        if item.key not in proven and item.key not in seen:
-            seen.add(item.key)
-            missing.append(item.event)
-    appended = [] if dry_run or not missing else trail.record_many(missing)
-    return ReconcileResult(checked=len(expected), missing=missing, appended=appended)
+        if item.key not in proven:
+            missing.setdefault(item.key, item.event)
+    events = list(missing.values())
+    if dry_run or not missing:
+        return ReconcileResult(checked=len(expected), missing=events)
+    # a skipped duplicate (Event.key) is not returned: which run each appended record
+    # proves tells the appended from the already recorded
+    appended = trail.record_many(events)
+    already: list[Event] = []
+    if len(appended) < len(events):
+        done = {reconciler.recorded_key(Record.from_stored(s)) for s in appended}
+        already = [e for k, e in missing.items() if k not in done]
+    return ReconcileResult(
+        checked=len(expected), missing=events, appended=appended, already_recorded=already
+    )
 
 
 def load(name: str) -> Reconciler:

@@ -27,7 +27,9 @@ Layout (docs/FORMAT.md "Spool"):
 - one line per record: the RFC 8785 bytes of ``{"v": 1, "id", "origin", "n", "ledger",
   "chain", "event", "ts", "head", "tail", "sum"}`` and ``\\n``, where ``head``/``tail`` are
   the record's prepared canonical bytes (redacted before they are spooled: no secret reaches
-  the spool either) and ``sum`` the SHA-256 of the line's other members. Every write is
+  the spool either) and ``sum`` the SHA-256 of the line's other members; plus ``key``, the
+  record's idempotency key, when it has one (the drain appends with it, so a record whose
+  key reached the chain meanwhile is skipped, and counted as drained). Every write is
   ``fsync``'d (and the directory, when a file is created) before the hook returns;
 - the record itself carries ``data._spool = {"id": …, "at": …}``: the spool id and when it
   was spooled, so the chain shows which records came late and why their ``ts`` is older than

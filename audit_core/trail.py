@@ -44,7 +44,7 @@ from audit_core._record import (
 )
 from audit_core.checkpoint import CheckpointSigner
 from audit_core.config import AuditConfig
-from audit_core.errors import AuditError, InvalidRecordError
+from audit_core.errors import AuditError, InvalidRecordError, LedgerError
 from audit_core.ledgers import Ledger, open_ledger
 
 __all__ = ["AuditTrail", "Event"]
@@ -56,7 +56,11 @@ Actor = tuple[str, str] | Mapping[str, object]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """One thing that happened, before it becomes a record (see :meth:`AuditTrail.record`)."""
+    """One thing that happened, before it becomes a record (see :meth:`AuditTrail.record`).
+
+    ``key``: an idempotency key (1..256 printable ASCII characters): the ledger appends at
+    most one record per ``(chain, key)`` and skips later ones (docs/FORMAT.md "Idempotency
+    keys"). Not part of the record."""
 
     type: str
     data: object = None
@@ -65,6 +69,7 @@ class Event:
     trace: Mapping[str, str] | None = None
     ts: dt.datetime | str | None = None
     chain: str | None = None
+    key: str | None = None
 
 
 class AuditTrail:
@@ -187,18 +192,36 @@ class AuditTrail:
         ts: dt.datetime | str | None = None,
         chain: str | None = None,
         strict: bool = False,
+        key: str | None = None,
     ) -> StoredRecord:
-        """Append one record and return it once it is durable in the ledger."""
-        prepared = self._prepare(event, data, subject, actor, trace, ts, chain, strict)
-        stored = self.ledger.append(prepared)
+        """Append one record and return it once it is durable in the ledger. With ``key``
+        already stored on its chain, nothing is appended: the record stored under it is
+        returned (counted ``records_deduplicated``)."""
+        prepared = self._prepare(event, data, subject, actor, trace, ts, chain, strict, key=key)
+        if prepared.key is None:
+            stored = self.ledger.append(prepared)
+        else:
+            appended = self.ledger.append_many((prepared,))
+            if not appended:
+                return self._earlier(prepared.chain, prepared.key)
+            stored = appended[0]
         COUNTERS.incr("records_written")
         self._after_append(stored.chain, stored.seq + 1)
         return stored
 
+    def _earlier(self, chain: str, key: str) -> StoredRecord:
+        COUNTERS.incr("records_deduplicated")
+        earlier = self.ledger.keyed(chain, key)
+        if earlier is None:  # key rows are append-only: only a tampered ledger lost it
+            raise LedgerError(f"chain {chain!r} holds key {key!r} but no record under it")
+        return earlier
+
     def record_many(self, events: Iterable[Event], *, strict: bool = False) -> list[StoredRecord]:
-        """Append several records in one transaction (all or none); durable on return."""
+        """Append several records in one transaction (all or none); durable on return.
+        Returns only the records appended: one whose key its chain holds already, or an
+        earlier record of the batch holds, is skipped (counted ``records_deduplicated``)."""
         prepared = [self.prepare(e, strict=strict) for e in events]
-        return self._appended(self.ledger.append_many(prepared))
+        return self._appended(self.ledger.append_many(prepared), len(prepared))
 
     def record_advancing(
         self,
@@ -210,24 +233,35 @@ class AuditTrail:
         to: int,
         strict: bool = False,
     ) -> list[StoredRecord]:
-        """As :meth:`record_many`, and in the same transaction move cursor ``(cursor,
+        """As :meth:`record_many` (skipped duplicates included: the cursor moves even when
+        every record was one), and in the same transaction move cursor ``(cursor,
         chain)`` from ``expect`` (-1: no cursor yet) to ``to``; events without a chain go on
         ``chain``. Raises :class:`~audit_core.errors.CursorMoved`, appending nothing, when
         the cursor was not at ``expect`` (another writer advanced it): what a reader of an
         outside source needs to record each of its rows exactly once."""
         prepared = [
             self._prepare(
-                e.type, e.data, e.subject, e.actor, e.trace, e.ts, e.chain or chain, strict
+                e.type,
+                e.data,
+                e.subject,
+                e.actor,
+                e.trace,
+                e.ts,
+                e.chain or chain,
+                strict,
+                key=e.key,
             )
             for e in events
         ]
         stored = self.ledger.append_advancing(
             prepared, cursor=cursor, chain=chain, expect=expect, to=to
         )
-        return self._appended(stored)
+        return self._appended(stored, len(prepared))
 
-    def _appended(self, stored: list[StoredRecord]) -> list[StoredRecord]:
+    def _appended(self, stored: list[StoredRecord], given: int) -> list[StoredRecord]:
         COUNTERS.incr("records_written", len(stored))
+        if given > len(stored):
+            COUNTERS.incr("records_deduplicated", given - len(stored))
         last: dict[str, int] = {s.chain: s.seq + 1 for s in stored}
         for chain, size in last.items():
             self._after_append(chain, size)
@@ -253,6 +287,7 @@ class AuditTrail:
             event.chain,
             strict,
             marker,
+            event.key,
         )
 
     def _prepare(
@@ -266,6 +301,7 @@ class AuditTrail:
         chain: str | None,
         strict: bool,
         marker: JSONObject | None = None,
+        key: str | None = None,
     ) -> PreparedRecord:
         limit, processors = self.config.max_value_bytes, self.processors
         norm_data = normalize(
@@ -302,6 +338,7 @@ class AuditTrail:
             subject=norm_subject.value,
             trace=None if trace is None else _trace(trace),
             data=value,
+            key=key,
         )
 
     def _actor(self, actor: Actor | None, strict: bool) -> Normalized:

@@ -6,6 +6,7 @@ task or flow, ``prefect_audit.record("model.retrained", data={...})`` adds what 
 knows. Settings: ``PREFECT_INTEGRATIONS_WORKFLOW_AUDIT_*`` (see :mod:`prefect_audit.settings`).
 """
 
+from prefect_audit.adapter import flush_runs
 from prefect_audit.api import Audit, audit, record
 from prefect_audit.flows import audited_flow, flow_hooks, task_hooks
 from prefect_audit.settings import WorkflowAuditSettings
@@ -16,6 +17,7 @@ __all__ = [
     "audit",
     "audited_flow",
     "flow_hooks",
+    "flush_runs",
     "record",
     "task_hooks",
 ]

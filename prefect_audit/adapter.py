@@ -7,27 +7,43 @@ One adapter per process (:func:`get_adapter`). Like the Airflow adapter, each ho
 arguments in Prefect's thread and hands the events to a :class:`~audit_core.hooks.HookRunner`
 (one writer thread, ``hook_timeout`` budget, fail-open). Task runs are recorded two ways, and
 each (task run, event, attempt) once: in real time by :func:`prefect_audit.task_hooks` where a
-task carries them, and from Prefect's API — the authoritative state history — when the flow
-run ends (:meth:`PrefectAdapter.task_run_events`); see :mod:`prefect_audit.flows` for why.
+task carries them, and from Prefect's API when the flow run ends
+(:meth:`PrefectAdapter.task_run_events`, :mod:`prefect_audit.history`) unless a follower
+records them (``settings.follower``); see :mod:`prefect_audit.flows` for why. That end-of-run
+pass runs off the flow's path, on one background thread per process (:class:`EndOfRunPasses`):
+the final hook writes the flow's terminal record and returns; the process waits for pending
+passes at exit (``exit_wait``), and :func:`flush_runs` waits for them on demand. Every lifecycle
+record carries its :func:`prefect_audit.ids.lifecycle_key` and a trace context (Prefect's
+span, else :func:`prefect_audit.ids.run_trace`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import atexit
+import collections
+import contextlib
 import logging
-import re
+import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
-from audit_core import AuditTrail, Event, trace_context
-from audit_core.hooks import AdapterBase, AdapterOptions, digest, failure_data
+from audit_core import COUNTERS, AuditTrail, Event, trace_context
+from audit_core.hooks import AdapterBase, AdapterOptions, digest
 from audit_core.ship import deliver_to_sinks
-from prefect_audit._client import task_runs
+from prefect_audit.history import state_failure, task_run_steps
+from prefect_audit.ids import final_attempt, lifecycle_key, run_trace
 from prefect_audit.settings import WorkflowAuditSettings
 
-__all__ = ["PrefectAdapter", "flow_subject", "get_adapter", "task_subject"]
+__all__ = [
+    "EndOfRunPasses",
+    "PrefectAdapter",
+    "flow_subject",
+    "flush_runs",
+    "get_adapter",
+    "task_subject",
+]
 
 logger = logging.getLogger("workflow_audit.prefect")
 
@@ -62,6 +78,7 @@ class PrefectAdapter(AdapterBase):
         self._settings = settings
         # flow run id -> what task hooks recorded in real time (the end-of-run sync skips it)
         self._live: dict[str, set[Key]] = {}
+        self.passes = EndOfRunPasses(self._end_of_run, lambda: self.settings.exit_wait)
 
     @property
     def settings(self) -> WorkflowAuditSettings:
@@ -85,13 +102,14 @@ class PrefectAdapter(AdapterBase):
             data: Data = {"state": state.name}
             if self.settings.record_parameters:
                 data["parameters"] = dict(flow_run.parameters or {})
+            # on_running receives the flow run as it was before Prefect counted this attempt
+            attempt = int(flow_run.run_count or 0) + 1
             events = []
             if state.name == "Retrying":  # a failed flow attempt fires no on_failure
-                events.append(self._flow_event("flowrun.retry_scheduled", flow, flow_run, state))
-            started = self._flow_event("flowrun.started", flow, flow_run, state, data)
-            # on_running receives the flow run as it was before Prefect counted this attempt
-            subject = {**(started.subject or {}), "run_count": (flow_run.run_count or 0) + 1}
-            events.append(Event(type=started.type, subject=subject, data=data, trace=started.trace))
+                events.append(
+                    self._flow_event("flowrun.retry_scheduled", flow, flow_run, state, attempt - 1)
+                )
+            events.append(self._flow_event("flowrun.started", flow, flow_run, state, attempt, data))
             return events
 
         return self._run("flowrun.started", build)
@@ -100,23 +118,68 @@ class PrefectAdapter(AdapterBase):
         """``outcome``: succeeded, failed, crashed or cancelled."""
 
         def build() -> list[Event]:
-            events = self.task_run_events(flow, flow_run)
             data: Data = {"state": state.name}
             if outcome != "succeeded":
-                data.update(_state_failure(state, kind=outcome, live=True))
-            events.append(self._flow_event(f"flowrun.{outcome}", flow, flow_run, state, data))
-            return events
+                data.update(state_failure(state, kind=outcome, live=True))
+            attempt = final_attempt(flow_run)
+            event = f"flowrun.{outcome}"
+            return [self._flow_event(event, flow, flow_run, state, attempt, data)]
 
-        return self._run(f"flowrun.{outcome}", build)
+        written = self._run(f"flowrun.{outcome}", build)
+        try:
+            done = self._live.pop(str(flow_run.id), set())
+            # With a follower, it records the task runs: no API scan. Otherwise the pass runs
+            # in the background; the flow's terminal record above is already durable.
+            if not self.settings.follower and self.options.enabled:
+                self.passes.submit(_Pass(flow, flow_run, done, _prefect_settings()))
+        except Exception:  # fail-open: the flow's outcome never depends on the audit
+            COUNTERS.incr("hook_failures")
+            logger.exception("workflow-audit: could not queue the task runs of %s", flow_run.id)
+        return written
+
+    def _end_of_run(self, job: _Pass) -> None:
+        # The pass thread: the same containment, filter and budget as a hook, under the
+        # hook's Prefect settings (a context variable: the API the flow used). Only those:
+        # the flow run's own context holds its API client, closed once the flow returned.
+        from prefect.context import SettingsContext
+
+        found = job.prefect_settings
+        scope: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext()
+            if found is None
+            else SettingsContext(profile=found.profile, settings=found.settings)
+        )
+        with scope:
+            self._run(
+                f"task runs of flow run {job.flow_run.id}",
+                lambda: self.task_run_events(job.flow, job.flow_run, job.done),
+            )
+
+    def flush_runs(self, timeout_s: float | None = None) -> bool:
+        """Wait until this process's pending end-of-run passes have run and their records
+        are durable (or spooled): at most ``timeout_s`` (None: no bound). True if nothing is
+        left pending."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self.passes.wait(timeout_s):
+            return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.runner.drain(left if left is not None else 3600.0)
 
     def _flow_event(
-        self, event: str, flow: Any, flow_run: Any, state: Any, data: Data | None = None
+        self,
+        event: str,
+        flow: Any,
+        flow_run: Any,
+        state: Any,
+        attempt: int,
+        data: Data | None = None,
     ) -> Event:
         return Event(
             type=event,
-            subject=flow_subject(flow, flow_run),
+            subject={**flow_subject(flow, flow_run), "run_count": attempt},
             data=data or {},
-            trace=_trace(flow_run, state),
+            trace=_trace(flow_run, state, task=False),
+            key=lifecycle_key(event, flow_run.id, attempt),
         )
 
     # -- task hooks: (task, task_run, state), real time where a task carries them -----------
@@ -139,8 +202,8 @@ class PrefectAdapter(AdapterBase):
         event = "task.succeeded" if success else "task.failed"
 
         def build() -> list[Event]:
-            data = {} if success else _state_failure(state, kind="exception", live=True)
-            events = [self._task_event(event, task_run, state, int(task_run.run_count or 1), data)]
+            data = {} if success else state_failure(state, kind="exception", live=True)
+            events = [self._task_event(event, task_run, state, final_attempt(task_run), data)]
             self._remember(task_run, events)
             return events
 
@@ -163,34 +226,37 @@ class PrefectAdapter(AdapterBase):
             type=event,
             subject=task_subject(task_run, attempt, flow, flow_run),
             data=data or {},
-            trace=_trace(task_run, state),
+            trace=_trace(task_run, state, task=True),
+            key=lifecycle_key(event, task_run.id, attempt),
         )
 
     # -- task runs from Prefect's API -------------------------------------------------------
 
-    def task_run_events(self, flow: Any, flow_run: Any) -> list[Event]:
-        """The flow run's task runs, from their state history in Prefect's API, as records
-        (minus those task hooks recorded already). Waits at most ``sync_timeout`` for the API
-        to hold every task run's final state: Prefect reports task states through events."""
-        done = self._live.pop(str(flow_run.id), set())
-        runs = _final_task_runs(flow_run.id, self.settings.sync_timeout)
-        retried = [r.id for r, states in runs if any(_is_retry(s) for s in states)]
-        reasons = _retry_reasons(retried) if retried else {}
+    def task_run_events(
+        self, flow: Any, flow_run: Any, done: set[Key] | None = None
+    ) -> list[Event]:
+        """The flow run's task runs, from Prefect's API (:func:`prefect_audit.history.
+        task_run_steps`: one paginated read, state histories only of retried runs), as
+        records, oldest first, minus those task hooks recorded already (``done``, by default
+        what this adapter's task hooks recorded for the flow run). Waits for the API to hold
+        every task run's final state, at most ``sync_timeout`` after Prefect's last progress."""
+        if done is None:
+            done = self._live.pop(str(flow_run.id), set())
         events: list[Event] = []
-        for task_run, states in runs:
-            for event, attempt, state, data in lifecycle(states, reasons.get(str(task_run.id))):
-                if (str(task_run.id), event, attempt) in done:
-                    continue
-                events.append(
-                    Event(
-                        type=event,
-                        subject=task_subject(task_run, attempt, flow, flow_run),
-                        data=data,
-                        trace=_trace(task_run, state),
-                        ts=state.timestamp,
-                    )
+        for step in task_run_steps(flow_run.id, self.settings.sync_timeout):
+            run = step.task_run
+            if (str(run.id), step.event, step.attempt) in done:
+                continue
+            events.append(
+                Event(
+                    type=step.event,
+                    subject=task_subject(run, step.attempt, flow, flow_run),
+                    data=step.data,
+                    trace=_trace(run, step.state, task=True),
+                    ts=step.ts,
+                    key=lifecycle_key(step.event, run.id, step.attempt),
                 )
-        events.sort(key=lambda e: e.ts if isinstance(e.ts, dt.datetime) else _EPOCH)
+            )
         return events
 
     # -- the task-side API -----------------------------------------------------------------
@@ -204,111 +270,13 @@ class PrefectAdapter(AdapterBase):
         if task_ctx is not None:
             run = task_ctx.task_run
             base = task_subject(run, int(run.run_count or 1), flow, flow_run)
-            trace = _trace(run, None)
+            trace = _trace(run, None, task=True)
         elif flow_run is not None:
-            base, trace = flow_subject(flow, flow_run), _trace(flow_run, None)
+            base, trace = flow_subject(flow, flow_run), _trace(flow_run, None, task=False)
         else:
             base, trace = {}, trace_context()
         full = {**base, **(subject or {})}
         return Event(type=event, subject=full, data=data, trace=trace)
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def lifecycle(
-    states: Sequence[Any], retry_reasons: Sequence[Data] | None = None
-) -> list[tuple[str, int, Any, Data]]:
-    """(event, attempt, state, data) for a task run's state history, oldest first.
-
-    ``Running`` starts attempt 1; ``AwaitingRetry`` (a retry delay) or ``Retrying`` right after
-    a ``Running`` ends the attempt with ``task.retry_scheduled``; ``Retrying`` starts the next;
-    a final state ends the last. Prefect keeps no failed state for an attempt it retries: the
-    n-th ``retry_reasons`` entry (from the task run's log, :func:`retry_reason`) says why the
-    n-th retry was scheduled.
-    """
-    out: list[tuple[str, int, Any, Data]] = []
-    attempt = 0
-    open_attempt = False
-    reasons = list(retry_reasons or [])
-
-    def why() -> Data:
-        return reasons.pop(0) if reasons else {}
-
-    for state in states:
-        kind, name = _state_type(state), state.name
-        if kind == "SCHEDULED" and name == "AwaitingRetry" and open_attempt:
-            out.append(("task.retry_scheduled", attempt, state, why()))
-            open_attempt = False
-        elif kind == "RUNNING":
-            if open_attempt:  # Retrying straight after Running: no retry delay
-                out.append(("task.retry_scheduled", attempt, state, why()))
-            attempt += 1
-            open_attempt = True
-            out.append(("task.started", attempt, state, {}))
-        elif kind == "COMPLETED":
-            data: Data = {"cached": True} if name == "Cached" else {}
-            out.append(("task.succeeded", max(attempt, 1), state, data))
-            open_attempt = False
-        elif kind in ("FAILED", "CRASHED", "CANCELLED"):
-            failure = _state_failure(state, kind=kind.lower() if kind != "FAILED" else "exception")
-            out.append(("task.failed", max(attempt, 1), state, failure))
-            open_attempt = False
-    return out
-
-
-# Prefect 3.9's task engine logs, at INFO, why it retries (task_engine.handle_retry):
-# "Task run failed with exception: ValueError('boom') - Retry 1/2 will start immediately".
-_RETRY_LOG = re.compile(
-    r"Task run failed with (?P<kind>exception|state): (?P<what>.*) - "
-    r"Retry (?P<retry>\d+)/(?P<retries>\d+) will start .*",
-    re.DOTALL,
-)
-_EXCEPTION_REPR = re.compile(r"(?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)", re.DOTALL)
-
-
-def retry_reason(message: str) -> Data | None:
-    """The failure facts in Prefect's retry log line, or None if ``message`` is not one.
-
-    >>> reason = retry_reason("Task run failed with exception: ValueError('boom') - "
-    ...                       "Retry 1/2 will start immediately")
-    >>> reason["error_type"], reason["message"], reason["retry"], reason["max_retries"]
-    ('ValueError', "ValueError('boom')", 1, 2)
-    """
-    match = _RETRY_LOG.fullmatch(message.strip())
-    if match is None:
-        return None
-    out: Data = {"message": match["what"]}
-    if match["kind"] == "exception" and (error := _EXCEPTION_REPR.fullmatch(match["what"])):
-        out["error_type"] = error["type"]
-    out.update(
-        failure_kind=match["kind"], retry=int(match["retry"]), max_retries=int(match["retries"])
-    )
-    return out
-
-
-def _is_retry(state: Any) -> bool:
-    return state.name in ("AwaitingRetry", "Retrying")
-
-
-def _retry_reasons(task_run_ids: Sequence[Any]) -> dict[str, list[Data]]:
-    """Per task run, the reasons of its retries, oldest first, from its logs in Prefect's API
-    (log records reach the API through a queue: push ours out first). Best effort: a log not
-    there yet leaves that retry record without a message."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
-    from prefect.client.schemas.sorting import LogSort
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=2)
-    found: dict[str, list[Data]] = {}
-    log_filter = LogFilter(task_run_id=LogFilterTaskRunId(any_=list(task_run_ids)))
-    with get_client(sync_client=True) as client:
-        for log in client.read_logs(log_filter=log_filter, sort=LogSort.TIMESTAMP_ASC):
-            reason = retry_reason(str(log.message))
-            if reason is not None:
-                found.setdefault(str(log.task_run_id), []).append(reason)
-    return found
 
 
 def flow_subject(flow: Any, flow_run: Any) -> Data:
@@ -343,64 +311,138 @@ def task_subject(task_run: Any, attempt: int, flow: Any, flow_run: Any) -> Data:
     }
 
 
-def _state_type(state: Any) -> str:
-    kind = getattr(state, "type", None)
-    return str(getattr(kind, "value", kind))
-
-
-def _trace(run: Any, state: Any) -> dict[str, str] | None:
-    """The run's span (Prefect's RunTelemetry puts its traceparent in the run's labels and
-    the state's details), else the current span."""
+def _trace(run: Any, state: Any, *, task: bool) -> dict[str, str] | None:
+    """Prefect's span of the run (its RunTelemetry puts the traceparent in the run's labels
+    and the state's details), else the current span, else the context derived from the run's
+    ids (:func:`prefect_audit.ids.run_trace`): with no OpenTelemetry SDK every record of a
+    run still carries the flow run id as its trace id."""
     labels = getattr(run, "labels", None) or {}
     details = getattr(state, "state_details", None)
-    return trace_context(
+    found = trace_context(
         {"traceparent": labels.get("__OTEL_TRACEPARENT")},
         {"traceparent": getattr(details, "traceparent", None)},
     )
+    if found is not None:
+        return dict(found)
+    if task:
+        return run_trace(getattr(run, "flow_run_id", None), getattr(run, "id", None))
+    return run_trace(getattr(run, "id", None))
 
 
-def _state_failure(state: Any, *, kind: str, live: bool = False) -> Data:
-    """Failure facts of a final state: the exception when this process holds it (a hook's
-    state, ``live``), else Prefect's message (the API's history: reading a result there could
-    mean fetching it from result storage)."""
-    if live:
-        from prefect.exceptions import PrefectException
+def _prefect_settings() -> Any:
+    from prefect.context import SettingsContext
 
-        try:
-            error = state.result(raise_on_failure=False)
-        except (PrefectException, OSError, ValueError, TypeError):  # no result to show
-            error = None
-        if isinstance(error, BaseException):
-            return failure_data(error, kind=kind)
-    return failure_data(getattr(state, "message", None) or None, kind=kind)
+    return SettingsContext.get()
 
 
-def _final_task_runs(flow_run_id: Any, timeout_s: float) -> list[tuple[Any, list[Any]]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.events.worker import EventsWorker
+class _Pass(NamedTuple):
+    """One flow run's end-of-run pass: what its records need, taken in the final hook."""
 
-    deadline = time.monotonic() + timeout_s
-    # Task states reach the API as events: push ours out before asking for them.
-    EventsWorker.drain_all(timeout=timeout_s)
-    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-    with get_client(sync_client=True) as client:
-        previous: list[str] = []
+    flow: Any
+    flow_run: Any
+    done: set[Key]
+    prefect_settings: Any  # prefect.context.SettingsContext of the hook, or None
+
+
+class EndOfRunPasses:
+    """The end-of-run passes of one process: a queue of flow runs and ONE daemon thread that
+    runs ``run`` for each, in order, started on first use.
+
+    At interpreter exit (``atexit``, after Prefect's own services pushed out their events)
+    the process waits for the queue to empty, at most ``exit_wait()`` seconds; a pass still
+    pending then is abandoned: logged, counted (``run_passes_abandoned``), and left to
+    ``workflow-audit reconcile prefect`` (a ``task.unrecorded`` gap per task run with no
+    terminal record) or a follower (the records themselves, same keys). A daemon thread,
+    because Python joins other threads before it runs exit handlers: the wait would have no
+    bound.
+    """
+
+    def __init__(self, run: Callable[[_Pass], None], exit_wait: Callable[[], float]) -> None:
+        self._run = run
+        self._exit_wait = exit_wait
+        self._reset()
+        self._registered = False
+        if hasattr(os, "register_at_fork"):
+            # A forked child has no pass thread, and the parent runs the parent's passes.
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Pass] = collections.deque()
+        self._pending: list[str] = []  # flow run ids queued or running, oldest first
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        """Passes queued or running."""
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, job: _Pass) -> None:
+        with self._cond:
+            self._queue.append(job)
+            self._pending.append(str(job.flow_run.id))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="workflow-audit-prefect-passes", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+            if not self._registered:
+                # Registered after the hook runner's own exit handler (made with the adapter):
+                # exit handlers run last-in first-out, so this wait comes first and the
+                # runner then writes or spools what the passes queued.
+                self._registered = True
+                atexit.register(self.at_exit)
+
+    def _loop(self) -> None:
         while True:
-            runs = task_runs(client, flow_filter)
-            ids = sorted(str(r.id) for r in runs)
-            settled = all(r.state is not None and r.state.is_final() for r in runs)
-            if (settled and ids == previous) or time.monotonic() >= deadline:
-                if not settled:
-                    logger.warning(
-                        "workflow-audit: flow run %s: task runs not final in Prefect's API "
-                        "after %.1fs; recording what it holds",
-                        flow_run_id,
-                        timeout_s,
-                    )
-                return [(r, list(client.read_task_run_states(r.id))) for r in runs]
-            previous = ids
-            time.sleep(0.05)
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                job = self._queue.popleft()
+            try:
+                self._run(job)
+            except Exception:  # the runner contains its own; this is the thread's last net
+                COUNTERS.incr("hook_failures")
+                logger.exception("workflow-audit: end-of-run pass of %s failed", job.flow_run.id)
+            finally:
+                with self._cond:
+                    self._pending.remove(str(job.flow_run.id))
+                    self._cond.notify_all()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until no pass is queued or running, at most ``timeout_s`` (None: no bound);
+        True if none is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout_s)
+
+    def at_exit(self) -> None:
+        """Wait up to ``exit_wait()`` for pending passes; abandon (log, count) the rest."""
+        limit = self._exit_wait()  # the settings are loaded: a pass was submitted
+        if self.wait(limit):
+            return
+        with self._cond:
+            left = list(self._pending)
+            for job in self._queue:  # never to run: no longer pending (the running one is)
+                self._pending.remove(str(job.flow_run.id))
+            self._queue.clear()
+        COUNTERS.incr("run_passes_abandoned", len(left))
+        logger.warning(
+            "workflow-audit: exit_wait (%.2fs) ran out with %d end-of-run pass(es) pending "
+            "(flow runs %s): their task records are not all written; "
+            "'workflow-audit reconcile prefect' finds the task runs left unrecorded",
+            limit,
+            len(left),
+            ", ".join(left),
+        )
+
+
+def flush_runs(timeout_s: float | None = None) -> bool:
+    """Wait until the end-of-run passes of this process's flow runs have written their task
+    records (see :meth:`PrefectAdapter.flush_runs`): for a flow called in a long-lived
+    process (a notebook, a test) that reads the ledger right after. True if none is left."""
+    return get_adapter().flush_runs(timeout_s)
 
 
 _ADAPTER: PrefectAdapter | None = None

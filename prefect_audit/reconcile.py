@@ -9,6 +9,11 @@ appends ``flowrun.unrecorded`` / ``task.unrecorded`` for each run with no termin
 A flow run still ``Running`` or ``Pending`` counts as a gap only when ``--until`` is given and
 it started before then: pass an ``--until`` older than your longest flow run, so a run that is
 merely still going is not reported.
+
+A terminal record counts whoever wrote it: the flow process's hooks, or the event follower
+(``workflow-audit follow prefect``, :mod:`prefect_audit.eventmap`), whose records have the
+same subject fields. A gap record has the run's trace (:func:`prefect_audit.ids.run_trace`)
+and a key (:func:`prefect_audit.ids.lifecycle_key`), so two reconcilers racing write it once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from prefect_audit.adapter import (
     flow_subject,
     task_subject,
 )
+from prefect_audit.ids import final_attempt, lifecycle_key, run_trace
 from prefect_audit.settings import WorkflowAuditSettings
 
 __all__ = ["PrefectReconciler"]
@@ -71,7 +77,7 @@ class PrefectReconciler:
                 ids = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
                 for task_run in task_runs(client, ids):
                     if task_run.state is not None and task_run.state.is_final():
-                        subject = task_subject(task_run, int(task_run.run_count or 1), flow, run)
+                        subject = task_subject(task_run, final_attempt(task_run), flow, run)
                         yield Expected(
                             ("task", str(task_run.id)), _unrecorded("task", subject, task_run)
                         )
@@ -91,10 +97,14 @@ class _Named:
 
 def _unrecorded(kind: str, subject: dict[str, Any], run: Any) -> Event:
     state = run.state
+    event = f"{kind}.unrecorded"
+    task_run_id = subject.get("task_run_id")
     return Event(
-        type=f"{kind}.unrecorded",
+        type=event,
         subject=subject,
         actor=_ACTOR,
+        trace=run_trace(subject.get("flow_run_id"), task_run_id),
+        key=lifecycle_key(event, task_run_id or subject.get("flow_run_id"), final_attempt(run)),
         data={
             "state": None if state is None else state.name,
             "state_type": None if state is None else str(state.type.value),

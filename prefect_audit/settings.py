@@ -70,13 +70,38 @@ class WorkflowAuditSettings(PrefectBaseSettings):
         default=10.0,
         gt=0,
         le=3600,
-        description="Seconds the flow's final hook waits for Prefect's API to hold every task "
-        "run's final state before recording the task runs (see prefect_audit.flows).",
+        description="Seconds the flow's end-of-run pass (in the background) waits for "
+        "Prefect's API to hold every task run's final state, counted from the last progress "
+        "Prefect made recording them, before recording what it holds (see prefect_audit.flows).",
+    )
+    exit_wait: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="Seconds the process waits at exit for its pending end-of-run passes "
+        "(the task records of flow runs that returned); a pass cut short is logged and counted "
+        "(run_passes_abandoned); 'workflow-audit reconcile prefect' finds the task runs it left "
+        "unrecorded.",
     )
     events: str = Field(
         default="*",
         description="Which events to record: comma-separated patterns, '!' excludes "
         "(e.g. 'flowrun.*,task.*,!task.started').",
+    )
+    follower: bool = Field(
+        default=False,
+        description="A follower ('workflow-audit follow prefect') records every flow and task "
+        "run from Prefect's event stream: the flow process then records only what it alone "
+        "knows (failures with their exception, record() calls) and skips its end-of-run scan "
+        "of Prefect's API.",
+    )
+    follow_overlap: float = Field(
+        default=300.0,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds of events the follower reads again behind its cursor when it "
+        "(re)starts: events reach Prefect late (clients send them in batches) and are "
+        "deduplicated by their key, so a wider overlap costs reads, never duplicates.",
     )
     record_parameters: bool = Field(
         default=False,

@@ -346,6 +346,27 @@ def prefect_run_ml_pipeline_bad_data(demo: Demo) -> None:
     )
 
 
+def prefect_trace_context(demo: Demo) -> None:
+    """Every record of the Prefect chain carries a W3C trace id, and the records of one flow
+    run share one: Prefect's traceparent when OpenTelemetry is on, else the id derived from
+    the flow run id (prefect_audit.ids), as here, where no SDK is configured."""
+    records = _records(demo, PREFECT_CHAIN)
+    missing = [r for r in records if not (r.trace or {}).get("trace_id")]
+    if not records or missing:
+        where = f"seq {missing[0].seq} ({missing[0].event})" if missing else "no records"
+        raise DemoError(f"{len(missing)} Prefect record(s) without a trace id: first {where}")
+    traces: dict[object, set[object]] = {}
+    for r in records:
+        traces.setdefault(r.subject.get("flow_run_id"), set()).add((r.trace or {})["trace_id"])
+    split = [run for run, ids in traces.items() if len(ids) != 1]
+    if split:
+        raise DemoError(f"flow run {split[0]}: its records carry {len(traces[split[0]])} trace ids")
+    _say(
+        f"prefect chain: {len(records)}/{len(records)} records carry a trace id, one per flow "
+        f"run ({len(traces)} runs)"
+    )
+
+
 def airflow_ingest_event_log(demo: Demo) -> None:
     """Airflow's own event log (the ``log`` table: here the ``airflow dags test`` commands
     above) onto the chain ``airflow-events``, as a sidecar would; in a deployment the
@@ -472,6 +493,7 @@ AIRFLOW: tuple[Step, ...] = (
 PREFECT: tuple[Step, ...] = (
     prefect_run_ml_pipeline,
     prefect_run_ml_pipeline_bad_data,
+    prefect_trace_context,
 )
 LEDGER: tuple[Step, ...] = (
     checkpoint,

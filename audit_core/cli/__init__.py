@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from audit_core import __version__
 from audit_core.cli import (
+    follow,
     health,
     ingest,
     postgres,
@@ -87,5 +88,6 @@ def _parser() -> argparse.ArgumentParser:
     health.add_parsers(sub)
     reconcile.add_parsers(sub)
     ingest.add_parsers(sub)
+    follow.add_parsers(sub)
     records.add_report_parser(sub)
     return p

@@ -8,6 +8,10 @@ orchestrators' reconcilers are entry points of the installed adapters).
 >>> args = parser.parse_args(["reconcile", "airflow", "--since", "2026-01-02", "--dry-run"])
 >>> args.source, args.since, args.until, args.dry_run
 ('airflow', '2026-01-02T00:00:00.000000Z', None, True)
+
+A gap record has a key (``Event.key``): when a racing reconciler, or the event follower, put
+it on the chain between this run's read and its append, it is reported "already recorded",
+not appended again.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     rc.add_argument("--ledger", help="ledger URL (default: the adapter's configuration)")
     rc.add_argument("--chain", help="chain (default: the adapter's configuration)")
     rc.add_argument("--dry-run", action="store_true", help="list the gaps, append nothing")
+    rc.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     rc.set_defaults(func=_cmd_reconcile)
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
+    import orjson
+
     from audit_core.reconcile import load, reconcile
 
     reconciler = load(args.source)
@@ -49,14 +56,47 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
         result = reconcile(
             trail, reconciler, since=args.since, until=args.until, dry_run=args.dry_run
         )
-    verb = "would append" if args.dry_run else "appended"
-    for event in result.missing:
-        subject = " ".join(f"{k}={v}" for k, v in (event.subject or {}).items() if v is not None)
-        print(f"{verb} {event.type}: {subject}")
+    already = {id(e) for e in result.already_recorded}
+    gaps = [
+        (
+            "would append"
+            if args.dry_run
+            else "already recorded"
+            if id(event) in already
+            else "appended",
+            event.type,
+            {k: v for k, v in (event.subject or {}).items() if v is not None},
+        )
+        for event in result.missing
+    ]
+    if args.json:
+        summary = {
+            "source": args.source,
+            "since": args.since,
+            "until": args.until,
+            "chain": config.chain,
+            "ledger": masked_url(config.ledger_url),
+            "dry_run": args.dry_run,
+            "checked": result.checked,
+            "missing": len(result.missing),
+            "appended": len(result.appended),
+            "already_recorded": len(result.already_recorded),
+            "gaps": [{"outcome": o, "type": t, "subject": s} for o, t, s in gaps],
+        }
+        print(orjson.dumps(summary).decode())
+        return EXIT_OK
+    for outcome, event_type, subject in gaps:
+        print(f"{outcome} {event_type}: " + " ".join(f"{k}={v}" for k, v in subject.items()))
+    where = f"chain {config.chain!r} of {masked_url(config.ledger_url)}"
+    if args.dry_run:
+        done = f"would append {len(result.missing)} to {where}"
+    else:
+        done = f"appended {len(result.appended)} to {where}"
+        if result.already_recorded:
+            done += f"; {len(result.already_recorded)} already recorded by another writer"
     print(
         f"{args.source}: {result.checked} terminal run(s) since {args.since}, "
-        f"{len(result.missing)} without a record; {verb} {len(result.missing)} "
-        f"to chain {config.chain!r} of {masked_url(config.ledger_url)}",
+        f"{len(result.missing)} without a record; {done}",
         file=sys.stderr,
     )
     return EXIT_OK

@@ -9,6 +9,10 @@ A :class:`Ledger` is a :class:`typing.Protocol`: the embedded default is
 :class:`~audit_core.ledgers.sqlite.SqliteLedger`; PostgreSQL (for many hosts) follows the same
 protocol. A ledger assigns ``seq`` and ``prev`` inside its own transaction, so no two writers
 can fork or gap a chain, and returns only once the record is durable.
+
+Idempotency keys (docs/FORMAT.md "Idempotency keys"): a record with a ``key`` is appended
+only if no record of its chain holds that key, checked and stored in the append's own
+transaction, so racing writers cannot both append it. A skipped record is not returned.
 """
 
 from __future__ import annotations
@@ -124,11 +128,15 @@ class Ledger(LedgerReader, Protocol):
     """Where records live. Every method is safe to call from many threads and processes."""
 
     def append(self, record: PreparedRecord) -> StoredRecord:
-        """Seal ``record`` as the next of its chain and return it once it is durable."""
+        """Seal ``record`` as the next of its chain and return it once it is durable. When
+        its key is already stored on its chain, nothing is appended and the record stored
+        under the key is returned."""
         ...
 
     def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
-        """Append several records in one transaction (all or none), in the given order."""
+        """Append several records in one transaction (all or none), in the given order, and
+        return those appended: a record whose key its chain already holds, or an earlier
+        record of the batch holds, is skipped (a batch of duplicates appends nothing: [])."""
         ...
 
     def append_advancing(
@@ -141,12 +149,17 @@ class Ledger(LedgerReader, Protocol):
         to: int,
     ) -> list[StoredRecord]:
         """In one transaction: check that cursor ``(cursor, chain)`` holds ``expect`` (an
-        absent cursor holds -1), append ``records`` (may be empty) and set the cursor to
+        absent cursor holds -1), append ``records`` (may be empty; duplicates skipped as by
+        :meth:`append_many`, and the cursor moves even when all were) and set the cursor to
         ``to``; else raise :class:`~audit_core.errors.CursorMoved` and append nothing.
 
         A reader of an outside source that advances its own cursor this way records each
         source row exactly once, however many readers race: the loser of a race appends
         nothing. Source cursors are named ``source:<name>`` (not sinks)."""
+        ...
+
+    def keyed(self, chain: str, key: str) -> StoredRecord | None:
+        """The record of ``chain`` stored under idempotency key ``key``, or None."""
         ...
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

@@ -7,6 +7,10 @@ levels 1..k concatenated. A frontier comes from the ledger's cache, caught up wi
 leaves appended since, or from the stored subtrees, or, when they are missing, is rebuilt from
 every record hash (:func:`frontier`, :func:`rebuild`). What is read and written, and how (the
 SQL, the connection, the locks), stays in each ledger.
+
+Idempotency keys, before sealing: :func:`new_keys` drops the records of a batch whose key
+their chain holds (or an earlier record of the batch holds); :func:`key_rows` are the
+``record_keys`` rows of those sealed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ __all__ = [
     "chain_state",
     "checked_node",
     "frontier",
+    "key_rows",
     "last_leaf",
+    "new_keys",
     "rebuild",
     "seal",
     "subtree_node",
@@ -140,3 +146,36 @@ def seal(
         state[0] = seq + 1
         state[1] = digest.hex()
     return stored, subtrees
+
+
+def new_keys(
+    records: Sequence[PreparedRecord],
+    stored_keys: Callable[[str, list[str]], Iterable[str]],
+) -> list[int] | None:
+    """The positions in a batch of the records to seal: all but those whose key their chain
+    holds already (``stored_keys(chain, keys)``: one lookup per chain, inside the append's
+    transaction, after the chain's lock) or an earlier record of the batch holds (the first
+    wins). None when no record has a key: an unkeyed batch does no key work at all."""
+    wanted: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.key is not None:
+            wanted.setdefault(rec.chain, []).append(rec.key)
+    if not wanted:
+        return None
+    taken = {chain: set(stored_keys(chain, keys)) for chain, keys in wanted.items()}
+    kept: list[int] = []
+    for i, rec in enumerate(records):
+        if rec.key is not None:
+            seen = taken[rec.chain]
+            if rec.key in seen:
+                continue
+            seen.add(rec.key)
+        kept.append(i)
+    return kept
+
+
+def key_rows(
+    records: Sequence[PreparedRecord], stored: Sequence[StoredRecord]
+) -> list[tuple[str, str, int]]:
+    """The ``record_keys`` rows ``(chain, key, seq)`` of ``records`` sealed as ``stored``."""
+    return [(s.chain, r.key, s.seq) for r, s in zip(records, stored, strict=True) if r.key]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from audit_core._record import StoredCheckpoint, StoredRecord
+from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
 from audit_core.errors import LedgerError
 
 __all__ = ["Queries", "RowReads", "RowWrites"]
@@ -30,6 +30,8 @@ class Queries:
     cursor: str  # (name, chain) -> seq
     add_checkpoint: str  # (chain, size, root, note, created); does nothing when one exists
     set_cursor: str  # (name, chain, seq); moves an existing cursor forward only
+    keyed: str  # (chain, key) -> chain, seq, hash, body of the record stored under the key
+    keys: str  # (chain, keys) -> key: those of the keys stored on the chain
 
 
 class RowReads:
@@ -100,6 +102,21 @@ class RowWrites(RowReads):
 
     def _write(self, sql: str, args: tuple[object, ...]) -> int:
         raise NotImplementedError
+
+    def keyed(self, chain: str, key: str) -> StoredRecord | None:
+        """The record of ``chain`` stored under idempotency key ``key`` (None: no record)."""
+        rows = self._rows(self.queries.keyed, (chain, key))
+        return self._record(rows[0]) if rows else None
+
+    def _earlier(self, record: PreparedRecord) -> StoredRecord:
+        """The record stored under ``record``'s key, which an append just skipped."""
+        found = None if record.key is None else self.keyed(record.chain, record.key)
+        if found is None:  # key rows are append-only: only a tampered ledger lost it
+            raise LedgerError(
+                f"an append of chain {record.chain!r} stored nothing, yet no record holds "
+                f"key {record.key!r}"
+            )
+        return found
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         """Store a signed checkpoint; False when one of that size is already stored."""

@@ -36,6 +36,16 @@ its keys up, and when the lost attempt did commit (the COMMIT reached the server
 did not reach us) it returns those records instead of appending them twice. A batch is all or
 nothing, so its keys are all found or none is. Past the deadline: :class:`LedgerError`.
 
+**Idempotency keys** (``record_keys``, docs/FORMAT.md): the batch's keys are looked up once
+per chain *after* the chain's row lock is granted, so a writer queued behind one that stored a
+key sees it and skips its record; two racing writers never both append one key. (``idem``
+above is another thing: the writer's own retry key of each record.) A ledger made before keys
+whose ``record_keys`` this role cannot use (a writer may not create it: only ``workflow-audit
+postgres init``, or a role owning the tables, adds it) appends keyed records *without* dedupe,
+fail-open: a duplicate beats a record lost or stuck in a spool. It warns once per process,
+counts ``ledger_keys_unavailable`` and looks for the table again every
+:attr:`PostgresLedger.keys_recheck_s` seconds and on every reconnect.
+
 **Durability.** ``synchronous="FULL"`` (default) makes sure ``synchronous_commit`` is at least
 ``on`` (the commit is flushed to the server's WAL before :meth:`append` returns; a stricter
 server setting such as ``remote_apply`` is kept); ``"NORMAL"`` sets it ``off`` (a server crash
@@ -107,6 +117,18 @@ _INSERT_SUBTREE = (
     "INSERT INTO merkle_subtrees (chain, last, hashes) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 )
 _BY_KEYS = "SELECT idem, chain, seq, hash, body FROM records WHERE idem = ANY(%s)"
+_INSERT_KEY = "INSERT INTO record_keys (chain, key, seq) VALUES (%s, %s, %s)"
+# NULL (no such table) counts as no: has_table_privilege is strict
+_KEYS_USABLE = (
+    "SELECT coalesce(has_table_privilege(t, 'SELECT') AND has_table_privilege(t, 'INSERT'), "
+    "false) FROM to_regclass('record_keys') t"
+)
+# What the schema lacks, and whether this role owns the tables (the admin, or the single
+# role of a dev ledger): only then may it add record_keys (see _ensure_schema).
+_SCHEMA_STATE = (
+    "SELECT to_regclass('records') IS NULL, to_regclass('record_keys') IS NULL, "
+    "(SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass('records'))"
+)
 _SUBTREES = "SELECT last, hashes FROM merkle_subtrees WHERE chain = %s AND last = ANY(%s)"
 _LEAF = "SELECT hash FROM records WHERE chain = %s AND seq = %s"
 _HASHES_FROM = "SELECT hash FROM records WHERE chain = %s ORDER BY seq"
@@ -142,11 +164,16 @@ _QUERIES = Queries(
     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
     set_cursor="INSERT INTO cursors (name, chain, seq) VALUES (%s, %s, %s) "
     "ON CONFLICT (name, chain) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq)",
+    keyed="SELECT r.chain, r.seq, r.hash, r.body FROM record_keys k JOIN records r "
+    "ON r.chain = k.chain AND r.seq = k.seq WHERE k.chain = %s AND k.key = %s",
+    keys="SELECT key FROM record_keys WHERE chain = %s AND key = ANY(%s)",
 )
 # Hashing the few leaves others appended since our last commit is cheaper than reading the
 # O(log n) subtrees, up to a point.
 _CATCH_UP_LIMIT = 256
 _KEY_BYTES = 16
+# (pid, ledger) pairs warned that keys are unusable: once per process, not per append
+_KEYS_WARNED: set[tuple[int, str]] = set()
 
 
 class _Rows:
@@ -168,6 +195,8 @@ class PostgresLedger(_Rows, RowWrites):
     session, so an auditor role that may only SELECT can run every reading command."""
 
     queries = _QUERIES
+    #: How often (seconds) a ledger that found no usable ``record_keys`` looks again.
+    keys_recheck_s: float = 60.0
 
     def __init__(
         self,
@@ -194,6 +223,9 @@ class PostgresLedger(_Rows, RowWrites):
         self._abandoned: list[_Conn] = []
         # chain -> (frontier, hash of its last leaf) as of this process's last commit or read
         self._frontiers: dict[str, tuple[Frontier, bytes]] = {}
+        # (record_keys usable by this role, time.monotonic() of the check); None: not checked
+        # on this connection yet
+        self._keys: tuple[bool, float] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresLedger({masked_url(self.url)!r})"
@@ -215,12 +247,8 @@ class PostgresLedger(_Rows, RowWrites):
             if self.read_only:
                 # every transaction of the session is read only: a write fails on the server
                 conn.execute("SET default_transaction_read_only = on")
-            elif self._create and conn.execute("SELECT to_regclass('records')").fetchone() == (
-                None,
-            ):
-                from audit_core.ledgers.postgres_admin import create_schema
-
-                create_schema(conn)
+            elif self._create:
+                self._ensure_schema(conn)
             current = conn.execute("SHOW synchronous_commit").fetchone()
             if self.synchronous == "NORMAL":
                 conn.execute("SET synchronous_commit = off")
@@ -232,6 +260,23 @@ class PostgresLedger(_Rows, RowWrites):
                 conn.close()
         return conn
 
+    def _ensure_schema(self, conn: _Conn) -> None:
+        """Create the schema when missing; add ``record_keys`` to a ledger made before
+        idempotency keys only when this role owns the tables. A writer never creates it:
+        it may not add triggers to tables it does not own, and where it may create tables
+        (``public`` on PostgreSQL 14 and older) it would own the table, able to delete its
+        rows, with no grant for the auditor. Its keyed appends go on without dedupe."""
+        from audit_core.ledgers.postgres_admin import create_key_table, create_schema
+
+        row = conn.execute(_SCHEMA_STATE).fetchone()
+        if row is None:
+            return
+        no_records, no_keys, owner = row
+        if no_records:
+            create_schema(conn)
+        elif no_keys and owner:
+            create_key_table(conn)
+
     def _connection(self) -> _Conn:
         pid = os.getpid()
         if self._conn is None or self._pid != pid or self._conn.closed:
@@ -239,6 +284,7 @@ class PostgresLedger(_Rows, RowWrites):
                 self._abandoned.append(self._conn)
             self._conn = self._connect()
             self._pid = pid  # cached frontiers stay valid: they describe committed records
+            self._keys = None  # a new session looks for record_keys again
         return self._conn
 
     def _drop(self) -> None:
@@ -285,8 +331,10 @@ class PostgresLedger(_Rows, RowWrites):
     # -- writing -------------------------------------------------------------------------
 
     def append(self, record: PreparedRecord) -> StoredRecord:
-        """Seal and store ``record`` as the next of its chain; returns after COMMIT."""
-        return self.append_many((record,))[0]
+        """Seal and store ``record`` as the next of its chain; returns after COMMIT. A
+        duplicate key: the record stored under it."""
+        stored = self.append_many((record,))
+        return stored[0] if stored else self._earlier(record)
 
     def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
         """Seal and store ``records`` in one transaction, in order; returns after COMMIT.
@@ -311,8 +359,10 @@ class PostgresLedger(_Rows, RowWrites):
         WHERE seq = expect``; for -1, ``INSERT … ON CONFLICT DO NOTHING``): a concurrent
         advancer waits for our COMMIT, then re-checks the row (READ COMMITTED re-evaluates
         an UPDATE's WHERE on the row's newest version) and matches nothing. A retry after a
-        lost COMMIT reply finds the records by their idempotency keys and returns them; with
-        no records it finds the cursor moved and raises CursorMoved."""
+        lost COMMIT reply finds the records by their idempotency keys and returns them; one
+        whose records were all duplicates (skipped for their ``key``) finds the cursor at
+        ``to`` and every key stored and returns ``[]``; with no records it finds the cursor
+        moved and raises CursorMoved."""
         return self._append_keyed(
             records, [os.urandom(_KEY_BYTES) for _ in records], (cursor, chain, expect, to)
         )
@@ -324,22 +374,29 @@ class PostgresLedger(_Rows, RowWrites):
         advance: tuple[str, str, int, int] | None = None,
     ) -> list[StoredRecord]:
         """:meth:`append_many` with given idempotency keys (one per record, unique): when
-        records with these keys are stored already, they are returned, not appended.
+        records with these keys are stored already, they are returned, not appended (those
+        of them stored: records skipped for their ``key``, :class:`PreparedRecord`'s, have
+        none stored).
         Private: the keys are this ledger's retry mechanism (no other ledger has them), not a
         :class:`~audit_core.ledgers.Ledger` method; tests replay a call through it."""
         if len(keys) != len(records):
             raise ConfigError(f"{len(keys)} idempotency keys for {len(records)} records")
         attempts = [0]
+        # a batch with record keys may have stored only some of its records
+        subset = any(r.key is not None for r in records)
 
         def attempt(conn: _Conn) -> list[StoredRecord]:
             attempts[0] += 1
             # Always look first on a retry: the lost attempt may have committed.
-            found = _stored_by_keys(conn, keys) if attempts[0] > 1 and keys else None
+            found = _stored_by_keys(conn, keys, subset) if attempts[0] > 1 and keys else None
             if found is not None:
                 COUNTERS.incr("ledger_retries_deduplicated")
                 return found
-            stored, caches = self._append_once(conn, records, keys, advance)
+            dedupe = subset and self._keys_usable(conn)
+            stored, caches = self._append_once(conn, records, keys, advance, dedupe=dedupe)
             self._frontiers.update(caches)  # only what is committed
+            if subset and not dedupe:
+                self._appended_without_keys(records)
             return stored
 
         def first(conn: _Conn) -> list[StoredRecord]:
@@ -354,9 +411,18 @@ class PostgresLedger(_Rows, RowWrites):
                 ):
                     # the keys were stored by an earlier call: the caller is replaying (an
                     # advancing replay finds the cursor moved by its own first call)
-                    found = _stored_by_keys(conn, keys)
+                    found = _stored_by_keys(conn, keys, subset)
                     if found is not None:
                         return found
+                if (
+                    isinstance(exc, CursorMoved)
+                    and advance is not None
+                    and exc.found == advance[3]
+                    and self._all_keys_stored(conn, records)
+                ):
+                    # every record was a duplicate (no idem row stored) and the cursor holds
+                    # this call's target: the replay of a call that committed
+                    return []
                 raise
 
         return self._retrying("append to", first)
@@ -367,6 +433,8 @@ class PostgresLedger(_Rows, RowWrites):
         records: Sequence[PreparedRecord],
         keys: Sequence[bytes],
         advance: tuple[str, str, int, int] | None = None,
+        *,
+        dedupe: bool = True,
     ) -> tuple[list[StoredRecord], dict[str, tuple[Frontier, bytes]]]:
         # Pipelined: the lock and the head reads are one round trip, the inserts and the
         # COMMIT another.
@@ -377,10 +445,17 @@ class PostgresLedger(_Rows, RowWrites):
             states = self._lock_chains(conn, sorted({r.chain for r in records}))
             if advance is not None and moved is not None and moved.fetchone() is None:
                 raise _cursor_moved(conn, *advance)
+            # Under the chains' locks: a writer racing on a key committed before we read.
+            kept = _frontier.new_keys(records, partial(_stored_keys, conn)) if dedupe else None
+            if kept is not None:
+                records = [records[i] for i in kept]
+                keys = [keys[i] for i in kept]
             stored, subtrees = _frontier.seal(records, states)
             with conn.cursor() as cur:
                 if stored:
                     cur.executemany(_INSERT, [(*r, k) for r, k in zip(stored, keys, strict=True)])
+                if kept is not None and stored:
+                    cur.executemany(_INSERT_KEY, _frontier.key_rows(records, stored))
                 if subtrees:
                     cur.executemany(_INSERT_SUBTREE, subtrees)
                 if states:
@@ -392,6 +467,43 @@ class PostgresLedger(_Rows, RowWrites):
             c: (Frontier(n, tuple(nodes)), bytes.fromhex(h)) for c, (n, h, nodes) in states.items()
         }
         return stored, caches
+
+    def _keys_usable(self, conn: _Conn) -> bool:
+        """Whether this role may read and insert ``record_keys``: asked again on a new
+        session or when the last answer is ``keys_recheck_s`` old (``postgres init`` run
+        while writers go on)."""
+        now = time.monotonic()
+        if self._keys is None or now - self._keys[1] >= self.keys_recheck_s:
+            row = conn.execute(_KEYS_USABLE).fetchone()
+            self._keys = (bool(row and row[0]), now)
+        return self._keys[0]
+
+    def _appended_without_keys(self, records: Sequence[PreparedRecord]) -> None:
+        COUNTERS.incr("ledger_keys_unavailable", sum(r.key is not None for r in records))
+        warned = (os.getpid(), repr(self))
+        if warned not in _KEYS_WARNED:
+            _KEYS_WARNED.add(warned)
+            logger.warning(
+                "workflow-audit: %r has no record_keys table this role may use (a ledger made "
+                "before idempotency keys): keyed records are appended without dedupe, so "
+                "duplicates are possible; run `workflow-audit postgres init` again as the "
+                "ledger's admin (dedupe resumes within %g s, no restart needed)",
+                self,
+                self.keys_recheck_s,
+            )
+
+    def _all_keys_stored(self, conn: _Conn, records: Sequence[PreparedRecord]) -> bool:
+        """Whether every record has a key its chain holds (a batch of duplicates only)."""
+        wanted: dict[str, list[str]] = {}
+        for rec in records:
+            if rec.key is None:
+                return False
+            wanted.setdefault(rec.chain, []).append(rec.key)
+        if not wanted or not self._keys_usable(conn):
+            return False
+        return all(
+            set(_stored_keys(conn, chain, keys)) == set(keys) for chain, keys in wanted.items()
+        )
 
     def _lock_chains(self, conn: _Conn, chains: list[str]) -> dict[str, list[Any]]:
         """Lock each chain's head row and read its true head from ``records``; returns
@@ -632,14 +744,22 @@ def _cursor_moved(conn: _Conn, name: str, chain: str, expect: int, _to: int) -> 
     )
 
 
-def _stored_by_keys(conn: _Conn, keys: Sequence[bytes]) -> list[StoredRecord] | None:
-    """The records stored under ``keys``, in their order; None when none is stored."""
+def _stored_by_keys(
+    conn: _Conn, keys: Sequence[bytes], subset: bool = False
+) -> list[StoredRecord] | None:
+    """The records stored under ``keys``, in their order; None when none is stored.
+    ``subset``: the batch had record keys, so a committed attempt may have skipped some."""
     found = {bytes(r[0]): _stored(r[1:]) for r in conn.execute(_BY_KEYS, (list(keys),))}
     if not found:
         return None
-    if len(found) != len(set(keys)):  # a batch commits all or nothing: this cannot happen
+    if not subset and len(found) != len(set(keys)):  # a batch commits all or nothing
         raise LedgerError(f"only {len(found)} of {len(keys)} records of a batch are stored")
-    return [found[k] for k in keys]
+    return [found[k] for k in keys if k in found]
+
+
+def _stored_keys(conn: _Conn, chain: str, keys: list[str]) -> list[str]:
+    """Which of ``keys`` ``chain`` holds already (one statement)."""
+    return [k for (k,) in conn.execute(_QUERIES.keys, (chain, keys)).fetchall()]
 
 
 def _read_node(conn: _Conn, chain: str, level: int, index: int) -> bytes:

@@ -7,9 +7,9 @@
 Append-only is enforced by the database, twice:
 
 * triggers refuse UPDATE, DELETE (``BEFORE … FOR EACH ROW``) and TRUNCATE (``BEFORE TRUNCATE
-  FOR EACH STATEMENT``) on ``records``, ``merkle_subtrees`` and ``checkpoints``, for every role,
-  the owner included (only the owner can drop or disable them, and ``workflow-audit verify``
-  catches what that would allow);
+  FOR EACH STATEMENT``) on ``records``, ``merkle_subtrees``, ``checkpoints`` and
+  ``record_keys`` (idempotency keys), for every role, the owner included (only the owner can
+  drop or disable them, and ``workflow-audit verify`` catches what that would allow);
 * the group role ``workflow_audit_writer`` may only SELECT and INSERT those tables (no UPDATE,
   DELETE or TRUNCATE privilege at all), and ``workflow_audit_auditor`` may only SELECT.
 
@@ -41,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WRITER_ROLE",
     "InitResult",
+    "create_key_table",
     "create_schema",
     "init",
 ]
@@ -49,9 +50,21 @@ SCHEMA_VERSION = 1
 WRITER_ROLE = "workflow_audit_writer"
 AUDITOR_ROLE = "workflow_audit_auditor"
 
+# Idempotency keys (docs/FORMAT.md): also added on its own to a ledger made before them.
+_KEYS_SQL = """
+-- Idempotency keys (docs/FORMAT.md): at most one record per (chain, key). Not evidence.
+CREATE TABLE IF NOT EXISTS record_keys (
+    chain text   NOT NULL,
+    key   text   NOT NULL,
+    seq   bigint NOT NULL,  -- the record stored under the key
+    PRIMARY KEY (chain, key)
+);
+"""
+
 # Same shapes and meanings as audit_core/ledgers/sqlite.py, plus chain_heads (the lock row)
 # and records.idem (the idempotency key of an append, so a retry never appends twice).
-SCHEMA_SQL = """
+SCHEMA_SQL = (
+    """
 CREATE TABLE IF NOT EXISTS records (
     chain text   NOT NULL,
     seq   bigint NOT NULL,
@@ -91,8 +104,9 @@ CREATE TABLE IF NOT EXISTS cursors (
     chain text   NOT NULL,
     seq   bigint NOT NULL,
     PRIMARY KEY (name, chain)
-);
-CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+);"""
+    + _KEYS_SQL
+    + """CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO meta (key, value) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
 
 CREATE OR REPLACE FUNCTION workflow_audit_append_only() RETURNS trigger
@@ -104,8 +118,9 @@ BEGIN
 END
 $$;
 """
+)
 
-_APPEND_ONLY_TABLES = ("records", "merkle_subtrees", "checkpoints")
+_APPEND_ONLY_TABLES = ("records", "merkle_subtrees", "checkpoints", "record_keys")
 
 
 def _trigger_sql(table: str) -> str:
@@ -118,12 +133,12 @@ def _trigger_sql(table: str) -> str:
 
 
 _GRANTS = f"""
-GRANT SELECT, INSERT ON records, merkle_subtrees, checkpoints TO {WRITER_ROLE};
+GRANT SELECT, INSERT ON records, merkle_subtrees, checkpoints, record_keys TO {WRITER_ROLE};
 GRANT SELECT, INSERT, UPDATE ON cursors TO {WRITER_ROLE};
 GRANT SELECT, INSERT ON chain_heads TO {WRITER_ROLE};
 GRANT UPDATE (seq, hash) ON chain_heads TO {WRITER_ROLE};
 GRANT SELECT ON meta TO {WRITER_ROLE};
-GRANT SELECT ON records, chain_heads, merkle_subtrees, checkpoints, cursors, meta
+GRANT SELECT ON records, chain_heads, merkle_subtrees, checkpoints, cursors, meta, record_keys
     TO {AUDITOR_ROLE};
 """
 
@@ -147,6 +162,22 @@ def create_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(SCHEMA_SQL.encode())
         for table in _APPEND_ONLY_TABLES:
             conn.execute(_trigger_sql(table).encode())
+
+
+def create_key_table(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Add ``record_keys``, its triggers and its grants to a ledger made before idempotency
+    keys, in one transaction; nothing else. Run as the tables' owner (the ledger does it for
+    a role that owns ``records``): a writer must never own the table, or the auditor would
+    have no grant on it and the writer could delete its rows."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(_KEYS_SQL.encode())
+        conn.execute(_trigger_sql("record_keys").encode())
+        # the group roles exist when `postgres init` made the ledger
+        if _role_exists(conn, WRITER_ROLE):
+            conn.execute(f"GRANT SELECT, INSERT ON record_keys TO {WRITER_ROLE}".encode())
+        if _role_exists(conn, AUDITOR_ROLE):
+            conn.execute(f"GRANT SELECT ON record_keys TO {AUDITOR_ROLE}".encode())
 
 
 def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> bool:

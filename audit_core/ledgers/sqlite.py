@@ -15,8 +15,11 @@ transaction, which takes SQLite's single RESERVED write lock up front; concurren
 any number of processes on one host, wait for it (``busy_timeout``) instead of forking or
 gapping the chain. A ``UNIQUE (chain, seq)`` index is the second line of defence.
 
-Triggers refuse UPDATE and DELETE on records, so mistakes cannot rewrite history; someone who
-drops the triggers is caught by ``workflow-audit verify``.
+Idempotency keys (``record_keys``, docs/FORMAT.md) are looked up and stored inside the same
+``BEGIN IMMEDIATE`` transaction, so of two writers racing on one key only the first appends.
+
+Triggers refuse UPDATE and DELETE on records (and on record_keys), so mistakes cannot rewrite
+history; someone who drops the triggers is caught by ``workflow-audit verify``.
 
 Readers: :meth:`SqliteLedger.snapshot` is one read transaction (sqlite.org/isolation.html: in
 WAL mode a read transaction sees the database as of its first read, whatever is committed
@@ -37,6 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
+
+import orjson
 
 from audit_core._forklock import renew_after_fork
 from audit_core._merkle import Frontier
@@ -105,6 +110,26 @@ BEGIN SELECT RAISE(ABORT, 'workflow-audit checkpoints are append-only'); END;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
+# Idempotency keys (docs/FORMAT.md): at most one record per (chain, key). Not evidence (verify
+# never reads it), so readers never need it; writers add it to a ledger made before it.
+_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS record_keys (
+    chain TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    seq   INTEGER NOT NULL,  -- the record stored under the key
+    PRIMARY KEY (chain, key)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS record_keys_no_update BEFORE UPDATE ON record_keys
+BEGIN SELECT RAISE(ABORT, 'workflow-audit record keys are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS record_keys_no_delete BEFORE DELETE ON record_keys
+BEGIN SELECT RAISE(ABORT, 'workflow-audit record keys are append-only'); END;
+"""
+_HAS_TABLES = (
+    "SELECT sum(name = 'records'), sum(name = 'record_keys') FROM sqlite_master "
+    "WHERE type = 'table'"
+)
+_INSERT_KEY = "INSERT INTO record_keys (chain, key, seq) VALUES (?, ?, ?)"
+_KEY_STORED = "SELECT key FROM record_keys WHERE chain = ? AND key = ?"
 
 _LAST = "SELECT seq, hash FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1"
 _INSERT = "INSERT INTO records (chain, seq, hash, body) VALUES (?, ?, ?, ?)"
@@ -135,6 +160,10 @@ _QUERIES = Queries(
     "VALUES (?, ?, ?, ?, ?)",
     set_cursor="INSERT INTO cursors (name, chain, seq) VALUES (?, ?, ?) "
     "ON CONFLICT (name, chain) DO UPDATE SET seq = max(seq, excluded.seq)",
+    keyed="SELECT r.chain, r.seq, r.hash, r.body FROM record_keys k JOIN records r "
+    "ON r.chain = k.chain AND r.seq = k.seq WHERE k.chain = ? AND k.key = ?",
+    # one statement for a batch's keys however many (no bound-variable limit): a JSON array
+    keys="SELECT key FROM record_keys WHERE chain = ? AND key IN (SELECT value FROM json_each(?))",
 )
 # SQLite result codes (sqlite.org/rescode.html), low byte: the ones a read-only open of a
 # WAL database gives when the -shm file can be neither opened for writing nor created.
@@ -204,9 +233,16 @@ class SqliteLedger(RowWrites):
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             if self._create:
+                schema = _SCHEMA + _KEYS_SCHEMA
+            else:
+                # A ledger made before idempotency keys gets their table from its first
+                # writer; a file that holds no records table is no ledger: left alone.
+                has = conn.execute(_HAS_TABLES).fetchone()
+                schema = _KEYS_SCHEMA if has is not None and has == (1, 0) else ""
+            if schema:
                 # One transaction, so concurrent first writers do not race on the schema.
                 try:
-                    conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+                    conn.executescript(f"BEGIN IMMEDIATE;{schema}COMMIT;")
                 finally:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -234,8 +270,10 @@ class SqliteLedger(RowWrites):
     # -- writing -------------------------------------------------------------------------
 
     def append(self, record: PreparedRecord) -> StoredRecord:
-        """Seal and store ``record`` as the next of its chain; returns after COMMIT."""
-        return self.append_many((record,))[0]
+        """Seal and store ``record`` as the next of its chain; returns after COMMIT. A
+        duplicate key: the record stored under it."""
+        stored = self.append_many((record,))
+        return stored[0] if stored else self._earlier(record)
 
     def append_many(self, records: Sequence[PreparedRecord]) -> list[StoredRecord]:
         """Seal and store ``records`` in one transaction, in order; returns after COMMIT."""
@@ -295,9 +333,14 @@ class SqliteLedger(RowWrites):
                 states[chain] = _frontier.chain_state(
                     chain, self._frontier(conn, chain, size), last
                 )
+        keyed = _frontier.new_keys(records, partial(_stored_keys, conn))
+        if keyed is not None:
+            records = [records[i] for i in keyed]
         stored, subtrees = _frontier.seal(records, states)
         conn.executemany(_INSERT, stored)  # a StoredRecord is the row: (chain, seq, hash, body)
         conn.executemany(_INSERT_SUBTREE, subtrees)
+        if keyed is not None:
+            conn.executemany(_INSERT_KEY, _frontier.key_rows(records, stored))
         return stored, {c: Frontier(n, tuple(nodes)) for c, (n, _, nodes) in states.items()}
 
     def _frontier(
@@ -626,6 +669,15 @@ def _compare_and_set(conn: sqlite3.Connection, name: str, chain: str, expect: in
             found=found if type(found) is int else -2,
         )
     conn.execute(_SET_CURSOR, (name, chain, to))
+
+
+def _stored_keys(conn: sqlite3.Connection, chain: str, keys: list[str]) -> list[str]:
+    """Which of ``keys`` ``chain`` holds already (one statement)."""
+    if len(keys) == 1:  # one record a transaction (a hook's): a plain seek, half the cost
+        rows = conn.execute(_KEY_STORED, (chain, keys[0]))
+    else:
+        rows = conn.execute(_QUERIES.keys, (chain, orjson.dumps(keys).decode()))
+    return [k for (k,) in rows.fetchall()]
 
 
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:

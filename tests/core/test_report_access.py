@@ -95,7 +95,7 @@ class TestMarkdown:
             "### Permission changes (2)",
             f"| {CHAIN}#{_seq('permission.changed')} | {_access.at(8)} | user:admin | user.roles"
             " | bob | [Viewer] → [Admin, Viewer] |",
-            "### Configuration changes: variables, connections, pools (4)",
+            "### Configuration changes (4)",
             f"| {CHAIN}#{_seq('variable.updated')} | {_access.at(10)} | user:admin"
             " | variable.updated | api_token |",
             "| connection.created | warehouse |",
@@ -145,7 +145,7 @@ class TestMarkdown:
         run = cli("report", "--ledger", people, "--since", _access.at(8), "--until", _access.at(12))
         assert "### Logins (0)" in run.out
         assert "### Permission changes (2)" in run.out
-        assert "### Configuration changes: variables, connections, pools (2)" in run.out
+        assert "### Configuration changes (2)" in run.out
         assert "### Source gaps: source rows never recorded (0)" in run.out
 
 
@@ -284,3 +284,149 @@ class TestShowEvents:
         )  # fmt: skip
         events = [json.loads(line)["event"] for line in run.out.splitlines()]
         assert ["access.login_failed"] * 5 + ["source.gap"] == events
+
+
+#: A Prefect chain's records as prefect_audit.eventmap makes them from Prefect's events: the
+#: configuration changes, plus records under the same prefixes that are no change (an
+#: automation firing) and run records. (type, name, actor)
+PREFECT = [
+    ("variable.created", "cap_var", ("process", "prefect")),
+    ("variable.deleted", "cap_var", ("process", "prefect")),
+    ("work_pool.paused", "cap-pool", ("process", "prefect")),
+    ("work_pool.not_ready", "cap-pool", ("process", "prefect")),
+    ("deployment.updated", "cap-dep", ("user", "alice")),
+    ("deployment.deleted", "cap-dep", ("user", "alice")),
+    ("work_queue.created", "default", ("process", "prefect")),
+    ("block_document.updated", "cap-secret", ("user", "bob")),
+    ("automation.created", "cap-auto", ("user", "alice")),
+    ("automation.triggered", "cap-auto", ("process", "prefect")),
+    ("automation.action.executed", "cap-auto", ("process", "prefect")),
+    ("concurrency_limit.created", "tag:gpu", ("process", "prefect")),
+    ("flow.created", "etl", ("process", "prefect")),
+    ("flowrun.succeeded", None, ("process", "prefect")),
+    ("artifact.created", "report", ("process", "prefect")),
+]
+#: A variable's value as Prefect's event holds it: the mapping redacts it before recording.
+PREFECT_VALUE = "s3cr3t-never-in-report"
+
+
+@pytest.fixture
+def prefect_changes(trail: AuditTrail, ledger_file: Path) -> Path:
+    """A closed ledger holding PREFECT on the ``prefect`` chain and _access.period()."""
+    for i, (event, name, actor) in enumerate(PREFECT):
+        data: dict[str, Any] = {
+            "prefect": {
+                "event_id": f"01a2441{i}-0000-7000-8000-000000000000",
+                "event": f"prefect.{event}",
+                "resource": {"prefect.resource.name": name},
+                "payload": {"name": name, "value": "[REDACTED]", "description": PREFECT_VALUE},
+            }
+        }
+        if name is not None:
+            data["name"] = name
+        trail.record(event, data, actor=actor, ts=_access.at(20 + i), chain="prefect")
+    trail.record_many(_access.period())
+    trail.close()
+    return ledger_file
+
+
+#: The record types of PREFECT the report counts as configuration changes.
+PREFECT_CHANGES = {e for e, _, _ in PREFECT if not e.startswith(("automation.t", "automation.a"))}
+PREFECT_CHANGES -= {"flowrun.succeeded", "artifact.created"}
+
+
+class TestPrefectChanges:
+    """Prefect's configuration changes join Airflow's, counted by kind and by actor."""
+
+    def test_markdown_by_kind_and_actor(self, cli: Any, prefect_changes: Path) -> None:
+        """One section for both orchestrators: 11 Prefect changes + Airflow's 4, counted by
+        kind and by actor, each listed by the name it changed."""
+        out = cli("report", "--ledger", prefect_changes).out
+        part = out[out.index("### Configuration changes (") : out.index("### Source gaps")]
+        assert part.startswith("### Configuration changes (15)\n")
+        for line in (
+            "| variable | 4 |",  # 2 Prefect + 2 Airflow
+            "| work_pool | 2 |",
+            "| deployment | 2 |",
+            "| automation | 1 |",  # created; the firing is not a change
+            "| block_document | 1 |",
+            "| work_queue | 1 |",
+            "| concurrency_limit | 1 |",
+            "| flow | 1 |",
+            "| connection | 1 |",
+            "| pool | 1 |",
+            "| actor | count |\n|---|---:|\n| process:prefect | 7 |\n| user:admin | 4 |\n"
+            "| user:alice | 3 |\n| user:bob | 1 |\n",
+            f"| prefect#2 | {_access.at(22)} | process:prefect | work_pool.paused | cap-pool |",
+            f"| prefect#4 | {_access.at(24)} | user:alice | deployment.updated | cap-dep |",
+            "| block_document.updated | cap-secret |",
+            "| concurrency_limit.created | tag:gpu |",
+        ):
+            assert line in part, line
+        for absent in ("automation.triggered", "automation.action", "flowrun", "artifact"):
+            assert absent not in part, absent
+        assert out.index("| variable | 4 |") < out.index("| flow | 1 |")  # most first
+
+    def test_json_by_kind_and_actor(self, cli: Any, prefect_changes: Path) -> None:
+        """by_kind and by_actor count every change; items name what changed, in order."""
+        doc = json.loads(cli("report", "--ledger", prefect_changes, "--format", "json").out)
+        changes = doc["access"]["config_changes"]
+        assert 15 == changes["count"]
+        assert {
+            "automation": 1,
+            "block_document": 1,
+            "concurrency_limit": 1,
+            "connection": 1,
+            "deployment": 2,
+            "flow": 1,
+            "pool": 1,
+            "variable": 4,
+            "work_pool": 2,
+            "work_queue": 1,
+        } == changes["by_kind"]
+        assert {
+            "process:prefect": 7,
+            "user:admin": 4,
+            "user:alice": 3,
+            "user:bob": 1,
+        } == changes["by_actor"]
+        prefect = [(c["event"], c["target"]) for c in changes["items"] if c["chain"] == "prefect"]
+        expected = [(e, n) for e, n, _ in PREFECT if e in PREFECT_CHANGES]
+        assert expected == prefect
+
+    def test_csv_rows(self, cli: Any, prefect_changes: Path) -> None:
+        """Counts by kind and actor are rows, most first; one row per change."""
+        rows = list(
+            csv.reader(
+                io.StringIO(cli("report", "--ledger", prefect_changes, "--format", "csv").out)
+            )
+        )
+        assert ["access", "config_changes", "15"] in rows
+        kinds = [r[1:] for r in rows if r[0] == "config_change_kind"]
+        assert ["variable", "4"] == kinds[0]
+        assert ["work_queue", "1"] == kinds[-1]
+        assert [
+            ["process:prefect", "7"],
+            ["user:admin", "4"],
+            ["user:alice", "3"],
+            ["user:bob", "1"],
+        ] == [r[1:] for r in rows if r[0] == "config_change_actor"]
+        assert [
+            "config_change",
+            "prefect#3",
+            f"{_access.at(23)} process:prefect work_pool.not_ready cap-pool",
+        ] in rows
+
+    def test_no_value_reaches_the_report(self, cli: Any, prefect_changes: Path) -> None:
+        """Names only: nothing of a change's payload is in any format."""
+        for fmt in ("md", "csv", "json"):
+            assert (
+                PREFECT_VALUE not in cli("report", "--ledger", prefect_changes, "--format", fmt).out
+            )
+
+    def test_airflow_counts(self, cli: Any, people: Path) -> None:
+        """Airflow's changes alone are counted the same way."""
+        doc = json.loads(cli("report", "--ledger", people, "--format", "json").out)
+        changes = doc["access"]["config_changes"]
+        assert {"connection": 1, "pool": 1, "variable": 2} == changes["by_kind"]
+        assert {"user:admin": 4} == changes["by_actor"]

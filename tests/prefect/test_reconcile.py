@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from audit_core import Record
 from audit_core.cli import main
 from audit_core.ledgers.sqlite import SqliteLedger
+from prefect_audit.ids import lifecycle_key, run_trace
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +46,11 @@ KILLED_FLOW = textwrap.dedent(
     killed_etl()
     """
 )
+
+
+def keys(ledger: Path) -> set[str]:
+    with closing(sqlite3.connect(ledger)) as conn:
+        return {k for (k,) in conn.execute("SELECT key FROM record_keys WHERE chain = 'prefect'")}
 
 
 def records(ledger: Path) -> list[Record]:
@@ -97,6 +105,15 @@ class TestReconcilePrefect:
                         and r.subject.get("flow_run_id") == run_id)  # fmt: skip
         assert "Running" == flow_gap.data["state"]
         assert {"type": "reconciler", "id": "workflow-audit reconcile prefect"} == flow_gap.actor
+        # the run's trace and a key, as every Prefect record has (prefect_audit.ids)
+        task_gap = next(r for r in records(ledger) if r.event == "task.unrecorded"
+                        and r.subject.get("flow_run_id") == run_id)  # fmt: skip
+        assert run_trace(run_id) == flow_gap.trace
+        assert run_trace(run_id, task_gap.subject["task_run_id"]) == task_gap.trace
+        assert {
+            lifecycle_key("flowrun.unrecorded", run_id, 1),
+            lifecycle_key("task.unrecorded", task_gap.subject["task_run_id"], 1),
+        } <= keys(ledger)
 
         size = len(records(ledger))
         assert 0 == main(argv)  # idempotent

@@ -1,19 +1,26 @@
-"""Pure parts of the Prefect integration: settings precedence and the state-history mapping."""
+"""Pure parts of the Prefect integration: settings precedence, the state-history mapping, the
+end-of-run pass's wait and its background thread (no server: fakes of Prefect's API)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from audit_core import AuditConfig
-from prefect_audit.adapter import lifecycle, retry_reason
+from audit_core import COUNTERS, AuditConfig
+from prefect_audit import history
+from prefect_audit.adapter import EndOfRunPasses
+from prefect_audit.history import lifecycle, retry_reason
 from prefect_audit.settings import WorkflowAuditSettings
 
 T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
+FLOW_RUN = "6b0c7a4e-8f31-4d0a-9c55-0d6a2f1e7b10"
 
 
 def state(kind: str, name: str, message: str = "") -> Any:
@@ -87,9 +94,10 @@ class TestLifecycle:
         assert retry_reason("Finished in state Completed()") is None
 
     def test_cached(self) -> None:
-        """A cached completion is a success marked cached."""
+        """A cached completion is a success marked cached, of attempt 0: it never ran (run
+        count 0), as the follower keys it (prefect_audit.ids.final_attempt)."""
         [(event, attempt, _, data)] = lifecycle([state("COMPLETED", "Cached")])
-        assert ("task.succeeded", 1, {"cached": True}) == (event, attempt, data)
+        assert ("task.succeeded", 0, {"cached": True}) == (event, attempt, data)
 
 
 class TestSettings:
@@ -153,3 +161,145 @@ class TestTaskSideApi:
         record_copy = pickle.loads(pickle.dumps(record))  # noqa: S301 - our own bytes
         assert callable(record_copy)
         assert type(audit) is type(audit_copy)
+
+
+class TestExitWaitSetting:
+    """exit_wait: how long a process waits at exit for its end-of-run passes."""
+
+    def test_default_and_bounds(self) -> None:
+        """60 s by default; 0 allowed (do not wait); at most an hour."""
+        assert 60.0 == WorkflowAuditSettings().exit_wait
+        assert 0.0 == WorkflowAuditSettings(exit_wait=0).exit_wait
+        for value in (-1, 3601):
+            with pytest.raises(ValidationError, match="exit_wait"):
+                WorkflowAuditSettings(exit_wait=value)
+
+
+class _Answer:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def raise_for_status(self) -> None:
+        pass
+
+    def json(self) -> int:
+        return self.value
+
+
+class _LaggingServer:
+    """A Prefect API whose recorder holds one more final task run every ``step_s`` until it
+    holds ``total``: what the server looks like while it catches up after a big flow."""
+
+    def __init__(self, total: int, step_s: float) -> None:
+        self.total, self.step_s = total, step_s
+        self.t0 = time.monotonic()
+
+    def held(self) -> int:
+        return min(self.total, int((time.monotonic() - self.t0) / self.step_s))
+
+    def request(self, method: str, path: str, json: Any) -> _Answer:
+        return _Answer(self.held())
+
+    def read_task_runs(self, flow_run_filter: Any, sort: Any, offset: int, limit: int) -> list[Any]:
+        done = SimpleNamespace(
+            type=SimpleNamespace(value="COMPLETED"),
+            name="Completed",
+            timestamp=T0,
+            is_final=lambda: True,
+        )
+        runs = [
+            SimpleNamespace(id=f"run-{i}", state=done, run_count=1, start_time=T0)
+            for i in range(self.held())
+        ]
+        return runs[offset : offset + limit]
+
+    def __enter__(self) -> _LaggingServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class TestPassWaitScales:
+    """The pass waits while Prefect's recorder makes progress, sync_timeout after the last."""
+
+    @pytest.fixture(autouse=True)
+    def fast_polls(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(history, "QUIET_S", 0.05)
+        monkeypatch.setattr(history, "BUSY_S", 0.02)
+
+    def serve(self, monkeypatch: pytest.MonkeyPatch, server: _LaggingServer) -> None:
+        import prefect.client.orchestration as orchestration
+
+        monkeypatch.setattr(orchestration, "get_client", lambda sync_client: server)
+
+    def test_recorder_behind_but_moving(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A recorder that needs 1.5 s (five times the 0.3 s timeout) to catch up, making
+        progress all along: every task run is recorded, start and end."""
+        server = _LaggingServer(total=300, step_s=0.005)
+        self.serve(monkeypatch, server)
+        steps = history.task_run_steps(FLOW_RUN, timeout_s=0.3)
+        assert 600 == len(steps)
+        assert time.monotonic() - server.t0 >= 1.5
+
+    def test_recorder_stopped(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A recorder that stopped short (counts unchanged, not all final) is given
+        timeout_s after its last progress; then what it holds is recorded, with a warning."""
+        server = _LaggingServer(total=5, step_s=0.01)
+        self.serve(monkeypatch, server)
+
+        def count(method: str, path: str, json: Any) -> _Answer:
+            # all task runs: one more than the final ones, forever (one never ended)
+            return _Answer(server.held() + (0 if "task_runs" in json else 1))
+
+        monkeypatch.setattr(server, "request", count)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="workflow_audit.prefect"):
+            steps = history.task_run_steps(FLOW_RUN, timeout_s=0.3)
+        assert 10 == len(steps)
+        assert 0.3 <= time.monotonic() - started < 5
+        assert any("without progress" in r.getMessage() for r in caplog.records)
+
+
+class TestEndOfRunPasses:
+    """One background thread per process runs the flow runs' passes, in order."""
+
+    def job(self, name: str) -> Any:
+        return SimpleNamespace(
+            flow=None, flow_run=SimpleNamespace(id=name), done=set(), prefect_settings=None
+        )
+
+    def test_in_order_on_one_thread(self) -> None:
+        """Passes run in submission order, all on one thread; wait() returns once done."""
+        ran: list[tuple[str, str]] = []
+        passes = EndOfRunPasses(
+            lambda job: ran.append((job.flow_run.id, threading.current_thread().name)),
+            lambda: 60.0,
+        )
+        for name in ("a", "b", "c"):
+            passes.submit(self.job(name))
+        assert passes.wait(30)
+        assert ["a", "b", "c"] == [name for name, _ in ran]
+        assert 1 == len({thread for _, thread in ran})
+        assert threading.current_thread().name != ran[0][1]
+        assert 0 == passes.pending
+
+    def test_exit_wait_runs_out(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A pass still running when exit_wait ends is abandoned: warned and counted."""
+        release = threading.Event()
+        passes = EndOfRunPasses(lambda job: release.wait(30), lambda: 0.01)
+        passes.submit(self.job("slow"))
+        passes.submit(self.job("queued"))
+        before = COUNTERS.snapshot().get("run_passes_abandoned", 0)
+        try:
+            with caplog.at_level(logging.WARNING, logger="workflow_audit.prefect"):
+                passes.at_exit()
+        finally:
+            release.set()
+        assert passes.wait(30)  # the queued one was dropped, the running one ended
+        assert 2 == COUNTERS.snapshot()["run_passes_abandoned"] - before
+        [warning] = [r.getMessage() for r in caplog.records if "exit_wait" in r.getMessage()]
+        assert "slow, queued" in warning
+        assert "reconcile prefect" in warning
