@@ -8,15 +8,15 @@ PYTHON ?= python3
 AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
-AIRFLOW_EXTRAS := dev,airflow,airflow-fab,otlp,s3,postgres
-PREFECT_EXTRAS := dev,prefect,postgres,otlp
+AIRFLOW_EXTRAS := dev,airflow,airflow-fab,otlp,s3,postgres,web
+PREFECT_EXTRAS := dev,prefect,postgres,otlp,web
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: all demo test test-airflow test-prefect lint bench venvs clean
+.PHONY: all demo test test-airflow test-prefect lint bench venvs clean screenshots
 all: test
 
 $(AIRFLOW_VENV)/.stamp: pyproject.toml
@@ -38,6 +38,11 @@ venvs: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 ## then checkpoint, verify, health, report, prove one record and catch a tampered copy (~1 min).
 demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python scripts/demo.py
+
+## screenshots: the audit trail inside Airflow's UI, light and dark, into docs/screenshots/
+## (a throw-away Airflow home, runs of the example DAGs, headless Debian Chromium; ~1 min).
+screenshots: $(AIRFLOW_VENV)/.stamp
+	$(AIRFLOW_VENV)/bin/python scripts/screenshots.py
 
 ## test: lint, then the core tests in both virtualenvs.
 test: lint test-airflow test-prefect
@@ -68,6 +73,8 @@ bench: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_eventlog.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_access.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_keys.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_index.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_ui.py --postgres
 	$(PREFECT_VENV)/bin/python bench/bench_prefect_overhead.py
 	$(PREFECT_VENV)/bin/python bench/bench_follow.py
 

@@ -9,7 +9,7 @@ import logging
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_audit import access, listener, service
+from airflow_audit import access, listener, service, ui
 from airflow_audit._compat import airflow_conf_get
 from airflow_audit.settings import OPTIONS, SECTION, parse_boolean
 from audit_core.errors import ConfigError
@@ -32,9 +32,14 @@ class WorkflowAuditPlugin(AirflowPlugin):
     listeners = [listener] if _enabled() else []
     # Airflow's event log (and the permission checks) onto the events chain, from the
     # scheduler and each API server worker (service.py says where and why there).
-    if _enabled() and (_enabled("ingest_event_log") or _enabled("record_access")):
+    _ingests = _enabled() and (_enabled("ingest_event_log") or _enabled("record_access"))
+    if _ingests:
         listeners.append(service.lifecycle)
-        fastapi_apps = service.FASTAPI_APPS
+    # The audit trail in the UI, behind Airflow's auth manager (airflow_audit/ui/).
+    _ui = _enabled() and _enabled("ui")
+    if _ingests or _ui:
+        fastapi_apps = service.plugin_apps(lifespan=_ingests, ui=_ui)
+    external_views = ui.EXTERNAL_VIEWS if _ui else []
     # Logins, failed logins, logouts and 401/403 answers of the API server (access.py).
     fastapi_root_middlewares = (
         [access.middleware_entry()] if _enabled() and _enabled("record_access") else []

@@ -8,10 +8,11 @@ and reach its metadata DB:
   ``on_starting(component)`` when the component is the scheduler's ``Job`` and stops it on
   ``before_stopping`` (the triggerer, the DAG processor and task runners call the same hooks
   with other components and start nothing; see ``_compat.is_scheduler_job``);
-- each **API server worker**: :data:`FASTAPI_APPS` mounts an empty FastAPI app whose lifespan
-  starts it when the worker starts serving and stops it at shutdown (Airflow enters the
-  lifespans of plugins' apps in every worker; a thread started before uvicorn forks or spawns
-  its workers would not run in them).
+- each **API server worker**: :data:`FASTAPI_APPS` mounts a FastAPI app (empty, or the audit
+  trail of :mod:`airflow_audit.ui` when ``[workflow_audit] ui`` is on) whose lifespan starts
+  it when the worker starts serving and stops it at shutdown (Airflow enters the lifespans
+  of plugins' apps in every worker; a thread started before uvicorn forks or spawns its
+  workers would not run in them).
 
 CLI commands, task processes and DAG processors never ingest. However many processes ingest,
 each row is recorded once: the cursor moves in the same transaction as the append. Nothing here
@@ -35,7 +36,7 @@ from airflow_audit.settings import AirflowAuditSettings, load_settings
 from audit_core import COUNTERS, AuditTrail, redact
 from audit_core.sources import Background, start_ingesting
 
-__all__ = ["FASTAPI_APPS", "lifecycle", "running", "start", "stop"]
+__all__ = ["FASTAPI_APPS", "lifecycle", "plugin_apps", "running", "start", "stop"]
 
 logger = logging.getLogger("workflow_audit.airflow")
 
@@ -152,18 +153,28 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
 
 class _Apps:
     """``fastapi_apps`` of the plugin, built when first read: only the API server reads it,
-    so a task process never imports FastAPI for it."""
+    so a task process never imports FastAPI for it. ``lifespan``: the app's lifespan starts
+    and stops this worker's ingestion; ``ui``: the app serves the audit trail
+    (:func:`airflow_audit.ui.plugin_app`)."""
 
-    _apps: list[dict[str, Any]] | None = None
+    def __init__(self, *, lifespan: bool = True, ui: bool = False) -> None:
+        self.lifespan = lifespan
+        self.ui = ui
+        self._apps: list[dict[str, Any]] | None = None
 
     def __get__(self, obj: object, owner: type | None = None) -> list[dict[str, Any]]:
-        if _Apps._apps is None:
-            from fastapi import FastAPI
+        if self._apps is None:
+            from airflow_audit.ui import URL_PREFIX, plugin_app
 
-            app = FastAPI(lifespan=_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
-            _Apps._apps = [{"app": app, "url_prefix": "/workflow-audit", "name": "workflow-audit"}]
-        return _Apps._apps
+            app = plugin_app(lifespan=_lifespan if self.lifespan else None, ui=self.ui)
+            self._apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "workflow-audit"}]
+        return self._apps
 
 
-#: The plugin's ``fastapi_apps`` (a class attribute descriptor, see :class:`_Apps`).
+def plugin_apps(*, lifespan: bool, ui: bool) -> _Apps:
+    """The plugin's ``fastapi_apps`` descriptor (see :class:`_Apps`)."""
+    return _Apps(lifespan=lifespan, ui=ui)
+
+
+#: The plugin's ``fastapi_apps`` without the audit trail (a class attribute descriptor).
 FASTAPI_APPS = _Apps()

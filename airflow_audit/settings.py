@@ -145,6 +145,22 @@ OPTIONS: Mapping[str, Option] = {
         "boolean",
         "True",
     ),
+    "ui": Option(
+        "Show the audit trail in Airflow's UI (Browse > Audit trail, and an Audit tab on DAG, "
+        "DAG run and task instance pages) to users who may read Airflow's audit log; records "
+        "about a DAG only to users who may read that DAG. Each view is itself recorded on the "
+        "'audit' chain.",
+        "boolean",
+        "True",
+    ),
+    "verifier_key": Option(
+        "Comma-separated checkpoint verifier keys (or paths of files holding them) the audit "
+        "trail's status panel checks checkpoint signatures with. Empty: signatures are shown "
+        "as not checked.",
+        "string",
+        "",
+        "/etc/workflow-audit/ledger.pub",
+    ),
 }
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -166,6 +182,8 @@ class AirflowAuditSettings:
     ingest_interval_s: float = 1.0
     ingest_grace_s: float = 10.0
     record_access: bool = True
+    ui: bool = True
+    verifier_keys: tuple[str, ...] = ()
 
 
 def load_settings(
@@ -208,6 +226,8 @@ def load_settings(
         ingest_interval_s=_positive("ingest_interval", option("ingest_interval")),
         ingest_grace_s=_positive("ingest_grace", option("ingest_grace")),
         record_access=parse_boolean("record_access", option("record_access")),
+        ui=parse_boolean("ui", option("ui")),
+        verifier_keys=tuple(k.strip() for k in option("verifier_key").split(",") if k.strip()),
     )
 
 

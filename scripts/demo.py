@@ -474,6 +474,8 @@ def next_steps(demo: Demo) -> None:
         f"  {wa} show --ledger {demo.ledger_url} --event 'task.*'\n"
         f"  {wa} show --ledger {demo.ledger_url} --chain {PREFECT_CHAIN} --event 'flowrun.*'\n"
         f"  {wa} export --ledger {demo.ledger_url} --format jsonl\n"
+        f"  {wa} serve --ledger {demo.ledger_url} --verifier-key {_rel(demo.verifier_key)}"
+        "   # then open http://127.0.0.1:8421\n"
         f"  AIRFLOW_HOME={_rel(demo.airflow_home)} {_rel(BIN / 'airflow')} dags list-runs "
         "ml_pipeline"
     )

@@ -1,4 +1,4 @@
-"""``workflow-audit``: verify, show, tail, export and report on an audit ledger.
+"""``workflow-audit``: verify, show, tail, export, serve and report on an audit ledger.
 
 Exit codes (stable, for scripts and CI):
 
@@ -24,12 +24,14 @@ from audit_core import __version__
 from audit_core.cli import (
     follow,
     health,
+    index,
     ingest,
     postgres,
     proofs,
     reconcile,
     records,
     s3,
+    serve,
     ship,
     spool,
     verify,
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_parsers(sub)
     proofs.add_parsers(sub)
     records.add_parsers(sub)
+    serve.add_parsers(sub)
     ship.add_parsers(sub)
     s3.add_parsers(sub)
     postgres.add_parsers(sub)
@@ -89,5 +92,6 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_parsers(sub)
     ingest.add_parsers(sub)
     follow.add_parsers(sub)
+    index.add_parsers(sub)
     records.add_report_parser(sub)
     return p

@@ -1,5 +1,11 @@
 """``workflow-audit show``, ``tail``, ``export`` and ``report``: the records of a ledger, read
-from one snapshot, for people (a table, a report) and for tools (JSON lines, CSV).
+from one snapshot, for people (a table, a report) and for tools (JSON lines, CSV). The filters
+are an :class:`audit_core.query.Query`, answered from the ledger's query index when it has one.
+
+Every ``export`` and ``report`` is itself recorded, after its output is written, on the
+ledger's ``audit`` chain (``audit.exported``, actor the OS user; :mod:`audit_core.readlog`):
+a read that cannot be recorded (a read-only copy, a locked ledger) still succeeds, with one
+line on standard error saying so.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="workflow-audit")
@@ -7,21 +13,26 @@ from one snapshot, for people (a table, a report) and for tools (JSON lines, CSV
 >>> args = parser.parse_args(["export", "--event", "task.*", "--dag", "etl", "--format", "csv"])
 >>> args.event, args.pipeline, args.format, args.since
 (['task.*'], 'etl', 'csv', None)
+>>> q = query(parser.parse_args(["show", "--run", "r1", "--actor", "ann", "--chain", "etl"]))
+>>> q.run, q.actor, q.chains, q.dags
+('r1', 'ann', ('etl',), None)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
 
 import orjson
 
 from audit_core._chain import stored_size
 from audit_core._record import Record
 from audit_core._report import (
-    Filter,
     attempt_of,
     pipeline_of,
     render_report,
@@ -35,15 +46,19 @@ from audit_core.cli._common import (
     EXIT_INVALID,
     EXIT_OK,
     add_ledger_args,
+    default_ledger_url,
     open_ledger_arg,
     output,
     time_arg,
 )
 from audit_core.errors import VerificationError
 from audit_core.ledgers import LedgerReader
+from audit_core.query import Query, iterate
+from audit_core.readlog import os_user, read_event, record_read
+from audit_core.trail import Event
 from audit_core.verify import verify_ledger
 
-__all__ = ["add_parsers", "add_report_parser"]
+__all__ = ["add_parsers", "add_report_parser", "query", "record_cli_read"]
 
 
 def _filters(sp: argparse.ArgumentParser) -> None:
@@ -56,6 +71,9 @@ def _filters(sp: argparse.ArgumentParser) -> None:
         help="event type or pattern (task.*); repeatable",
     )
     sp.add_argument("--dag", "--pipeline", dest="pipeline", help="only records of this DAG / flow")
+    sp.add_argument("--run", help="only records of this run (run_id / flow_run_id)")
+    sp.add_argument("--task", help="only records of this task (task_id / task_name)")
+    sp.add_argument("--actor", help="only records by this actor (its id)")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,10 +139,45 @@ def _records(
                 unreadable.append(exc)
 
 
-def _filter(args: argparse.Namespace) -> Filter:
-    return Filter(
-        since=args.since, until=args.until, events=tuple(args.event), pipeline=args.pipeline
+def query(args: argparse.Namespace) -> Query:
+    """The records the filter arguments of ``show``, ``export`` and ``report`` ask for."""
+    return Query(
+        since=args.since,
+        until=args.until,
+        events=tuple(args.event),
+        chains=tuple(args.chain or ()),
+        dag=args.pipeline,
+        run=args.run,
+        task=args.task,
+        actor=args.actor,
     )
+
+
+def _selected(view: LedgerReader, q: Query, start: int = 0) -> Iterator[Record]:
+    """The records ``q`` finds by chain then seq, the chains in the order ``--chain`` named
+    them (as export always wrote them), from seq ``start`` of each."""
+    parts = [replace(q, chains=(c,)) for c in q.chains] if q.chains else [q]
+    found = itertools.chain.from_iterable(iterate(view, part) for part in parts)
+    return (r for r in found if r.seq >= start) if start else found
+
+
+def _resolve_ledger(args: argparse.Namespace) -> str:
+    """The ledger URL, resolved once: the read and its record go to the same ledger, and the
+    default's notice ("using the Airflow plugin's ledger") is printed once."""
+    args.ledger = args.ledger or default_ledger_url()
+    url: str = args.ledger
+    return url
+
+
+def record_cli_read(url: str, event: Event) -> None:
+    """Record a CLI read on ``url``'s audit chain; one line on standard error if it could not
+    be (the command's own output and exit code stay as they are)."""
+    reason = record_read(url, event)
+    if reason is not None:
+        print(
+            f"workflow-audit: this read was not recorded on the audit chain: {reason}",
+            file=sys.stderr,
+        )
 
 
 def _table(records: Sequence[Record]) -> None:
@@ -151,14 +204,8 @@ def _table(records: Sequence[Record]) -> None:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     ledger, _ = open_ledger_arg(args)
-    keep = _filter(args)
-    selected: list[Record] = []
     with ledger.snapshot() as view:
-        for rec in _records(view, _chains(args, view), args.start):
-            if keep(rec):
-                selected.append(rec)
-                if len(selected) >= args.limit:
-                    break
+        selected = list(itertools.islice(_selected(view, query(args), args.start), args.limit))
     if args.json:
         sys.stdout.buffer.writelines(to_jsonl(selected))
     else:
@@ -190,10 +237,19 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    url = _resolve_ledger(args)
     ledger, _ = open_ledger_arg(args)
-    keep = _filter(args)
+    q = query(args)
+    exported = 0
+
+    def counted(found: Iterator[Record]) -> Iterator[Record]:
+        nonlocal exported
+        for rec in found:
+            exported += 1
+            yield rec
+
     with ledger.snapshot() as view:  # every chain as of one instant
-        records = (r for r in _records(view, _chains(args, view)) if keep(r))
+        records = counted(_selected(view, q))
         if args.format == "jsonl":
             out_b = output(args, "wb")
             _write_all(out_b.write, to_jsonl(records))  # type: ignore[arg-type]
@@ -204,6 +260,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
             _write_all(out_t.write, to_csv(records))  # type: ignore[arg-type]
             if out_t is not sys.stdout:
                 out_t.close()
+    ledger.close()
+    facts = {"kind": "records", "format": args.format}
+    if args.output:
+        facts["output"] = args.output
+    event = read_event("exported", user=os_user(), via="cli", query=q, count=exported, **facts)
+    record_cli_read(url, event)
     return EXIT_OK
 
 
@@ -213,13 +275,17 @@ def _write_all(write: Callable[[object], object], chunks: Iterator[object]) -> N
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    url = _resolve_ledger(args)
     ledger, where = open_ledger_arg(args)
     keys = load_verifiers(args.key) if args.key else []
-    keep = _filter(args)
+    q = query(args)
     unreadable: list[VerificationError] = []
     with ledger.snapshot() as view:  # the counts and the verdict describe the same records
-        chains = _chains(args, view)
-        summary = summarize(r for r in _records(view, chains, unreadable=unreadable) if keep(r))
+        try:
+            summary = summarize(_selected(view, q))
+        except VerificationError:  # an unreadable record: count what can be read, name it
+            records = _records(view, _chains(args, view), unreadable=unreadable)
+            summary = summarize(r for r in records if q.matches(r))
         summary.signatures_checked = bool(keys)
         try:  # every chain, deleted ones too, unless --chain names them
             summary.heads = verify_ledger(view, list(args.chain) if args.chain else None, keys=keys)
@@ -234,4 +300,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
             fh.write(text)
     else:
         sys.stdout.write(text)
+    ledger.close()
+    facts: dict[str, Any] = {"kind": "report", "format": args.format}
+    if args.output:
+        facts["output"] = args.output
+    facts["valid"] = summary.error is None
+    event = read_event(
+        "exported", user=os_user(), via="cli", query=q, count=summary.records, **facts
+    )
+    record_cli_read(url, event)
     return EXIT_OK if summary.error is None else EXIT_INVALID

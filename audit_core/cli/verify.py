@@ -10,9 +10,16 @@ segments shipped to an S3 bucket (``verify s3://BUCKET/PREFIX --key K``).
 
 The S3 client is configured from the environment, as the AWS CLI's is: credentials
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an instance role), region
-(``AWS_REGION``), and ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server. Exit codes: 0 every
-chain is valid, 1 the trail is invalid, 2 usage error, or the ledger or S3 cannot be read
-(credentials, permissions, no such bucket).
+(``AWS_REGION``), and ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server.
+
+Verifying a ledger is itself recorded, after the verdict is printed, on that ledger's
+``audit`` chain (``audit.verified``: the verdict, each chain's size, head and validity, whether
+signatures were checked; :mod:`audit_core.readlog`); one line on standard error says when it
+could not be (a read-only copy, a locked ledger). Verifying a bucket records nothing: a bucket
+is written by the shipper only.
+
+Exit codes: 0 every chain is valid, 1 the trail is invalid, 2 usage error, or the ledger or
+S3 cannot be read (credentials, permissions, no such bucket).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from audit_core._chain import ChainHead, check_head, stored_size
 from audit_core._note import Verifier
@@ -31,13 +39,17 @@ from audit_core.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
     add_ledger_args,
+    default_ledger_url,
     open_ledger_arg,
     print_invalid,
     print_valid,
     read_checkpoint,
 )
+from audit_core.cli.records import record_cli_read
 from audit_core.errors import AuditError, ConfigError, VerificationError
 from audit_core.ledgers import Ledger
+from audit_core.query import Query
+from audit_core.readlog import os_user, read_event
 from audit_core.verify import verify_ledger
 
 __all__ = ["add_parsers", "verify_bucket"]
@@ -50,7 +62,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "source",
         nargs="?",
         metavar="s3://BUCKET/PREFIX",
-        help="verify shipped segments from an S3 bucket alone (needs --key) instead of a ledger",
+        help="verify shipped segments from an S3 bucket alone (needs --key) instead of a "
+        "ledger; not recorded on the audit chain (a ledger's verification is)",
     )
     add_ledger_args(v, chain_help="chain to verify (repeatable; default: every chain)")
     v.add_argument("--expect-size", type=int, help="the chain must hold exactly N records")
@@ -150,6 +163,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             min_retention_days=args.min_retention_days,
             jobs=args.jobs,
         )
+    args.ledger = args.ledger or default_ledger_url()  # resolved once: read and record agree
     ledger, where = open_ledger_arg(args)
     chains: list[str] | None = list(args.chain) if args.chain else None
     if (args.expect_size is not None or args.expect_head) and (chains is None or len(chains) != 1):
@@ -172,20 +186,47 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
     except VerificationError as exc:
         print_invalid("ledger", where, exc, args.json)
+        ledger.close()
+        _record(args, keys=bool(keys), heads=[], error=exc)
         return EXIT_INVALID
     elapsed = time.perf_counter() - started
     total = sum(h.size for h in heads)
     if args.json:
         print_valid("ledger", where, total, bool(keys), [h.to_json() for h in heads])
-        return EXIT_OK
-    if not heads:
-        print(f"valid: {where} holds no records yet")
-    signed = "signatures checked" if keys else "signatures NOT checked: pass --key"
-    for h in heads:
-        print(f"valid: chain {h.chain!r}: {h.size} records, head {h.head}")
-        print(f"       Merkle root {h.root}, {h.checkpoints} checkpoint(s) matched ({signed})")
-    _rate_line(total, len(heads), "", elapsed)
+    else:
+        if not heads:
+            print(f"valid: {where} holds no records yet")
+        signed = "signatures checked" if keys else "signatures NOT checked: pass --key"
+        for h in heads:
+            print(f"valid: chain {h.chain!r}: {h.size} records, head {h.head}")
+            print(f"       Merkle root {h.root}, {h.checkpoints} checkpoint(s) matched ({signed})")
+        _rate_line(total, len(heads), "", elapsed)
+    ledger.close()
+    _record(args, keys=bool(keys), heads=heads, error=None)
     return EXIT_OK
+
+
+def _record(
+    args: argparse.Namespace,
+    *,
+    keys: bool,
+    heads: Sequence[ChainHead],
+    error: VerificationError | None,
+) -> None:
+    """``audit.verified`` on the verified ledger's audit chain (after the verdict is out)."""
+    chains = {h.chain: {"size": h.size, "head": h.head, "valid": True} for h in heads}
+    facts: dict[str, Any] = {
+        "verdict": "valid" if error is None else "invalid",
+        "chains": chains,
+        "key_checked": keys,
+    }
+    if error is not None:
+        facts["error"] = {"chain": error.chain, "seq": error.seq, "reason": error.reason}
+        if error.chain:
+            chains[error.chain] = {"size": None, "head": None, "valid": False}
+    asked = Query(chains=tuple(args.chain or ()))
+    event = read_event("verified", user=os_user(), via="cli", query=asked, **facts)
+    record_cli_read(args.ledger, event)
 
 
 def verify_bucket(

@@ -46,6 +46,14 @@ fail-open: a duplicate beats a record lost or stuck in a spool. It warns once pe
 counts ``ledger_keys_unavailable`` and looks for the table again every
 :attr:`PostgresLedger.keys_recheck_s` seconds and on every reconnect.
 
+**Query index** (``record_index``, ``index_state``; see
+:mod:`audit_core.ledgers.postgres_admin`): an append whose chain's unindexed tail reaches
+INDEX_BATCH records indexes the whole tail in its transaction, under the chain's lock (the
+other appends only start a new chain's state, pipelined), and queries read the short tail;
+on a ledger made before it the owner's first connection (or ``postgres init``) adds the
+empty tables, a writer role that may not use them appends unindexed
+(rechecked as for keys), and queries scan until ``workflow-audit index rebuild``.
+
 **Durability.** ``synchronous="FULL"`` (default) makes sure ``synchronous_commit`` is at least
 ``on`` (the commit is flushed to the server's WAL before :meth:`append` returns; a stricter
 server setting such as ``remote_apply`` is kept); ``"NORMAL"`` sets it ``off`` (a server crash
@@ -79,6 +87,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from audit_core._index import INDEX_BATCH, flush_due, flush_stop, index_rows, spans
 from audit_core._merkle import Frontier, frontier_positions
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
@@ -90,7 +99,7 @@ from audit_core.ledgers import (
     masked_url,
     synchronous_level,
 )
-from audit_core.ledgers._reads import Queries, RowReads, RowWrites
+from audit_core.ledgers._reads import IndexSql, Queries, RowReads, RowWrites
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -127,7 +136,39 @@ _KEYS_USABLE = (
 # role of a dev ledger): only then may it add record_keys (see _ensure_schema).
 _SCHEMA_STATE = (
     "SELECT to_regclass('records') IS NULL, to_regclass('record_keys') IS NULL, "
+    "to_regclass('record_index') IS NULL OR to_regclass('index_state') IS NULL, "
     "(SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass('records'))"
+)
+# The query index (see postgres_admin): rows written by each append in its transaction.
+_INSERT_INDEX = (
+    "INSERT INTO record_index (chain, seq, ts, event, dag, run, task, actor) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (chain, seq) DO UPDATE SET "
+    "ts = excluded.ts, event = excluded.event, dag = excluded.dag, run = excluded.run, "
+    "task = excluded.task, actor = excluded.actor"
+)
+# A new chain starts its state at 0; a chain's state moves on only from where it was, by
+# INDEX_BATCH records at a time (audit_core._index.flush_due).
+_START_STATE = "INSERT INTO index_state (chain, size) VALUES (%s, 0) ON CONFLICT (chain) DO NOTHING"
+_STATE = "SELECT size FROM index_state WHERE chain = %s"
+_MOVE_STATE = "UPDATE index_state SET size = %s WHERE chain = %s AND size = %s"
+_SET_STATE = (
+    "INSERT INTO index_state (chain, size) VALUES (%s, %s) "
+    "ON CONFLICT (chain) DO UPDATE SET size = excluded.size"
+)
+_INDEX_WRITABLE = (
+    "SELECT coalesce(has_table_privilege(i, 'INSERT') AND has_table_privilege(i, 'UPDATE') "
+    "AND has_table_privilege(s, 'INSERT') AND has_table_privilege(s, 'UPDATE'), false) "
+    "FROM to_regclass('record_index') i, to_regclass('index_state') s"
+)
+_INDEX_SQL = IndexSql(
+    param="%s",
+    any_of="{col} = ANY(%s)",
+    listed=list,
+    usable="SELECT coalesce(has_table_privilege(i, 'SELECT') AND has_table_privilege(s, "
+    "'SELECT'), false) FROM to_regclass('record_index') i, to_regclass('index_state') s",
+    text_c=' COLLATE "C"',
+    records_chain=' COLLATE "default"',
+    opaque="",
 )
 _SUBTREES = "SELECT last, hashes FROM merkle_subtrees WHERE chain = %s AND last = ANY(%s)"
 _LEAF = "SELECT hash FROM records WHERE chain = %s AND seq = %s"
@@ -195,7 +236,12 @@ class PostgresLedger(_Rows, RowWrites):
     session, so an auditor role that may only SELECT can run every reading command."""
 
     queries = _QUERIES
-    #: How often (seconds) a ledger that found no usable ``record_keys`` looks again.
+    index_sql = _INDEX_SQL
+    #: An append indexes its chain's tail once it reaches this many records (see
+    #: :data:`audit_core._index.INDEX_BATCH`); tests and the bench change it per ledger.
+    index_batch: int = INDEX_BATCH
+    #: How often (seconds) a ledger that found no usable ``record_keys`` (or query index)
+    #: looks again.
     keys_recheck_s: float = 60.0
 
     def __init__(
@@ -206,6 +252,7 @@ class PostgresLedger(_Rows, RowWrites):
         busy_timeout_s: float = 30.0,
         create: bool = True,
         read_only: bool = False,
+        index: bool = True,
     ) -> None:
         self.synchronous = synchronous_level(synchronous)
         if busy_timeout_s <= 0:
@@ -226,6 +273,11 @@ class PostgresLedger(_Rows, RowWrites):
         # (record_keys usable by this role, time.monotonic() of the check); None: not checked
         # on this connection yet
         self._keys: tuple[bool, float] | None = None
+        # False: appends write no query index rows (only bench/bench_index.py's A/B: the
+        # chains then stay "incomplete" and queries scan)
+        self.index = index
+        # (the query index tables writable by this role, time of the check), as _keys
+        self._index_ok: tuple[bool, float] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresLedger({masked_url(self.url)!r})"
@@ -266,16 +318,23 @@ class PostgresLedger(_Rows, RowWrites):
         it may not add triggers to tables it does not own, and where it may create tables
         (``public`` on PostgreSQL 14 and older) it would own the table, able to delete its
         rows, with no grant for the auditor. Its keyed appends go on without dedupe."""
-        from audit_core.ledgers.postgres_admin import create_key_table, create_schema
+        from audit_core.ledgers.postgres_admin import (
+            create_index_tables,
+            create_key_table,
+            create_schema,
+        )
 
         row = conn.execute(_SCHEMA_STATE).fetchone()
         if row is None:
             return
-        no_records, no_keys, owner = row
+        no_records, no_keys, no_index, owner = row
         if no_records:
             create_schema(conn)
-        elif no_keys and owner:
+            return
+        if no_keys and owner:
             create_key_table(conn)
+        if no_index and owner:  # cheap DDL of empty tables; never a backfill here
+            create_index_tables(conn)
 
     def _connection(self) -> _Conn:
         pid = os.getpid()
@@ -285,6 +344,7 @@ class PostgresLedger(_Rows, RowWrites):
             self._conn = self._connect()
             self._pid = pid  # cached frontiers stay valid: they describe committed records
             self._keys = None  # a new session looks for record_keys again
+            self._index_ok = None
         return self._conn
 
     def _drop(self) -> None:
@@ -393,7 +453,10 @@ class PostgresLedger(_Rows, RowWrites):
                 COUNTERS.incr("ledger_retries_deduplicated")
                 return found
             dedupe = subset and self._keys_usable(conn)
-            stored, caches = self._append_once(conn, records, keys, advance, dedupe=dedupe)
+            index = self.index and self._index_writable(conn)
+            stored, caches = self._append_once(
+                conn, records, keys, advance, dedupe=dedupe, index=index
+            )
             self._frontiers.update(caches)  # only what is committed
             if subset and not dedupe:
                 self._appended_without_keys(records)
@@ -435,6 +498,7 @@ class PostgresLedger(_Rows, RowWrites):
         advance: tuple[str, str, int, int] | None = None,
         *,
         dedupe: bool = True,
+        index: bool = True,
     ) -> tuple[list[StoredRecord], dict[str, tuple[Frontier, bytes]]]:
         # Pipelined: the lock and the head reads are one round trip, the inserts and the
         # COMMIT another.
@@ -463,6 +527,8 @@ class PostgresLedger(_Rows, RowWrites):
                         _SET_HEAD,
                         [(n - 1, bytes.fromhex(h), c) for c, (n, h, _) in states.items()],
                     )
+                if index and stored:
+                    _write_index(conn, cur, stored, self.index_batch)
         caches = {
             c: (Frontier(n, tuple(nodes)), bytes.fromhex(h)) for c, (n, h, nodes) in states.items()
         }
@@ -477,6 +543,43 @@ class PostgresLedger(_Rows, RowWrites):
             row = conn.execute(_KEYS_USABLE).fetchone()
             self._keys = (bool(row and row[0]), now)
         return self._keys[0]
+
+    def _index_writable(self, conn: _Conn) -> bool:
+        """Whether this role may write the query index (a ledger made before it has no
+        tables until its owner adds them): asked again as :meth:`_keys_usable` does. Without
+        it appends go on unindexed, and the index stays incomplete until a rebuild."""
+        now = time.monotonic()
+        if self._index_ok is None or now - self._index_ok[1] >= self.keys_recheck_s:
+            row = conn.execute(_INDEX_WRITABLE).fetchone()
+            self._index_ok = (bool(row and row[0]), now)
+        return self._index_ok[0]
+
+    # -- the query index ----------------------------------------------------------------------
+
+    def rebuild_index(self, chains: Sequence[str] = (), *, batch: int = 5000) -> dict[str, int]:
+        """Recompute the query index of ``chains`` (every chain when empty) from the hashed
+        record bytes; returns rows written per chain. Safe while writers append: each batch
+        of seqs is deleted and rewritten in one transaction (rows are never missing nor
+        doubled: (chain, seq) is the key), and the last one, holding the chain's row lock as
+        appends do, covers what was appended meanwhile and marks the chain complete."""
+        if self.read_only:
+            raise LedgerError(f"{self!r} is read-only: an index rebuild writes")
+        every = not chains
+        chains = list(chains) or self.chains()
+        done: dict[str, int] = {}
+        for chain in chains:
+            size = self.index_sizes([chain])[0][1]
+            written = 0
+            for lo in range(0, size, batch):
+                written += self._retrying(
+                    "rebuild the index of", partial(_reindex, chain=chain, lo=lo, hi=lo + batch)
+                )
+            done[chain] = written + self._retrying(
+                "rebuild the index of", partial(_finish_index, chain=chain, lo=size)
+            )
+        if every:
+            self._retrying("rebuild the index of", partial(_drop_index_of_others, chains=chains))
+        return done
 
     def _appended_without_keys(self, records: Sequence[PreparedRecord]) -> None:
         COUNTERS.incr("ledger_keys_unavailable", sum(r.key is not None for r in records))
@@ -655,6 +758,7 @@ class PostgresSnapshot(_Rows, RowReads):
     state. Valid until the ``with`` block that made it ends; one thread at a time."""
 
     queries = _QUERIES
+    index_sql = _INDEX_SQL
     _names = itertools.count()  # server-side cursors of one transaction need distinct names
 
     def __init__(self, ledger: PostgresLedger, conn: _Conn) -> None:
@@ -760,6 +864,70 @@ def _stored_by_keys(
 def _stored_keys(conn: _Conn, chain: str, keys: list[str]) -> list[str]:
     """Which of ``keys`` ``chain`` holds already (one statement)."""
     return [k for (k,) in conn.execute(_QUERIES.keys, (chain, keys)).fetchall()]
+
+
+def _write_index(
+    conn: _Conn,
+    cur: psycopg.Cursor[tuple[Any, ...]],
+    stored: Sequence[StoredRecord],
+    batch: int,
+) -> None:
+    """Inside an append's transaction, under its chains' locks: a new chain gets its
+    ``index_state`` (0, pipelined: no round trip), and a chain whose append reached a multiple
+    of ``batch`` gets its whole unindexed tail indexed (older tail records read back in this
+    transaction; at most CATCH_UP of them, see :func:`~audit_core._index.flush_stop`) and its
+    state moved on from where it was only. A chain without a state row
+    (made before the index, or by a writer that indexes nothing) is left to ``index rebuild``."""
+    for chain, (first, end) in spans(stored).items():
+        if first == 0:
+            cur.execute(_START_STATE, (chain,))
+        if not flush_due(first, end, batch):
+            continue
+        row = conn.execute(_STATE, (chain,)).fetchone()
+        done = row[0] if row is not None else None
+        if type(done) is not int or not 0 <= done <= first:
+            continue  # no state, or one edited: a rebuild repairs it
+        stop = flush_stop(done, first, end)
+        mine = [s for s in stored if s.chain == chain and s.seq < stop]
+        upto = min(first, stop)
+        older = conn.execute(*_range_query(chain, done, upto)).fetchall() if done < upto else []
+        cur.executemany(_INSERT_INDEX, index_rows([*map(_stored, older), *mine]))
+        cur.execute(_MOVE_STATE, (stop, chain, done))
+
+
+def _reindex(conn: _Conn, *, chain: str, lo: int, hi: int | None) -> int:
+    """One transaction: rewrite the index rows of seqs ``lo <= seq < hi``."""
+    with conn.transaction():
+        if hi is None:
+            conn.execute("DELETE FROM record_index WHERE chain = %s AND seq >= %s", (chain, lo))
+        else:
+            conn.execute(
+                "DELETE FROM record_index WHERE chain = %s AND seq >= %s AND seq < %s",
+                (chain, lo, hi),
+            )
+        rows = index_rows(map(_stored, conn.execute(*_range_query(chain, lo, hi))))
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT_INDEX, rows)
+    return len(rows)
+
+
+def _finish_index(conn: _Conn, *, chain: str, lo: int) -> int:
+    """One transaction holding the chain's row lock (as appends take it): index what was
+    appended since the rebuild began, drop rows past the chain's end, mark it complete."""
+    with conn.transaction():
+        conn.execute(_LOCK_HEAD, (chain,))
+        written = _reindex(conn, chain=chain, lo=lo, hi=None)  # a savepoint inside
+        row = conn.execute(_LAST, (chain,)).fetchone()
+        conn.execute(_SET_STATE, (chain, 0 if row is None else row[0] + 1))
+    return written
+
+
+def _drop_index_of_others(conn: _Conn, *, chains: list[str]) -> int:
+    """Forget index rows and states of chains that hold no record."""
+    with conn.transaction():
+        conn.execute("DELETE FROM record_index WHERE NOT (chain = ANY(%s))", (chains,))
+        conn.execute("DELETE FROM index_state WHERE NOT (chain = ANY(%s))", (chains,))
+    return 0
 
 
 def _read_node(conn: _Conn, chain: str, level: int, index: int) -> bytes:

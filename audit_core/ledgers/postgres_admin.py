@@ -13,6 +13,13 @@ Append-only is enforced by the database, twice:
 * the group role ``workflow_audit_writer`` may only SELECT and INSERT those tables (no UPDATE,
   DELETE or TRUNCATE privilege at all), and ``workflow_audit_auditor`` may only SELECT.
 
+The query index (``record_index``, ``index_state``; :mod:`audit_core.query`) is not evidence
+and has no append-only trigger: it is derived from ``records``, rebuilt by ``workflow-audit
+index rebuild`` (which deletes and rewrites its rows, so the writer may DELETE and UPDATE
+them), and never read by ``verify``. A query re-reads and re-filters every record it returns
+from ``records``, so an edited index can hide a record from a page but never show a false one.
+The auditor may only SELECT it.
+
 The writer may UPDATE two things: ``cursors`` (a sink's progress, which moves by design) and
 the ``seq``/``hash`` columns of ``chain_heads``. ``chain_heads`` is the row each append locks
 (``SELECT … FOR UPDATE`` needs the UPDATE privilege) and a cache of each chain's head; it is
@@ -41,6 +48,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WRITER_ROLE",
     "InitResult",
+    "create_index_tables",
     "create_key_table",
     "create_schema",
     "init",
@@ -59,6 +67,35 @@ CREATE TABLE IF NOT EXISTS record_keys (
     seq   bigint NOT NULL,  -- the record stored under the key
     PRIMARY KEY (chain, key)
 );
+"""
+
+# The query index, as in audit_core/ledgers/sqlite.py. COLLATE "C": byte order, the order
+# Python compares strings in, so a page's keyset (ts, chain, seq) means the same everywhere.
+_INDEX_TABLES_SQL = """
+CREATE TABLE IF NOT EXISTS record_index (
+    chain text COLLATE "C" NOT NULL,
+    seq   bigint NOT NULL,
+    ts    text COLLATE "C" NOT NULL,
+    event text COLLATE "C" NOT NULL,
+    dag   text COLLATE "C" NOT NULL,  -- "" for a record about no DAG
+    run   text COLLATE "C",
+    task  text COLLATE "C",
+    actor text COLLATE "C",
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX IF NOT EXISTS record_index_ts ON record_index (ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_event ON record_index (event, ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_dag_event ON record_index (dag, event, ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_run ON record_index (run, dag, ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_actor ON record_index (actor, ts, chain, seq);
+CREATE TABLE IF NOT EXISTS index_state (
+    chain text COLLATE "C" PRIMARY KEY,
+    size  bigint NOT NULL  -- records 0..size-1 of the chain are indexed
+);
+"""
+_INDEX_GRANTS = f"""
+GRANT SELECT, INSERT, UPDATE, DELETE ON record_index, index_state TO {WRITER_ROLE};
+GRANT SELECT ON record_index, index_state TO {AUDITOR_ROLE};
 """
 
 # Same shapes and meanings as audit_core/ledgers/sqlite.py, plus chain_heads (the lock row)
@@ -106,6 +143,7 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (name, chain)
 );"""
     + _KEYS_SQL
+    + _INDEX_TABLES_SQL
     + """CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO meta (key, value) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
 
@@ -140,7 +178,7 @@ GRANT UPDATE (seq, hash) ON chain_heads TO {WRITER_ROLE};
 GRANT SELECT ON meta TO {WRITER_ROLE};
 GRANT SELECT ON records, chain_heads, merkle_subtrees, checkpoints, cursors, meta, record_keys
     TO {AUDITOR_ROLE};
-"""
+{_INDEX_GRANTS}"""
 
 # Concurrent first writers must not race on CREATE TABLE IF NOT EXISTS (it is not atomic
 # against another transaction creating the same table): one advisory lock serializes them.
@@ -178,6 +216,17 @@ def create_key_table(conn: psycopg.Connection[tuple[object, ...]]) -> None:
             conn.execute(f"GRANT SELECT, INSERT ON record_keys TO {WRITER_ROLE}".encode())
         if _role_exists(conn, AUDITOR_ROLE):
             conn.execute(f"GRANT SELECT ON record_keys TO {AUDITOR_ROLE}".encode())
+
+
+def create_index_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Add the (empty) query index tables and their grants to a ledger made before them, in
+    one transaction; ``workflow-audit index rebuild`` then fills them. Run as the tables'
+    owner, as :func:`create_key_table`."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(_INDEX_TABLES_SQL.encode())
+        if _role_exists(conn, WRITER_ROLE) and _role_exists(conn, AUDITOR_ROLE):
+            conn.execute(_INDEX_GRANTS.encode())
 
 
 def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> bool:

@@ -21,6 +21,14 @@ Idempotency keys (``record_keys``, docs/FORMAT.md) are looked up and stored insi
 Triggers refuse UPDATE and DELETE on records (and on record_keys), so mistakes cannot rewrite
 history; someone who drops the triggers is caught by ``workflow-audit verify``.
 
+Query index (``record_index``, ``index_state``; :mod:`audit_core.query`): an append whose
+chain's unindexed tail reaches INDEX_BATCH records indexes the whole tail in its own
+transaction (one executemany; the other appends write nothing to it, so the index costs the
+durable append nothing measurable at p50), and queries read each chain's short tail by seq;
+a ledger made before the index gets the empty tables from its first writer and is scanned
+until ``workflow-audit index rebuild``. Derived data, not evidence: no triggers (a rebuild rewrites
+it), never read by ``verify``, and every record a query returns is re-read and re-filtered.
+
 Readers: :meth:`SqliteLedger.snapshot` is one read transaction (sqlite.org/isolation.html: in
 WAL mode a read transaction sees the database as of its first read, whatever is committed
 meanwhile), so every check of one verification sees the same records, subtrees and
@@ -34,7 +42,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -44,11 +52,12 @@ from urllib.parse import quote
 import orjson
 
 from audit_core._forklock import renew_after_fork
+from audit_core._index import INDEX_BATCH, flush_due, flush_stop, index_rows, spans
 from audit_core._merkle import Frontier
 from audit_core._record import PreparedRecord, StoredRecord
 from audit_core.errors import ConfigError, CursorMoved, LedgerError
 from audit_core.ledgers import _frontier, synchronous_level
-from audit_core.ledgers._reads import Queries, RowReads, RowWrites
+from audit_core.ledgers._reads import IndexSql, Queries, RowReads, RowWrites
 
 _C = TypeVar("_C", bound=sqlite3.Connection)
 
@@ -124,9 +133,61 @@ BEGIN SELECT RAISE(ABORT, 'workflow-audit record keys are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS record_keys_no_delete BEFORE DELETE ON record_keys
 BEGIN SELECT RAISE(ABORT, 'workflow-audit record keys are append-only'); END;
 """
+# The query index (audit_core.query): derived, rebuildable, never evidence (verify never
+# reads it), so no append-only triggers: `workflow-audit index rebuild` deletes and rewrites
+# its rows. An append indexes its chain's tail in its own transaction once it reaches
+# INDEX_BATCH records; index_state says up to where a chain is surely indexed (moved only
+# from where it was; a chain without a state row, from before the index, stays
+# "incomplete" until a rebuild). Each secondary index ends
+# with (ts, chain, seq): a seek on its first columns returns rows newest first.
+_INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS record_index (
+    chain TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    ts    TEXT NOT NULL,
+    event TEXT NOT NULL,
+    dag   TEXT NOT NULL,  -- "" for a record about no DAG
+    run   TEXT,
+    task  TEXT,
+    actor TEXT,
+    PRIMARY KEY (chain, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS record_index_ts ON record_index (ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_event ON record_index (event, ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_dag_event ON record_index (dag, event, ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_run ON record_index (run, dag, ts, chain, seq);
+CREATE INDEX IF NOT EXISTS record_index_actor ON record_index (actor, ts, chain, seq);
+CREATE TABLE IF NOT EXISTS index_state (
+    chain TEXT PRIMARY KEY,
+    size  INTEGER NOT NULL  -- records 0..size-1 of the chain are indexed
+) WITHOUT ROWID;
+"""
 _HAS_TABLES = (
-    "SELECT sum(name = 'records'), sum(name = 'record_keys') FROM sqlite_master "
-    "WHERE type = 'table'"
+    "SELECT sum(name = 'records'), sum(name = 'record_keys'), sum(name = 'record_index') "
+    "+ sum(name = 'index_state') FROM sqlite_master WHERE type = 'table'"
+)
+_INSERT_INDEX = (
+    "INSERT OR REPLACE INTO record_index (chain, seq, ts, event, dag, run, task, actor) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A new chain starts its state at 0; a chain's state moves on only from where it was, by
+# INDEX_BATCH records at a time (audit_core._index.flush_due).
+_MOVE_STATE = "UPDATE index_state SET size = ? WHERE chain = ? AND size = ?"
+_START_STATE = "INSERT INTO index_state (chain, size) VALUES (?, 0) ON CONFLICT (chain) DO NOTHING"
+_STATE = "SELECT size FROM index_state WHERE chain = ?"
+_SET_STATE = (
+    "INSERT INTO index_state (chain, size) VALUES (?, ?) "
+    "ON CONFLICT (chain) DO UPDATE SET size = excluded.size"
+)
+_INDEX_SQL = IndexSql(
+    param="?",
+    any_of="{col} IN (SELECT value FROM json_each(?))",
+    listed=lambda values: orjson.dumps(values).decode(),
+    usable="SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' "
+    "AND name IN ('record_index', 'index_state')",
+    text_c="",
+    records_chain="",
+    opaque="+",
 )
 _INSERT_KEY = "INSERT INTO record_keys (chain, key, seq) VALUES (?, ?, ?)"
 _KEY_STORED = "SELECT key FROM record_keys WHERE chain = ? AND key = ?"
@@ -146,13 +207,26 @@ _SET_CURSOR = (
 )
 _NODE_LEAF = "SELECT hash FROM records WHERE chain = ? AND seq = ?"
 _NODE = "SELECT hashes FROM merkle_subtrees WHERE chain = ? AND last = ?"
+
+
+def _distinct_chains(*tables: str) -> str:
+    """The distinct chains of ``tables`` (ours, never input), sorted: a skip-scan of each
+    table's (chain, ...) primary key, one seek per chain (``SELECT DISTINCT`` read every row:
+    ~100 ms at 1M records)."""
+    scans = [
+        f"t{i}(chain) AS (SELECT min(chain) FROM {table} UNION ALL "  # noqa: S608 - our tables
+        f"SELECT (SELECT min(n.chain) FROM {table} n WHERE n.chain > t{i}.chain) FROM t{i} "
+        f"WHERE t{i}.chain IS NOT NULL)"
+        for i, table in enumerate(tables)
+    ]
+    each = [f"SELECT chain FROM t{i} WHERE chain IS NOT NULL" for i in range(len(tables))]  # noqa: S608 - our CTE names
+    return f"WITH RECURSIVE {', '.join(scans)} {' UNION '.join(each)} ORDER BY chain"
+
+
 _QUERIES = Queries(
     head="SELECT chain, seq, hash, body FROM records WHERE chain = ? ORDER BY seq DESC LIMIT 1",
-    chains="SELECT DISTINCT chain FROM records ORDER BY chain",
-    merkle_chains=(
-        "SELECT DISTINCT chain FROM merkle_subtrees UNION SELECT DISTINCT chain FROM checkpoints "
-        "ORDER BY chain"
-    ),
+    chains=_distinct_chains("records"),
+    merkle_chains=_distinct_chains("merkle_subtrees", "checkpoints"),
     extent="SELECT max(last) FROM merkle_subtrees WHERE chain = ?",  # a seek on the primary key
     checkpoints="SELECT chain, size, root, note, created FROM checkpoints WHERE chain = ?",
     cursor="SELECT seq FROM cursors WHERE name = ? AND chain = ?",
@@ -177,6 +251,10 @@ class SqliteLedger(RowWrites):
     created, and writes raise LedgerError."""
 
     queries = _QUERIES
+    index_sql = _INDEX_SQL
+    #: An append indexes its chain's tail once it reaches this many records (see
+    #: :data:`audit_core._index.INDEX_BATCH`); tests and the bench change it per ledger.
+    index_batch: int = INDEX_BATCH
 
     def __init__(
         self,
@@ -186,6 +264,7 @@ class SqliteLedger(RowWrites):
         busy_timeout_s: float = 30.0,
         create: bool = True,
         read_only: bool = False,
+        index: bool = True,
     ) -> None:
         level = synchronous_level(synchronous)
         if read_only and path is None:
@@ -195,6 +274,9 @@ class SqliteLedger(RowWrites):
         self.synchronous = level
         self.busy_timeout_s = busy_timeout_s
         self._create = create and not read_only
+        # False: appends write no query index rows (only bench/bench_index.py's A/B: the
+        # chains then stay "incomplete" and queries scan)
+        self.index = index
         self._lock = threading.Lock()
         # A forked child gets a free lock (its connection is replaced by _connection, which
         # checks the pid).
@@ -232,13 +314,18 @@ class SqliteLedger(RowWrites):
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            # A ledger made before idempotency keys or the query index gets their tables from
+            # its first writer (the index empty: a rebuild fills it); a file that holds no
+            # records table is no ledger: left alone.
+            has = conn.execute(_HAS_TABLES).fetchone()
             if self._create:
-                schema = _SCHEMA + _KEYS_SCHEMA
+                schema = _SCHEMA + _KEYS_SCHEMA + _INDEX_SCHEMA
+            elif has is None or not has[0]:
+                schema = ""
             else:
-                # A ledger made before idempotency keys gets their table from its first
-                # writer; a file that holds no records table is no ledger: left alone.
-                has = conn.execute(_HAS_TABLES).fetchone()
-                schema = _KEYS_SCHEMA if has is not None and has == (1, 0) else ""
+                schema = (_KEYS_SCHEMA if not has[1] else "") + (
+                    _INDEX_SCHEMA if has[2] != 2 else ""
+                )
             if schema:
                 # One transaction, so concurrent first writers do not race on the schema.
                 try:
@@ -341,6 +428,8 @@ class SqliteLedger(RowWrites):
         conn.executemany(_INSERT_SUBTREE, subtrees)
         if keyed is not None:
             conn.executemany(_INSERT_KEY, _frontier.key_rows(records, stored))
+        if self.index and stored:
+            _write_index(conn, stored, self.index_batch)
         return stored, {c: Frontier(n, tuple(nodes)) for c, (n, _, nodes) in states.items()}
 
     def _frontier(
@@ -468,6 +557,47 @@ class SqliteLedger(RowWrites):
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
 
+    # -- the query index ----------------------------------------------------------------------
+
+    def rebuild_index(self, chains: Sequence[str] = (), *, batch: int = 5000) -> dict[str, int]:
+        """Recompute the query index of ``chains`` (every chain when empty) from the hashed
+        record bytes; returns rows written per chain. Safe while writers append: each batch
+        of seqs is deleted and rewritten in one write transaction (rows are never missing
+        nor doubled: (chain, seq) is the key), and the last one, under the write lock, covers
+        what was appended meanwhile and marks the chain complete."""
+        if self.read_only:
+            raise LedgerError(f"{self!r} is read-only: an index rebuild writes")
+        every = not chains
+        chains = list(chains) or self.chains()
+        done: dict[str, int] = {}
+        for chain in chains:
+            size = self.index_sizes([chain])[0][1]
+            written = 0
+            for lo in range(0, size, batch):
+                written += self._locked(partial(_reindex, chain=chain, lo=lo, hi=lo + batch))
+            done[chain] = written + self._locked(partial(_finish_index, chain=chain, lo=size))
+        if every:
+            self._locked(partial(_drop_index_of_others, chains=chains))
+        return done
+
+    def _locked(self, fn: Callable[[sqlite3.Connection], int]) -> int:
+        """``fn(connection)`` in one BEGIN IMMEDIATE transaction (the write lock)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                committed = False
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                    committed = True
+                finally:
+                    if not committed and conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot write to {self!r}: {exc}") from exc
+        return result
+
 
 class SqliteSnapshot(RowReads):
     """A :class:`~audit_core.ledgers.LedgerReader` over one read transaction of a
@@ -475,6 +605,7 @@ class SqliteSnapshot(RowReads):
     committed state. Valid until the ``with`` block that made it ends; one thread at a time."""
 
     queries = _QUERIES
+    index_sql = _INDEX_SQL
 
     def __init__(self, ledger: SqliteLedger, conn: sqlite3.Connection) -> None:
         self.ledger = ledger
@@ -678,6 +809,64 @@ def _stored_keys(conn: sqlite3.Connection, chain: str, keys: list[str]) -> list[
     else:
         rows = conn.execute(_QUERIES.keys, (chain, orjson.dumps(keys).decode()))
     return [k for (k,) in rows.fetchall()]
+
+
+def _write_index(conn: sqlite3.Connection, stored: Sequence[StoredRecord], batch: int) -> None:
+    """Inside an append's transaction: a new chain gets its ``index_state`` (0), and a chain
+    whose append reached a multiple of ``batch`` gets its whole unindexed tail indexed (the
+    older tail records read back from their stored bytes, in this transaction; at most
+    CATCH_UP of them, see :func:`~audit_core._index.flush_stop`), its state moved on from
+    where it was only. A chain without a state row (made before the index, or
+    by a writer that indexes nothing) is left to ``index rebuild``."""
+    for chain, (first, end) in spans(stored).items():
+        if first == 0:
+            conn.execute(_START_STATE, (chain,))
+        if not flush_due(first, end, batch):
+            continue
+        row = conn.execute(_STATE, (chain,)).fetchone()
+        done = row[0] if row is not None else None
+        if type(done) is not int or not 0 <= done <= first:
+            continue  # no state, or one edited: a rebuild repairs it
+        stop = flush_stop(done, first, end)
+        mine = [s for s in stored if s.chain == chain and s.seq < stop]
+        upto = min(first, stop)
+        older = conn.execute(*_range_query(chain, done, upto)).fetchall() if done < upto else []
+        conn.executemany(_INSERT_INDEX, index_rows([*map(StoredRecord._make, older), *mine]))
+        conn.execute(_MOVE_STATE, (stop, chain, done))
+
+
+def _reindex(conn: sqlite3.Connection, *, chain: str, lo: int, hi: int | None) -> int:
+    """Inside a write transaction: rewrite the index rows of seqs ``lo <= seq < hi``."""
+    if hi is None:
+        conn.execute("DELETE FROM record_index WHERE chain = ? AND seq >= ?", (chain, lo))
+    else:
+        conn.execute(
+            "DELETE FROM record_index WHERE chain = ? AND seq >= ? AND seq < ?", (chain, lo, hi)
+        )
+    rows = index_rows(map(StoredRecord._make, conn.execute(*_range_query(chain, lo, hi))))
+    conn.executemany(_INSERT_INDEX, rows)
+    return len(rows)
+
+
+def _finish_index(conn: sqlite3.Connection, *, chain: str, lo: int) -> int:
+    """Under the write lock: index what was appended since the rebuild began, drop rows past
+    the chain's end and mark the chain complete."""
+    written = _reindex(conn, chain=chain, lo=lo, hi=None)
+    row = conn.execute(_LAST, (chain,)).fetchone()
+    conn.execute(_SET_STATE, (chain, 0 if row is None else row[0] + 1))
+    return written
+
+
+def _drop_index_of_others(conn: sqlite3.Connection, *, chains: list[str]) -> int:
+    """Forget index rows and states of chains that hold no record."""
+    listed = orjson.dumps(chains).decode()
+    conn.execute(
+        "DELETE FROM record_index WHERE chain NOT IN (SELECT value FROM json_each(?))", (listed,)
+    )
+    conn.execute(
+        "DELETE FROM index_state WHERE chain NOT IN (SELECT value FROM json_each(?))", (listed,)
+    )
+    return 0
 
 
 def _read_node(conn: sqlite3.Connection, chain: str, level: int, index: int) -> bytes:
