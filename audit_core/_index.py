@@ -11,7 +11,7 @@ IndexFields(dag='etl', run='f1', task=None, actor='prefect')
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -24,16 +24,19 @@ __all__ = [
     "MAX_TAIL",
     "NO_DAG",
     "IndexFields",
+    "IndexFlush",
     "IndexRow",
     "expand_events",
     "fields_of",
     "fields_of_body",
     "flush_due",
     "flush_stop",
+    "flushes",
     "index_row",
     "index_rows",
     "is_exact",
     "literal_prefix",
+    "new_chains",
     "next_prefix",
     "run_of",
     "spans",
@@ -247,3 +250,38 @@ def expand_events(patterns: Sequence[str], events: Iterable[str]) -> list[str]:
 def is_exact(pattern: str) -> bool:
     """Whether ``pattern`` has no wildcard (matches one event type, itself)."""
     return not any(ch in pattern for ch in _WILD)
+
+
+class IndexFlush(NamedTuple):
+    """One chain's tail an append indexes: state ``done`` → ``stop``; the records of seqs
+    ``done <= seq < upto`` are read back from the ledger, ``mine`` come from the append."""
+
+    chain: str
+    done: int
+    stop: int
+    upto: int
+    mine: list[StoredRecord]
+
+
+def new_chains(stored: Sequence[StoredRecord]) -> list[str]:
+    """The chains an append starts (its first record is seq 0): each gets ``index_state`` 0."""
+    return [chain for chain, (first, _) in spans(stored).items() if first == 0]
+
+
+def flushes(
+    stored: Sequence[StoredRecord], batch: int, state: Callable[[str], object]
+) -> Iterator[IndexFlush]:
+    """The tails an append of ``stored`` indexes, in both ledgers' append transaction.
+    ``state(chain)`` reads the chain's ``index_state`` (None without a row), asked only for a
+    chain whose append reached a multiple of ``batch``, lazily, after the previous chain's
+    flush was written. A chain without a state row (made before the index, or by a writer that
+    indexes nothing) or with an edited one is skipped: ``index rebuild`` repairs it."""
+    for chain, (first, end) in spans(stored).items():
+        if not flush_due(first, end, batch):
+            continue
+        done = state(chain)
+        if type(done) is not int or not 0 <= done <= first:
+            continue
+        stop = flush_stop(done, first, end)
+        mine = [s for s in stored if s.chain == chain and s.seq < stop]
+        yield IndexFlush(chain, done, stop, min(first, stop), mine)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import fnmatch
 import io
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from audit_core._chain import ChainHead
+from audit_core._index import PIPELINE_KEYS, TASK_KEYS
 from audit_core._normalize import JSON, JSONObject, format_timestamp, parse_timestamp
 from audit_core._record import Record
 from audit_core._report_access import (
@@ -30,7 +30,6 @@ from audit_core.errors import ConfigError, VerificationError
 
 __all__ = [
     "EXPORT_CSV_COLUMNS",
-    "Filter",
     "Summary",
     "attempt_of",
     "outcome_of",
@@ -42,9 +41,6 @@ __all__ = [
     "to_jsonl",
 ]
 
-#: Subject keys naming the pipeline, in order of preference (Airflow, Prefect, generic).
-_PIPELINE_KEYS = ("dag_id", "flow_name", "pipeline")
-_TASK_KEYS = ("task_id", "task_name", "task")
 _OUTCOMES = ("succeeded", "failed", "retry_scheduled", "skipped", "unrecorded", "denied")
 EXPORT_CSV_COLUMNS = (
     "chain",
@@ -71,7 +67,7 @@ def parse_time(text: str) -> str:
 
 def pipeline_of(subject: JSONObject) -> str:
     """The pipeline (DAG, flow) a record's subject names, or ``-``."""
-    for key in _PIPELINE_KEYS:
+    for key in PIPELINE_KEYS:
         value = subject.get(key)
         if isinstance(value, str) and value:
             return value
@@ -86,7 +82,7 @@ def attempt_of(subject: JSONObject) -> JSON:
 
 def task_of(subject: JSONObject) -> str:
     """The task a record's subject names, or ``-``."""
-    for key in _TASK_KEYS:
+    for key in TASK_KEYS:
         value = subject.get(key)
         if isinstance(value, str) and value:
             return value
@@ -97,25 +93,6 @@ def outcome_of(event: str) -> str | None:
     """``task.failed`` → ``failed``; None for events that are not outcomes (``task.started``)."""
     last = event.rsplit(".", 1)[-1]
     return last if last in _OUTCOMES else None
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """Which records ``export``/``report``/``show`` keep; every given criterion must hold."""
-
-    since: str | None = None  # inclusive, as parse_time() returns
-    until: str | None = None  # exclusive
-    events: tuple[str, ...] = ()  # shell-style patterns: "task.*"
-    pipeline: str | None = None
-
-    def __call__(self, rec: Record) -> bool:
-        if self.since is not None and rec.ts < self.since:
-            return False
-        if self.until is not None and rec.ts >= self.until:
-            return False
-        if self.events and not any(fnmatch.fnmatchcase(rec.event, p) for p in self.events):
-            return False
-        return self.pipeline is None or pipeline_of(rec.subject) == self.pipeline
 
 
 @dataclass

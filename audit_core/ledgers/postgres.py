@@ -87,7 +87,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from audit_core._index import INDEX_BATCH, flush_due, flush_stop, index_rows, spans
+from audit_core._index import INDEX_BATCH, flushes, index_rows, new_chains
 from audit_core._merkle import Frontier, frontier_positions
 from audit_core._metrics import COUNTERS
 from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
@@ -872,27 +872,22 @@ def _write_index(
     stored: Sequence[StoredRecord],
     batch: int,
 ) -> None:
-    """Inside an append's transaction, under its chains' locks: a new chain gets its
-    ``index_state`` (0, pipelined: no round trip), and a chain whose append reached a multiple
-    of ``batch`` gets its whole unindexed tail indexed (older tail records read back in this
-    transaction; at most CATCH_UP of them, see :func:`~audit_core._index.flush_stop`) and its
-    state moved on from where it was only. A chain without a state row
-    (made before the index, or by a writer that indexes nothing) is left to ``index rebuild``."""
-    for chain, (first, end) in spans(stored).items():
-        if first == 0:
-            cur.execute(_START_STATE, (chain,))
-        if not flush_due(first, end, batch):
-            continue
-        row = conn.execute(_STATE, (chain,)).fetchone()
-        done = row[0] if row is not None else None
-        if type(done) is not int or not 0 <= done <= first:
-            continue  # no state, or one edited: a rebuild repairs it
-        stop = flush_stop(done, first, end)
-        mine = [s for s in stored if s.chain == chain and s.seq < stop]
-        upto = min(first, stop)
-        older = conn.execute(*_range_query(chain, done, upto)).fetchall() if done < upto else []
-        cur.executemany(_INSERT_INDEX, index_rows([*map(_stored, older), *mine]))
-        cur.execute(_MOVE_STATE, (stop, chain, done))
+    """Inside an append's transaction, under its chains' locks: new chains get their
+    ``index_state`` (0, pipelined: no round trip), and the tails
+    :func:`~audit_core._index.flushes` names are indexed (the older records read back in this
+    transaction), each state moved on from where it was only."""
+    for chain in new_chains(stored):
+        cur.execute(_START_STATE, (chain,))
+    for f in flushes(stored, batch, partial(_index_state, conn)):
+        reread = f.done < f.upto  # records of earlier appends in the tail
+        older = conn.execute(*_range_query(f.chain, f.done, f.upto)).fetchall() if reread else []
+        cur.executemany(_INSERT_INDEX, index_rows([*map(_stored, older), *f.mine]))
+        cur.execute(_MOVE_STATE, (f.stop, f.chain, f.done))
+
+
+def _index_state(conn: _Conn, chain: str) -> object:
+    row = conn.execute(_STATE, (chain,)).fetchone()
+    return None if row is None else row[0]
 
 
 def _reindex(conn: _Conn, *, chain: str, lo: int, hi: int | None) -> int:

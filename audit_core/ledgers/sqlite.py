@@ -52,7 +52,7 @@ from urllib.parse import quote
 import orjson
 
 from audit_core._forklock import renew_after_fork
-from audit_core._index import INDEX_BATCH, flush_due, flush_stop, index_rows, spans
+from audit_core._index import INDEX_BATCH, flushes, index_rows, new_chains
 from audit_core._merkle import Frontier
 from audit_core._record import PreparedRecord, StoredRecord
 from audit_core.errors import ConfigError, CursorMoved, LedgerError
@@ -812,27 +812,22 @@ def _stored_keys(conn: sqlite3.Connection, chain: str, keys: list[str]) -> list[
 
 
 def _write_index(conn: sqlite3.Connection, stored: Sequence[StoredRecord], batch: int) -> None:
-    """Inside an append's transaction: a new chain gets its ``index_state`` (0), and a chain
-    whose append reached a multiple of ``batch`` gets its whole unindexed tail indexed (the
-    older tail records read back from their stored bytes, in this transaction; at most
-    CATCH_UP of them, see :func:`~audit_core._index.flush_stop`), its state moved on from
-    where it was only. A chain without a state row (made before the index, or
-    by a writer that indexes nothing) is left to ``index rebuild``."""
-    for chain, (first, end) in spans(stored).items():
-        if first == 0:
-            conn.execute(_START_STATE, (chain,))
-        if not flush_due(first, end, batch):
-            continue
-        row = conn.execute(_STATE, (chain,)).fetchone()
-        done = row[0] if row is not None else None
-        if type(done) is not int or not 0 <= done <= first:
-            continue  # no state, or one edited: a rebuild repairs it
-        stop = flush_stop(done, first, end)
-        mine = [s for s in stored if s.chain == chain and s.seq < stop]
-        upto = min(first, stop)
-        older = conn.execute(*_range_query(chain, done, upto)).fetchall() if done < upto else []
-        conn.executemany(_INSERT_INDEX, index_rows([*map(StoredRecord._make, older), *mine]))
-        conn.execute(_MOVE_STATE, (stop, chain, done))
+    """Inside an append's transaction: new chains get their ``index_state`` (0), and the tails
+    :func:`~audit_core._index.flushes` names are indexed (the older records read back from
+    their stored bytes, in this transaction), each state moved on from where it was only."""
+    for chain in new_chains(stored):
+        conn.execute(_START_STATE, (chain,))
+    for f in flushes(stored, batch, partial(_index_state, conn)):
+        reread = f.done < f.upto  # records of earlier appends in the tail
+        older = conn.execute(*_range_query(f.chain, f.done, f.upto)).fetchall() if reread else []
+        rows = index_rows([*map(StoredRecord._make, older), *f.mine])
+        conn.executemany(_INSERT_INDEX, rows)
+        conn.execute(_MOVE_STATE, (f.stop, f.chain, f.done))
+
+
+def _index_state(conn: sqlite3.Connection, chain: str) -> object:
+    row = conn.execute(_STATE, (chain,)).fetchone()
+    return None if row is None else row[0]
 
 
 def _reindex(conn: sqlite3.Connection, *, chain: str, lo: int, hi: int | None) -> int:
