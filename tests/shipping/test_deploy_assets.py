@@ -22,6 +22,7 @@ from audit_core import AuditConfig, AuditTrail, Event, Record
 from audit_core.health import GAUGES
 from audit_core.hooks import TaskApi
 from audit_core.metrics import KNOWN_COUNTS, metric_name
+from audit_core.readlog import read_event
 from audit_core.ship import Shipper
 from audit_core.sinks.otlp import UNREADABLE_EVENT, OtlpSink, attributes
 from testkit.otlp import OtlpReceiver, ReceivedLog
@@ -159,6 +160,11 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             Event(type="source.reset", data={"source": "airflow.log", "reason": "restarted"}),
             Event(type="source.unreadable", data={"source": "airflow.log", "id": 7}),
         ]
+        reads = [  # the audit of the audit (issue #15): pages, exports, verify runs
+            read_event(kind, user="auditor", via="serve", count=3)
+            for kind in ("viewed", "opened", "proof_downloaded", "exported")
+        ] + [read_event("verified", user="auditor", via="cli", verdict="valid")]
+        seams += reads
         for stored in trail.record_many(people + seams):
             record = Record.from_stored(stored)
             keys |= set(attributes(record))
