@@ -105,8 +105,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "tables; then run `workflow-audit index rebuild`)"
             )
         for chain, n, done in sizes:
-            state = "complete" if ready[chain] else "incomplete"
-            print(f"{chain}: {n} record(s), {done} indexed: {state}")
+            if ready[chain]:  # writers index in batches; queries read the short tail directly
+                state = f"complete ({done} in the index, the last {n - done} read from the chain)"
+            else:
+                state = f"incomplete ({done} in the index, {n - done} missing)"
+            print(f"{chain}: {n} record(s): {state}")
         if usable and not complete:
             print("run `workflow-audit index rebuild` to complete the index")
     return EXIT_OK if complete else EXIT_PENDING
