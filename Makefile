@@ -16,7 +16,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: all demo test test-airflow test-prefect lint bench venvs clean screenshots
+.PHONY: all demo test test-airflow test-prefect test-packages lint bench venvs clean screenshots
 all: test
 
 $(AIRFLOW_VENV)/.stamp: pyproject.toml
@@ -44,14 +44,22 @@ demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 screenshots: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python scripts/screenshots.py
 
-## test: lint, then the core tests in both virtualenvs.
-test: lint test-airflow test-prefect
+## test: lint, install the Debian packages the tests use, then the two virtualenvs' suites side
+## by side (each prints its output when it ends; `make test-airflow` / `test-prefect` run one).
+## Most of each suite waits on real servers and subprocesses, so two of them share 2 cores well.
+test: lint test-packages
+	$(MAKE) --no-print-directory --output-sync=target -j2 test-airflow test-prefect
+
+## test-packages: PostgreSQL 15 + pgaudit and chromium + chromium-driver (apt, as root, when
+## missing), once, before the suites: two suites installing at once would race for dpkg's lock.
+test-packages: $(AIRFLOW_VENV)/.stamp
+	$(AIRFLOW_VENV)/bin/python -c "import testkit.postgres as p, testkit.browser as b; p.ensure_packages(); b.ensure_packages()"
 
 test-airflow: $(AIRFLOW_VENV)/.stamp
-	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping tests/postgres audit_core airflow_audit testkit --doctest-modules $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping tests/postgres audit_core airflow_audit testkit --doctest-modules --durations=15 $(PYTEST_ARGS)
 
 test-prefect: $(PREFECT_VENV)/.stamp
-	$(PREFECT_VENV)/bin/python -m pytest tests/core tests/prefect audit_core prefect_audit --doctest-modules $(PYTEST_ARGS)
+	$(PREFECT_VENV)/bin/python -m pytest tests/core tests/prefect audit_core prefect_audit --doctest-modules --durations=15 $(PYTEST_ARGS)
 
 # mypy checks each adapter in the venv that has its orchestrator.
 lint: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.parse
@@ -102,7 +103,9 @@ def fill(route: str, sample: Sample, dag: str = DAG_A) -> str:
         "name": static_name(),
     }
     quoted = {k: urllib.parse.quote(v, safe="") for k, v in values.items()}
-    return ui.URL_PREFIX + route.format(**quoted)
+    # Starlette's converters ({chain:path}) are not format specs: drop them first.
+    plain = re.sub(r"\{(\w+):\w+\}", r"{\1}", route)
+    return ui.URL_PREFIX + plain.format(**quoted)
 
 
 def dag_routes(routes: list[str]) -> list[str]:
