@@ -921,7 +921,7 @@ def _started(stream: Generator[bytes, None, None]) -> Generator[bytes, None, Non
         first = next(stream)
     except StopIteration:
         first = b""
-    except BaseException:
+    except Exception:  # the caller turns it into an error page; the stream is done
         stream.close()
         raise
 
