@@ -44,14 +44,12 @@ demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 screenshots: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python scripts/screenshots.py
 
-## test: lint, install the Debian packages the tests use, then the two virtualenvs' suites side
-## by side (each prints its output when it ends; `make test-airflow` / `test-prefect` run one).
-## Most of each suite waits on real servers and subprocesses, so two of them share 2 cores well.
-test: lint test-packages
-	$(MAKE) --no-print-directory --output-sync=target -j2 test-airflow test-prefect
+## test: lint, install the Debian packages the tests use, then each virtualenv's suite (the core
+## tests in both). Run side by side on 2 cores they took as long in all (25 min) and contend.
+test: lint test-packages test-airflow test-prefect
 
 ## test-packages: PostgreSQL 15 + pgaudit and chromium + chromium-driver (apt, as root, when
-## missing), once, before the suites: two suites installing at once would race for dpkg's lock.
+## missing), once, before the suites (a suite that starts a server installs nothing itself then).
 test-packages: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python -c "import testkit.postgres as p, testkit.browser as b; p.ensure_packages(); b.ensure_packages()"
 
