@@ -8,8 +8,8 @@ PYTHON ?= python3
 AIRFLOW_VENV := .venv-airflow
 PREFECT_VENV := .venv-prefect
 # Extras each venv installs; the adapters add theirs (airflow, prefect) here.
-AIRFLOW_EXTRAS := dev,airflow,airflow-fab,otlp,s3,postgres,web
-PREFECT_EXTRAS := dev,prefect,postgres,otlp,web
+AIRFLOW_EXTRAS := dev,airflow,airflow-fab,otlp,s3,postgres,web,evidence
+PREFECT_EXTRAS := dev,prefect,postgres,otlp,web,evidence
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -48,10 +48,11 @@ screenshots: $(AIRFLOW_VENV)/.stamp
 ## tests in both). Run side by side on 2 cores they took as long in all (25 min) and contend.
 test: lint test-packages test-airflow test-prefect
 
-## test-packages: PostgreSQL 15 + pgaudit and chromium + chromium-driver (apt, as root, when
-## missing), once, before the suites (a suite that starts a server installs nothing itself then).
+## test-packages: PostgreSQL 15 + pgaudit, chromium + chromium-driver, and poppler-utils with
+## WeasyPrint's pango, harfbuzz-subset and DejaVu fonts (apt, as root, when missing), once,
+## before the suites (a suite that starts a server installs nothing itself then).
 test-packages: $(AIRFLOW_VENV)/.stamp
-	$(AIRFLOW_VENV)/bin/python -c "import testkit.postgres as p, testkit.browser as b; p.ensure_packages(); b.ensure_packages()"
+	$(AIRFLOW_VENV)/bin/python -c "import testkit.postgres as p, testkit.browser as b, testkit.pdf as f; p.ensure_packages(); b.ensure_packages(); f.ensure_packages()"
 
 test-airflow: $(AIRFLOW_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python -m pytest tests/core tests/airflow tests/shipping tests/postgres audit_core airflow_audit testkit --doctest-modules --durations=15 $(PYTEST_ARGS)
@@ -81,6 +82,7 @@ bench: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_keys.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_index.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ui.py --postgres
+	$(AIRFLOW_VENV)/bin/python bench/bench_evidence.py
 	$(PREFECT_VENV)/bin/python bench/bench_prefect_overhead.py
 	$(PREFECT_VENV)/bin/python bench/bench_follow.py
 

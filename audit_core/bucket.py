@@ -76,6 +76,7 @@ __all__ = [
     "RetentionError",
     "RetentionPolicy",
     "SegmentError",
+    "list_versions",
     "verify_bucket",
 ]
 
@@ -212,19 +213,27 @@ def verify_bucket(
     return out
 
 
-def _list(client: Any, bucket: str, prefix: str) -> dict[str, list[_Range]]:
-    """Our objects under the prefix, per chain, in seq order; step 1 (versions) on the way."""
+def list_versions(
+    client: Any, bucket: str, under: str
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """Every version and every delete marker of the objects whose key starts with ``under``
+    (S3 ListObjectVersions, 1,000 a request), each as S3 lists it, per key: ``(versions,
+    markers)``. Shared by bucket verification and the evidence pack's retention check."""
     versions: dict[str, list[dict[str, Any]]] = {}
     markers: dict[str, list[dict[str, Any]]] = {}
-    base = prefix.strip("/")
-    pages = client.get_paginator("list_object_versions").paginate(
-        Bucket=bucket, Prefix=f"{base}/" if base else ""
-    )
+    pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=under)
     for page in pages:
         for item in page.get("Versions", ()):
             versions.setdefault(item["Key"], []).append(item)
         for item in page.get("DeleteMarkers", ()):
             markers.setdefault(item["Key"], []).append(item)
+    return versions, markers
+
+
+def _list(client: Any, bucket: str, prefix: str) -> dict[str, list[_Range]]:
+    """Our objects under the prefix, per chain, in seq order; step 1 (versions) on the way."""
+    base = prefix.strip("/")
+    versions, markers = list_versions(client, bucket, f"{base}/" if base else "")
     by_chain: dict[str, dict[tuple[int, int], _Range]] = {}
     problems: list[tuple[str, int, SegmentError]] = []
     for key in sorted(versions.keys() | markers.keys()):

@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "CursorMoved",
+    "EvidenceError",
     "FormatError",
     "HashMismatchError",
     "HeadMismatchError",
@@ -67,6 +68,11 @@ class CursorMoved(LedgerError):  # noqa: N818 - the name the shared design fixed
 class SourceError(AuditError):
     """A source of events (:mod:`audit_core.sources`) cannot be read: unreachable, or it
     answered something that is not a row."""
+
+
+class EvidenceError(AuditError):
+    """The evidence report cannot be rendered: WeasyPrint (the ``evidence`` extra) or the system
+    libraries it loads are missing, or the report given is not the shape it renders."""
 
 
 class VerificationError(AuditError):

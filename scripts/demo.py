@@ -1,6 +1,7 @@
 """`make demo`: real Airflow runs of the example DAGs and real Prefect runs of the example
 flows write the audit trail, each orchestrator on its own chain of one ledger; then the
-`workflow-audit` CLI checkpoints, verifies, reports, proves one record, and catches a tamper.
+`workflow-audit` CLI checkpoints, verifies, reports, proves one record, catches a tamper,
+and makes and checks an evidence pack.
 
 Everything lives in .demo/ in the repository and is recreated on every run:
 
@@ -10,6 +11,8 @@ Everything lives in .demo/ in the repository and is recreated on every run:
 - .demo/ml_pipeline   the examples' synthetic data lake and "model registry"
 - .demo/logs          Airflow's and Prefect's output, one file per command
 - .demo/tampered.db   a copy of the ledger with one record edited
+- .demo/evidence.zip  the evidence pack of the demo's hour (report.pdf inside); and
+                      evidence-changed.zip, a copy with one changed byte
 
 Airflow and Prefect run with a cleaned environment (no inherited AIRFLOW*, PREFECT_* or
 WORKFLOW_AUDIT_* variables), so the demo never touches a real Airflow or Prefect installation
@@ -25,6 +28,7 @@ Airflow run in .venv-airflow.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shlex
 import shutil
@@ -32,6 +36,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +102,10 @@ class Demo:
     @property
     def tampered(self) -> Path:
         return self.root / "tampered.db"
+
+    @property
+    def evidence(self) -> Path:
+        return self.root / "evidence.zip"
 
 
 Step = Callable[[Demo], None]
@@ -190,13 +199,13 @@ def _prefect_flow(demo: Demo, script: str, log_name: str) -> tuple[int, float, P
     return _run([str(PREFECT_PYTHON), str(path)], _prefect_env(demo), demo.logs / log_name, what)
 
 
-def _cli(*args: str, expect: int = 0) -> None:
+def _cli(*args: str, expect: int = 0, env: dict[str, str] | None = None) -> None:
     """Run ``workflow-audit ARGS`` in front of the user; fail unless it exits with ``expect``."""
     _say(f"\n$ workflow-audit {shlex.join(args)}")
     code = subprocess.run(
         [str(BIN / "workflow-audit"), *args],
         cwd=REPO,
-        env=_clean_env(),
+        env=env or _clean_env(),
         stdin=subprocess.DEVNULL,
         check=False,
     ).returncode
@@ -465,6 +474,31 @@ def tamper(demo: Demo) -> None:
     )
 
 
+def evidence_pack(demo: Demo) -> None:
+    """The auditor's evidence pack of the demo's hour: verification, signed checkpoints and
+    proofs, every failure in full, the controls it evidences (and those it does not), the
+    orchestrator's runs reconciled; then checked offline with the pack and the verifier key
+    alone, and a copy with one changed byte named (exit code 1)."""
+    hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    since = hour_ago.strftime("%Y-%m-%dT%H:%M:%SZ")
+    pack = str(demo.evidence)
+    _cli(
+        "evidence", "--ledger", demo.ledger_url, "--since", since, "--reconcile", "airflow",
+        "-o", pack, env=_airflow_env(demo),
+    )  # fmt: skip
+    _cli("verify-evidence", pack, "--key", str(demo.verifier_key))
+    changed = demo.root / "evidence-changed.zip"
+    with zipfile.ZipFile(demo.evidence) as src, zipfile.ZipFile(changed, "w") as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename == "records/failure.jsonl":  # one digit of one failure record
+                at = body.index(b'"try_number":') + len(b'"try_number":')
+                body = body[:at] + (b"7" if body[at : at + 1] != b"7" else b"8") + body[at + 1 :]
+            dst.writestr(info, body)
+    _say(f"\nchanged one byte of records/failure.jsonl in a copy, {_rel(changed)}")
+    _cli("verify-evidence", str(changed), "--key", str(demo.verifier_key), expect=1)
+
+
 def next_steps(demo: Demo) -> None:
     """Commands to explore the trail further."""
     wa = _rel(BIN / "workflow-audit")
@@ -504,6 +538,7 @@ LEDGER: tuple[Step, ...] = (
     report,
     prove_model_deployed,
     tamper,
+    evidence_pack,
     next_steps,
 )
 STEPS: tuple[Step, ...] = (*SETUP, *AIRFLOW, *PREFECT, *LEDGER)

@@ -3,7 +3,8 @@
 Exit codes (stable, for scripts and CI):
 
 - 0: success; for ``verify``, every chain checked is valid
-- 1: ``verify`` found the trail invalid (the message names chain, seq, expected and found)
+- 1: ``verify`` found the trail invalid (the message names chain, seq, expected and found);
+  ``evidence`` wrote a pack that states FAIL; ``verify-evidence`` found the pack wrong
 - 2: usage error, or the ledger cannot be opened or read
 - 3: ``ship`` gave up with records still pending (the sink stayed down past ``--timeout``)
 - 4: ``health`` found the trail unhealthy (a threshold was passed; see ``health --help``)
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 
 from audit_core import __version__
 from audit_core.cli import (
+    evidence,
     follow,
     health,
     index,
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_parsers(sub)
     proofs.add_parsers(sub)
     records.add_parsers(sub)
+    evidence.add_parsers(sub)
     serve.add_parsers(sub)
     ship.add_parsers(sub)
     s3.add_parsers(sub)

@@ -1,0 +1,377 @@
+"""The evidence pack: made from a real ledger, checked offline, and every tamper named."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from audit_core import AuditConfig, AuditTrail
+from audit_core.ledgers.sqlite import SqliteLedger
+from tests.core import _tamper
+from tests.core._cli import Run
+
+SINCE, UNTIL = "2026-11-02T00:00:00Z", "2026-11-04T00:00:00Z"
+
+
+def _ts(day: int, i: int) -> str:
+    return f"2026-11-{day:02d}T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000000Z"
+
+
+def _fill(path: Path) -> None:
+    """Two chains: records before, in and after the period, with failures, access records
+    and a permission change in it."""
+    config = AuditConfig(ledger_url=f"sqlite:///{path}", actor=("service", "tests"))
+    with AuditTrail(config) as trail:
+        for day in (1, 2, 3, 5):
+            for i in range(30):
+                subject = {"dag_id": "ml_pipeline", "task_id": f"t{i % 5}", "try_number": 1}
+                event = "task.failed" if i % 10 == 3 else "task.succeeded"
+                trail.record(event, {"i": i}, subject=subject, ts=_ts(day, i), chain="airflow")
+            trail.record(
+                "access.denied",
+                {"path": "/api/v2/dags", "status": 403},
+                actor=("user", "mallory"),
+                ts=_ts(day, 40),
+                chain="airflow-events",
+            )
+            trail.record(
+                "permission.changed",
+                {"change": "role_granted", "target": "alice", "after": ["Admin"]},
+                ts=_ts(day, 41),
+                chain="airflow-events",
+            )
+            for chain in ("airflow", "airflow-events"):  # a checkpoint a day
+                trail.checkpoint(chain)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.db"
+    _fill(path)
+    return path
+
+
+def _key(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name + ".key.pub")
+
+
+def _make(cli: Any, ledger: Path, out: Path, *extra: str) -> Run:
+    run: Run = cli(
+        "evidence",
+        "--ledger",
+        f"sqlite:///{ledger}",
+        "--since",
+        SINCE,
+        "--until",
+        UNTIL,
+        "--sample",
+        "25",
+        "-o",
+        out,
+        *extra,
+    )
+    return run
+
+
+@pytest.fixture
+def pack(cli: Any, ledger: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "pack.zip"
+    run = _make(cli, ledger, out)
+    assert run.code == 0, run.err
+    return out
+
+
+def _verify(cli: Any, pack: Path, ledger: Path, *extra: str) -> Run:
+    run: Run = cli("verify-evidence", pack, "--key", _key(ledger), *extra)
+    return run
+
+
+def _rewrite(pack: Path, out: Path, change: dict[str, bytes | None]) -> Path:
+    """A copy of ``pack`` with entries replaced (bytes) or removed (None)."""
+    with zipfile.ZipFile(pack) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename in change:
+                body = change[info.filename]
+                if body is not None:
+                    dst.writestr(info, body)
+            else:
+                dst.writestr(info, src.read(info))
+    return out
+
+
+def _entry(pack: Path, name: str) -> bytes:
+    with zipfile.ZipFile(pack) as zf:
+        return zf.read(name)
+
+
+class TestMakeAndVerify:
+    def test_pack_verifies_offline_and_states_the_period(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        # offline: the pack alone, away from the ledger and its key
+        alone = tmp_path / "elsewhere"
+        alone.mkdir()
+        copy = shutil.copy(pack, alone / "pack.zip")
+        key = shutil.copy(_key(ledger), alone / "verifier.pub")
+        ledger.unlink()
+        run = cli("verify-evidence", copy, "--key", key)
+        assert run.code == 0, run.err
+        assert "valid evidence pack" in run.out
+        assert "verdict PASS" in run.out
+        report = orjson.loads(_entry(Path(copy), "report.json"))
+        chains = {c["chain"]: c for c in report["chains"]}
+        # 30 airflow records a day on days 2 and 3; 2 event records a day
+        assert chains["airflow"]["records"] == 60
+        assert (chains["airflow"]["lo"], chains["airflow"]["hi"]) == (30, 90)
+        assert chains["airflow-events"]["records"] == 4
+        assert report["period"] == {
+            "since": SINCE[:19] + ".000000Z",
+            "until": UNTIL[:19] + ".000000Z",
+            "days": 2.0,
+        }
+
+    def test_in_full_files_hold_every_failure_access_and_permission_record(
+        self, pack: Path
+    ) -> None:
+        lines = {
+            c: [orjson.loads(x) for x in _entry(pack, f"records/{c}.jsonl").splitlines()]
+            for c in ("failure", "access", "permission", "erasure")
+        }
+        failed = sorted(x["leaf_index"] for x in lines["failure"])
+        assert failed == [33, 43, 53, 63, 73, 83]  # i % 10 == 3 on days 2 and 3
+        assert [orjson.loads(x["record"])["event"] for x in lines["access"]] == [
+            "access.denied"
+        ] * 2
+        assert len(lines["permission"]) == 2
+        assert lines["erasure"] == []
+
+    def test_sample_indices_match_an_independent_computation(self, pack: Path) -> None:
+        manifest = orjson.loads(_entry(pack, "manifest.json"))
+        chain = next(c for c in manifest["chains"] if c["chain"] == "airflow")
+        root = bytes.fromhex(chain["last_checkpoint"]["root"])
+        lo, hi, n = chain["lo"], chain["hi"], chain["sample"]["n"]
+        expected = [
+            lo
+            + int(hashlib.sha256(b"sample/v1" + root + i.to_bytes(8, "big")).hexdigest(), 16)
+            % (hi - lo)
+            for i in range(n)
+        ]
+        sample = _entry(pack, "proofs/airflow.sample.jsonl").splitlines()
+        assert [orjson.loads(x)["leaf_index"] for x in sample] == expected
+
+    def test_two_packs_of_one_period_are_identical_and_each_is_recorded(
+        self, cli: Any, ledger: Path, pack: Path, tmp_path: Path
+    ) -> None:
+        again = tmp_path / "again.zip"
+        assert _make(cli, ledger, again).code == 0
+        assert pack.read_bytes() == again.read_bytes()
+        exported = [
+            orjson.loads(r.body)
+            for r in SqliteLedger(ledger, read_only=True).read("audit")
+            if b'"audit.exported"' in r.body
+        ]
+        assert len(exported) == 2
+        assert exported[-1]["data"]["kind"] == "evidence"
+        assert (
+            exported[-1]["data"]["manifest_sha256"]
+            == hashlib.sha256(_entry(pack, "manifest.json")).hexdigest()
+        )
+
+    def test_pack_holds_no_key_material(self, pack: Path, ledger: Path) -> None:
+        private = ledger.with_name(ledger.name + ".key").read_text().strip()
+        with zipfile.ZipFile(pack) as zf:
+            for name in zf.namelist():
+                body = zf.read(name)
+                assert private.encode() not in body, name
+                assert b"PRIVATE+KEY" not in body, name
+
+    def test_controls_and_not_evidenced_are_stated(self, pack: Path) -> None:
+        report = orjson.loads(_entry(pack, "report.json"))
+        by_id = {c["id"]: c for c in report["controls"]}
+        assert by_id["eu-ai-act-12-2-a"]["status"] == "evidenced"
+        assert by_id["eu-ai-act-12-2-a"]["by_event"]["task.failed"] == 6
+        # no --s3: retention is not evidenced, and the report says so
+        assert by_id["nist-au-11"]["status"] == "not evidenced"
+        assert "nist-au-11" in report["not_evidenced"]
+        assert report["retention"]["verdict"] == "NOT CHECKED"
+
+
+class TestTamperIsNamed:
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "report.pdf",
+            "report.json",
+            "report.html",
+            "transcript.txt",
+            "records/failure.jsonl",
+            "proofs/airflow.sample.jsonl",
+            "checkpoints/airflow.last.note",
+            "proofs/airflow.consistency.json",
+        ],
+    )
+    def test_one_changed_byte_in_any_file(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path, name: str
+    ) -> None:
+        body = bytearray(_entry(pack, name))
+        body[len(body) // 2] ^= 0x01
+        bad = _rewrite(pack, tmp_path / "bad.zip", {name: bytes(body)})
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert name in run.err
+        assert "SHA-256" in run.err
+
+    def test_changed_byte_in_the_zip_itself(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        raw = bytearray(pack.read_bytes())
+        with zipfile.ZipFile(pack) as zf:
+            info = zf.getinfo("records/failure.jsonl")
+        # the local header is 30 bytes, then the name and the extra field (zip64 sizes)
+        extra = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+        data = info.header_offset + 30 + len(info.filename) + extra
+        raw[data + info.compress_size // 2] ^= 0x20
+        bad = tmp_path / "flipped.zip"
+        bad.write_bytes(bytes(raw))
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert "records/failure.jsonl" in run.err
+
+    def test_manifest_changed_breaks_the_signature(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        manifest = _entry(pack, "manifest.json").replace(b'"PASS"', b'"PASS" ', 1)
+        bad = _rewrite(pack, tmp_path / "bad.zip", {"manifest.json": manifest})
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert "manifest.sig" in run.err
+
+    @pytest.mark.parametrize("name", ["records/access.jsonl", "proofs/airflow.sample.jsonl"])
+    def test_removed_file(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path, name: str
+    ) -> None:
+        bad = _rewrite(pack, tmp_path / "bad.zip", {name: None})
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert f"{name}: listed in the manifest but missing" in run.err
+
+    def test_added_file(self, cli: Any, pack: Path, ledger: Path, tmp_path: Path) -> None:
+        bad = _rewrite(pack, tmp_path / "bad.zip", {})
+        with zipfile.ZipFile(bad, "a") as zf:
+            zf.writestr("records/extra.jsonl", b"{}\n")
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert "records/extra.jsonl: in the pack but not in the manifest" in run.err
+
+    def test_another_periods_checkpoint_swapped_in(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        later = tmp_path / "later.zip"
+        run = cli(
+            "evidence", "--ledger", f"sqlite:///{ledger}", "--since", "2026-11-05",
+            "--until", "2026-11-06", "-o", later,
+        )  # fmt: skip
+        assert run.code == 0, run.err
+        name = "checkpoints/airflow.last.note"
+        other = _entry(later, name)
+        assert other != _entry(pack, name)
+        bad = _rewrite(pack, tmp_path / "bad.zip", {name: other})
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert name in run.err
+
+    def test_another_packs_signature(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        later = tmp_path / "later.zip"
+        cli(
+            "evidence", "--ledger", f"sqlite:///{ledger}", "--since", "2026-11-05",
+            "--until", "2026-11-06", "-o", later,
+        )  # fmt: skip
+        bad = _rewrite(pack, tmp_path / "bad.zip", {"manifest.sig": _entry(later, "manifest.sig")})
+        run = _verify(cli, bad, ledger)
+        assert run.code == 1
+        assert "manifest.sig: signed for another manifest or period" in run.err
+
+    def test_wrong_key(self, cli: Any, pack: Path, tmp_path: Path) -> None:
+        other = tmp_path / "other" / "ledger.db"
+        other.parent.mkdir()
+        with AuditTrail(AuditConfig(ledger_url=f"sqlite:///{other}")) as trail:
+            trail.record("task.started", {})
+        run = cli("verify-evidence", pack, "--key", _key(other))
+        assert run.code == 1
+        assert "manifest.sig" in run.err
+
+    def test_ledger_rewritten_after_the_pack(self, cli: Any, pack: Path, ledger: Path) -> None:
+        assert _verify(cli, pack, ledger, "--ledger", f"sqlite:///{ledger}").code == 0
+        # a record of the period edited, its hash and every later link recomputed
+        _tamper.edit_body(ledger, "airflow", 40, lambda r: {**r, "data": {"i": -2}}, rehash=True)
+        run = _verify(cli, pack, ledger, "--ledger", f"sqlite:///{ledger}")
+        assert run.code == 1
+        assert "ledger: chain 'airflow'" in run.err
+        # the pack alone still verifies: it is the evidence of what the ledger held
+        assert _verify(cli, pack, ledger).code == 0
+
+    def test_a_pack_of_a_tampered_ledger_states_fail(
+        self, cli: Any, ledger: Path, tmp_path: Path
+    ) -> None:
+        _tamper.edit_body(ledger, "airflow", 40, lambda r: {**r, "data": {"i": -1}})
+        out = tmp_path / "fail.zip"
+        run = _make(cli, ledger, out)
+        assert run.code == 1
+        assert "FAIL verification of chain 'airflow'" in run.err
+        assert "40" in run.err
+        verified = _verify(cli, out, ledger)
+        assert verified.code == 1
+        assert "states verdict 'FAIL'" in verified.err
+        assert "line" in verified.err
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "content", [b"", b"not a zip", b"PK\x03\x04" + b"\x00" * 40], ids=["empty", "text", "stub"]
+    )
+    def test_not_a_pack(self, cli: Any, ledger: Path, tmp_path: Path, content: bytes) -> None:
+        path = tmp_path / "junk.zip"
+        path.write_bytes(content)
+        run = _verify(cli, path, ledger)
+        assert run.code == 1
+        assert "INVALID evidence pack" in run.err
+        assert "Traceback" not in run.err
+
+    def test_zip_without_manifest(self, cli: Any, ledger: Path, tmp_path: Path) -> None:
+        path = tmp_path / "other.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("report.pdf", b"%PDF")
+        run = _verify(cli, path, ledger)
+        assert run.code == 1
+        assert "no manifest.json" in run.err
+
+    def test_missing_pack_and_bad_arguments(self, cli: Any, ledger: Path, tmp_path: Path) -> None:
+        assert _verify(cli, tmp_path / "nope.zip", ledger).code == 2
+        assert _verify(cli, tmp_path, ledger).code == 2
+        run = cli("evidence", "--ledger", f"sqlite:///{ledger}", "--since", "2026-11-04",
+                  "--until", "2026-11-02")  # fmt: skip
+        assert run.code == 2
+        assert "not after" in run.err
+        run = cli("evidence", "--ledger", f"sqlite:///{ledger}", "--since", "yesterday")
+        assert run.code == 2
+
+    def test_ledger_without_checkpoints(self, cli: Any, tmp_path: Path) -> None:
+        path = tmp_path / "bare.db"
+        config = AuditConfig(ledger_url=f"sqlite:///{path}", checkpoint_every=0)
+        with AuditTrail(config) as trail:
+            trail.record("task.started", {}, ts=_ts(2, 1))
+        for p in tmp_path.glob("bare.db.key*"):
+            p.unlink()
+        run = cli("evidence", "--ledger", f"sqlite:///{path}", "--since", SINCE,
+                  "--no-checkpoint", "-o", tmp_path / "p.zip")  # fmt: skip
+        assert run.code == 2
+        assert "no chain of this ledger has a signed checkpoint" in run.err
+        assert not (tmp_path / "p.zip").exists()
