@@ -35,8 +35,10 @@ venvs: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 
 ## demo: run the example DAGs with `airflow dags test` in a throw-away AIRFLOW_HOME and the
 ## example flows in a throw-away PREFECT_HOME (.demo/), each on its own chain of one ledger,
-## then checkpoint, verify, health, report, prove one record and catch a tampered copy (~1 min).
+## then checkpoint, verify, health, report, prove one record, catch a tampered copy, and make and
+## check an evidence pack (~1.5 min; WeasyPrint's pango and DejaVu fonts apt-installed if missing).
 demo: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
+	$(AIRFLOW_VENV)/bin/python -c "import testkit.pdf as f; f.ensure_packages(tools=False)"
 	$(AIRFLOW_VENV)/bin/python scripts/demo.py
 
 ## screenshots: the audit trail inside Airflow's UI, light and dark, into docs/screenshots/

@@ -491,9 +491,8 @@ def evidence_pack(demo: Demo) -> None:
     with zipfile.ZipFile(demo.evidence) as src, zipfile.ZipFile(changed, "w") as dst:
         for info in src.infolist():
             body = src.read(info)
-            if info.filename == "records/failure.jsonl":  # one digit of one failure record
-                at = body.index(b'"try_number":') + len(b'"try_number":')
-                body = body[:at] + (b"7" if body[at : at + 1] != b"7" else b"8") + body[at + 1 :]
+            if info.filename == "records/failure.jsonl":  # one byte of one failure record
+                body = body.replace(b"task.failed", b"task.fa1led", 1)
             dst.writestr(info, body)
     _say(f"\nchanged one byte of records/failure.jsonl in a copy, {_rel(changed)}")
     _cli("verify-evidence", str(changed), "--key", str(demo.verifier_key), expect=1)

@@ -52,23 +52,25 @@ def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
-def _missing() -> list[str]:
+def _missing(packages: list[str] = _PACKAGES) -> list[str]:
     """The packages dpkg does not list as installed (all of them where there is no dpkg)."""
     try:
-        done = _run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *_PACKAGES])
+        done = _run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *packages])
     except FileNotFoundError:
-        return list(_PACKAGES)
+        return list(packages)
     installed = {
         line.split()[0].split(":")[0]
         for line in done.stdout.splitlines()
         if len(line.split()) >= 2 and line.split()[1] == "ii"
     }
-    return [name for name in _PACKAGES if name not in installed]
+    return [name for name in packages if name not in installed]
 
 
-def ensure_packages() -> None:
-    """Install poppler-utils, pango, harfbuzz-subset and the DejaVu fonts with apt when missing."""
-    missing = _missing()
+def ensure_packages(*, tools: bool = True) -> None:
+    """Install poppler-utils, pango, harfbuzz-subset and the DejaVu fonts with apt when missing;
+    ``tools=False``: only what WeasyPrint needs to render (``make demo``)."""
+    packages = _PACKAGES if tools else [p for p in _PACKAGES if p != "poppler-utils"]
+    missing = _missing(packages)
     if not missing:
         return
     if os.geteuid() != 0:
@@ -79,7 +81,7 @@ def ensure_packages() -> None:
     if done.returncode != 0:
         _run(["apt-get", "update", "-q"], env=env)
         done = _run(install, env=env)
-    if done.returncode != 0 or _missing():
+    if done.returncode != 0 or _missing(packages):
         raise PdfToolError(f"cannot install {missing}: {done.stderr[-2000:]}")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import types
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,9 @@ def render_pdf(
         import weasyprint
     except (ImportError, OSError) as exc:  # OSError: cffi cannot load pango or harfbuzz
         raise EvidenceError(f"cannot render the PDF ({exc}): {_INSTALL}") from exc
+    # WeasyPrint logs every layout step at INFO ("Step 5 - Creating layout - Page 7"); under
+    # a host that logs INFO (Airflow's structlog), that would bury the command's own output.
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     fetcher = _refusing_fetcher(weasyprint)
     files = [
         weasyprint.Attachment(

@@ -364,8 +364,9 @@ def _summary(
     parts = [] if section["error"] is None else [section["error"]]
     if problems:
         parts.append(
-            f"{len(problems)} of {len(objects)} objects holding the period's records are not "
-            f"locked in COMPLIANCE mode {min_days} days past their latest record"
+            f"{len(problems)} of {len(objects)} objects holding the period's records "
+            f"{'is' if len(problems) == 1 else 'are'} not locked in COMPLIANCE mode "
+            f"{min_days} days past their latest record"
         )
     if uncovered:
         seqs = sum(u["to"] - u["from"] + 1 for u in uncovered)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from audit_core import AuditConfig, AuditTrail
+from audit_core.cli import main
 from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core import _tamper
 from tests.core._cli import Run
@@ -50,41 +51,51 @@ def _fill(path: Path) -> None:
                 trail.checkpoint(chain)
 
 
+def _args(ledger: Path, out: Path, since: str = SINCE, until: str = UNTIL) -> list[str]:
+    return [
+        "evidence", "--ledger", f"sqlite:///{ledger}", "--since", since, "--until", until,
+        "--sample", "25", "-o", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """One ledger and, made once for the module, the pack of the period and one of a later
+    period (each pack takes a second or two: most tests only read them)."""
+    root = tmp_path_factory.mktemp("evidence")
+    ledger = root / "ledger.db"
+    _fill(ledger)
+    pack, later = root / "pack.zip", root / "later.zip"
+    assert main(_args(ledger, pack)) == 0
+    assert main(_args(ledger, later, "2026-11-05", "2026-11-06")) == 0
+    return ledger, pack, later
+
+
 @pytest.fixture
-def ledger(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.db"
-    _fill(path)
-    return path
+def ledger(made: tuple[Path, Path, Path], tmp_path: Path) -> Path:
+    """A copy of the module's ledger (with its keys) a test may change."""
+    for path in made[0].parent.glob("ledger.db*"):
+        shutil.copy(path, tmp_path / path.name)
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def pack(made: tuple[Path, Path, Path]) -> Path:
+    return made[1]
+
+
+@pytest.fixture
+def later(made: tuple[Path, Path, Path]) -> Path:
+    return made[2]
 
 
 def _key(ledger: Path) -> Path:
     return ledger.with_name(ledger.name + ".key.pub")
 
 
-def _make(cli: Any, ledger: Path, out: Path, *extra: str) -> Run:
-    run: Run = cli(
-        "evidence",
-        "--ledger",
-        f"sqlite:///{ledger}",
-        "--since",
-        SINCE,
-        "--until",
-        UNTIL,
-        "--sample",
-        "25",
-        "-o",
-        out,
-        *extra,
-    )
+def _make(cli: Any, ledger: Path, out: Path) -> Run:
+    run: Run = cli(*_args(ledger, out))
     return run
-
-
-@pytest.fixture
-def pack(cli: Any, ledger: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "pack.zip"
-    run = _make(cli, ledger, out)
-    assert run.code == 0, run.err
-    return out
 
 
 def _verify(cli: Any, pack: Path, ledger: Path, *extra: str) -> Run:
@@ -176,7 +187,7 @@ class TestMakeAndVerify:
             for r in SqliteLedger(ledger, read_only=True).read("audit")
             if b'"audit.exported"' in r.body
         ]
-        assert len(exported) == 2
+        assert len(exported) == 3  # the module's two packs, and this one
         assert exported[-1]["data"]["kind"] == "evidence"
         assert (
             exported[-1]["data"]["manifest_sha256"]
@@ -270,14 +281,8 @@ class TestTamperIsNamed:
         assert "records/extra.jsonl: in the pack but not in the manifest" in run.err
 
     def test_another_periods_checkpoint_swapped_in(
-        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+        self, cli: Any, pack: Path, later: Path, ledger: Path, tmp_path: Path
     ) -> None:
-        later = tmp_path / "later.zip"
-        run = cli(
-            "evidence", "--ledger", f"sqlite:///{ledger}", "--since", "2026-11-05",
-            "--until", "2026-11-06", "-o", later,
-        )  # fmt: skip
-        assert run.code == 0, run.err
         name = "checkpoints/airflow.last.note"
         other = _entry(later, name)
         assert other != _entry(pack, name)
@@ -287,13 +292,8 @@ class TestTamperIsNamed:
         assert name in run.err
 
     def test_another_packs_signature(
-        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+        self, cli: Any, pack: Path, later: Path, ledger: Path, tmp_path: Path
     ) -> None:
-        later = tmp_path / "later.zip"
-        cli(
-            "evidence", "--ledger", f"sqlite:///{ledger}", "--since", "2026-11-05",
-            "--until", "2026-11-06", "-o", later,
-        )  # fmt: skip
         bad = _rewrite(pack, tmp_path / "bad.zip", {"manifest.sig": _entry(later, "manifest.sig")})
         run = _verify(cli, bad, ledger)
         assert run.code == 1
