@@ -31,7 +31,7 @@ from audit_core.config import AuditConfig
 from audit_core.errors import AuditError, ConfigError, EvidenceError
 from audit_core.evidence.collect import PackRequest
 from audit_core.evidence.pack import PackResult, Reconcile, Retention, make_pack
-from audit_core.ledgers import Ledger, masked_url
+from audit_core.ledgers import Ledger
 from audit_core.readlog import os_user, read_event
 
 __all__ = ["add_parsers"]
@@ -120,6 +120,22 @@ def _now() -> str:
     return format_timestamp(dt.datetime.now(dt.timezone.utc))
 
 
+def ledger_name(url: str, shown: str) -> str:
+    """How the report names the ledger: a file's name, or a PostgreSQL URL without its user
+    and password (the same for the writer's and the auditor's pack of one period).
+
+    >>> ledger_name("postgresql://w:pw@db.example:5432/ledger?sslmode=require", "")
+    'postgresql://db.example:5432/ledger'
+    >>> ledger_name("sqlite:////var/lib/audit/ledger.db", "/var/lib/audit/ledger.db")
+    'ledger.db'
+    """
+    if "://" not in shown and not url.startswith(("postgresql://", "postgres://")):
+        return Path(shown).name
+    scheme, _, rest = url.partition("://")
+    host = rest.rpartition("@")[2].split("?", 1)[0]
+    return f"{scheme}://{host}"
+
+
 def _cmd_evidence(args: argparse.Namespace) -> int:
     if args.sample < 0 or args.sample > 100_000:
         raise ConfigError("--sample is 0 to 100000 proofs per chain")
@@ -128,21 +144,24 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     until = args.until or _now()
     if until <= args.since:
         raise ConfigError(f"--until {until} is not after --since {args.since}")
+    # Every usage error before anything is written (a checkpoint signed, a key made).
+    retention = _retention(args.s3) if args.s3 else None
+    reconcile = _reconcile(args) if args.reconcile else None
     url = args.ledger = args.ledger or default_ledger_url()
     chains = tuple(dict.fromkeys(args.chain or ()))
-    ledger, name = open_ledger_arg(args)
     config = AuditConfig.from_env(ledger_url=url)
+    ledger, name = open_ledger_arg(args)
     with closing(ledger):
+        if not args.no_checkpoint:
+            _sign_uncovered(args, config, chains or tuple(ledger.chains()))
         if not any(ledger.latest_checkpoint(c) for c in ledger.chains()):
             raise ConfigError(
                 "no chain of this ledger has a signed checkpoint: nothing to prove with "
-                "(`workflow-audit checkpoint` signs one)"
+                "(`workflow-audit checkpoint` signs one; this ledger could not be written)"
             )
         signer = CheckpointSigner.from_config(config, ledger)
         keys = load_verifiers(args.key) if args.key else [signer.signer.verifier]
         origin = config.origin or signer.signer.name
-        if not args.no_checkpoint:
-            _sign_uncovered(args, config, chains or tuple(ledger.chains()))
         output = Path(args.output or default_name(origin, args.since, until))
         request = PackRequest(
             since=args.since, until=until, chains=chains, sample=args.sample, cadence_s=args.cadence
@@ -154,9 +173,9 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
             signer=signer.signer,
             origin=origin,
             keys=keys,
-            ledger_name=Path(name).name if "://" not in name else masked_url(url),
-            reconcile=_reconcile(args) if args.reconcile else None,
-            retention=_retention(args.s3) if args.s3 else None,
+            ledger_name=ledger_name(url, name),
+            reconcile=reconcile,
+            retention=retention,
         )
     _record(url, args, result)
     return _print_result(result)

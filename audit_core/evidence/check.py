@@ -35,7 +35,7 @@ from audit_core._merkle import verify_consistency, verify_inclusion
 from audit_core._note import Verifier, open_note
 from audit_core._record import leaf_hash
 from audit_core.checkpoint import Checkpoint, open_checkpoint
-from audit_core.errors import AuditError, EvidenceError, ProofError
+from audit_core.errors import AuditError, EvidenceError, ProofError, VerificationError
 from audit_core.evidence.collect import record_ts
 from audit_core.evidence.controls import IN_FULL, in_full_category
 from audit_core.evidence.pack import MANIFEST_FORMAT, manifest_note_text
@@ -368,7 +368,7 @@ def _against_ledger(
     for chain, cp in roots.items():
         try:
             (head,) = verify_ledger(ledger, [chain], keys=keys, external=[(cp, "the pack's")])
-        except AuditError as exc:
+        except VerificationError as exc:  # not LedgerError: an unreadable ledger is no rewrite
             out.fail(
                 f"ledger: chain {chain!r} no longer holds the pack's checkpoint at size "
                 f"{cp.size} (root {cp.root.hex()[:16]}…): {exc}"

@@ -293,7 +293,8 @@ def _completeness(
             t.add(
                 "completeness: orchestrator runs without records",
                 result,
-                f"{rec['expected']} run(s) ended in the period, {rec['missing']} without a record",
+                f"{rec['expected']} task or flow run(s) ended in the period, "
+                f"{rec['missing']} without a record",
             )
     gap_count = sum(ev.gap_count for ev in evs)
     gaps = [g for ev in evs for g in ev.gaps][: request.max_listed]

@@ -391,6 +391,11 @@ def _error_sentence(exc: BaseException, bucket: str) -> str:
         return f"S3 denied {operation} on bucket {bucket!r} ({code}): {_DENIED_HINT}"
     if code:
         return f"S3 refused {operation} on bucket {bucket!r} ({code})"
+    if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return (
+            f"no AWS credentials found for bucket {bucket!r} ({type(exc).__name__}): set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or role)"
+        )
     return (
         f"cannot reach the S3 endpoint for bucket {bucket!r} ({type(exc).__name__}): check "
         "AWS_ENDPOINT_URL_S3, the network and the region"

@@ -363,6 +363,24 @@ class TestBadInput:
         run = cli("evidence", "--ledger", f"sqlite:///{ledger}", "--since", "yesterday")
         assert run.code == 2
 
+    def test_ledger_without_checkpoints_is_signed_first(self, cli: Any, tmp_path: Path) -> None:
+        path = tmp_path / "fresh.db"
+        config = AuditConfig(ledger_url=f"sqlite:///{path}", checkpoint_every=0)
+        with AuditTrail(config) as trail:
+            trail.record("task.failed", {}, ts=_ts(2, 1))
+        assert not SqliteLedger(path, read_only=True).checkpoints("default")
+        run = _make(cli, path, tmp_path / "p.zip")
+        assert run.code == 0, run.err
+        assert _verify(cli, tmp_path / "p.zip", path).code == 0
+
+    def test_usage_errors_write_nothing(self, ledger: Path, cli: Any, tmp_path: Path) -> None:
+        before = SqliteLedger(ledger, read_only=True).tree_head("audit")
+        for bad in (["--s3", "https://bucket/prefix"], ["--reconcile", "no-such-orchestrator"]):
+            run = cli(*_args(ledger, tmp_path / "p.zip"), *bad)
+            assert run.code == 2, run.err
+        assert SqliteLedger(ledger, read_only=True).tree_head("audit") == before
+        assert not (tmp_path / "p.zip").exists()
+
     def test_ledger_without_checkpoints(self, cli: Any, tmp_path: Path) -> None:
         path = tmp_path / "bare.db"
         config = AuditConfig(ledger_url=f"sqlite:///{path}", checkpoint_every=0)
