@@ -14,8 +14,9 @@ In order, each failure named by the file it is in:
 6. ``report.json`` states the manifest's chains, and ``report.html`` is its rendering;
 7. the verdict the pack states: an authentic pack that says FAIL is still a failure.
 
-With a ledger, also: the ledger still extends every chain's last checkpoint (a ledger
-rewritten after the pack was made fails here).
+With a ledger, also (:mod:`audit_core.evidence.rederive`): the ledger still extends every
+chain's last checkpoint (a ledger rewritten after the pack was made fails here), and the
+period derived again from it is the one the pack states (nothing left out).
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ from audit_core._merkle import verify_consistency, verify_inclusion
 from audit_core._note import Verifier, open_note
 from audit_core._record import leaf_hash
 from audit_core.checkpoint import Checkpoint, open_checkpoint
-from audit_core.errors import AuditError, EvidenceError, ProofError, VerificationError
+from audit_core.errors import AuditError, EvidenceError, ProofError
 from audit_core.evidence.collect import record_ts
 from audit_core.evidence.controls import IN_FULL, in_full_category
 from audit_core.evidence.pack import MANIFEST_FORMAT, manifest_note_text
+from audit_core.evidence.rederive import against_ledger
 from audit_core.evidence.sample import sample_indices
 from audit_core.ledgers import LedgerReader
-from audit_core.verify import verify_ledger
 
 __all__ = ["PackCheck", "verify_pack"]
 
@@ -89,10 +90,11 @@ def verify_pack(
         if not _files(zf, names, manifest, out):
             return out
         roots = _chains(zf, manifest, keys, out)
-        _records(zf, manifest, roots, out)
-        _report(zf, manifest, out)
+        held = _records(zf, manifest, roots, out)
+        report = _report(zf, manifest, out)
     if ledger is not None:
-        _against_ledger(ledger, roots, keys, out)
+        for passed, what in against_ledger(ledger, manifest, report, roots, held, keys):
+            (out.ok if passed else out.fail)(what)
     if manifest.get("verdict") != "PASS":
         out.fail(
             f"the pack states verdict {manifest.get('verdict')!r}: the ledger failed a check "
@@ -283,7 +285,9 @@ def _records(
     manifest: Mapping[str, Any],
     roots: Mapping[str, Checkpoint],
     out: PackCheck,
-) -> None:
+) -> dict[str, set[tuple[str, int]]]:
+    """Check the sample and the in-full files; returns the in-full records' (chain, seq)."""
+    held: dict[str, set[tuple[str, int]]] = {c: set() for c in IN_FULL}
     by_chain = {c["chain"]: c for c in manifest.get("chains", ())}
     since, until = manifest["period"]["since"], manifest["period"]["until"]
     for chain, root in roots.items():
@@ -322,19 +326,23 @@ def _records(
                 ts = record_ts(str(line["record"]).encode())
                 if ts is None or not since <= ts < until:
                     raise ProofError(f"record time {ts} is outside the period")
+                held[category].add((chain, line["leaf_index"]))
         except (AuditError, KeyError, ValueError, TypeError) as exc:
             out.fail(f"{name} line {n}: {exc}")
             continue
         out.ok(f"{name}: {n} records proven included")
+    return held
 
 
-def _report(zf: zipfile.ZipFile, manifest: Mapping[str, Any], out: PackCheck) -> None:
+def _report(zf: zipfile.ZipFile, manifest: Mapping[str, Any], out: PackCheck) -> dict[str, Any]:
+    """report.json, checked against the manifest and report.html ({} when unreadable)."""
+    report: dict[str, Any] = {}
     try:
         report = orjson.loads(_read(zf, "report.json"))
         stated = {(c["chain"], c["size"], c["root"]) for c in report["chains"]}
     except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
         out.fail(f"report.json: unreadable ({exc!r})")
-        return
+        return {}
     signed = {
         (c["chain"], c["last_checkpoint"]["size"], c["last_checkpoint"]["root"])
         for c in manifest.get("chains", ())
@@ -342,36 +350,16 @@ def _report(zf: zipfile.ZipFile, manifest: Mapping[str, Any], out: PackCheck) ->
     }
     if not signed <= stated or report.get("verdict") != manifest.get("verdict"):
         out.fail("report.json: its chains or verdict differ from the signed manifest's")
-        return
+        return report
     try:
         from audit_core.evidence.render import render_html
 
         same = render_html(report) == _read(zf, "report.html")
     except (ImportError, AuditError):  # jinja2 missing: the hashes above still bind the file
         out.checks.append(("SKIP", "report.html re-rendered (jinja2 not installed)"))
-        return
+        return report
     if not same:
         out.fail("report.html is not the rendering of report.json")
-        return
+        return report
     out.ok("report.json matches the manifest; report.html is its rendering")
-
-
-def _against_ledger(
-    ledger: LedgerReader,
-    roots: Mapping[str, Checkpoint],
-    keys: Sequence[Verifier],
-    out: PackCheck,
-) -> None:
-    """Verify each chain of the ledger in full with the pack's last checkpoint as an external
-    claim: every record is re-hashed, so a rewrite below the pack's tree size is caught even
-    where the ledger's stored Merkle nodes were left alone."""
-    for chain, cp in roots.items():
-        try:
-            (head,) = verify_ledger(ledger, [chain], keys=keys, external=[(cp, "the pack's")])
-        except VerificationError as exc:  # not LedgerError: an unreadable ledger is no rewrite
-            out.fail(
-                f"ledger: chain {chain!r} no longer holds the pack's checkpoint at size "
-                f"{cp.size} (root {cp.root.hex()[:16]}…): {exc}"
-            )
-            continue
-        out.ok(f"ledger: chain {chain!r} ({head.size} records) still extends the pack")
+    return report

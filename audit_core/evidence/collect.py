@@ -178,11 +178,13 @@ def collect_chain(
     chain: str,
     request: PackRequest,
     tally: ControlTally,
+    stop: int | None = None,
 ) -> ChainEvidence:
-    """Scan ``chain`` once: the period's range, tallies, in-full seqs and source gaps."""
+    """Scan ``chain`` once (up to seq ``stop``): the period's range, tallies, in-full seqs and
+    source gaps."""
     out = ChainEvidence(chain)
     since, until = request.since, request.until
-    size = view.tree_head(chain)[0]
+    size = view.tree_head(chain)[0] if stop is None else stop
     with closing(view.read(chain, 0, size)) as rows:
         for stored in rows:
             ts = record_ts(stored.body)

@@ -333,6 +333,49 @@ class TestTamperIsNamed:
         assert "line" in verified.err
 
 
+class TestOperatorWithTheKey:
+    """The operator holds the signing key: a pack re-signed after a failure record was taken
+    out verifies alone (the key vouches for it), and is caught against the ledger."""
+
+    def test_dropped_failure_record_is_caught_against_the_ledger(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        from audit_core._note import Signer, sign_note
+        from audit_core.evidence.pack import manifest_note_text
+
+        failures = _entry(pack, "records/failure.jsonl").splitlines(keepends=True)
+        hidden = b"".join(failures[1:])
+        manifest = orjson.loads(_entry(pack, "manifest.json"))
+        manifest["files"]["records/failure.jsonl"] = hashlib.sha256(hidden).hexdigest()
+        raw = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+        signer = Signer.parse(ledger.with_name(ledger.name + ".key").read_text())
+        period = manifest["period"]
+        note = sign_note(
+            manifest_note_text(
+                manifest["origin"],
+                period["since"],
+                period["until"],
+                hashlib.sha256(raw).hexdigest(),
+            ),
+            [signer],
+        )
+        forged = _rewrite(
+            pack,
+            tmp_path / "forged.zip",
+            {"records/failure.jsonl": hidden, "manifest.json": raw, "manifest.sig": note.encode()},
+        )
+        assert _verify(cli, forged, ledger).code == 0  # the key vouches for what it signed
+        run = _verify(cli, forged, ledger, "--ledger", f"sqlite:///{ledger}")
+        assert run.code == 1
+        seq = orjson.loads(failures[0])["leaf_index"]
+        assert f"records/failure.jsonl: chain 'airflow' seqs [{seq}]" in run.err
+
+    def test_an_honest_pack_is_derived_again(self, cli: Any, pack: Path, ledger: Path) -> None:
+        run = _verify(cli, pack, ledger, "--ledger", f"sqlite:///{ledger}", "-v")
+        assert run.code == 0, run.err
+        assert "control counts derived again" in run.out
+
+
 class TestBadInput:
     @pytest.mark.parametrize(
         "content", [b"", b"not a zip", b"PK\x03\x04" + b"\x00" * 40], ids=["empty", "text", "stub"]

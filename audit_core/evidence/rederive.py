@@ -1,0 +1,130 @@
+"""An evidence pack held against the ledger it was made from (``verify-evidence --ledger``).
+
+The pack alone proves what it holds is in the signed log; it cannot prove that it holds
+everything the period had (the operator made it). An auditor with read access to the ledger
+closes that gap here: every chain is verified in full with the pack's last checkpoint as an
+external claim (a rewrite since the pack fails, even with the stored Merkle nodes left alone),
+and the period is derived again from the ledger's records up to the pack's tree size — the seq
+range, the record count, the exact set of failure, access, permission and erasure records, and
+each control's count per event type — and compared with what the pack states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from audit_core._note import Verifier
+from audit_core.checkpoint import Checkpoint
+from audit_core.errors import VerificationError
+from audit_core.evidence.collect import PackRequest, collect_chain
+from audit_core.evidence.controls import IN_FULL, ControlFacts, ControlTally
+from audit_core.ledgers import LedgerReader
+from audit_core.verify import verify_ledger
+
+__all__ = ["InFull", "against_ledger"]
+
+#: Per category, the (chain, seq) of every record the pack holds in full.
+InFull = Mapping[str, set[tuple[str, int]]]
+#: A control's figures that depend on the records alone (not on the verification's facts).
+_ANY_FACTS = ControlFacts(
+    verified=True,
+    consistent=True,
+    signed_checkpoints=0,
+    verifier_keys=(),
+    retention="NOT CHECKED",
+    retention_detail="",
+    records=0,
+)
+
+
+def against_ledger(
+    ledger: LedgerReader,
+    manifest: Mapping[str, Any],
+    report: Mapping[str, Any],
+    roots: Mapping[str, Checkpoint],
+    in_full: InFull,
+    keys: Sequence[Verifier],
+) -> list[tuple[bool, str]]:
+    """(passed, what) for each check; a failed check names the chain and what differs.
+    Raises :class:`~audit_core.errors.LedgerError` when the ledger cannot be read (that is
+    no rewrite: the caller reports it as an error, not a finding)."""
+    results: list[tuple[bool, str]] = []
+    for chain, cp in roots.items():
+        try:
+            (head,) = verify_ledger(ledger, [chain], keys=keys, external=[(cp, "the pack's")])
+        except VerificationError as exc:
+            results.append(
+                (
+                    False,
+                    f"ledger: chain {chain!r} no longer holds the pack's checkpoint at size "
+                    f"{cp.size} (root {cp.root.hex()[:16]}…): {exc}",
+                )
+            )
+            continue
+        results.append((True, f"ledger: chain {chain!r} ({head.size} records) extends the pack"))
+    if all(ok for ok, _ in results):
+        results += _derived_again(ledger, manifest, report, roots, in_full)
+    return results
+
+
+def _derived_again(
+    ledger: LedgerReader,
+    manifest: Mapping[str, Any],
+    report: Mapping[str, Any],
+    roots: Mapping[str, Checkpoint],
+    in_full: InFull,
+) -> list[tuple[bool, str]]:
+    period = manifest["period"]
+    request = PackRequest(since=period["since"], until=period["until"])
+    tally = ControlTally()
+    results: list[tuple[bool, str]] = []
+    with ledger.snapshot() as view:
+        for c in manifest.get("chains", ()):
+            chain = c["chain"]
+            if chain not in roots:
+                continue
+            ev = collect_chain(view, chain, request, tally, stop=roots[chain].size)
+            stated = (c["lo"], c["hi"], c["records"])
+            if (ev.lo, ev.hi, ev.records) != stated:
+                results.append(
+                    (
+                        False,
+                        f"ledger: chain {chain!r} has {ev.records} records of the period in seqs "
+                        f"[{ev.lo}, {ev.hi}); the pack states {stated[2]} in [{stated[0]}, "
+                        f"{stated[1]}): records were left out",
+                    )
+                )
+            for category in IN_FULL:
+                held = {seq for ch, seq in in_full.get(category, set()) if ch == chain}
+                missing = sorted(set(ev.in_full[category]) - held)
+                extra = sorted(held - set(ev.in_full[category]))
+                if missing or extra:
+                    results.append(
+                        (
+                            False,
+                            f"records/{category}.jsonl: chain {chain!r} seqs {missing[:10]} of "
+                            f"the period are missing from the pack"
+                            + (f", and {extra[:10]} are not the period's" if extra else ""),
+                        )
+                    )
+    results += _controls_again(report, tally)
+    if all(ok for ok, _ in results):
+        results.append(
+            (True, "ledger: the period's records, in-full files and control counts derived again")
+        )
+    return results
+
+
+def _controls_again(report: Mapping[str, Any], tally: ControlTally) -> list[tuple[bool, str]]:
+    derived = {c["id"]: (c["count"], c["by_event"]) for c in tally.result(_ANY_FACTS)}
+    stated = {c.get("id"): (c.get("count"), c.get("by_event")) for c in report.get("controls", ())}
+    return [
+        (
+            False,
+            f"report.json: control {cid!r} states {stated.get(cid, (None,))[0]} records, the "
+            f"ledger's period has {figures[0]}",
+        )
+        for cid, figures in derived.items()
+        if stated.get(cid) != figures
+    ]
