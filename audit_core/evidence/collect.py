@@ -45,6 +45,7 @@ __all__ = [
     "ChainEvidence",
     "PackRequest",
     "Transcript",
+    "bounds",
     "cadence_gaps",
     "chain_file",
     "collect_chain",
@@ -347,27 +348,51 @@ def _open(cp: StoredCheckpoint, origin: str, keys: Sequence[Verifier]) -> Checkp
     return opened
 
 
-def proof_lines(view: LedgerReader, chain: str, seqs: Sequence[int], size: int) -> Iterator[bytes]:
-    """One JSON line per seq: the record's bytes and its RFC 9162 audit path at ``size``."""
+def bounds(ev: ChainEvidence) -> list[tuple[str, int]]:
+    """The records that pin the period's seq range ``[lo, hi)`` of a chain, by side: the one
+    before ``lo`` (outside the period), ``lo`` and ``hi - 1`` (inside), the one at ``hi``
+    (outside) — those that exist in the last checkpoint's tree.
+
+    >>> ev = ChainEvidence("c", lo=3, hi=7, records=4)
+    >>> ev.last = StoredCheckpoint("c", 10, bytes(32), "", "")
+    >>> bounds(ev)
+    [('before', 2), ('first', 3), ('last', 6), ('after', 7)]
+    """
+    if not ev.records or ev.last is None:
+        return []
+    out = [("before", ev.lo - 1)] if ev.lo > 0 else []
+    out += [("first", ev.lo), ("last", ev.hi - 1)]
+    if ev.hi < ev.last.size:
+        out.append(("after", ev.hi))
+    return out
+
+
+def proof_lines(
+    view: LedgerReader,
+    chain: str,
+    seqs: Sequence[int],
+    size: int,
+    sides: Sequence[str] | None = None,
+) -> Iterator[bytes]:
+    """One JSON line per seq: the record's bytes and its RFC 9162 audit path at ``size``
+    (and, for the range's bounds, which side of it the record is)."""
     read = partial(view.node, chain)
-    for seq in seqs:
+    for i, seq in enumerate(seqs):
         with closing(view.read(chain, seq, seq + 1)) as rows:
             stored = next(rows, None)
         if stored is None:
             raise ProofError(f"chain {chain!r} has no record at seq {seq}")
         path = inclusion_proof(read, seq, size)
-        yield (
-            orjson.dumps(
-                {
-                    "chain": chain,
-                    "leaf_index": seq,
-                    "tree_size": size,
-                    "record": stored.body.decode("utf-8", "replace"),
-                    "audit_path": [h.hex() for h in path],
-                }
-            )
-            + b"\n"
-        )
+        line = {
+            "chain": chain,
+            "leaf_index": seq,
+            "tree_size": size,
+            "record": stored.body.decode("utf-8", "replace"),
+            "audit_path": [h.hex() for h in path],
+        }
+        if sides is not None:
+            line["side"] = sides[i]
+        yield orjson.dumps(line) + b"\n"
 
 
 def write_lines(path: Path, lines: Iterator[bytes]) -> int:

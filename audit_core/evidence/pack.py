@@ -28,6 +28,7 @@ from audit_core.evidence.collect import (
     LatestTs,
     PackRequest,
     Transcript,
+    bounds,
     cadence_gaps,
     chain_file,
     collect_chain,
@@ -50,6 +51,7 @@ __all__ = [
     "PackResult",
     "make_pack",
     "manifest_note_text",
+    "transcript_text",
     "zip_entries",
 ]
 
@@ -130,7 +132,7 @@ def make_pack(
         (work / "report.pdf").write_bytes(
             render_pdf(report, attachments={"report.json": report_bytes + b"\n"})
         )
-        (work / "transcript.txt").write_text(_transcript_text(report), encoding="utf-8")
+        (work / "transcript.txt").write_text(transcript_text(report), encoding="utf-8")
         manifest = _manifest(report, work, origin, keys, redaction_digest, request)
         manifest_bytes = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
         (work / "manifest.json").write_bytes(manifest_bytes + b"\n")
@@ -247,6 +249,13 @@ def _write_chain_files(view: LedgerReader, ev: ChainEvidence, work: Path) -> Non
             work / "proofs" / f"{name}.sample.jsonl",
             proof_lines(view, ev.chain, ev.sample, ev.last.size),
         )
+        pinned = bounds(ev)
+        write_lines(
+            work / "proofs" / f"{name}.bounds.jsonl",
+            proof_lines(
+                view, ev.chain, [s for _, s in pinned], ev.last.size, [d for d, _ in pinned]
+            ),
+        )
 
 
 def _write_in_full(
@@ -324,7 +333,9 @@ def _completeness(
     }
 
 
-def _transcript_text(report: Mapping[str, Any]) -> str:
+def transcript_text(report: Mapping[str, Any]) -> str:
+    """``transcript.txt``: the report's checks one a line, the verdict, the versions (pure:
+    ``verify-evidence`` renders it again from ``report.json`` and compares)."""
     lines = [f"workflow-audit evidence pack: period {report['period']['since']} to "]
     lines[0] += f"{report['period']['until']}, ledger {report['ledger']}"
     lines += [f"{x['result']:<4} {x['check']}: {x['detail']}" for x in report["transcript"]]
