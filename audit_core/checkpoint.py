@@ -363,6 +363,16 @@ class CheckpointSigner:
         # asked only when the local key is missing: was any chain signed (by that key)?
         return any(self.ledger.latest_checkpoint(c) is not None for c in self.ledger.chains())
 
+    def verifiers(self) -> list[Verifier]:
+        """Every verifier key of this signer: the key's own, and for the local key each other
+        line of ``<key>.pub`` (a rotated key's earlier ones, which signed older checkpoints)."""
+        keys = [self.signer.verifier]
+        path = None if self.config.signing_key else _default_key_path(self.config.ledger_url)
+        public = None if path is None else path.with_name(path.name + ".pub")
+        if public is not None and public.is_file():
+            keys += [v for v in _verifier_lines(public) if v != keys[0]]
+        return keys
+
     def origin(self, chain: str) -> str:
         """The origin line of ``chain``'s checkpoints."""
         return f"{self.config.origin or self.signer.name}/{chain}"

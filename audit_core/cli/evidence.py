@@ -2,9 +2,11 @@
 with the pack and the verifier key alone).
 
 Exit codes: ``evidence`` 0 when the pack states PASS, 1 when it was written but states FAIL
-(the findings are printed), 2 when no pack could be made; ``verify-evidence`` 0 for an
-authentic pack stating PASS, 1 for anything wrong (each problem named by its file), 2 for
-what is no pack at all or a usage error.
+(the findings are printed), 2 when no pack could be made (a usage error, no records in the
+period, an existing output file without ``--force``); ``verify-evidence`` 0 for an authentic
+pack stating PASS, 1 for anything wrong with the file (each problem named by its file in the
+pack; also a file that is no pack at all), 2 for a usage error (no such file, no key, a
+ledger given with ``--ledger`` that cannot be read).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="do not sign a checkpoint of chains whose records are not yet covered by one",
     )
     ev.add_argument("-o", "--output", help="pack file (default: evidence-ORIGIN-FROM_TO.zip)")
+    ev.add_argument("--force", action="store_true", help="replace an existing pack file")
     ev.set_defaults(func=_cmd_evidence)
 
     ve = sub.add_parser(
@@ -141,9 +144,15 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
         raise ConfigError("--sample is 0 to 100000 proofs per chain")
     if args.cadence <= 0:
         raise ConfigError("--cadence is a positive number of seconds")
-    until = args.until or _now()
+    now = _now()
+    until = args.until or now
     if until <= args.since:
         raise ConfigError(f"--until {until} is not after --since {args.since}")
+    if until > now:
+        raise ConfigError(
+            f"--until {until} is in the future: a pack of a period not over yet would differ "
+            "from every later pack of it (leave --until out for 'until now')"
+        )
     # Every usage error before anything is written (a checkpoint signed, a key made).
     retention = _retention(args.s3) if args.s3 else None
     reconcile = _reconcile(args) if args.reconcile else None
@@ -152,6 +161,13 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     config = AuditConfig.from_env(ledger_url=url)
     ledger, name = open_ledger_arg(args)
     with closing(ledger):
+        unknown = [c for c in chains if c not in ledger.chains()]
+        if unknown:
+            raise ConfigError(f"the ledger has no chain {', '.join(map(repr, unknown))}")
+        origin = config.origin or ""
+        output = Path(args.output) if args.output else None
+        if output is not None:
+            check_output(output, url, force=args.force)
         if not args.no_checkpoint:
             _sign_uncovered(args, config, chains or tuple(ledger.chains()))
         if not any(ledger.latest_checkpoint(c) for c in ledger.chains()):
@@ -160,9 +176,11 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
                 "(`workflow-audit checkpoint` signs one; this ledger could not be written)"
             )
         signer = CheckpointSigner.from_config(config, ledger)
-        keys = load_verifiers(args.key) if args.key else [signer.signer.verifier]
-        origin = config.origin or signer.signer.name
-        output = Path(args.output or default_name(origin, args.since, until))
+        keys = load_verifiers(args.key) if args.key else signer.verifiers()
+        origin = origin or signer.signer.name
+        if output is None:
+            output = Path(default_name(origin, args.since, until))
+            check_output(output, url, force=args.force)
         request = PackRequest(
             since=args.since, until=until, chains=chains, sample=args.sample, cadence_s=args.cadence
         )
@@ -177,8 +195,27 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
             reconcile=reconcile,
             retention=retention,
         )
-    _record(url, args, result)
+    _record(url, args.since, until, result)
     return _print_result(result)
+
+
+def check_output(output: Path, ledger_url: str, *, force: bool) -> None:
+    """Refuse an output that is not a new regular file (``--force`` replaces a pack), and
+    any file of the ledger itself or its keys: ``-o ledger.db`` must not destroy the trail."""
+    from audit_core.ledgers import ledger_path
+
+    path = ledger_path(ledger_url) if ledger_url.startswith("sqlite:") else None
+    if path is not None:
+        own = {path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", ".key", ".key.pub"))}
+        if any(output.resolve() == p.resolve() for p in own):
+            raise ConfigError(f"-o {output} is a file of the ledger or its key: refused")
+    if output.exists() or output.is_symlink():
+        if not output.is_file() or output.is_symlink():
+            raise ConfigError(f"-o {output} exists and is not a regular file: refused")
+        if not force:
+            raise ConfigError(f"{output} exists: pass --force to replace it, or another -o")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ConfigError(f"-o {output}: {output.parent} is not a directory")
 
 
 def _sign_uncovered(args: argparse.Namespace, config: AuditConfig, chains: Sequence[str]) -> None:
@@ -189,17 +226,16 @@ def _sign_uncovered(args: argparse.Namespace, config: AuditConfig, chains: Seque
 
     try:
         writable, _ = open_ledger_arg(args, write=True)
-    except (AuditError, OSError):
-        return
-    with AuditTrail(config, ledger=writable) as trail:
-        for chain in chains:
-            latest = writable.latest_checkpoint(chain)
-            size = writable.tree_head(chain)[0]
-            if size and (latest is None or latest.size < size):
-                try:
+        with AuditTrail(config, ledger=writable) as trail:
+            for chain in chains:
+                latest = writable.latest_checkpoint(chain)
+                size = writable.tree_head(chain)[0]
+                if size and (latest is None or latest.size < size):
                     trail.checkpoint(chain)
-                except AuditError as exc:
-                    print(f"workflow-audit: could not sign chain {chain!r}: {exc}", file=sys.stderr)
+    # A read-only or locked ledger, a read-only key directory: the pack says what no
+    # checkpoint covers.
+    except (AuditError, OSError) as exc:
+        print(f"workflow-audit: no checkpoint signed before the pack: {exc}", file=sys.stderr)
 
 
 def _reconcile(args: argparse.Namespace) -> Reconcile:
@@ -234,10 +270,15 @@ def _reconcile(args: argparse.Namespace) -> Reconcile:
 
 def _retention(url: str) -> Retention:
     from audit_core.evidence.collect import LatestTs
-    from audit_core.evidence.retention import ChainSpan, RetentionResult, check_retention
-    from audit_core.sinks.s3 import parse_s3_url, s3_client
+    from audit_core.evidence.retention import (
+        ChainSpan,
+        RetentionResult,
+        check_retention,
+        parse_bucket_url,
+    )
+    from audit_core.sinks.s3 import s3_client
 
-    bucket, prefix = parse_s3_url(url)
+    bucket, prefix = parse_bucket_url(url)  # bucket-name rules: never a secret in a URL
 
     def run(spans: Sequence[ChainSpan], ts: LatestTs) -> RetentionResult:
         return check_retention(s3_client(), bucket, prefix, spans, ts)
@@ -245,7 +286,7 @@ def _retention(url: str) -> Retention:
     return run
 
 
-def _record(url: str, args: argparse.Namespace, result: PackResult) -> None:
+def _record(url: str, since: str, until: str, result: PackResult) -> None:
     event = read_event(
         "exported",
         user=os_user(),
@@ -253,8 +294,8 @@ def _record(url: str, args: argparse.Namespace, result: PackResult) -> None:
         count=result.records,
         kind="evidence",
         format="zip",
-        since=args.since,
-        until=args.until,
+        since=since,
+        until=until,
         chains=list(result.chains),
         manifest_sha256=result.manifest_sha256,
         file=result.path.name,

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from audit_core._note import Signer, Verifier, sign_note
+from audit_core.errors import ConfigError
 from audit_core.evidence.collect import (
     ChainEvidence,
     LatestTs,
@@ -169,6 +170,12 @@ def _collect(
         evs = [collect_chain(view, chain, request, tally) for chain in names]
         if not request.chains:  # every chain: those the period has records of
             evs = [ev for ev in evs if ev.records]
+        if not any(ev.records for ev in evs):  # a pack of nothing would still say PASS
+            raise ConfigError(
+                f"no records from {request.since} to {request.until}"
+                + (f" on chain(s) {', '.join(request.chains)}" if request.chains else "")
+                + ": nothing to evidence"
+            )
         for ev in evs:
             if ev.records:
                 prove_chain(view, ev, f"{origin}/{ev.chain}", keys, request, t)

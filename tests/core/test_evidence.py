@@ -424,6 +424,66 @@ class TestBadInput:
         assert SqliteLedger(ledger, read_only=True).tree_head("audit") == before
         assert not (tmp_path / "p.zip").exists()
 
+    @pytest.mark.parametrize("suffix", ["", "-wal", ".key", ".key.pub"])
+    def test_output_never_replaces_the_ledger_or_its_key(
+        self, cli: Any, ledger: Path, suffix: str
+    ) -> None:
+        target = ledger.with_name(ledger.name + suffix)
+        target.touch()
+        before = target.read_bytes()
+        run = cli(*_args(ledger, target), "--force")
+        assert run.code == 2
+        assert "file of the ledger or its key" in run.err
+        assert target.read_bytes() == before
+
+    def test_existing_output_needs_force(self, cli: Any, ledger: Path, tmp_path: Path) -> None:
+        out = tmp_path / "p.zip"
+        out.write_bytes(b"precious")
+        run = cli(*_args(ledger, out))
+        assert run.code == 2
+        assert "--force" in run.err
+        assert out.read_bytes() == b"precious"
+        assert cli(*_args(ledger, out), "--force").code == 0
+        assert zipfile.is_zipfile(out)
+        run = cli(*_args(ledger, tmp_path))  # a directory
+        assert run.code == 2
+        assert "not a regular file" in run.err
+
+    @pytest.mark.parametrize(
+        ("since", "until", "said"),
+        [
+            ("2026-11-10", "2026-11-11", "no records"),
+            ("2026-11-02", "2999-01-01", "in the future"),
+        ],
+    )
+    def test_nothing_or_not_yet_to_evidence(
+        self, cli: Any, ledger: Path, tmp_path: Path, since: str, until: str, said: str
+    ) -> None:
+        run = cli(*_args(ledger, tmp_path / "p.zip", since, until))
+        assert run.code == 2
+        assert said in run.err
+        assert not (tmp_path / "p.zip").exists()
+        assert not list(tmp_path.glob(".evidence-*"))
+
+    def test_unknown_chain(self, cli: Any, ledger: Path, tmp_path: Path) -> None:
+        run = cli(*_args(ledger, tmp_path / "p.zip"), "--chain", "nope")
+        assert run.code == 2
+        assert "no chain 'nope'" in run.err
+
+    def test_a_rotated_key_still_verifies_older_checkpoints(
+        self, cli: Any, ledger: Path, tmp_path: Path
+    ) -> None:
+        config = AuditConfig(ledger_url=f"sqlite:///{ledger}", actor=("service", "tests"))
+        ledger.with_name(ledger.name + ".key").unlink()  # lost: rotated on purpose
+        with AuditTrail(config) as trail:
+            trail.rotate_key = True
+            trail.record("task.succeeded", {}, ts=_ts(3, 59), chain="airflow")
+            trail.checkpoint("airflow")
+        run = cli(*_args(ledger, tmp_path / "p.zip"))
+        assert run.code == 0, run.err
+        assert len(_key(ledger).read_text().split()) == 2
+        assert _verify(cli, tmp_path / "p.zip", ledger).code == 0
+
     def test_ledger_without_checkpoints(self, cli: Any, tmp_path: Path) -> None:
         path = tmp_path / "bare.db"
         config = AuditConfig(ledger_url=f"sqlite:///{path}", checkpoint_every=0)
