@@ -383,6 +383,9 @@ def _manifest(
         "period": {"since": request.since, "until": request.until},
         "origin": origin,
         "origins": sorted(c["origin"] for c in chains),
+        # [] = every chain with records in the period (`verify-evidence --ledger` checks that
+        # none was left out); else the chains asked for with --chain.
+        "requested_chains": list(request.chains),
         "chains": chains,
         "verifier_keys": sorted(str(k) for k in keys),
         "redaction_policy_digest": redaction_digest,

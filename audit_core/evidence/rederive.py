@@ -17,7 +17,7 @@ from typing import Any
 from audit_core._note import Verifier
 from audit_core.checkpoint import Checkpoint
 from audit_core.errors import VerificationError
-from audit_core.evidence.collect import PackRequest, collect_chain
+from audit_core.evidence.collect import PackRequest, collect_chain, pick_checkpoints
 from audit_core.evidence.controls import IN_FULL, ControlFacts, ControlTally
 from audit_core.ledgers import LedgerReader
 from audit_core.verify import verify_ledger
@@ -85,6 +85,7 @@ def _derived_again(
             if chain not in roots:
                 continue
             ev = collect_chain(view, chain, request, tally, stop=roots[chain].size)
+            results += _checkpoints_again(view, c, request.since, ev.hi)
             stated = (c["lo"], c["hi"], c["records"])
             if (ev.lo, ev.hi, ev.records) != stated:
                 results.append(
@@ -108,12 +109,57 @@ def _derived_again(
                             + (f", and {extra[:10]} are not the period's" if extra else ""),
                         )
                     )
+        if not manifest.get("requested_chains"):
+            results += _chains_left_out(view, manifest, request)
     results += _controls_again(report, tally)
     if all(ok for ok, _ in results):
         results.append(
             (True, "ledger: the period's records, in-full files and control counts derived again")
         )
     return results
+
+
+def _checkpoints_again(
+    view: LedgerReader, c: Mapping[str, Any], since: str, hi: int
+) -> list[tuple[bool, str]]:
+    """The pack's first and last checkpoints must be the ones the rule picks from the
+    ledger's (:func:`~audit_core.evidence.collect.pick_checkpoints`): a later "last" would
+    let the operator pick the root the sample derives from."""
+    first, last = pick_checkpoints(view.checkpoints(c["chain"]), since, hi)
+    picked = (first.size if first else None, last.size if last else None)
+    stated = tuple((c.get(k) or {}).get("size") for k in ("first_checkpoint", "last_checkpoint"))
+    if picked == stated:
+        return []
+    return [
+        (
+            False,
+            f"ledger: chain {c['chain']!r}: the pack's checkpoints are at sizes {stated}, the "
+            f"rule picks {picked} (the latest signed by the period's start, the earliest "
+            "covering its records): the sample's root was chosen",
+        )
+    ]
+
+
+def _chains_left_out(
+    view: LedgerReader, manifest: Mapping[str, Any], request: PackRequest
+) -> list[tuple[bool, str]]:
+    """A pack of every chain must hold every chain with records in the period."""
+    held = {c["chain"] for c in manifest.get("chains", ())}
+    out = []
+    for chain in view.chains():
+        if chain in held:
+            continue
+        ev = collect_chain(view, chain, request, ControlTally())
+        if ev.records:
+            out.append(
+                (
+                    False,
+                    f"ledger: chain {chain!r} has {ev.records} records of the period and is not "
+                    "in the pack (a pack of every chain left it out, or they were written "
+                    "since with earlier times)",
+                )
+            )
+    return out
 
 
 def _controls_again(report: Mapping[str, Any], tally: ControlTally) -> list[tuple[bool, str]]:

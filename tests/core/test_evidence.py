@@ -335,7 +335,7 @@ class TestTamperIsNamed:
 
 class TestOperatorWithTheKey:
     """The operator holds the signing key: a pack re-signed after a failure record was taken
-    out verifies alone (the key vouches for it), and is caught against the ledger."""
+    out is caught against the ledger, by the record's seq."""
 
     def test_dropped_failure_record_is_caught_against_the_ledger(
         self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
@@ -364,11 +364,42 @@ class TestOperatorWithTheKey:
             tmp_path / "forged.zip",
             {"records/failure.jsonl": hidden, "manifest.json": raw, "manifest.sig": note.encode()},
         )
-        assert _verify(cli, forged, ledger).code == 0  # the key vouches for what it signed
+        # offline: the sample (or the report's count) gives it away; the ledger names it
+        assert _verify(cli, forged, ledger).code == 1
         run = _verify(cli, forged, ledger, "--ledger", f"sqlite:///{ledger}")
         assert run.code == 1
         seq = orjson.loads(failures[0])["leaf_index"]
         assert f"records/failure.jsonl: chain 'airflow' seqs [{seq}]" in run.err
+
+    def test_a_chain_left_out_is_caught_against_the_ledger(
+        self, cli: Any, ledger: Path, tmp_path: Path
+    ) -> None:
+        copy = tmp_path / "copy" / "ledger.db"
+        copy.parent.mkdir()
+        for path in ledger.parent.glob("ledger.db*"):
+            shutil.copy(path, copy.parent / path.name)
+        _tamper.delete_chain(copy, "airflow-events")  # the operator's copy, made to look whole
+        assert _make(cli, copy, tmp_path / "p.zip").code == 0
+        run = _verify(cli, tmp_path / "p.zip", ledger, "--ledger", f"sqlite:///{ledger}")
+        assert run.code == 1
+        assert (
+            "chain 'airflow-events' has 4 records of the period and is not in the pack" in run.err
+        )
+
+    def test_a_later_checkpoint_steering_the_sample_is_caught(
+        self, cli: Any, ledger: Path, tmp_path: Path
+    ) -> None:
+        copy = tmp_path / "copy" / "ledger.db"
+        copy.parent.mkdir()
+        for path in ledger.parent.glob("ledger.db*"):
+            shutil.copy(path, copy.parent / path.name)
+        with _tamper._tampering(copy) as conn:  # hide the checkpoint the rule would pick
+            conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+            conn.execute("DELETE FROM checkpoints WHERE chain = 'airflow' AND size = 90")
+        assert _make(cli, copy, tmp_path / "p.zip").code == 0
+        run = _verify(cli, tmp_path / "p.zip", ledger, "--ledger", f"sqlite:///{ledger}")
+        assert run.code == 1
+        assert "the pack's checkpoints are at sizes (30, 120), the rule picks (30, 90)" in run.err
 
     def test_an_honest_pack_is_derived_again(self, cli: Any, pack: Path, ledger: Path) -> None:
         run = _verify(cli, pack, ledger, "--ledger", f"sqlite:///{ledger}", "-v")
