@@ -98,6 +98,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     ve.add_argument("pack", help="the evidence pack (.zip)")
     ve.add_argument("--key", action="append", required=True, help="trusted verifier key")
     ve.add_argument("--ledger", help="also check this ledger still extends the pack")
+    ve.add_argument(
+        "--no-pdf",
+        action="store_true",
+        help="do not render report.pdf again to compare (its SHA-256 is still checked)",
+    )
     ve.add_argument("-v", "--verbose", action="store_true", help="print every check")
     ve.set_defaults(func=_cmd_verify_evidence)
 
@@ -325,7 +330,7 @@ def _cmd_verify_evidence(args: argparse.Namespace) -> int:
     if args.ledger:
         ledger, _ = open_ledger_arg(args)
     try:
-        checked = verify_pack(path, keys, ledger=ledger)
+        checked = verify_pack(path, keys, ledger=ledger, pdf=not args.no_pdf)
     except EvidenceError as exc:
         print(f"INVALID evidence pack {path}: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -1,17 +1,25 @@
 """Checking an evidence pack with nothing but the pack and the verifier key.
 
-In order, each failure named by the file it is in:
+The operator holds the signing key and can re-sign anything: every check below holds for a
+re-signed pack too. In order, each failure named by the file it is in:
 
-1. the zip reads (no damaged entry, no duplicate or unsafe name);
+1. the zip reads: no damaged, encrypted, duplicate or unsafely named entry, no compression but
+   stored/deflated; the manifest and its signature are read bounded (16 MiB), every other
+   entry read into memory at most 256 MiB, the rest streamed (a zip bomb costs nothing);
 2. ``manifest.sig`` is a C2SP signed note by the trusted key over the manifest's SHA-256 and
-   the manifest's period;
+   the manifest's period, and the manifest is the shape a pack writes
+   (:func:`~audit_core.evidence.rules.manifest_problems`, one problem per field);
 3. every file the manifest lists is there with its SHA-256, and nothing else is;
 4. per chain, both checkpoints verify with the key, for the chain's origin, at the manifest's
    sizes and roots, and the RFC 9162 consistency proof connects them;
 5. the sample's indices are the ones the rule derives from the last root (recomputed here),
-   and every sampled and every in-full record is proven included in the last checkpoint, is
-   RFC 8785 canonical, is on its chain, and (in-full) belongs to its file's category;
-6. ``report.json`` states the manifest's chains, and ``report.html`` is its rendering;
+   and every sampled, in-full and bounds record is proven included in the last checkpoint, is
+   RFC 8785 canonical and on its chain; each in-full file holds its category's records once,
+   in seq order, inside the range, every sampled record of its category among them; the
+   records just outside the range are outside the period, its first and last inside;
+6. ``report.json`` states the manifest's period, chains and verdict (FAIL exactly when it has
+   findings), the in-full counts; ``transcript.txt``, ``report.html`` and ``report.pdf`` are
+   its renderings (re-rendered when jinja2/WeasyPrint and the pack's tool version are here);
 7. the verdict the pack states: an authentic pack that says FAIL is still a failure.
 
 With a ledger, also (:mod:`audit_core.evidence.rederive`): the ledger still extends every
@@ -23,32 +31,46 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
-from audit_core._jcs import canonical_bytes
-from audit_core._merkle import verify_consistency, verify_inclusion
+from audit_core._merkle import verify_consistency
 from audit_core._note import Verifier, open_note
-from audit_core._record import leaf_hash
 from audit_core.checkpoint import Checkpoint, open_checkpoint
 from audit_core.errors import AuditError, EvidenceError, ProofError
-from audit_core.evidence.collect import record_ts
 from audit_core.evidence.controls import IN_FULL, in_full_category
-from audit_core.evidence.pack import MANIFEST_FORMAT, manifest_note_text
+from audit_core.evidence.pack import MANIFEST_FORMAT, manifest_note_text, transcript_text
 from audit_core.evidence.rederive import against_ledger
+from audit_core.evidence.rules import (
+    bounds_problems,
+    in_full_problems,
+    in_period,
+    left_out,
+    manifest_problems,
+    proven,
+    report_problems,
+)
 from audit_core.evidence.sample import sample_indices
+from audit_core.evidence.unzip import (
+    MAX_META_BYTES,
+    entry_names,
+    json_lines,
+    read_entry,
+    stream_sha256,
+)
 from audit_core.ledgers import LedgerReader
 
 __all__ = ["PackCheck", "verify_pack"]
 
-#: Far above what a pack of a busy year holds; a bigger entry is refused, not inflated.
-MAX_ENTRY_BYTES = 4 << 30
+#: An honest report.json is small (every list in it is capped): a bigger one is not rendered.
+MAX_RENDERED_BYTES = 16 << 20
 _META = ("manifest.json", "manifest.sig")
+_SHAPE = (KeyError, TypeError, ValueError, AttributeError)
 
 
 @dataclass(slots=True)
@@ -66,23 +88,32 @@ class PackCheck:
     def ok(self, what: str) -> None:
         self.checks.append(("PASS", what))
 
+    def skip(self, what: str) -> None:
+        self.checks.append(("SKIP", what))
+
     def fail(self, what: str) -> None:
         self.checks.append(("FAIL", what))
         self.problems.append(what)
 
 
 def verify_pack(
-    path: Path, keys: Sequence[Verifier], *, ledger: LedgerReader | None = None
+    path: Path,
+    keys: Sequence[Verifier],
+    *,
+    ledger: LedgerReader | None = None,
+    pdf: bool = True,
 ) -> PackCheck:
     """Check the pack at ``path``; raises :class:`EvidenceError` when it is no pack at all
-    (not a zip, no manifest), else returns every problem found."""
+    (not a zip, no manifest, an entry no pack has), else returns every problem found.
+    ``pdf=False`` does not render report.pdf again (its SHA-256 is still checked: ~1.5 s
+    less)."""
     out = PackCheck()
     try:
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         raise EvidenceError(f"{path} is not a readable zip file: {exc}") from exc
     with zf:
-        names = _names(zf)
+        names = entry_names(zf)
         manifest = _manifest(zf, names, keys, out)
         if manifest is None:
             return out
@@ -90,37 +121,18 @@ def verify_pack(
         if not _files(zf, names, manifest, out):
             return out
         roots = _chains(zf, manifest, keys, out)
-        held = _records(zf, manifest, roots, out)
-        report = _report(zf, manifest, out)
+        held, counts = _records(zf, manifest, roots, out)
+        _bounds(zf, manifest, roots, out)
+        report = _report(zf, manifest, counts, out, pdf=pdf)
     if ledger is not None:
         for passed, what in against_ledger(ledger, manifest, report, roots, held, keys):
             (out.ok if passed else out.fail)(what)
-    if manifest.get("verdict") != "PASS":
+    if manifest["verdict"] != "PASS":
         out.fail(
-            f"the pack states verdict {manifest.get('verdict')!r}: the ledger failed a check "
+            f"the pack states verdict {manifest['verdict']!r}: the ledger failed a check "
             "when the pack was made (report.json findings, transcript.txt)"
         )
     return out
-
-
-def _names(zf: zipfile.ZipFile) -> list[str]:
-    names = [i.filename for i in zf.infolist()]
-    if len(set(names)) != len(names):
-        raise EvidenceError("the pack has duplicate entries: a zip edited to hide a file")
-    for name in names:
-        if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-            raise EvidenceError(f"the pack has an unsafe entry name {name[:80]!r}")
-    return names
-
-
-def _read(zf: zipfile.ZipFile, name: str) -> bytes:
-    info = zf.getinfo(name)
-    if info.file_size > MAX_ENTRY_BYTES:
-        raise EvidenceError(f"{name}: {info.file_size} bytes is more than a pack holds")
-    try:
-        return zf.read(name)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:  # a bad CRC: a changed byte
-        raise EvidenceError(f"{name} is damaged in the zip ({exc})") from exc
 
 
 def _manifest(
@@ -129,23 +141,22 @@ def _manifest(
     for meta in _META:
         if meta not in names:
             raise EvidenceError(f"the pack has no {meta}: not an evidence pack, or cut short")
-    raw = _read(zf, "manifest.json")
+    raw = read_entry(zf, "manifest.json", MAX_META_BYTES)
+    note = read_entry(zf, "manifest.sig", MAX_META_BYTES)
     try:
         manifest = orjson.loads(raw)
         period = manifest["period"]
         origin, since, until = manifest["origin"], period["since"], period["until"]
-        if manifest["format"] != MANIFEST_FORMAT or not isinstance(manifest["files"], dict):
-            raise TypeError("format")
-        note = _read(zf, "manifest.sig").decode("utf-8")
-    except (orjson.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        out.fail(f"manifest.json / manifest.sig: not a {MANIFEST_FORMAT} manifest ({exc!r})")
-        return None
-    digest = hashlib.sha256(raw).hexdigest()
-    try:
-        opened = open_note(note, keys, require_all=False)
+        if manifest["format"] != MANIFEST_FORMAT:
+            raise ValueError(f"format {str(manifest['format'])[:80]!r}")
+        opened = open_note(note.decode("utf-8"), keys, require_all=False)
     except AuditError as exc:
         out.fail(f"manifest.sig: {exc}")
         return None
+    except (orjson.JSONDecodeError, UnicodeDecodeError, *_SHAPE) as exc:
+        out.fail(f"manifest.json / manifest.sig: not a {MANIFEST_FORMAT} manifest ({exc!r})")
+        return None
+    digest = hashlib.sha256(raw).hexdigest()
     expected = manifest_note_text(str(origin), str(since), str(until), digest)
     if opened.text != expected:
         out.fail(
@@ -155,25 +166,27 @@ def _manifest(
         )
         return None
     out.ok(f"manifest.sig signed by {', '.join(v.name for v in opened.verified)}")
-    return dict(manifest)
+    problems = manifest_problems(manifest)
+    for problem in problems[:50]:
+        out.fail(problem)
+    return None if problems else dict(manifest)
 
 
 def _files(
     zf: zipfile.ZipFile, names: list[str], manifest: Mapping[str, Any], out: PackCheck
 ) -> bool:
-    listed: dict[str, Any] = manifest["files"]
+    listed: dict[str, str] = manifest["files"]
     extra = sorted(set(names) - set(listed) - set(_META))
-    good = True
     for name in extra:
         out.fail(f"{name}: in the pack but not in the manifest (added after signing)")
-        good = False
+    good = not extra
     for name, want in sorted(listed.items()):
         if name not in names:
             out.fail(f"{name}: listed in the manifest but missing from the pack")
             good = False
             continue
         try:
-            got = _stream_sha256(zf, name)
+            got = stream_sha256(zf, name)
         except EvidenceError as exc:
             out.fail(str(exc))
             good = False
@@ -186,25 +199,14 @@ def _files(
     return good
 
 
-def _stream_sha256(zf: zipfile.ZipFile, name: str) -> str:
-    h = hashlib.sha256()
-    try:
-        with zf.open(name) as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-        raise EvidenceError(f"{name} is damaged in the zip ({exc})") from exc
-    return h.hexdigest()
-
-
 def _chains(
     zf: zipfile.ZipFile, manifest: Mapping[str, Any], keys: Sequence[Verifier], out: PackCheck
 ) -> dict[str, Checkpoint]:
     """Each chain's last checkpoint, opened and connected to its first."""
     lasts: dict[str, Checkpoint] = {}
-    for c in manifest.get("chains", ()):
+    for c in manifest["chains"]:
         chain, origin = c["chain"], c["origin"]
-        first, last = c.get("first_checkpoint"), c.get("last_checkpoint")
+        first, last = c["first_checkpoint"], c["last_checkpoint"]
         if c["records"] and (first is None or last is None):
             out.fail(f"chain {chain!r}: no signed checkpoint covers the period's records")
             continue
@@ -214,13 +216,16 @@ def _chains(
             old = _checkpoint(zf, first, origin, keys)
             new = _checkpoint(zf, last, origin, keys)
             name = f"proofs/{_file_of(last['file'])}.consistency.json"
-            proof = orjson.loads(_read(zf, name))
+            proof = orjson.loads(read_entry(zf, name))
             hashes = [bytes.fromhex(h) for h in proof["proof"]]
             if (proof["old_size"], proof["new_size"]) != (old.size, new.size):
                 raise ProofError(f"{name} is for sizes {proof['old_size']}->{proof['new_size']}")
             if old.size:
                 verify_consistency(old.size, new.size, hashes, old.root, new.root)
-        except (AuditError, KeyError, ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        except EvidenceError as exc:  # names its file
+            out.fail(str(exc))
+            continue
+        except (AuditError, orjson.JSONDecodeError, *_SHAPE) as exc:
             out.fail(f"chain {chain!r}: {exc}")
             continue
         lasts[chain] = new
@@ -238,9 +243,9 @@ def _checkpoint(
 ) -> Checkpoint:
     name = entry["file"]
     try:
-        note = _read(zf, name).decode("utf-8")
-    except (KeyError, UnicodeDecodeError) as exc:
-        raise EvidenceError(f"{name}: missing or not text") from exc
+        note = read_entry(zf, name).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvidenceError(f"{name}: not text") from exc
     cp = open_checkpoint(note, keys) if len(keys) == 1 else _open_any(note, keys)
     if cp.origin != origin or cp.size != entry["size"] or cp.root.hex() != entry["root"]:
         raise EvidenceError(
@@ -254,53 +259,34 @@ def _open_any(note: str, keys: Sequence[Verifier]) -> Checkpoint:
     return Checkpoint.parse(open_note(note, keys, require_all=False).text)
 
 
-def _lines(zf: zipfile.ZipFile, name: str) -> Iterator[dict[str, Any]]:
-    try:
-        with zf.open(name) as f:
-            stream: IO[bytes] = f
-            for line in stream:
-                yield orjson.loads(line)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-        raise EvidenceError(f"{name} is damaged in the zip ({exc})") from exc
-    except orjson.JSONDecodeError as exc:
-        raise EvidenceError(f"{name}: a line is not JSON ({exc})") from exc
-
-
-def _proven(line: Mapping[str, Any], chain: str, root: Checkpoint) -> dict[str, Any]:
-    """Check one proof line against ``root``; return the record's value."""
-    body = str(line["record"]).encode("utf-8")
-    value = orjson.loads(body)
-    if not isinstance(value, dict) or canonical_bytes(value) != body:
-        raise ProofError("the record is not RFC 8785 canonical JSON")
-    seq, size = line["leaf_index"], line["tree_size"]
-    if value.get("chain") != chain or value.get("seq") != seq or size != root.size:
-        raise ProofError(f"the record is chain {value.get('chain')!r} seq {value.get('seq')}")
-    hashes = [bytes.fromhex(h) for h in line["audit_path"]]
-    verify_inclusion(leaf_hash(body), seq, size, hashes, root.root)
-    return value
-
-
 def _records(
     zf: zipfile.ZipFile,
     manifest: Mapping[str, Any],
     roots: Mapping[str, Checkpoint],
     out: PackCheck,
-) -> dict[str, set[tuple[str, int]]]:
-    """Check the sample and the in-full files; returns the in-full records' (chain, seq)."""
+) -> tuple[dict[str, set[tuple[str, int]]], dict[str, int]]:
+    """Check the sample and the in-full files; returns the in-full records' (chain, seq) and
+    the line count of each in-full file that checked out."""
     held: dict[str, set[tuple[str, int]]] = {c: set() for c in IN_FULL}
-    by_chain = {c["chain"]: c for c in manifest.get("chains", ())}
-    since, until = manifest["period"]["since"], manifest["period"]["until"]
+    sampled: dict[str, list[tuple[str, int]]] = {c: [] for c in IN_FULL}
+    by_chain = {c["chain"]: c for c in manifest["chains"]}
+    period = (manifest["period"]["since"], manifest["period"]["until"])
     for chain, root in roots.items():
         c = by_chain[chain]
         name = f"proofs/{_file_of(c['last_checkpoint']['file'])}.sample.jsonl"
         want = sample_indices(root.root, c["lo"], c["hi"], c["sample"]["n"])
         got: list[int] = []
         try:
-            for _i, line in enumerate(_lines(zf, name)):
+            for line in json_lines(zf, name):
                 got.append(line["leaf_index"])
-                _proven(line, chain, root)
-        except (AuditError, KeyError, ValueError, TypeError) as exc:
-            out.fail(f"{name} line {len(got)}: {exc}")
+                value = proven(line, chain, root)
+                category = in_full_category(str(value.get("event")))
+                if category is not None and in_period(value, period):
+                    sampled[category].append((chain, value["seq"]))
+                if len(got) > len(want):
+                    break
+        except (AuditError, *_SHAPE) as exc:
+            out.fail(f"{name} line {max(len(got) - 1, 0)}: {exc}")
             continue
         if got != want:
             at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
@@ -311,55 +297,160 @@ def _records(
             )
             continue
         out.ok(f"chain {chain!r}: {len(got)} sampled records proven (indices recomputed)")
+    ranges = {c["chain"]: (c["lo"], c["hi"]) for c in manifest["chains"]}
+    counts: dict[str, int] = {}
     for category in IN_FULL:
         name = f"records/{category}.jsonl"
-        n = 0
+        seen: list[tuple[str, int]] = []
         try:
-            for line in _lines(zf, name):
-                n += 1
+            for line in json_lines(zf, name):
                 chain = line["chain"]
                 if chain not in roots:
                     raise ProofError(f"chain {chain!r} has no verified checkpoint in the pack")
-                value = _proven(line, chain, roots[chain])
+                value = proven(line, chain, roots[chain])
                 if in_full_category(str(value.get("event"))) != category:
                     raise ProofError(f"a {value.get('event')!r} record is not a {category} record")
-                ts = record_ts(str(line["record"]).encode())
-                if ts is None or not since <= ts < until:
-                    raise ProofError(f"record time {ts} is outside the period")
-                held[category].add((chain, line["leaf_index"]))
-        except (AuditError, KeyError, ValueError, TypeError) as exc:
-            out.fail(f"{name} line {n}: {exc}")
+                if not in_period(value, period):
+                    raise ProofError(f"record time {value.get('ts')} is outside the period")
+                seen.append((chain, value["seq"]))
+        except (AuditError, *_SHAPE) as exc:
+            out.fail(f"{name} line {len(seen)}: {exc}")
             continue
-        out.ok(f"{name}: {n} records proven included")
-    return held
+        held[category] = set(seen)
+        problems = in_full_problems(name, seen, ranges) + left_out(
+            name, held[category], sampled[category]
+        )
+        for problem in problems[:20]:
+            out.fail(problem)
+        if not problems:
+            counts[category] = len(seen)
+            out.ok(f"{name}: {len(seen)} records proven included, in order, in the range")
+    return held, counts
 
 
-def _report(zf: zipfile.ZipFile, manifest: Mapping[str, Any], out: PackCheck) -> dict[str, Any]:
-    """report.json, checked against the manifest and report.html ({} when unreadable)."""
-    report: dict[str, Any] = {}
+def _bounds(
+    zf: zipfile.ZipFile,
+    manifest: Mapping[str, Any],
+    roots: Mapping[str, Checkpoint],
+    out: PackCheck,
+) -> None:
+    """The records just outside each chain's range, and its first and last, proven."""
+    period = (manifest["period"]["since"], manifest["period"]["until"])
+    for c in manifest["chains"]:
+        chain, root = c["chain"], roots.get(c["chain"])
+        if root is None:
+            continue
+        name = f"proofs/{_file_of(c['last_checkpoint']['file'])}.bounds.jsonl"
+        lines: list[tuple[str, int, str | None]] = []
+        try:
+            for line in json_lines(zf, name):
+                value = proven(line, chain, root)
+                ts = value.get("ts")
+                lines.append((str(line["side"]), value["seq"], ts if isinstance(ts, str) else None))
+                if len(lines) > 4:
+                    break
+        except (AuditError, *_SHAPE) as exc:
+            out.fail(f"{name} line {len(lines)}: {exc}")
+            continue
+        problems = bounds_problems(name, lines, c["lo"], c["hi"], root.size, period)
+        for problem in problems:
+            out.fail(problem)
+        if not problems:
+            out.ok(f"chain {chain!r}: the records around [{c['lo']}, {c['hi']}) are proven")
+
+
+def _report(
+    zf: zipfile.ZipFile,
+    manifest: Mapping[str, Any],
+    counts: Mapping[str, int],
+    out: PackCheck,
+    *,
+    pdf: bool = True,
+) -> dict[str, Any]:
+    """report.json against the manifest, then its renderings ({} when unreadable)."""
     try:
-        report = orjson.loads(_read(zf, "report.json"))
-        stated = {(c["chain"], c["size"], c["root"]) for c in report["chains"]}
-    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
-        out.fail(f"report.json: unreadable ({exc!r})")
+        raw = read_entry(zf, "report.json")
+        report = orjson.loads(raw)
+        if not isinstance(report, dict):
+            raise TypeError("not a JSON object")
+        problems = report_problems(report, manifest, counts)
+        transcript = transcript_text(report).encode("utf-8")
+    except EvidenceError as exc:
+        out.fail(str(exc))
         return {}
-    signed = {
-        (c["chain"], c["last_checkpoint"]["size"], c["last_checkpoint"]["root"])
-        for c in manifest.get("chains", ())
-        if c.get("last_checkpoint")
-    }
-    if not signed <= stated or report.get("verdict") != manifest.get("verdict"):
-        out.fail("report.json: its chains or verdict differ from the signed manifest's")
-        return report
+    except (orjson.JSONDecodeError, *_SHAPE) as exc:
+        out.fail(f"report.json: not the shape a pack writes ({exc!r})")
+        return {}
+    for problem in problems:
+        out.fail(problem)
     try:
-        from audit_core.evidence.render import render_html
-
-        same = render_html(report) == _read(zf, "report.html")
-    except (ImportError, AuditError):  # jinja2 missing: the hashes above still bind the file
-        out.checks.append(("SKIP", "report.html re-rendered (jinja2 not installed)"))
-        return report
-    if not same:
-        out.fail("report.html is not the rendering of report.json")
-        return report
-    out.ok("report.json matches the manifest; report.html is its rendering")
+        if read_entry(zf, "transcript.txt") != transcript:
+            out.fail("transcript.txt is not the transcript report.json states")
+    except EvidenceError as exc:
+        out.fail(str(exc))
+    if not problems:
+        out.ok("report.json states the manifest's period, chains, verdict and in-full counts")
+    _renderings(zf, manifest, report, raw, out, pdf=pdf)
     return report
+
+
+def _renderings(
+    zf: zipfile.ZipFile,
+    manifest: Mapping[str, Any],
+    report: Mapping[str, Any],
+    raw: bytes,
+    out: PackCheck,
+    *,
+    pdf: bool = True,
+) -> None:
+    """report.html and report.pdf rendered again from report.json and compared, byte for byte
+    (only with the pack's own workflow-audit version: templates differ across versions)."""
+    tool = manifest.get("tool")
+    made = tool.get("version") if isinstance(tool, dict) else None
+    try:
+        here = version("workflow-audit")
+    except PackageNotFoundError:
+        here = "not installed"
+    if made != here:
+        out.skip(f"made by workflow-audit {made}, this is {here}: report.html/pdf not re-rendered")
+        return
+    try:
+        import jinja2  # noqa: F401  (only its absence is a SKIP)
+    except ImportError:
+        out.skip("report.html/pdf re-rendered (jinja2 not installed)")
+        return
+    from audit_core.evidence.render import render_html, render_pdf
+
+    try:
+        html = render_html(report)
+    except AuditError as exc:
+        out.fail(f"report.json does not render: {exc}")
+        return
+    try:
+        if html != read_entry(zf, "report.html"):
+            out.fail("report.html is not the rendering of report.json")
+        else:
+            out.ok("report.html is the rendering of report.json")
+    except EvidenceError as exc:
+        out.fail(str(exc))
+    if not pdf:
+        out.skip("report.pdf not re-rendered (--no-pdf): its SHA-256 is checked above")
+        return
+    if len(raw) > MAX_RENDERED_BYTES:  # every list in an honest report is capped
+        out.fail(f"report.json: {len(raw)} bytes is more than an honest report holds")
+        return
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError):  # OSError: cffi cannot load pango or harfbuzz
+        out.skip("report.pdf re-rendered (WeasyPrint or its libraries not installed)")
+        return
+    try:
+        rendered = render_pdf(report, attachments={"report.json": raw})
+        same = rendered == read_entry(zf, "report.pdf")
+    except AuditError as exc:
+        out.fail(f"report.pdf: {exc}")
+        return
+    if not same:
+        out.fail("report.pdf is not the rendering of report.json")
+    else:
+        out.ok("report.pdf is the rendering of report.json")

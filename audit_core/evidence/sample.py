@@ -8,9 +8,12 @@ auditor recomputes the indices from three numbers in ``manifest.json`` and the r
 
 ``root`` is the 32 raw bytes of the RFC 9162 root, ``int(…)`` reads the 32-byte digest as an
 unsigned big-endian integer, and ``[lo, hi)`` is the chain's seq range of the period (the
-first and one past the last record whose time is in it). Indices may repeat: the rule stays
-one line an auditor can recompute in any language. A range of at most ``n`` records is
-sampled whole: every index ``lo … hi-1`` once, in order.
+first and one past the last record whose time is in it). The last checkpoint itself is
+fixed by a rule (the earliest stored one covering the period, checked again by
+``verify-evidence --ledger``); an operator holding the signing key could still append and sign
+until some root pleased them — a witness cosignature on the checkpoints closes that. Indices
+may repeat: the rule stays one line an auditor can recompute in any language. A range of at
+most ``n`` records is sampled whole: every index ``lo … hi-1`` once, in order.
 
 >>> root = bytes(32)
 >>> sample_indices(root, 0, 10, 3)

@@ -99,7 +99,8 @@ def _make(cli: Any, ledger: Path, out: Path) -> Run:
 
 
 def _verify(cli: Any, pack: Path, ledger: Path, *extra: str) -> Run:
-    run: Run = cli("verify-evidence", pack, "--key", _key(ledger), *extra)
+    """verify-evidence --no-pdf (report.pdf's re-rendering is tested in test_evidence_check)."""
+    run: Run = cli("verify-evidence", pack, "--key", _key(ledger), "--no-pdf", *extra)
     return run
 
 

@@ -1,0 +1,114 @@
+"""Reading an evidence pack's zip without trusting it (:mod:`audit_core.evidence.check`).
+
+A pack comes from whoever holds the signing key, so the zip itself may be hostile: entries
+that are encrypted or use a compression method a pack never does are refused before anything
+is read (APPNOTE.TXT 4.4.4 bit 0, 4.4.5), the manifest and its signature are read bounded
+(16 MiB), every other entry read into memory at most 256 MiB whatever its header says, and
+the rest streamed: a zip bomb costs a bounded read, not memory. A name the zip lacks is
+"missing from the pack", a bad CRC "damaged in the zip": each an
+:class:`~audit_core.errors.EvidenceError` naming the entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from audit_core.errors import EvidenceError
+
+__all__ = [
+    "DAMAGE",
+    "MAX_ENTRY_BYTES",
+    "MAX_META_BYTES",
+    "MAX_READ_BYTES",
+    "entry_names",
+    "json_lines",
+    "read_entry",
+    "stream_sha256",
+]
+
+#: The manifest and its signature: a few KiB per chain; more is no pack's.
+MAX_META_BYTES = 16 << 20
+#: Any other entry read into memory (report.json/html, notes, consistency proofs).
+MAX_READ_BYTES = 256 << 20
+#: Far above what a pack of a busy year holds; a bigger streamed entry is refused.
+MAX_ENTRY_BYTES = 4 << 30
+#: What zipfile raises on a damaged entry (a bad CRC is a changed byte).
+DAMAGE = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError)
+
+
+def entry_names(zf: zipfile.ZipFile) -> list[str]:
+    """Every entry's name, refusing before anything is read what no pack holds."""
+    names = [i.filename for i in zf.infolist()]
+    if len(set(names)) != len(names):
+        raise EvidenceError("the pack has duplicate entries: a zip edited to hide a file")
+    for info in zf.infolist():
+        name = info.filename
+        if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+            raise EvidenceError(f"the pack has an unsafe entry name {name[:80]!r}")
+        if info.flag_bits & 0x1:
+            raise EvidenceError(f"{name[:80]}: encrypted in the zip (a pack never is)")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise EvidenceError(
+                f"{name[:80]}: compression method {info.compress_type} (a pack uses deflate)"
+            )
+    return names
+
+
+def read_entry(zf: zipfile.ZipFile, name: str, cap: int = MAX_READ_BYTES) -> bytes:
+    """The entry's bytes, reading at most ``cap`` + 1 of them whatever its header says."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise EvidenceError(f"{name}: missing from the pack") from None
+    if info.file_size > cap:
+        raise EvidenceError(f"{name}: {info.file_size} bytes is more than a pack holds")
+    try:
+        with zf.open(info) as f:
+            body = f.read(cap + 1)
+    except DAMAGE as exc:  # a bad CRC: a changed byte
+        raise EvidenceError(f"{name} is damaged in the zip ({exc})") from exc
+    if len(body) > cap:
+        raise EvidenceError(f"{name}: more than {cap} bytes inflated, more than a pack holds")
+    return body
+
+
+def stream_sha256(zf: zipfile.ZipFile, name: str) -> str:
+    """The entry's SHA-256, streamed; refused past 4 GiB, stated or inflated."""
+    if zf.getinfo(name).file_size > MAX_ENTRY_BYTES:
+        raise EvidenceError(f"{name}: more than {MAX_ENTRY_BYTES} bytes, more than a pack holds")
+    h, n = hashlib.sha256(), 0
+    try:
+        with zf.open(name) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                n += len(block)
+                if n > MAX_ENTRY_BYTES:
+                    raise EvidenceError(f"{name}: more than {MAX_ENTRY_BYTES} bytes inflated")
+    except DAMAGE as exc:
+        raise EvidenceError(f"{name} is damaged in the zip ({exc})") from exc
+    return h.hexdigest()
+
+
+def json_lines(zf: zipfile.ZipFile, name: str) -> Iterator[dict[str, Any]]:
+    """The JSON lines of entry ``name``, streamed (each line at most 256 MiB)."""
+    if name not in zf.NameToInfo:
+        raise EvidenceError(f"{name}: missing from the pack")
+    try:
+        with zf.open(name) as f:
+            while line := f.readline(MAX_READ_BYTES + 1):
+                if len(line) > MAX_READ_BYTES:
+                    raise EvidenceError(f"{name}: a line of more than {MAX_READ_BYTES} bytes")
+                value = orjson.loads(line)
+                if not isinstance(value, dict):
+                    raise EvidenceError(f"{name}: a line is not a JSON object")
+                yield value
+    except DAMAGE as exc:
+        raise EvidenceError(f"{name} is damaged in the zip ({exc})") from exc
+    except orjson.JSONDecodeError as exc:
+        raise EvidenceError(f"{name}: a line is not JSON ({exc})") from exc
