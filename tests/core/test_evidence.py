@@ -16,39 +16,10 @@ from audit_core.cli import main
 from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core import _tamper
 from tests.core._cli import Run
-
-SINCE, UNTIL = "2026-11-02T00:00:00Z", "2026-11-04T00:00:00Z"
-
-
-def _ts(day: int, i: int) -> str:
-    return f"2026-11-{day:02d}T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000000Z"
-
-
-def _fill(path: Path) -> None:
-    """Two chains: records before, in and after the period, with failures, access records
-    and a permission change in it."""
-    config = AuditConfig(ledger_url=f"sqlite:///{path}", actor=("service", "tests"))
-    with AuditTrail(config) as trail:
-        for day in (1, 2, 3, 5):
-            for i in range(30):
-                subject = {"dag_id": "ml_pipeline", "task_id": f"t{i % 5}", "try_number": 1}
-                event = "task.failed" if i % 10 == 3 else "task.succeeded"
-                trail.record(event, {"i": i}, subject=subject, ts=_ts(day, i), chain="airflow")
-            trail.record(
-                "access.denied",
-                {"path": "/api/v2/dags", "status": 403},
-                actor=("user", "mallory"),
-                ts=_ts(day, 40),
-                chain="airflow-events",
-            )
-            trail.record(
-                "permission.changed",
-                {"change": "role_granted", "target": "alice", "after": ["Admin"]},
-                ts=_ts(day, 41),
-                chain="airflow-events",
-            )
-            for chain in ("airflow", "airflow-events"):  # a checkpoint a day
-                trail.checkpoint(chain)
+from tests.core._evidence import SINCE, UNTIL
+from tests.core._evidence import entry as _entry
+from tests.core._evidence import fill as _fill
+from tests.core._evidence import ts as _ts
 
 
 def _args(ledger: Path, out: Path, since: str = SINCE, until: str = UNTIL) -> list[str]:
@@ -115,11 +86,6 @@ def _rewrite(pack: Path, out: Path, change: dict[str, bytes | None]) -> Path:
             else:
                 dst.writestr(info, src.read(info))
     return out
-
-
-def _entry(pack: Path, name: str) -> bytes:
-    with zipfile.ZipFile(pack) as zf:
-        return zf.read(name)
 
 
 class TestMakeAndVerify:

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 import pytest
 
-from audit_core import AuditConfig, AuditTrail
 from audit_core._note import Signer, sign_note
 from audit_core.checkpoint import load_verifiers
 from audit_core.cli import main
@@ -36,40 +35,11 @@ from audit_core.evidence.rules import (
 )
 from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core._cli import Run
+from tests.core._evidence import SINCE, UNTIL
+from tests.core._evidence import entry as _entry
+from tests.core._evidence import fill as _fill
 
-SINCE, UNTIL = "2026-11-02T00:00:00Z", "2026-11-04T00:00:00Z"
 Edit = Callable[[dict[str, Any]], None]
-
-
-def _ts(day: int, i: int) -> str:
-    return f"2026-11-{day:02d}T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000000Z"
-
-
-def _fill(path: Path) -> None:
-    """Two chains with records before, in and after the period: failures on one, access
-    and permission records on the other, a checkpoint a day."""
-    config = AuditConfig(ledger_url=f"sqlite:///{path}", actor=("service", "tests"))
-    with AuditTrail(config) as trail:
-        for day in (1, 2, 3, 5):
-            for i in range(30):
-                subject = {"dag_id": "ml_pipeline", "task_id": f"t{i % 5}", "try_number": 1}
-                event = "task.failed" if i % 10 == 3 else "task.succeeded"
-                trail.record(event, {"i": i}, subject=subject, ts=_ts(day, i), chain="airflow")
-            trail.record(
-                "access.denied",
-                {"path": "/api/v2/dags", "status": 403},
-                actor=("user", "mallory"),
-                ts=_ts(day, 40),
-                chain="airflow-events",
-            )
-            trail.record(
-                "permission.changed",
-                {"change": "role_granted", "target": "alice", "after": ["Admin"]},
-                ts=_ts(day, 41),
-                chain="airflow-events",
-            )
-            for chain in ("airflow", "airflow-events"):
-                trail.checkpoint(chain)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +62,6 @@ def ledger(made: tuple[Path, Path]) -> Path:
 @pytest.fixture
 def pack(made: tuple[Path, Path]) -> Path:
     return made[1]
-
-
-def _entry(pack: Path, name: str) -> bytes:
-    with zipfile.ZipFile(pack) as zf:
-        return zf.read(name)
 
 
 def _json(pack: Path, name: str) -> dict[str, Any]:
