@@ -419,7 +419,7 @@ def _renderings(
     except ImportError:
         out.skip("report.html/pdf re-rendered (jinja2 not installed)")
         return
-    from audit_core.evidence.render import render_html, render_pdf
+    from audit_core.evidence.render import pdf_available, render_html, render_pdf
 
     try:
         html = render_html(report)
@@ -439,9 +439,7 @@ def _renderings(
     if len(raw) > MAX_RENDERED_BYTES:  # every list in an honest report is capped
         out.fail(f"report.json: {len(raw)} bytes is more than an honest report holds")
         return
-    try:
-        import weasyprint  # noqa: F401
-    except (ImportError, OSError):  # OSError: cffi cannot load pango or harfbuzz
+    if not pdf_available():
         out.skip("report.pdf re-rendered (WeasyPrint or its libraries not installed)")
         return
     try:

@@ -34,7 +34,7 @@ from audit_core.errors import EvidenceError
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["SECTIONS", "TEMPLATE", "render_html", "render_pdf"]
+__all__ = ["SECTIONS", "TEMPLATE", "pdf_available", "render_html", "render_pdf"]
 
 TEMPLATE = "report.html.j2"
 #: The headings of the report, in order: each is text in both the HTML and the PDF.
@@ -70,6 +70,16 @@ def render_html(report: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
+def pdf_available() -> bool:
+    """Whether WeasyPrint and its system libraries (pango, harfbuzz) load here."""
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)  # as in render_pdf
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError):  # OSError: cffi cannot load pango or harfbuzz
+        return False
+    return True
+
+
 def render_pdf(
     report: Mapping[str, Any], *, attachments: Mapping[str, bytes] = _NO_ATTACHMENTS
 ) -> bytes:
@@ -77,13 +87,14 @@ def render_pdf(
     dates are the period's end, so that the same report gives the same bytes."""
     html = render_html(report).decode("utf-8")
     fixed = _fixed_time(report)
+    # WeasyPrint logs every step at INFO ("Step 5 - Creating layout - Page 7"; its default
+    # stylesheets on import); under a host that logs INFO (Airflow's structlog), that would
+    # bury the command's own output.
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     try:
         import weasyprint
     except (ImportError, OSError) as exc:  # OSError: cffi cannot load pango or harfbuzz
         raise EvidenceError(f"cannot render the PDF ({exc}): {_INSTALL}") from exc
-    # WeasyPrint logs every layout step at INFO ("Step 5 - Creating layout - Page 7"); under
-    # a host that logs INFO (Airflow's structlog), that would bury the command's own output.
-    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     fetcher = _refusing_fetcher(weasyprint)
     files = [
         weasyprint.Attachment(
