@@ -172,7 +172,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
         origin = config.origin or ""
         output = Path(args.output) if args.output else None
         if output is not None:
-            check_output(output, url, force=args.force)
+            check_output(output, url, force=args.force, signing_key=config.signing_key)
         if not args.no_checkpoint:
             _sign_uncovered(args, config, chains or tuple(ledger.chains()))
         if not any(ledger.latest_checkpoint(c) for c in ledger.chains()):
@@ -185,7 +185,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
         origin = origin or signer.signer.name
         if output is None:
             output = Path(default_name(origin, args.since, until))
-            check_output(output, url, force=args.force)
+            check_output(output, url, force=args.force, signing_key=config.signing_key)
         request = PackRequest(
             since=args.since, until=until, chains=chains, sample=args.sample, cadence_s=args.cadence
         )
@@ -204,16 +204,22 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     return _print_result(result)
 
 
-def check_output(output: Path, ledger_url: str, *, force: bool) -> None:
+def check_output(
+    output: Path, ledger_url: str, *, force: bool, signing_key: str | None = None
+) -> None:
     """Refuse an output that is not a new regular file (``--force`` replaces a pack), and
-    any file of the ledger itself or its keys: ``-o ledger.db`` must not destroy the trail."""
+    any file of the ledger itself or its keys (the local key, a configured key file):
+    ``-o ledger.db`` must not destroy the trail, however the ledger was named."""
     from audit_core.ledgers import ledger_path
 
-    path = ledger_path(ledger_url) if ledger_url.startswith("sqlite:") else None
-    if path is not None:
-        own = {path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", ".key", ".key.pub"))}
-        if any(output.resolve() == p.resolve() for p in own):
-            raise ConfigError(f"-o {output} is a file of the ledger or its key: refused")
+    postgres = ledger_url.startswith(("postgresql://", "postgres://"))
+    path = None if postgres else ledger_path(ledger_url)
+    own = [] if path is None else [path.with_name(path.name + s) for s in _LEDGER_FILES]
+    if signing_key and not signing_key.startswith("PRIVATE+KEY+"):
+        key = Path(signing_key).expanduser()
+        own += [key, key.with_name(key.name + ".pub")]
+    if any(_same(output, p) for p in own):
+        raise ConfigError(f"-o {output} is a file of the ledger or its key: refused")
     if output.exists() or output.is_symlink():
         if not output.is_file() or output.is_symlink():
             raise ConfigError(f"-o {output} exists and is not a regular file: refused")
@@ -221,6 +227,18 @@ def check_output(output: Path, ledger_url: str, *, force: bool) -> None:
             raise ConfigError(f"{output} exists: pass --force to replace it, or another -o")
     if output.parent.exists() and not output.parent.is_dir():
         raise ConfigError(f"-o {output}: {output.parent} is not a directory")
+
+
+#: The ledger file and what lives beside it: WAL, shared memory, the local key pair.
+_LEDGER_FILES = ("", "-wal", "-shm", "-journal", ".key", ".key.pub")
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One file, whatever the spelling (relative, symlinked, hard-linked)."""
+    try:
+        return (a.exists() and b.exists() and a.samefile(b)) or a.resolve() == b.resolve()
+    except OSError:
+        return a.absolute() == b.absolute()
 
 
 def _sign_uncovered(args: argparse.Namespace, config: AuditConfig, chains: Sequence[str]) -> None:
@@ -345,8 +363,17 @@ def _cmd_verify_evidence(args: argparse.Namespace) -> int:
             print(f"INVALID {problem}", file=sys.stderr)
         return EXIT_INVALID
     m = checked.manifest
+    sampled = ", ".join(f"{c['chain']} {c['sample']['n']}" for c in m["chains"])
     print(
         f"valid evidence pack {path}: period {m['period']['since']} to {m['period']['until']}, "
-        f"{len(m['chains'])} chain(s), {len(m['files'])} files, verdict {m['verdict']}"
+        f"{len(m['chains'])} chain(s), {len(m['files'])} files, verdict {m['verdict']}; "
+        f"sampled proofs per chain: {sampled}"
     )
+    for what in getattr(checked, "skipped", ()):
+        print(f"NOT CHECKED {what}")
+    if ledger is None:
+        print(
+            "(offline: what the pack holds is proven in the signed log; that it holds "
+            "everything the period had needs --ledger, or a checkpoint kept elsewhere)"
+        )
     return EXIT_OK

@@ -17,9 +17,13 @@ re-signed pack too. In order, each failure named by the file it is in:
    RFC 8785 canonical and on its chain; each in-full file holds its category's records once,
    in seq order, inside the range, every sampled record of its category among them; the
    records just outside the range are outside the period, its first and last inside;
-6. ``report.json`` states the manifest's period, chains and verdict (FAIL exactly when it has
-   findings), the in-full counts; ``transcript.txt``, ``report.html`` and ``report.pdf`` are
-   its renderings (re-rendered when jinja2/WeasyPrint and the pack's tool version are here);
+6. ``report.json`` is of bounded size (before anything renders it) and states the manifest's
+   period, chains and verdict (FAIL exactly when it has findings), the in-full counts, each
+   chain's sample as proven, controls whose listed in-full records are in the in-full files;
+   ``report.pdf`` carries it (PDF/A-3 attachment, on any machine); ``transcript.txt``,
+   ``report.html`` and ``report.pdf`` are its renderings, re-rendered where the render
+   environment report.json states (workflow-audit, jinja2; weasyprint, pango, fonts for the
+   PDF) is this machine's, else a SKIP in :attr:`PackCheck.skipped`;
 7. the verdict the pack states: an authentic pack that says FAIL is still a failure.
 
 With a ledger, also (:mod:`audit_core.evidence.rederive`): the ledger still extends every
@@ -33,7 +37,6 @@ import hashlib
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ from audit_core.errors import AuditError, EvidenceError, ProofError
 from audit_core.evidence.controls import IN_FULL, in_full_category
 from audit_core.evidence.pack import MANIFEST_FORMAT, manifest_note_text, transcript_text
 from audit_core.evidence.rederive import against_ledger
+from audit_core.evidence.renderings import rendering_checks
 from audit_core.evidence.rules import (
     bounds_problems,
     in_full_problems,
@@ -54,10 +58,12 @@ from audit_core.evidence.rules import (
     manifest_problems,
     proven,
     report_problems,
+    report_size_problems,
+    sample_stream,
 )
-from audit_core.evidence.sample import sample_indices
 from audit_core.evidence.unzip import (
     MAX_META_BYTES,
+    carries,
     entry_names,
     json_lines,
     read_entry,
@@ -84,6 +90,11 @@ class PackCheck:
     @property
     def valid(self) -> bool:
         return not self.problems
+
+    @property
+    def skipped(self) -> list[str]:
+        """What was not checked and why (the CLI prints these whatever its verbosity)."""
+        return [what for result, what in self.checks if result == "SKIP"]
 
     def ok(self, what: str) -> None:
         self.checks.append(("PASS", what))
@@ -121,9 +132,10 @@ def verify_pack(
         if not _files(zf, names, manifest, out):
             return out
         roots = _chains(zf, manifest, keys, out)
-        held, counts = _records(zf, manifest, roots, out)
+        held, counts, samples = _records(zf, manifest, roots, out)
         _bounds(zf, manifest, roots, out)
-        report = _report(zf, manifest, counts, out, pdf=pdf)
+        proven_in_full = {c: held[c] for c in counts}
+        report = _report(zf, manifest, (counts, samples, proven_in_full), out, pdf=pdf)
     if ledger is not None:
         for passed, what in against_ledger(ledger, manifest, report, roots, held, keys):
             (out.ok if passed else out.fail)(what)
@@ -264,39 +276,44 @@ def _records(
     manifest: Mapping[str, Any],
     roots: Mapping[str, Checkpoint],
     out: PackCheck,
-) -> tuple[dict[str, set[tuple[str, int]]], dict[str, int]]:
-    """Check the sample and the in-full files; returns the in-full records' (chain, seq) and
-    the line count of each in-full file that checked out."""
+) -> tuple[dict[str, set[tuple[str, int]]], dict[str, int], dict[str, tuple[int, int]]]:
+    """Check the sample and the in-full files; returns the in-full records' (chain, seq),
+    the line count of each in-full file that checked out and each chain's sample (lines,
+    distinct seqs) that did."""
     held: dict[str, set[tuple[str, int]]] = {c: set() for c in IN_FULL}
     sampled: dict[str, list[tuple[str, int]]] = {c: [] for c in IN_FULL}
     by_chain = {c["chain"]: c for c in manifest["chains"]}
     period = (manifest["period"]["since"], manifest["period"]["until"])
+    samples: dict[str, tuple[int, int]] = {}
     for chain, root in roots.items():
         c = by_chain[chain]
         name = f"proofs/{_file_of(c['last_checkpoint']['file'])}.sample.jsonl"
-        want = sample_indices(root.root, c["lo"], c["hi"], c["sample"]["n"])
+        want = sample_stream(root.root, c["lo"], c["hi"], c["sample"]["n"])
         got: list[int] = []
         try:
             for line in json_lines(zf, name):
-                got.append(line["leaf_index"])
+                if line["leaf_index"] != next(want, None):
+                    break
                 value = proven(line, chain, root)
+                got.append(line["leaf_index"])
                 category = in_full_category(str(value.get("event")))
                 if category is not None and in_period(value, period):
                     sampled[category].append((chain, value["seq"]))
-                if len(got) > len(want):
-                    break
+            else:
+                if next(want, None) is None:
+                    samples[chain] = (len(got), len(set(got)))
+                    out.ok(
+                        f"chain {chain!r}: {len(got)} sampled records proven (indices recomputed)"
+                    )
+                    continue
         except (AuditError, *_SHAPE) as exc:
-            out.fail(f"{name} line {max(len(got) - 1, 0)}: {exc}")
+            out.fail(f"{name} line {len(got)}: {exc}")
             continue
-        if got != want:
-            at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
-            out.fail(
-                f"{name}: sampled seqs are not the rule's for root {root.root.hex()[:16]}… "
-                f"(first difference at item {at if at is not None else min(len(got), len(want))}; "
-                f"{len(got)} given, {len(want)} expected): the sample was chosen, not derived"
-            )
-            continue
-        out.ok(f"chain {chain!r}: {len(got)} sampled records proven (indices recomputed)")
+        out.fail(
+            f"{name}: sampled seqs are not the rule's for root {root.root.hex()[:16]}… "
+            f"(first difference at item {len(got)} of {c['sample']['n']} requested): the "
+            "sample was chosen, not derived"
+        )
     ranges = {c["chain"]: (c["lo"], c["hi"]) for c in manifest["chains"]}
     counts: dict[str, int] = {}
     for category in IN_FULL:
@@ -325,7 +342,7 @@ def _records(
         if not problems:
             counts[category] = len(seen)
             out.ok(f"{name}: {len(seen)} records proven included, in order, in the range")
-    return held, counts
+    return held, counts, samples
 
 
 def _bounds(
@@ -362,19 +379,26 @@ def _bounds(
 def _report(
     zf: zipfile.ZipFile,
     manifest: Mapping[str, Any],
-    counts: Mapping[str, int],
+    found: tuple[
+        Mapping[str, int], Mapping[str, tuple[int, int]], Mapping[str, set[tuple[str, int]]]
+    ],
     out: PackCheck,
     *,
     pdf: bool = True,
 ) -> dict[str, Any]:
-    """report.json against the manifest, then its renderings ({} when unreadable)."""
+    """report.json against the manifest and what the pack's files hold (in-full counts,
+    samples, in-full records), then its renderings ({} when unreadable or oversized)."""
+    counts, samples, held = found
     try:
-        raw = read_entry(zf, "report.json")
+        raw = read_entry(zf, "report.json", MAX_RENDERED_BYTES)
         report = orjson.loads(raw)
         if not isinstance(report, dict):
             raise TypeError("not a JSON object")
-        problems = report_problems(report, manifest, counts)
-        transcript = transcript_text(report).encode("utf-8")
+        oversized = report_size_problems(report)
+        problems = oversized or report_problems(
+            report, manifest, counts, samples=samples, held=held
+        )
+        transcript = b"" if oversized else transcript_text(report).encode("utf-8")
     except EvidenceError as exc:
         out.fail(str(exc))
         return {}
@@ -383,72 +407,21 @@ def _report(
         return {}
     for problem in problems:
         out.fail(problem)
+    if oversized:  # rendering it would cost minutes and GBs: nothing more is read
+        return {}
     try:
         if read_entry(zf, "transcript.txt") != transcript:
             out.fail("transcript.txt is not the transcript report.json states")
+        carried, what = carries(read_entry(zf, "report.pdf"), raw, "report.json")
+        (out.ok if carried else out.fail)(what)
     except EvidenceError as exc:
         out.fail(str(exc))
     if not problems:
-        out.ok("report.json states the manifest's period, chains, verdict and in-full counts")
-    _renderings(zf, manifest, report, raw, out, pdf=pdf)
+        out.ok(
+            "report.json states the manifest's period, chains, verdict, samples and in-full "
+            "counts, and its controls' records are in the in-full files"
+        )
+    apply = {"PASS": out.ok, "FAIL": out.fail, "SKIP": out.skip}
+    for result, what in rendering_checks(zf, report, raw, pdf=pdf):
+        apply[result](what)
     return report
-
-
-def _renderings(
-    zf: zipfile.ZipFile,
-    manifest: Mapping[str, Any],
-    report: Mapping[str, Any],
-    raw: bytes,
-    out: PackCheck,
-    *,
-    pdf: bool = True,
-) -> None:
-    """report.html and report.pdf rendered again from report.json and compared, byte for byte
-    (only with the pack's own workflow-audit version: templates differ across versions)."""
-    tool = manifest.get("tool")
-    made = tool.get("version") if isinstance(tool, dict) else None
-    try:
-        here = version("workflow-audit")
-    except PackageNotFoundError:
-        here = "not installed"
-    if made != here:
-        out.skip(f"made by workflow-audit {made}, this is {here}: report.html/pdf not re-rendered")
-        return
-    try:
-        import jinja2  # noqa: F401  (only its absence is a SKIP)
-    except ImportError:
-        out.skip("report.html/pdf re-rendered (jinja2 not installed)")
-        return
-    from audit_core.evidence.render import pdf_available, render_html, render_pdf
-
-    try:
-        html = render_html(report)
-    except AuditError as exc:
-        out.fail(f"report.json does not render: {exc}")
-        return
-    try:
-        if html != read_entry(zf, "report.html"):
-            out.fail("report.html is not the rendering of report.json")
-        else:
-            out.ok("report.html is the rendering of report.json")
-    except EvidenceError as exc:
-        out.fail(str(exc))
-    if not pdf:
-        out.skip("report.pdf not re-rendered (--no-pdf): its SHA-256 is checked above")
-        return
-    if len(raw) > MAX_RENDERED_BYTES:  # every list in an honest report is capped
-        out.fail(f"report.json: {len(raw)} bytes is more than an honest report holds")
-        return
-    if not pdf_available():
-        out.skip("report.pdf re-rendered (WeasyPrint or its libraries not installed)")
-        return
-    try:
-        rendered = render_pdf(report, attachments={"report.json": raw})
-        same = rendered == read_entry(zf, "report.pdf")
-    except AuditError as exc:
-        out.fail(f"report.pdf: {exc}")
-        return
-    if not same:
-        out.fail("report.pdf is not the rendering of report.json")
-    else:
-        out.ok("report.pdf is the rendering of report.json")

@@ -24,6 +24,7 @@ import orjson
 
 from audit_core._note import Signer, Verifier, sign_note
 from audit_core.errors import ConfigError
+from audit_core.evidence import render
 from audit_core.evidence.collect import (
     ChainEvidence,
     LatestTs,
@@ -102,7 +103,21 @@ def versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = "not installed"
+    # the template, pango and the fonts: what else makes report.html's and report.pdf's bytes
+    # (verify-evidence renders them again only where they are the same)
+    out["template"] = template_digest()
+    out.update(render.render_environment())
     return out
+
+
+def template_digest() -> str:
+    """SHA-256 (16 hex) of the report's template files: a development build changes them
+    under one version number."""
+    h = hashlib.sha256()
+    for path in sorted((Path(render.__file__).parent / "templates").iterdir()):
+        if path.is_file():
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def make_pack(
@@ -221,6 +236,7 @@ def _collect(
         },
         "verdict": "FAIL" if findings else "PASS",
         "findings": findings,
+        "requested_chains": list(request.chains),
         "chains": [
             ev.report(f"{origin}/{ev.chain}", heads.get(ev.chain), request.sample) for ev in evs
         ],

@@ -83,7 +83,9 @@ def _derived_again(
         for c in manifest.get("chains", ()):
             chain = c["chain"]
             if chain not in roots:
-                continue
+                if not c["records"]:  # claimed empty: the ledger must agree
+                    results += _claimed_empty(view, chain, request, tally)
+                continue  # else its checkpoints failed, and the pack says so already
             ev = collect_chain(view, chain, request, tally, stop=roots[chain].size)
             results += _checkpoints_again(view, c, request.since, ev.hi)
             stated = (c["lo"], c["hi"], c["records"])
@@ -117,6 +119,24 @@ def _derived_again(
             (True, "ledger: the period's records, in-full files and control counts derived again")
         )
     return results
+
+
+def _claimed_empty(
+    view: LedgerReader, chain: str, request: PackRequest, tally: ControlTally
+) -> list[tuple[bool, str]]:
+    """A chain the pack lists with no records of the period, read to its end."""
+    if chain not in view.chains():
+        return []
+    ev = collect_chain(view, chain, request, tally)
+    if not ev.records:
+        return []
+    return [
+        (
+            False,
+            f"ledger: chain {chain!r} has {ev.records} records of the period (seqs "
+            f"[{ev.lo}, {ev.hi})); the pack states none",
+        )
+    ]
 
 
 def _checkpoints_again(
@@ -163,14 +183,27 @@ def _chains_left_out(
 
 
 def _controls_again(report: Mapping[str, Any], tally: ControlTally) -> list[tuple[bool, str]]:
-    derived = {c["id"]: (c["count"], c["by_event"]) for c in tally.result(_ANY_FACTS)}
-    stated = {c.get("id"): (c.get("count"), c.get("by_event")) for c in report.get("controls", ())}
-    return [
-        (
-            False,
-            f"report.json: control {cid!r} states {stated.get(cid, (None,))[0]} records, the "
-            f"ledger's period has {figures[0]}",
-        )
-        for cid, figures in derived.items()
-        if stated.get(cid) != figures
-    ]
+    """Each control's figures that follow from the records alone (count, per event type,
+    first and last time, the records listed) as the ledger's period gives them."""
+
+    def figures(c: Mapping[str, Any]) -> tuple[Any, ...]:
+        listed = [(r.get("chain"), r.get("seq")) for r in c.get("records") or ()]
+        return (c.get("count"), c.get("by_event"), c.get("first"), c.get("last"), listed)
+
+    derived = {c["id"]: figures(c) for c in tally.result(_ANY_FACTS)}
+    stated = {c.get("id"): figures(c) for c in report.get("controls", ()) if isinstance(c, dict)}
+    out = []
+    for cid, want in derived.items():
+        got = stated.get(cid)
+        if got != want:
+            what = (
+                "is missing" if got is None else f"states {got[0]} records ({got[2]} to {got[3]})"
+            )
+            out.append(
+                (
+                    False,
+                    f"report.json: control {cid!r} {what}; the ledger's period has {want[0]} "
+                    f"({want[2]} to {want[3]}), listed {want[4][:5]}…",
+                )
+            )
+    return out

@@ -24,9 +24,15 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import logging
+import os
+import re
+import shutil
+import subprocess
 import types
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit_core.errors import EvidenceError
@@ -34,7 +40,15 @@ from audit_core.errors import EvidenceError
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["SECTIONS", "TEMPLATE", "pdf_available", "render_html", "render_pdf"]
+__all__ = [
+    "FONT_PATTERNS",
+    "SECTIONS",
+    "TEMPLATE",
+    "pdf_available",
+    "render_environment",
+    "render_html",
+    "render_pdf",
+]
 
 TEMPLATE = "report.html.j2"
 #: The headings of the report, in order: each is text in both the HTML and the PDF.
@@ -48,6 +62,16 @@ SECTIONS = (
     "Records in full",
     "Sample",
     "Verification transcript",
+)
+#: The fontconfig patterns of every face report.css can use (body, bold headings and verdict,
+#: italic statuses, monospace hex and rules), in the fixed order their files are hashed.
+FONT_PATTERNS = (
+    "DejaVu Sans",
+    "DejaVu Sans:bold",
+    "DejaVu Sans:italic",
+    "DejaVu Sans:bold:italic",
+    "DejaVu Sans Mono",
+    "DejaVu Sans Mono:bold",
 )
 _INSTALL = (
     "pip install 'workflow-audit[evidence]' (jinja2, weasyprint) and, on Debian, "
@@ -78,6 +102,57 @@ def pdf_available() -> bool:
     except (ImportError, OSError):  # OSError: cffi cannot load pango or harfbuzz
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def render_environment() -> dict[str, str]:
+    """What, besides ``report.json``, decides the PDF's bytes on this machine:
+    ``{"pango": "1.50.12", "fonts": "<16 hex>"}``.
+
+    The PDF is byte-deterministic on one machine, but pango's line breaking and the font files
+    fontconfig resolves (their glyphs are subset into the PDF) differ between machines; a
+    checker that re-renders ``report.pdf`` and gets other bytes can tell "other pango or
+    fonts" from "other report" by comparing these. ``fonts``: SHA-256 (16 hex) over the bytes
+    of the file each of :data:`FONT_PATTERNS` resolves to, in order (not the paths). Never
+    raises: ``"not installed"`` without WeasyPrint, ``"unknown"`` without fontconfig. Cached
+    for the process; do not mutate the dict.
+    """
+    return {"pango": _pango_version(), "fonts": _fonts_digest()}
+
+
+def _pango_version() -> str:
+    """Pango's version through WeasyPrint's own cffi binding: the library that lays out."""
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)  # as in render_pdf
+    try:
+        from weasyprint.text.ffi import pango
+    except (ImportError, OSError):  # OSError: cffi cannot load pango or harfbuzz
+        return "not installed"
+    try:
+        number = int(pango.pango_version())  # 15012 for 1.50.12 (PANGO_VERSION_ENCODE)
+    except (AttributeError, TypeError, ValueError):
+        return "unknown"
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def _fonts_digest() -> str:
+    """SHA-256 (first 16 hex) over the font files fontconfig resolves for FONT_PATTERNS."""
+    fc_match = shutil.which("fc-match")
+    if fc_match is None:
+        return "unknown"
+    digest = hashlib.sha256(b"fonts/v1\0")
+    for pattern in FONT_PATTERNS:
+        try:
+            done = subprocess.run(
+                [fc_match, "-f", "%{file}", pattern],
+                capture_output=True,
+                check=True,
+                timeout=30,
+            )
+            data = Path(os.fsdecode(done.stdout)).read_bytes()
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return "unknown"
+        digest.update(pattern.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()[:16]
 
 
 def render_pdf(
@@ -160,15 +235,71 @@ def _derived(report: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise EvidenceError(f"report.json lists unknown controls as not evidenced: {missing}")
     statuses = [control["status"] for control in controls]
+    not_evidenced = [by_id[name] for name in report["not_evidenced"]]
+    unanchored = [c["chain"] for c in report["chains"] if _unanchored(c)]
     return {
         "controls": {
             "evidenced": statuses.count("evidenced"),
             "not_evidenced": statuses.count("not evidenced"),
             "failed": statuses.count("failed"),
         },
-        "not_evidenced": [by_id[name] for name in report["not_evidenced"]],
+        "not_evidenced": not_evidenced,
         "retention": _retention(report["retention"]),
+        "unanchored": unanchored,
+        "not_covered": _not_covered(report, not_evidenced, unanchored),
     }
+
+
+def _not_covered(
+    report: Mapping[str, Any],
+    not_evidenced: Sequence[Mapping[str, Any]],
+    unanchored: Sequence[str],
+) -> list[str]:
+    """Page 1's list of what the verdict does not cover, so that a PASS is not read as "every
+    control is evidenced" (second hostile review of issue 16): the controls without records,
+    retention when no bucket was checked, completeness when no orchestrator was compared, and
+    chains whose period start no earlier checkpoint anchors."""
+    lines: list[str] = []
+    if not_evidenced:
+        refs = ", ".join(f"{k['framework']} {k['ref']}" for k in not_evidenced)
+        lines.append(f"Controls not evidenced by this period's records: {refs}")
+    if not report["retention"]["checked"]:
+        lines.append("Retention NOT CHECKED (no --s3)")
+    if not report["completeness"]["reconcile"]["ran"]:
+        lines.append("Completeness: orchestrator runs not compared (no --reconcile)")
+    lines += [
+        f"Chain {chain}: the start of the period is not anchored by an earlier checkpoint "
+        "(none was signed before it)"
+        for chain in unanchored
+    ]
+    return lines
+
+
+def _unanchored(chain: Mapping[str, Any]) -> bool:
+    """Whether no checkpoint signed before the period's first record anchors the period's
+    start: no first checkpoint, a first checkpoint of the last one's size (the consistency
+    proof then spans nothing), or one created after the chain's first record of the period."""
+    first, last = chain["first_checkpoint"], chain["last_checkpoint"]
+    if first is None:
+        return True
+    if last is not None and first["size"] == last["size"]:
+        return True
+    created, first_ts = _instant(first.get("created")), _instant(chain.get("first_ts"))
+    return created is not None and first_ts is not None and created > first_ts
+
+
+def _instant(value: object) -> dt.datetime | None:
+    """An RFC 3339 time of report.json as an aware datetime (the fraction made six digits, as
+    Python 3.10 wants; the ledger may write nanoseconds); ``None`` when absent or not a time."""
+    if not isinstance(value, str):
+        return None
+    fraction = re.sub(r"\.(\d+)", lambda m: "." + f"{m.group(1):0<6}"[:6], value.strip())
+    text = fraction.replace("Z", "+00:00")
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _retention(retention: Mapping[str, Any]) -> dict[str, Any]:

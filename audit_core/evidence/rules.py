@@ -17,8 +17,9 @@ the period while the first and last inside it: the range was not cut short.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeGuard
 
 import orjson
@@ -28,22 +29,52 @@ from audit_core._merkle import verify_inclusion
 from audit_core._record import leaf_hash
 from audit_core.checkpoint import Checkpoint
 from audit_core.errors import ProofError
-from audit_core.evidence.controls import IN_FULL
+from audit_core.evidence.controls import IN_FULL, in_full_category
+from audit_core.evidence.sample import SAMPLE_DOMAIN
 
 __all__ = [
+    "HTML_ENVIRONMENT",
+    "MAX_CHAINS",
     "MAX_SAMPLE",
+    "MAX_SAMPLES",
+    "PDF_ENVIRONMENT",
     "bounds_expected",
     "bounds_problems",
+    "environment_differs",
     "in_full_problems",
     "in_period",
     "left_out",
     "manifest_problems",
     "proven",
     "report_problems",
+    "report_size_problems",
+    "sample_stream",
 ]
 
 #: The most sampled proofs a chain's manifest entry may ask for (the CLI's default is 200).
 MAX_SAMPLE = 100_000
+#: The most sampled proofs of a whole pack, and the most chains (a ledger has a few).
+MAX_SAMPLES = 1_000_000
+MAX_CHAINS = 10_000
+#: The longest list of each kind an honest report.json holds (collect/controls cap them),
+#: by path; "*" is every item of a list. More is a forged report made to cost rendering.
+REPORT_CAPS: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("chains",), MAX_CHAINS),
+    (("chains", "*", "checkpoint_history", "listed"), 40),
+    (("controls",), 64),
+    (("controls", "*", "records"), 100),
+    (("controls", "*", "by_event"), 10_000),
+    (("findings",), 10_000),
+    (("transcript",), 10_000),
+    (("not_evidenced",), 64),
+    (("in_full",), 16),
+    (("completeness", "reconcile", "listed"), 100),
+    (("completeness", "gaps", "listed"), 100),
+    (("completeness", "cadence", "listed"), 100),
+    (("retention", "problems"), 100),
+    (("retention", "uncovered"), 100),
+    (("retention", "listed"), 100),
+)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _M = "manifest.json: "
 
@@ -81,6 +112,8 @@ def manifest_problems(manifest: object) -> list[str]:
     chains = manifest.get("chains")
     if not isinstance(chains, list):
         return [*out, f"{_M}chains is not a list"]
+    if len(chains) > MAX_CHAINS:
+        return [*out, f"{_M}{len(chains)} chains, more than {MAX_CHAINS}"]
     names: set[str] = set()
     for i, c in enumerate(chains):
         out += _chain_problems(f"chains[{i}]", c)
@@ -88,6 +121,13 @@ def manifest_problems(manifest: object) -> list[str]:
             if c["chain"] in names:
                 out.append(f"{_M}chains[{i}].chain {c['chain'][:80]!r} is listed twice")
             names.add(c["chain"])
+    if out:
+        return out
+    total = sum(c["sample"]["n"] for c in chains)
+    if total > MAX_SAMPLES:
+        out.append(f"{_M}{total} sampled proofs in all, more than {MAX_SAMPLES}")
+    if not any(c["records"] for c in chains):
+        out.append("the pack evidences no records (no chain of the manifest has one)")
     return out
 
 
@@ -175,13 +215,76 @@ def left_out(
     ]
 
 
-def report_problems(
-    report: Mapping[str, Any], manifest: Mapping[str, Any], counts: Mapping[str, int]
-) -> list[str]:
-    """``report.json`` against the signed manifest and the in-full files' line ``counts``
-    (category → lines; a category left out was not counted). Raises KeyError/TypeError on
-    a report that is not the shape at all (the caller names it)."""
+#: What decides the bytes of report.html, and besides of report.pdf (report.json ``versions``).
+HTML_ENVIRONMENT = ("workflow-audit", "jinja2", "template")
+PDF_ENVIRONMENT = (*HTML_ENVIRONMENT, "weasyprint", "pango", "fonts")
+
+
+def environment_differs(stated: object, here: Mapping[str, str], keys: Sequence[str]) -> str:
+    """Which of ``keys`` the report's ``versions`` (``stated``) give otherwise than ``here``.
+
+    >>> environment_differs({"jinja2": "3.1"}, {"jinja2": "3.2", "pango": "1"}, ["jinja2", "pango"])
+    'jinja2 3.1 (here 3.2), pango not stated (here 1)'
+    """
+    got = stated if isinstance(stated, dict) else {}
+    return ", ".join(
+        f"{k} {str(got.get(k, 'not stated'))[:40]} (here {here.get(k, 'unknown')})"
+        for k in keys
+        if got.get(k) != here.get(k)
+    )
+
+
+#: The longest string an honest report.json holds (a finding quotes an error message).
+MAX_REPORT_STRING = 64 << 10
+
+
+def report_size_problems(report: object) -> list[str]:
+    """The lists of ``report.json`` longer than an honest pack writes (:data:`REPORT_CAPS`)
+    and any string over 64 KiB: checked before anything renders it, since rendering costs
+    time and memory with their length (a 15 MB forged report took minutes and GBs)."""
     out: list[str] = []
+    for path, cap in REPORT_CAPS:
+        for where, value in _at(report, path):
+            if isinstance(value, list | dict) and len(value) > cap:
+                out.append(f"report.json: {where} holds {len(value)} items, more than {cap}")
+    stack: list[object] = [report]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            stack += value
+        elif isinstance(value, str) and len(value) > MAX_REPORT_STRING:
+            out.append(
+                f"report.json: a string of {len(value)} characters, more than a report holds"
+            )
+            break
+    return out
+
+
+def _at(value: object, path: tuple[str, ...], where: str = "") -> Iterator[tuple[str, Any]]:
+    if not path:
+        yield where, value
+    elif path[0] == "*" and isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _at(item, path[1:], f"{where}[{i}]")
+    elif isinstance(value, dict) and path[0] in value:
+        yield from _at(value[path[0]], path[1:], f"{where}.{path[0]}" if where else path[0])
+
+
+def report_problems(
+    report: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    counts: Mapping[str, int],
+    *,
+    samples: Mapping[str, tuple[int, int]] | None = None,
+    held: Mapping[str, set[tuple[str, int]]] | None = None,
+) -> list[str]:
+    """``report.json`` against the signed manifest, the in-full files' line ``counts``
+    (category → lines; a category left out was not counted), each sample file's (lines,
+    distinct seqs) by chain and each counted in-full file's (chain, seq). Raises
+    KeyError/TypeError on a report that is not the shape at all (the caller names it)."""
+    out = _statement_problems(report, manifest, samples or {}, held or {})
     mp, rp = manifest["period"], report["period"]
     if (rp["since"], rp["until"]) != (mp["since"], mp["until"]):
         out.append(
@@ -222,6 +325,46 @@ def report_problems(
                 f"{item['file']} holds {counts[category]}"
             )
     return out
+
+
+def _statement_problems(
+    report: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    samples: Mapping[str, tuple[int, int]],
+    held: Mapping[str, set[tuple[str, int]]],
+) -> list[str]:
+    """What report.json states besides the manifest's figures: the controls' statuses and
+    records, and each chain's sample (the HTML/PDF show these as the pack's findings)."""
+    out: list[str] = []
+    controls = report["controls"]
+    if report["not_evidenced"] != [c["id"] for c in controls if c["status"] == "not evidenced"]:
+        out.append("report.json: not_evidenced is not the controls whose status is so")
+    for c in controls:
+        if not _is_int(c["count"]) or c["count"] < len(c["records"]):
+            out.append(f"report.json: control {str(c['id'])[:80]!r} counts fewer than it lists")
+        for r in c["records"]:
+            category = in_full_category(str(r["event"]))
+            if (
+                category is not None
+                and category in held
+                and (r["chain"], r["seq"]) not in held[category]
+            ):
+                out.append(
+                    f"report.json: control {str(c['id'])[:80]!r} lists chain "
+                    f"{str(r['chain'])[:80]!r} seq {r['seq']}, which records/{category}.jsonl "
+                    "does not hold"
+                )
+    n = {c["chain"]: c["sample"]["n"] for c in manifest["chains"]}
+    for c in report["chains"]:
+        s, chain = c["sample"], c["chain"]
+        want = (n.get(chain), *samples.get(chain, (s["count"], s["distinct"])))
+        if (s["requested"], s["count"], s["distinct"]) != want:
+            out.append(
+                f"report.json: chain {str(chain)[:80]!r} states sample {s['requested']} "
+                f"requested, {s['count']} proven, {s['distinct']} distinct; the pack's is "
+                f"{want[0]}, {want[1]}, {want[2]}"
+            )
+    return out[:50]
 
 
 def _chain_view(c: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -298,3 +441,18 @@ def proven(line: Mapping[str, Any], chain: str, root: Checkpoint) -> dict[str, A
 def in_period(value: Mapping[str, Any], period: tuple[str, str]) -> bool:
     ts = value.get("ts")
     return isinstance(ts, str) and period[0] <= ts < period[1]
+
+
+def sample_stream(root: bytes, lo: int, hi: int, n: int) -> Iterator[int]:
+    """:func:`~audit_core.evidence.sample.sample_indices`, one index at a time: a checker
+    compares each with its line and stops at the first difference, never building a list of
+    a stated (hostile) ``n``."""
+    if hi <= lo or n <= 0:
+        return
+    span = hi - lo
+    if span <= n:
+        yield from range(lo, hi)
+        return
+    for i in range(n):
+        digest = hashlib.sha256(SAMPLE_DOMAIN + root + i.to_bytes(8, "big")).digest()
+        yield lo + int.from_bytes(digest, "big") % span

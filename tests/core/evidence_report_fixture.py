@@ -1,9 +1,10 @@
 """A realistic ``report.json`` (COMMON16 shape) for the evidence report's rendering tests.
 
 Two chains, the thirteen controls of issue 16 (evidenced, not evidenced and failed ones), a
-source gap and a checkpoint-cadence gap, retention checked with one problem, a transcript with
-PASS and FAIL lines, and strings holding ``<script>`` and non-ASCII text that the renderer must
-escape and keep. Each call returns a new dict, so a test may change it freely.
+source gap and a checkpoint-cadence gap, retention checked with one problem, a chain (prefect)
+whose first checkpoint was signed after its first record, a transcript with PASS and FAIL
+lines, and strings holding ``<script>`` and non-ASCII text that the renderer must escape and
+keep. Each call returns a new dict, so a test may change it freely.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def report(*, records_per_control: int = 4, history_listed: int = 40) -> dict[st
         _chain("prefect", f"demo/prefect {HOSTILE}", 0, 321, 321),
     ]
     chains[0]["checkpoint_history"] = _history("airflow", 57, history_listed)
+    # prefect's first checkpoint was signed after its first record: the start is not anchored
+    chains[1]["first_checkpoint"]["created"] = "2026-12-01T06:00:00Z"
     controls = [_control(*spec, records_per_control) for spec in _CONTROLS]
     controls[0]["note"] = f"Backed by failure records; note with {HOSTILE} and {UNICODE}."
     return {
@@ -167,6 +170,7 @@ def report(*, records_per_control: int = 4, history_listed: int = 40) -> dict[st
             "retention: 1 segment object is locked in GOVERNANCE where COMPLIANCE is required.",
             f"chain 'prefect': the origin holds {HOSTILE}.",
         ],
+        "requested_chains": ["airflow", "prefect"],
         "chains": chains,
         "controls": controls,
         "not_evidenced": sorted(_NOT_EVIDENCED),
@@ -297,6 +301,7 @@ def passing_report() -> dict[str, Any]:
         if control["status"] == "failed":
             control["status"] = "evidenced"
     data["transcript"] = [row for row in data["transcript"] if row["result"] != "FAIL"]
+    data["requested_chains"] = []
     return data
 
 

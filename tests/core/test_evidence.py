@@ -368,6 +368,22 @@ class TestOperatorWithTheKey:
         assert run.code == 1
         assert "the pack's checkpoints are at sizes (30, 120), the rule picks (30, 90)" in run.err
 
+    def test_a_chain_claimed_empty_is_caught_against_the_ledger(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        from tests.core.test_evidence_check import _resign
+
+        def empty(m: dict[str, Any]) -> None:
+            c = next(c for c in m["chains"] if c["chain"] == "airflow-events")
+            c.update(records=0, lo=0, hi=0, first_checkpoint=None, last_checkpoint=None)
+
+        forged = _resign(pack, ledger, tmp_path / "f.zip", manifest=empty)
+        run = _verify(cli, forged, ledger, "--ledger", f"sqlite:///{ledger}")
+        assert run.code == 1
+        assert "chain 'airflow-events' has 4 records of the period (seqs [2, 6)); the pack" in (
+            run.err
+        )
+
     def test_an_honest_pack_is_derived_again(self, cli: Any, pack: Path, ledger: Path) -> None:
         run = _verify(cli, pack, ledger, "--ledger", f"sqlite:///{ledger}", "-v")
         assert run.code == 0, run.err
@@ -433,6 +449,28 @@ class TestBadInput:
         assert run.code == 2
         assert "file of the ledger or its key" in run.err
         assert target.read_bytes() == before
+
+    def test_output_never_replaces_a_ledger_named_as_a_plain_path(
+        self, cli: Any, ledger: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        before = ledger.read_bytes()
+        args = ["evidence", "--since", SINCE, "--until", UNTIL, "--force"]
+        run = cli(*args, "--ledger", str(ledger), "-o", str(ledger))
+        assert run.code == 2, run.err
+        monkeypatch.chdir(ledger.parent)  # $WORKFLOW_AUDIT_LEDGER, and a relative -o
+        monkeypatch.setenv("WORKFLOW_AUDIT_LEDGER", str(ledger))
+        run = cli(*args, "-o", f"./{ledger.name}.key")
+        assert run.code == 2
+        assert "file of the ledger or its key" in run.err
+        assert ledger.read_bytes() == before
+
+    def test_a_record_stored_as_text_is_a_finding_not_a_traceback(
+        self, cli: Any, ledger: Path, tmp_path: Path
+    ) -> None:
+        _tamper.cast_column(ledger, "airflow", 40, "body")
+        run = _make(cli, ledger, tmp_path / "p.zip")
+        assert run.code == 1, run.err
+        assert "FAIL verification of chain 'airflow'" in run.err
 
     def test_existing_output_needs_force(self, cli: Any, ledger: Path, tmp_path: Path) -> None:
         out = tmp_path / "p.zip"

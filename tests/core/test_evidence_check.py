@@ -8,9 +8,13 @@ refuse a hostile zip outright) — exit 1 with the file named, never a traceback
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -25,14 +29,19 @@ from audit_core.cli import main
 from audit_core.errors import EvidenceError
 from audit_core.evidence.check import verify_pack
 from audit_core.evidence.collect import proof_lines
-from audit_core.evidence.pack import manifest_note_text
-from audit_core.evidence.render import render_html
+from audit_core.evidence.pack import manifest_note_text, transcript_text
+from audit_core.evidence.render import render_html, render_pdf
 from audit_core.evidence.rules import (
+    MAX_CHAINS,
     bounds_expected,
     bounds_problems,
     in_full_problems,
     manifest_problems,
+    report_size_problems,
+    sample_stream,
 )
+from audit_core.evidence.sample import sample_indices
+from audit_core.evidence.unzip import MAX_LINE_BYTES, carries, embedded_files, json_lines
 from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core._cli import Run
 from tests.core._evidence import SINCE, UNTIL
@@ -321,19 +330,227 @@ class TestReport:
         err = _invalid(cli, forged, ledger, pdf=True)
         assert "report.pdf is not the rendering of report.json" in err
 
-    def test_another_version_is_not_re_rendered(
+    def test_the_manifest_tool_version_does_not_switch_re_rendering_off(
         self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
     ) -> None:
+        """#3: the manifest's tool.version is the operator's to write: it decides nothing."""
         body = _entry(pack, "report.html").replace(b"</body>", b"<p>other template</p></body>")
 
         def edit(m: dict[str, Any]) -> None:
             m["tool"]["version"] = "0.0.1"
 
         forged = _resign(pack, ledger, tmp_path / "f.zip", {"report.html": body}, edit)
-        run = _verify(cli, forged, ledger, "-v")
+        assert "report.html is not the rendering of report.json" in _invalid(cli, forged, ledger)
+
+
+def _rendered(pack: Path, ledger: Path, out: Path, edit: Edit, *, pdf: bool = True) -> Path:
+    """The pack with report.json edited and everything rendered from it again (transcript,
+    HTML, and the PDF carrying it), re-signed: what an operator with the key can make."""
+    report = _json(pack, "report.json")
+    edit(report)
+    raw = _dumps(report)
+    change = {
+        "report.json": raw,
+        "report.html": render_html(report),
+        "transcript.txt": transcript_text(report).encode(),
+    }
+    if pdf:
+        change["report.pdf"] = render_pdf(report, attachments={"report.json": raw})
+    return _resign(pack, ledger, out, change)
+
+
+class TestPdf:
+    """report.pdf carries report.json, checked everywhere; re-rendered only where the render
+    environment is the pack's, and every rendering not checked is printed without -v."""
+
+    def test_the_pdf_carries_the_report_json(self, pack: Path) -> None:
+        assert embedded_files(_entry(pack, "report.pdf")) == [_entry(pack, "report.json")]
+
+    def test_a_pdf_of_another_report_fails_even_with_no_pdf(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        other = _json(pack, "report.json")
+        other["findings"] = []
+        pdf = render_pdf(other, attachments={"report.json": _dumps(other) + b" "})
+        forged = _resign(pack, ledger, tmp_path / "f.zip", {"report.pdf": pdf})
+        err = _invalid(cli, forged, ledger)  # --no-pdf: not re-rendered, still compared
+        assert "report.pdf does not carry the pack's report.json" in err
+
+    def test_a_pdf_without_attachment(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        pdf = render_pdf(_json(pack, "report.json"))
+        forged = _resign(pack, ledger, tmp_path / "f.zip", {"report.pdf": pdf})
+        assert "report.pdf carries no report.json" in _invalid(cli, forged, ledger)
+
+    def test_another_render_environment_is_a_skip_printed_without_verbose(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        """#4: a pack made where the fonts differ is not re-rendered here, and says so."""
+
+        def edit(r: dict[str, Any]) -> None:
+            r["versions"]["fonts"] = "0" * 16
+
+        forged = _rendered(pack, ledger, tmp_path / "f.zip", edit)
+        run = _verify(cli, forged, ledger, pdf=True)
         assert run.code == 0, run.err
-        assert "SKIP made by workflow-audit 0.0.1, this is " in run.out
-        assert "report.html/pdf not re-rendered" in run.out
+        assert "NOT CHECKED report.pdf not re-rendered: made with fonts 0000000000000000" in run.out
+        checked = verify_pack(forged, _keys(ledger))
+        assert ("PASS", "report.html is the rendering of report.json") in checked.checks
+        assert ("PASS", "report.pdf carries the pack's report.json") in checked.checks
+        assert checked.skipped == [
+            f"report.pdf not re-rendered: made with fonts {'0' * 16} (here "
+            f"{_json(pack, 'report.json')['versions']['fonts']})"
+        ]
+
+    def test_a_report_json_over_1_mib_is_not_laid_out_again(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        """#10: within every list cap, 1.2 MB of transcript would take ~20 s to lay out."""
+
+        def edit(r: dict[str, Any]) -> None:
+            r["transcript"] += [{"check": f"c{i}", "result": "PASS", "detail": "d" * 2000}
+                                for i in range(600)]  # fmt: skip
+
+        forged = _rendered(pack, ledger, tmp_path / "f.zip", edit, pdf=False)
+        checked = verify_pack(forged, _keys(ledger))
+        assert checked.problems == ["report.pdf does not carry the pack's report.json"]
+        assert len(checked.skipped) == 1
+        assert checked.skipped[0].startswith("report.pdf not re-rendered: report.json is 12")
+        assert checked.skipped[0].endswith(" bytes (over 1 MiB)")
+
+    def test_another_jinja2_skips_html_and_pdf_visibly(
+        self, cli: Any, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        def edit(r: dict[str, Any]) -> None:
+            r["versions"]["jinja2"] = "2.0"
+
+        forged = _rendered(pack, ledger, tmp_path / "f.zip", edit, pdf=False)
+        run = _verify(cli, forged, ledger)
+        assert "report.pdf does not carry the pack's report.json" in run.err  # the old PDF
+        checked = verify_pack(forged, _keys(ledger), pdf=False)
+        assert checked.skipped[0].startswith(
+            "report.html/pdf not re-rendered: made with jinja2 2.0"
+        )
+
+
+def _keys(ledger: Path) -> Any:
+    return load_verifiers([str(ledger.with_name(ledger.name + ".key.pub"))])
+
+
+class TestStatements:
+    """#5/#6: what report.json states besides the manifest's figures (the HTML/PDF show it)."""
+
+    def _problems(self, pack: Path, ledger: Path, out: Path, edit: Edit) -> list[str]:
+        forged = _rendered(pack, ledger, out, edit, pdf=False)
+        return verify_pack(forged, _keys(ledger), pdf=False).problems
+
+    def test_not_evidenced_that_is_not_the_controls(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        def edit(r: dict[str, Any]) -> None:
+            r["not_evidenced"] = r["not_evidenced"][1:]
+
+        problems = self._problems(pack, ledger, tmp_path / "f.zip", edit)
+        assert "report.json: not_evidenced is not the controls whose status is so" in problems
+
+    def test_a_control_counting_fewer_than_it_lists(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        def edit(r: dict[str, Any]) -> None:
+            r["controls"][0]["count"] = 1
+
+        problems = self._problems(pack, ledger, tmp_path / "f.zip", edit)
+        assert "report.json: control 'eu-ai-act-12-2-a' counts fewer than it lists" in problems
+
+    def test_a_control_listing_a_failure_the_pack_does_not_hold(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        def edit(r: dict[str, Any]) -> None:
+            listed = next(x for x in r["controls"][0]["records"] if x["chain"] == "airflow")
+            listed["seq"] = 31
+
+        problems = self._problems(pack, ledger, tmp_path / "f.zip", edit)
+        assert any(
+            "lists chain 'airflow' seq 31, which records/failure.jsonl does not hold" in p
+            for p in problems
+        ), problems
+
+    def test_sample_figures_that_are_not_the_packs(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        def edit(r: dict[str, Any]) -> None:
+            _chain(r)["sample"].update(requested=200, count=61, distinct=59)
+
+        problems = self._problems(pack, ledger, tmp_path / "f.zip", edit)
+        assert (
+            "report.json: chain 'airflow' states sample 200 requested, 61 proven, 59 distinct; "
+            "the pack's is 100, 60, 60" in problems
+        )
+
+    def test_a_manifest_sample_n_the_report_does_not_state(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        def edit(m: dict[str, Any]) -> None:
+            _chain(m)["sample"]["n"] = 0
+
+        forged = _resign(pack, ledger, tmp_path / "f.zip", manifest=edit)
+        problems = verify_pack(forged, _keys(ledger), pdf=False).problems
+        assert any("sampled seqs are not the rule's" in p for p in problems), problems
+        assert any("states sample 100 requested" in p for p in problems), problems
+
+
+class TestCosts:
+    """#10/#11/#13/#14: a signed pack made to cost time or memory is refused first."""
+
+    def test_oversized_lists_are_refused_before_rendering(
+        self, pack: Path, ledger: Path, tmp_path: Path
+    ) -> None:
+        report = _json(pack, "report.json")
+        report["controls"] += [report["controls"][1]] * 60
+        report["controls"][0]["by_event"] = {f"e{i}": 1 for i in range(10_001)}
+        forged = _resign(pack, ledger, tmp_path / "f.zip", {"report.json": _dumps(report)})
+        checked = verify_pack(forged, _keys(ledger))
+        assert checked.problems == [
+            "report.json: controls holds 73 items, more than 64",
+            "report.json: controls[0].by_event holds 10001 items, more than 10000",
+        ]
+        assert not any("report.html" in what or "report.pdf" in what for _, what in checked.checks)
+
+    def test_a_huge_string_is_refused(self) -> None:
+        assert report_size_problems({"findings": ["x" * (65 << 10)]}) == [
+            "report.json: a string of 66560 characters, more than a report holds"
+        ]
+
+    def test_too_many_chains_and_samples(self, pack: Path) -> None:
+        m = _json(pack, "manifest.json")
+        chain = _chain(m)
+        m["chains"] = [{**chain, "chain": f"c{i}"} for i in range(MAX_CHAINS + 1)]
+        assert manifest_problems(m) == [f"manifest.json: {MAX_CHAINS + 1} chains, more than 10000"]
+        m["chains"] = [{**chain, "chain": f"c{i}", "sample": {"n": 100_000}} for i in range(11)]
+        assert manifest_problems(m) == [
+            "manifest.json: 1100000 sampled proofs in all, more than 1000000"
+        ]
+
+    def test_a_pack_without_records(self, pack: Path) -> None:
+        m = _json(pack, "manifest.json")
+        for c in m["chains"]:
+            c["records"] = 0
+        assert manifest_problems(m) == [
+            "the pack evidences no records (no chain of the manifest has one)"
+        ]
+
+    def test_the_sample_is_derived_lazily_as_the_rule_says(self) -> None:
+        root = hashlib.sha256(b"r").digest()
+        for lo, hi, n in ((0, 10, 3), (5, 5, 3), (3, 8, 10), (0, 1 << 40, 50), (2, 9, 0)):
+            assert list(sample_stream(root, lo, hi, n)) == sample_indices(root, lo, hi, n)
+
+    def test_a_json_line_over_16_mib(self, tmp_path: Path) -> None:
+        path = tmp_path / "z.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("proofs/a.sample.jsonl", b'{"a": "' + b"x" * MAX_LINE_BYTES + b'"}\n')
+        with zipfile.ZipFile(path) as zf, pytest.raises(EvidenceError, match="a line of more"):
+            list(json_lines(zf, "proofs/a.sample.jsonl"))
 
 
 def _patch_central(path: Path, name: str, offset: int, value: bytes) -> None:
@@ -609,3 +826,58 @@ def test_every_manifest_field_garbled_and_signed(pack: Path, ledger: Path, tmp_p
             except EvidenceError:
                 continue
             assert checked.problems or path == ("tool",), (path, value)
+
+
+def test_checking_prints_nothing(
+    pack: Path, ledger: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI prints; verify_pack only returns what it found."""
+    assert verify_pack(pack, _keys(ledger), pdf=False).valid
+    assert capsys.readouterr() == ("", "")
+
+
+def test_an_unreadable_pdf_attachment_is_named() -> None:
+    pdf = b"1 0 obj\n<</Type /EmbeddedFile/Filter /FlateDecode/Length 3>>\nstream\nabc\nendstream"
+    assert carries(pdf, b"{}", "report.json") == (
+        False,
+        "report.pdf carries no readable report.json (report.pdf: an embedded file does not "
+        "inflate (Error -3 while decompressing data: incorrect header check))",
+    )
+    indirect = b"<</Type /EmbeddedFile/Length 12 0 R>>\nstream\n{}\nendstream"
+    assert "without a direct /Length" in carries(indirect, b"{}", "report.json")[1]
+    plain = b"<</Type /EmbeddedFile/Length 2>>\nstream\n{}\nendstream"
+    assert carries(plain, b"{}", "report.json") == (
+        True,
+        "report.pdf carries the pack's report.json",
+    )
+    bomb = zlib.compress(b" " * (17 << 20))
+    pdf = b"<</Type /EmbeddedFile/Filter /FlateDecode/Length %d>>\nstream\n%b\nendstream" % (
+        len(bomb),
+        bomb,
+    )
+    assert "an embedded file of more than 16777216 bytes" in carries(pdf, b"", "report.json")[1]
+
+
+def test_an_honest_pack_where_the_fonts_differ_is_valid_and_says_what_it_skipped(
+    pack: Path, ledger: Path, tmp_path: Path
+) -> None:
+    """#4: an auditor whose fontconfig resolves other fonts (here: none) gets "valid" and a
+    NOT CHECKED line for report.pdf, never a false INVALID. A subprocess: the fonts are
+    read once per process."""
+    (tmp_path / "fonts").mkdir()
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(
+        '<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
+        f"<dir>{tmp_path / 'fonts'}</dir><cachedir>{tmp_path / 'cache'}</cachedir></fontconfig>"
+    )
+    key = ledger.with_name(ledger.name + ".key.pub")
+    run = subprocess.run(
+        [sys.executable, "-m", "audit_core.cli", "verify-evidence", str(pack), "--key", str(key)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FONTCONFIG_FILE": str(conf)},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "valid evidence pack" in run.stdout
+    assert "NOT CHECKED report.pdf not re-rendered: made with fonts " in run.stdout

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +20,13 @@ from typing import Any
 import pytest
 
 from audit_core.errors import AuditError, EvidenceError
-from audit_core.evidence.render import SECTIONS, render_html, render_pdf
+from audit_core.evidence.render import (
+    FONT_PATTERNS,
+    SECTIONS,
+    render_environment,
+    render_html,
+    render_pdf,
+)
 from testkit import pdf as pdftools
 from tests.core.evidence_report_fixture import (
     HOSTILE,
@@ -83,8 +91,6 @@ class TestRenderHtml:
 
     def test_holds_no_date_but_the_reports(self) -> None:
         """Every timestamp-looking string of the page comes from report.json (no clock)."""
-        import re
-
         data = report()
         html = render_html(data).decode("utf-8")
         source = json.dumps(data)
@@ -104,6 +110,75 @@ class TestRenderHtml:
         data["not_evidenced"].append("no-such-control")
         with pytest.raises(EvidenceError, match="no-such-control"):
             render_html(data)
+
+    def test_sections_are_numbered_from_one(self) -> None:
+        """The numbered headings run 1, 2, 3 … in SECTIONS order (the title block, SECTIONS[0],
+        and the not-evidenced box inside Controls carry no number)."""
+        html = render_html(report()).decode("utf-8")
+        numbered = re.findall(r"<h2>(\d+)\. ([^<]+)</h2>", html)
+        assert [int(n) for n, _ in numbered] == list(range(1, len(numbered) + 1))
+        titles = [title.replace("&#39;", "'") for _, title in numbered]
+        assert titles == [s for s in SECTIONS[1:] if s in titles]
+        assert len(titles) == len(SECTIONS) - 2  # all but the title and the box
+
+    def test_page_one_says_what_the_verdict_does_not_cover(self) -> None:
+        """Under the verdict: the PASS sentence and each not-evidenced control's ref; retention
+        and reconcile named only when they did not run."""
+        data = report()
+        summary = _summary(render_html(data))
+        assert (
+            "PASS means the log verified and the pack's proofs hold; it does not mean every "
+            "control is evidenced." in summary
+        )
+        for name in data["not_evidenced"]:
+            control = next(c for c in data["controls"] if c["id"] == name)
+            assert f"{control['framework']} {control['ref']}" in summary, name
+        assert "Retention NOT CHECKED" not in summary  # report() checked a bucket
+        assert "no --reconcile" not in summary  # and reconciled
+
+        empty = _summary(render_html(empty_report()))
+        assert "Retention NOT CHECKED (no --s3)" in empty
+        assert "Completeness: orchestrator runs not compared (no --reconcile)" in empty
+
+    def test_unanchored_start_is_said_under_consistency(self) -> None:
+        """A first checkpoint created after the chain's first record, or of the same size as the
+        last, leaves the period's start unanchored: said for that chain, not for the other."""
+        sentence = (
+            "the start of the period is not anchored by an earlier checkpoint "
+            "(none was signed before it)"
+        )
+        data = report()  # prefect's first checkpoint was created after its first record
+        html = render_html(data).decode("utf-8")
+        assert html.count(sentence) == 2  # under prefect's Consistency and on page 1
+        assert f"Chain prefect: {sentence}" in _summary(html.encode())
+        assert "Chain airflow: " not in html
+
+        data["chains"][1]["first_checkpoint"]["created"] = "2026-12-01T00:00:00Z"
+        assert sentence not in render_html(data).decode("utf-8")
+        size = data["chains"][0]["last_checkpoint"]["size"]
+        data["chains"][0]["first_checkpoint"]["size"] = size  # nothing before the period
+        html = render_html(data).decode("utf-8")
+        assert html.count(sentence) == 2
+        assert f"Chain airflow: {sentence}" in html
+
+    def test_cadence_says_what_it_measures(self) -> None:
+        """The cadence text names the measured thing: records waiting for a checkpoint."""
+        html = render_html(report()).decode("utf-8")
+        assert (
+            "the spans longer than the threshold in which the period's records waited for a "
+            "signed checkpoint" in html
+        )
+
+    def test_requested_chains_on_page_one(self) -> None:
+        """The chains asked for, 'every chain …' for [], and a report without the key renders."""
+        summary = _summary(render_html(report()))
+        assert "the 2 asked for: airflow, prefect" in summary
+        assert "every chain with records in the period" in _summary(render_html(passing_report()))
+        data = report()
+        del data["requested_chains"]  # a report.json from before the key
+        summary = _summary(render_html(data))
+        assert "asked for" not in summary
+        assert "every chain with records" not in summary
 
     def test_evidence_error_is_an_audit_error(self) -> None:
         """EvidenceError derives from the one AuditError base."""
@@ -158,11 +233,18 @@ class TestRenderPdf:
         assert hashlib.sha256(fail_pdf).hexdigest() == done.stdout
 
     def test_passing_report_says_pass(self) -> None:
-        """A PASS report's PDF says PASS and lists no findings."""
-        text = _squash(pdftools.pdftotext(render_pdf(passing_report())))
+        """A PASS report's PDF says PASS and lists no findings; its first page says what the
+        PASS does not cover (the not-evidenced controls, retention not checked)."""
+        raw = pdftools.pdftotext(render_pdf(passing_report()))
+        text = _squash(raw)
         assert "PASS" in text
         assert "Findings" not in text
         assert "NOT CHECKED" in text
+        page_one = _squash(raw.split("\f")[0])
+        assert "it does not mean every control is evidenced." in page_one
+        assert "Retention NOT CHECKED (no --s3)" in page_one
+        assert "A.6.2.8" in page_one  # the not-evidenced controls' refs
+        assert "Art. 12(2)(b)" in page_one
 
     def test_empty_report_renders(self) -> None:
         """A report with no chain and no control still renders, every section present."""
@@ -213,6 +295,66 @@ class TestRenderPdf:
                 f"\nrender {name}: html {middle - start:.3f} s ({len(html):,} B), "
                 f"pdf {end - middle:.2f} s ({len(pdf):,} B, {pages} pages)"
             )
+
+
+class TestRenderEnvironment:
+    def test_names_pango_and_a_font_digest(self) -> None:
+        """{"pango": "1.50.12", "fonts": 16 hex}: this machine has WeasyPrint and fontconfig."""
+        env = render_environment()
+        assert sorted(env) == ["fonts", "pango"]
+        assert re.fullmatch(r"\d+\.\d+\.\d+", env["pango"]), env
+        assert re.fullmatch(r"[0-9a-f]{16}", env["fonts"]), env
+        assert render_environment() == env
+
+    def test_same_in_another_process_and_differs_with_other_fonts(self, tmp_path: Path) -> None:
+        """A fresh interpreter gives the same values; one whose fontconfig resolves DejaVu Sans
+        to another face (FONTCONFIG_FILE) gives another font digest and the same pango."""
+        conf = tmp_path / "fonts.conf"
+        conf.write_text(
+            '<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
+            "<dir>/usr/share/fonts</dir>"
+            f"<cachedir>{tmp_path / 'cache'}</cachedir>"
+            '<match target="pattern"><test name="family"><string>DejaVu Sans</string></test>'
+            '<edit name="family" mode="assign" binding="strong"><string>DejaVu Serif</string>'
+            "</edit></match></fontconfig>\n"
+        )
+        here = render_environment()
+        assert _environment_in_child({}) == here
+        other = _environment_in_child({"FONTCONFIG_FILE": str(conf)})
+        assert other["pango"] == here["pango"]
+        assert re.fullmatch(r"[0-9a-f]{16}", other["fonts"]), other
+        assert other["fonts"] != here["fonts"]
+
+    def test_patterns_cover_the_css_fonts(self) -> None:
+        """Every font family report.css names is among the hashed patterns."""
+        css = (ROOT / "audit_core/evidence/templates/report.css").read_text()
+        families = set(re.findall(r'font-family: "([^"]+)"', css))
+        assert families <= {pattern.split(":")[0] for pattern in FONT_PATTERNS}
+
+
+def _environment_in_child(extra: dict[str, str]) -> dict[str, str]:
+    """render_environment() of a fresh interpreter with ``extra`` in its environment."""
+    code = (
+        "import json, sys\n"
+        "from audit_core.evidence.render import render_environment\n"
+        "sys.stdout.write(json.dumps(render_environment()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **extra},
+    )
+    result: dict[str, str] = json.loads(done.stdout)
+    return result
+
+
+def _summary(html: bytes) -> str:
+    """The title block's HTML (page 1: everything before the Chains section)."""
+    text = html.decode("utf-8")
+    return text[text.index('id="summary"') : text.index('id="chains"')]
 
 
 def _pages(pdf: bytes) -> Any:
