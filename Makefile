@@ -85,6 +85,8 @@ bench: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_index.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ui.py --postgres
 	$(AIRFLOW_VENV)/bin/python bench/bench_evidence.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_model.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_privacy.py
 	$(PREFECT_VENV)/bin/python bench/bench_prefect_overhead.py
 	$(PREFECT_VENV)/bin/python bench/bench_follow.py
 

@@ -360,8 +360,8 @@ def command_line(
     the value of ``variables set KEY VALUE`` and of every secret option replaced by the marker
     (``--password``, ``--conn-password|uri|extra|json``, ``--env-vars``, ``-p`` of ``users``
     and ``connections``; the confs ``-c``/``--conf`` of ``dags``, ``--dag-run-conf`` of
-    ``backfill`` and ``-t``/``--task-params`` of ``tasks test`` too unless ``record_conf``); a
-    conf's digest is kept by argument index.
+    ``backfill`` and ``-t``/``--task-params`` of ``tasks test`` too); a conf's digest is kept
+    by argument index, or with ``record_conf`` its value, under ``conf``.
 
     Airflow's argparse takes more forms than the exact option, and so does this: a unique
     prefix (``--passw S``, ``--conn-pass=S``: ``allow_abbrev``) and a short option with its
@@ -378,8 +378,8 @@ def command_line(
         return {"full_command": REDACTED}
     group = argv[1] if len(argv) > 1 else ""
     sub = f"{group} {argv[2]}" if len(argv) > 2 else group
-    confs = () if record_conf else _CONF_OPTIONS.get(group, ())
-    short_conf = "" if record_conf else _CONF_SHORT.get(sub, _CONF_SHORT.get(group, ""))
+    confs = _CONF_OPTIONS.get(group, ())
+    short_conf = _CONF_SHORT.get(sub, _CONF_SHORT.get(group, ""))
     short_secret = _SECRET_SHORT.get(group, "")
     # index -> (the part of the argument kept before the marker, is the value a conf)
     hidden: dict[int, tuple[str, bool]] = {}
@@ -398,15 +398,21 @@ def command_line(
         else:
             hidden[i] = (head, conf)
     out = list(argv)
-    digests = {}
+    digests, kept = {}, {}
     for i, (head, conf) in sorted(hidden.items()):
         value = argv[i][len(head) :]
-        if conf and not _masked(value):  # a conf's digest, never a secret's (module docs)
+        if conf and record_conf:
+            # kept beside the command, under "conf" (by argument index): a node a privacy
+            # policy knows to commit, where an argument list would hide it in plain text
+            kept[str(i)] = value
+        elif conf and not _masked(value):  # a conf's digest, never a secret's (module docs)
             digests[str(i)] = digest(value)
         out[i] = head + REDACTED
     result: dict[str, Any] = {"full_command": out}
     if digests:
         result["value_sha256"] = digests
+    if kept:
+        result["conf"] = kept
     return result
 
 

@@ -79,6 +79,32 @@ OPTIONS: Mapping[str, Option] = {
         "/run/secrets/workflow-audit.key",
         sensitive=True,
     ),
+    "privacy_policy": Option(
+        "Privacy policy: a .toml or .yaml file, or 'default' (the built-in rules). Personal "
+        "fields (triggering users, conf, model inputs, ...) are then recorded as keyed "
+        "commitments, their values kept in an erasable store (docs/PRIVACY.md). Empty: "
+        "$WORKFLOW_AUDIT_PRIVACY_POLICY, else none.",
+        "string",
+        "",
+        "/etc/workflow-audit/privacy.toml",
+    ),
+    "privacy_store": Option(
+        "The erasable privacy store's URL. Empty: $WORKFLOW_AUDIT_PRIVACY_STORE, else beside "
+        "a SQLite ledger (<ledger>.privacy.db), or a PostgreSQL ledger's own database.",
+        "string",
+        "",
+        "postgresql://audit@db/audit",
+        sensitive=True,
+    ),
+    "privacy_keys": Option(
+        "The per-subject key store: a file, or a URL of a workflow_audit.keystores backend. "
+        "Empty: $WORKFLOW_AUDIT_PRIVACY_KEYS, else <ledger>.privacy-keys.db beside a SQLite "
+        "ledger (a PostgreSQL ledger needs it set).",
+        "string",
+        "",
+        "/var/lib/workflow-audit/privacy-keys.db",
+        sensitive=True,
+    ),
     "redact_keys": Option(
         "Comma-separated regular expressions of payload keys to redact, added to the built-in "
         "list (password, secret, token, api_key, ...) and to $WORKFLOW_AUDIT_REDACT_KEYS. "
@@ -210,6 +236,9 @@ def load_settings(
     overrides["chain"] = option("chain") or env.get(ENV_PREFIX + "CHAIN") or DEFAULT_CHAIN
     if key := option("signing_key"):
         overrides["signing_key"] = key
+    for name in ("privacy_policy", "privacy_store", "privacy_keys"):
+        if value := option(name):
+            overrides[name] = value
     audit = AuditConfig.from_env(env, **overrides)
     if extra := option("redact_keys"):
         patterns = tuple(p.strip() for p in extra.split(",") if p.strip())

@@ -44,6 +44,7 @@ __all__ = [
     "REDACTED",
     "Normalized",
     "Processor",
+    "fit",
     "format_timestamp",
     "normalize",
     "now_timestamp",
@@ -222,6 +223,18 @@ def to_json(
         issues.append(f"{path}: a {type(payload).__name__} is not an object; wrapped as value")
         value = {"value": _convert(payload, f"{path}.value", issues, 0, set())}
     assert isinstance(value, dict)
+    value = _fit(value, path, max_value_bytes, issues)
+    if strict and issues:
+        raise InvalidRecordError("lossy conversion refused (strict=True): " + "; ".join(issues))
+    return Normalized(value, tuple(issues))
+
+
+def fit(
+    value: JSONObject, *, max_value_bytes: int, strict: bool = False, path: str = "data"
+) -> Normalized:
+    """The size limits of :func:`to_json` applied to a value that is JSON already (a record's
+    data after a privacy policy took out what it commits, which may be far larger)."""
+    issues: list[str] = []
     value = _fit(value, path, max_value_bytes, issues)
     if strict and issues:
         raise InvalidRecordError("lossy conversion refused (strict=True): " + "; ".join(issues))

@@ -37,6 +37,21 @@ Environment variables (all optional; README "Configuration" lists them too):
                                    or ``workflow-audit spool drain`` appends them (default
                                    ``<ledger>.spool/`` beside a SQLite ledger, else
                                    ``$XDG_DATA_HOME/workflow-audit/spool``)
+``WORKFLOW_AUDIT_PRIVACY_POLICY``  a privacy policy file (``.toml``, ``.yaml``) or
+                                   ``default`` (the built-in rules): personal fields become
+                                   keyed commitments, their values go to the privacy store
+                                   (docs/PRIVACY.md; default: no policy)
+``WORKFLOW_AUDIT_PRIVACY_STORE``   the erasable privacy store, ``sqlite:///PATH`` or
+                                   ``postgresql://…`` (default ``<ledger>.privacy.db`` beside a
+                                   SQLite ledger, the ledger's database for PostgreSQL)
+``WORKFLOW_AUDIT_PRIVACY_KEYS``    the per-subject key store: a file path (default
+                                   ``<ledger>.privacy-keys.db``, or beside the spool for
+                                   PostgreSQL) or a ``workflow_audit.keystores`` URL
+``WORKFLOW_AUDIT_PRIVACY_SYNCHRONOUS``  the privacy store's SQLite ``synchronous``
+                                   (default ``NORMAL``: an opening lost on power failure
+                                   leaves a commitment nobody can open, never a clear value;
+                                   ``FULL`` keeps every value openable, at one more fsync a
+                                   record)
 =================================  ==========================================================
 """
 
@@ -93,19 +108,25 @@ class AuditConfig:
     flush_sinks: tuple[str, ...] = ()
     s3_url: str | None = None
     spool_dir: str | None = None
+    privacy_policy: str | None = None
+    privacy_store: str | None = None
+    privacy_keys: str | None = None
+    privacy_synchronous: str = "NORMAL"
 
     def __repr__(self) -> str:
         # Configs end up in logs and tracebacks: no key material, no URL password (rule 18).
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signing_key"}
         shown["ledger_url"] = masked_url(self.ledger_url)
-        if self.s3_url is not None:
-            shown["s3_url"] = masked_url(self.s3_url)
+        for name in ("s3_url", "privacy_store", "privacy_keys"):
+            if (url := getattr(self, name)) is not None:
+                shown[name] = masked_url(url)
         key = self.signing_key
         shown["signing_key"] = None if key is None else "***" if "+" in key else key
         return "AuditConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def __post_init__(self) -> None:
         synchronous_level(self.synchronous)  # kept as given; the ledger upper-cases it
+        synchronous_level(self.privacy_synchronous)
         if self.busy_timeout_s <= 0:
             raise ConfigError(f"busy_timeout_s must be positive, not {self.busy_timeout_s}")
         if self.max_value_bytes < 64:
@@ -173,5 +194,9 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("FLUSH_SINKS", "flush_sinks", _names),
     ("S3_URL", "s3_url", _text),
     ("SPOOL_DIR", "spool_dir", _text),
+    ("PRIVACY_POLICY", "privacy_policy", _text),
+    ("PRIVACY_STORE", "privacy_store", _text),
+    ("PRIVACY_KEYS", "privacy_keys", _text),
+    ("PRIVACY_SYNCHRONOUS", "privacy_synchronous", _text),
     ("REDACT_KEYS", "redact_keys", _redact_keys),
 )

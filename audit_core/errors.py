@@ -23,12 +23,15 @@ __all__ = [
     "InvalidRecordError",
     "LedgerError",
     "NonCanonicalError",
+    "PolicyError",
+    "PrivacyError",
     "ProofError",
     "RetentionError",
     "SegmentError",
     "SequenceError",
     "SignatureError",
     "SourceError",
+    "SubjectNotFound",
     "VerificationError",
 ]
 
@@ -68,6 +71,21 @@ class CursorMoved(LedgerError):  # noqa: N818 - the name the shared design fixed
 class SourceError(AuditError):
     """A source of events (:mod:`audit_core.sources`) cannot be read: unreachable, or it
     answered something that is not a row."""
+
+
+class PrivacyError(AuditError):
+    """The privacy store, its keys or a commitment: a store that cannot be opened or written,
+    a key that is gone, an opening that does not match its commitment. Never names a key or a
+    committed value."""
+
+
+class PolicyError(PrivacyError):
+    """A privacy policy file that cannot be read or is not well formed (named by file and
+    rule)."""
+
+
+class SubjectNotFound(PrivacyError):  # noqa: N818 - a lookup's answer, named as the CLI says it
+    """No data subject of that identifier in the privacy store (never existed, or erased)."""
 
 
 class EvidenceError(AuditError):

@@ -60,6 +60,7 @@ from audit_core._runner import HookRunner, Spill, TrackedLedger
 from audit_core.config import AuditConfig
 from audit_core.flush import Flusher
 from audit_core.ledgers import Ledger, open_ledger
+from audit_core.model import model_event
 from audit_core.spool import TrailSpool
 from audit_core.trail import AuditTrail, Event
 
@@ -196,6 +197,48 @@ class TaskApi:
     def drift_detected(self, model: str, *, required: bool = False, **facts: object) -> bool:
         """``drift.detected``: monitoring found drift (metric, value, threshold, ...)."""
         return self.record("drift.detected", {"model": model, **facts}, required=required)
+
+    def model_invoked(
+        self,
+        model: str,
+        version: str | int | None = None,
+        *,
+        inputs: object = None,
+        outputs: object = None,
+        batch: bool = False,
+        data_subject: str | None = None,
+        required: bool = False,
+        **facts: object,
+    ) -> bool:
+        """``model.invoked``: a model was run on ``inputs`` and gave ``outputs``; the record
+        holds their digests, sizes, row counts and schemas, and with ``batch=True`` a Merkle
+        root over the predictions (:func:`audit_core.model.model_event`). The summaries are
+        built inside the hook's containment, so inputs that cannot be summarized (outputs
+        of another length, say) are logged and counted and False returned, as any failing
+        hook; ``required=True`` raises instead."""
+        adapter, event = self._adapter(), "model.invoked"
+
+        def build() -> list[Event]:
+            if not adapter.wanted(event):  # filtered out: no digests computed for nothing
+                return []
+            data = model_event(
+                model,
+                version,
+                inputs=inputs,
+                outputs=outputs,
+                batch=batch,
+                data_subject=data_subject,
+                values=True,  # the trail strips them, or its privacy policy commits them
+                **facts,
+            )
+            return [adapter._user_event(event, data, None)]
+
+        if required:  # as task_record: written in this thread, raising
+            events = build()
+            if events:
+                adapter.write(events)
+            return bool(events)
+        return adapter.submit(event, build)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from audit_core._metrics import COUNTERS
 from audit_core._normalize import (
     JSONObject,
-    Normalized,
     Processor,
-    format_timestamp,
     normalize,
-    now_timestamp,
-    process,
     redact,
 )
 from audit_core._note import Signer
@@ -39,19 +36,28 @@ from audit_core._record import (
     PreparedRecord,
     StoredCheckpoint,
     StoredRecord,
-    is_timestamp,
     prepare,
 )
+from audit_core._stamp import Actor, actor_members, record_timestamp, trace_members
 from audit_core.checkpoint import CheckpointSigner
 from audit_core.config import AuditConfig
-from audit_core.errors import AuditError, InvalidRecordError, LedgerError
+from audit_core.errors import AuditError, LedgerError
 from audit_core.ledgers import Ledger, open_ledger
+from audit_core.privacy import MODEL_EVENT, strip_model_values
+
+if TYPE_CHECKING:
+    from audit_core.privacy.apply import Privacy
 
 __all__ = ["AuditTrail", "Event"]
 
 logger = logging.getLogger("workflow_audit")
 
-Actor = tuple[str, str] | Mapping[str, object]
+#: With a privacy policy, values up to this size reach the policy whole (a batch of model
+#: inputs is committed as one value, its opening kept off the chain); the record's own limits
+#: (``max_value_bytes``, 1 MiB of data) apply to what the policy leaves on the chain.
+PRIVACY_MAX_VALUE_BYTES = 32 * 1024 * 1024
+#: Seconds before a trail tries again to append the ``privacy.policy`` record it could not.
+ANNOUNCE_RETRY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,8 +88,14 @@ class AuditTrail:
         ledger: Ledger | None = None,
         processors: Sequence[Processor] | None = None,
         rotate_key: bool | None = None,
+        privacy: Privacy | None = None,
     ) -> None:
         self.config = AuditConfig.from_env() if config is None else config
+        # A policy that cannot be read stops the trail here (PolicyError), as a bad ledger URL
+        # does: recording without knowing what is personal would put it on the chain.
+        self.privacy = privacy if privacy is not None else _configured_privacy(self.config)
+        self._announced = False
+        self._announce_after = 0.0
         self._ledger = ledger or open_ledger(
             self.config.ledger_url,
             synchronous=self.config.synchronous,
@@ -117,6 +129,8 @@ class AuditTrail:
                     self._auto_checkpoint(chain)
         self._written.clear()
         self.ledger.close()
+        if self.privacy is not None:
+            self.privacy.close()
 
     @property
     def ledger(self) -> Ledger:
@@ -197,14 +211,18 @@ class AuditTrail:
         """Append one record and return it once it is durable in the ledger. With ``key``
         already stored on its chain, nothing is appended: the record stored under it is
         returned (counted ``records_deduplicated``)."""
-        prepared = self._prepare(event, data, subject, actor, trace, ts, chain, strict, key=key)
-        if prepared.key is None:
-            stored = self.ledger.append(prepared)
-        else:
-            appended = self.ledger.append_many((prepared,))
-            if not appended:
-                return self._earlier(prepared.chain, prepared.key)
-            stored = appended[0]
+        nonces: list[bytes] = []
+        prepared = self._prepare(
+            event, data, subject, actor, trace, ts, chain, strict, key=key, nonces=nonces
+        )
+        with self._discarding(nonces):
+            if prepared.key is None:
+                stored = self.ledger.append(prepared)
+            else:
+                appended = self.ledger.append_many((prepared,))
+                if not appended:
+                    return self._earlier(prepared.chain, prepared.key)
+                stored = appended[0]
         COUNTERS.incr("records_written")
         self._after_append(stored.chain, stored.seq + 1)
         return stored
@@ -220,8 +238,11 @@ class AuditTrail:
         """Append several records in one transaction (all or none); durable on return.
         Returns only the records appended: one whose key its chain holds already, or an
         earlier record of the batch holds, is skipped (counted ``records_deduplicated``)."""
-        prepared = [self.prepare(e, strict=strict) for e in events]
-        return self._appended(self.ledger.append_many(prepared), len(prepared))
+        nonces: list[bytes] = []
+        prepared = [self._event(e, strict, nonces) for e in events]
+        with self._discarding(nonces):
+            stored = self.ledger.append_many(prepared)
+        return self._appended(stored, len(prepared))
 
     def record_advancing(
         self,
@@ -239,24 +260,32 @@ class AuditTrail:
         ``chain``. Raises :class:`~audit_core.errors.CursorMoved`, appending nothing, when
         the cursor was not at ``expect`` (another writer advanced it): what a reader of an
         outside source needs to record each of its rows exactly once."""
+        nonces: list[bytes] = []
         prepared = [
-            self._prepare(
-                e.type,
-                e.data,
-                e.subject,
-                e.actor,
-                e.trace,
-                e.ts,
-                e.chain or chain,
-                strict,
-                key=e.key,
-            )
-            for e in events
+            self._event(e if e.chain else replace(e, chain=chain), strict, nonces) for e in events
         ]
-        stored = self.ledger.append_advancing(
-            prepared, cursor=cursor, chain=chain, expect=expect, to=to
-        )
+        with self._discarding(nonces):
+            stored = self.ledger.append_advancing(
+                prepared, cursor=cursor, chain=chain, expect=expect, to=to
+            )
         return self._appended(stored, len(prepared))
+
+    def _event(self, e: Event, strict: bool, nonces: list[bytes]) -> PreparedRecord:
+        return self._prepare(
+            e.type, e.data, e.subject, e.actor, e.trace, e.ts, e.chain, strict, key=e.key,
+            nonces=nonces,
+        )  # fmt: skip
+
+    @contextmanager
+    def _discarding(self, nonces: list[bytes]) -> Iterator[None]:
+        # Openings are stored before the append; when the append fails (a locked ledger: the
+        # hooks then spool the events, which are shaped again), they would belong to no record.
+        try:
+            yield
+        except AuditError:
+            if self.privacy is not None:
+                self.privacy.discard(nonces)
+            raise
 
     def _appended(self, stored: list[StoredRecord], given: int) -> list[StoredRecord]:
         COUNTERS.incr("records_written", len(stored))
@@ -302,12 +331,16 @@ class AuditTrail:
         strict: bool,
         marker: JSONObject | None = None,
         key: str | None = None,
+        nonces: list[bytes] | None = None,
     ) -> PreparedRecord:
-        limit, processors = self.config.max_value_bytes, self.processors
+        limit, processors, privacy = self.config.max_value_bytes, self.processors, self.privacy
+        chain = chain or self.config.chain
+        if privacy is None and isinstance(data, dict):
+            data = strip_model_values(event, data)  # before converting what is left out
         norm_data = normalize(
             {} if data is None else data,
             processors=processors,
-            max_value_bytes=limit,
+            max_value_bytes=limit if privacy is None else PRIVACY_MAX_VALUE_BYTES,
             strict=strict,
         )
         # Every field is untrusted (STYLE rule 18): subject and actor pass the same processors
@@ -320,9 +353,22 @@ class AuditTrail:
             strict=strict,
             path="subject",
         )
-        norm_actor = self._actor(actor, strict)
+        norm_actor = actor_members(actor, self.config.actor, self.processors, strict)
         issues = norm_data.issues + norm_subject.issues + norm_actor.issues
-        value = norm_data.value
+        value, subject_value, actor_value = norm_data.value, norm_subject.value, norm_actor.value
+        if privacy is None:
+            value = strip_model_values(event, value)  # data that was no dict before
+        else:
+            self._announce(privacy)
+            actor_value, subject_value, value, shaped_issues = privacy.shape_record(
+                chain,
+                event,
+                (actor_value, subject_value, value),
+                max_value_bytes=limit,
+                strict=strict,
+                nonces=nonces,
+            )
+            issues += shaped_issues
         if issues:
             COUNTERS.incr("normalization_issues", len(issues))
             logger.warning(
@@ -331,68 +377,66 @@ class AuditTrail:
         if marker is not None:
             value = {**(value if isinstance(value, dict) else {"value": value}), **marker}
         return prepare(
-            chain=chain or self.config.chain,
+            chain=chain,
             event=event,
-            ts=_timestamp(ts),
-            actor=norm_actor.value,
-            subject=norm_subject.value,
-            trace=None if trace is None else _trace(trace),
+            ts=record_timestamp(ts),
+            actor=actor_value,
+            subject=subject_value,
+            trace=None if trace is None else trace_members(trace),
             data=value,
             key=key,
         )
 
-    def _actor(self, actor: Actor | None, strict: bool) -> Normalized:
-        if actor is None:  # configured, not user input: the hot path stays a dict literal
-            kind, ident = self.config.actor
-            return Normalized({"type": kind, "id": ident})
-        if isinstance(actor, tuple):
-            try:
-                kind, ident = (str(part) for part in actor)
-            except Exception as exc:  # not two members; a user's __str__ raised
-                raise InvalidRecordError(
-                    f"an actor tuple is (type, id): {type(exc).__qualname__}"
-                ) from exc
-            # Two strings already: only the processors (redaction) remain to run.
-            return Normalized(process({"type": kind, "id": ident}, self.processors, "actor"))
-        return normalize(actor, processors=self.processors, strict=strict, path="actor")
-
-
-def _timestamp(ts: dt.datetime | str | None) -> str:
-    if ts is None:
-        return now_timestamp()
-    if isinstance(ts, dt.datetime):
+    def _announce(self, privacy: Privacy) -> None:
+        # A policy change is itself a record, appended before the first record a trail
+        # shapes (once per policy on the chain, by its idempotency key). When the ledger is
+        # locked or down the records spool; the announcement is tried again a period later,
+        # not at every record (each try would wait out the busy timeout again).
+        if self._announced or time.monotonic() < self._announce_after:
+            return
         try:
-            return format_timestamp(ts)
-        except (ValueError, OverflowError) as exc:  # pandas.NaT; year 1 at +05:00
-            raise InvalidRecordError(f"timestamp {ts!r} is no point in time in UTC") from exc
-    if type(ts) is str and is_timestamp(ts):
-        return ts
-    # Other RFC 3339 date-times (an offset, fewer or more fraction digits, "t", "z") are
-    # converted; not the other ISO 8601 forms fromisoformat takes (a bare date, week dates,
-    # no offset), nor digits other than ASCII ones.
-    match = _RFC3339.fullmatch(ts) if isinstance(ts, str) else None
-    if match is None:
-        raise InvalidRecordError(f"timestamp {ts!r} is not RFC 3339 (2026-11-28T10:00:00Z)")
-    # Rebuilt in the one form every fromisoformat reads (Python 3.10's takes only 3 or 6
-    # fraction digits and no "Z"): microseconds, extra digits cut as format_timestamp cuts.
-    date, clock, fraction, offset = match.groups()
-    micros = (fraction or "")[:6].ljust(6, "0")
-    text = f"{date}T{clock}.{micros}{'+00:00' if offset in ('Z', 'z') else offset}"
-    try:
-        return format_timestamp(dt.datetime.fromisoformat(text))
-    except (ValueError, OverflowError) as exc:
-        raise InvalidRecordError(f"timestamp {ts!r} is not a real date and time") from exc
+            self._appended(self.ledger.append_many((privacy.announcement(self.config.actor),)), 1)
+        except AuditError:
+            self._announce_after = time.monotonic() + ANNOUNCE_RETRY_S
+            logger.warning(
+                "workflow-audit: the privacy policy record waits for the ledger (next try in "
+                "%.0f s)",
+                ANNOUNCE_RETRY_S,
+            )
+            return
+        self._announced = True
+
+    def model_invoked(
+        self,
+        model: str,
+        version: str | int | None = None,
+        *,
+        inputs: object = None,
+        outputs: object = None,
+        batch: bool = False,
+        data_subject: str | None = None,
+        **facts: Any,
+    ) -> StoredRecord:
+        """Record ``model.invoked`` (:func:`audit_core.model.model_event`): digests, sizes and
+        schema of the inputs and outputs, a Merkle root over a batch's predictions; the
+        values themselves only as the privacy policy shapes them (none without one)."""
+        from audit_core.model import model_event
+
+        data = model_event(
+            model,
+            version,
+            inputs=inputs,
+            outputs=outputs,
+            batch=batch,
+            data_subject=data_subject,
+            **facts,
+        )
+        return self.record(MODEL_EVENT, data)
 
 
-#: RFC 3339 §5.6 ``date-time``, with §5.6's note allowing a space for the "T".
-_RFC3339 = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
+def _configured_privacy(config: AuditConfig) -> Privacy | None:
+    if not config.privacy_policy:
+        return None  # no policy: the privacy modules (and cryptography's AES) stay unloaded
+    from audit_core.privacy.apply import Privacy
 
-
-def _trace(trace: Mapping[str, str]) -> JSONObject:
-    try:
-        return dict(trace)
-    except Exception as exc:  # a user's Mapping may raise anything
-        raise InvalidRecordError(f"trace could not be read: {type(exc).__qualname__}") from exc
+    return Privacy.from_config(config)

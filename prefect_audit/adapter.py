@@ -102,6 +102,8 @@ class PrefectAdapter(AdapterBase):
             data: Data = {"state": state.name}
             if self.settings.record_parameters:
                 data["parameters"] = dict(flow_run.parameters or {})
+            if creator := created_by(flow_run):
+                data["created_by"] = creator  # a person (Prefect Cloud), or a deployment
             # on_running receives the flow run as it was before Prefect counted this attempt
             attempt = int(flow_run.run_count or 0) + 1
             events = []
@@ -309,6 +311,20 @@ def task_subject(task_run: Any, attempt: int, flow: Any, flow_run: Any) -> Data:
         "run_count": attempt,
         "tags": sorted(getattr(task_run, "tags", None) or []),
     }
+
+
+def created_by(flow_run: Any) -> Data | None:
+    """Who created the flow run (Prefect's ``created_by``: a user, a deployment, an
+    automation), as the privacy policy's default rules find it: ``/data/created_by``."""
+    creator = getattr(flow_run, "created_by", None)
+    if creator is None:
+        return None
+    out = {
+        name: str(value)
+        for name in ("id", "type", "display_value")
+        if (value := getattr(creator, name, None)) is not None
+    }
+    return out or None
 
 
 def _trace(run: Any, state: Any, *, task: bool) -> dict[str, str] | None:

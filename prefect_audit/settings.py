@@ -54,6 +54,23 @@ class WorkflowAuditSettings(PrefectBaseSettings):
         description="Checkpoint signing key (a PRIVATE+KEY+... string or a file). Empty: "
         "$WORKFLOW_AUDIT_SIGNING_KEY, else a local key beside the ledger.",
     )
+    privacy_policy: str = Field(
+        default="",
+        description="Privacy policy: a .toml or .yaml file, or 'default' (the built-in "
+        "rules): personal fields (created_by, parameters, model inputs, ...) are recorded as "
+        "keyed commitments, their values in an erasable store (docs/PRIVACY.md). Empty: "
+        "$WORKFLOW_AUDIT_PRIVACY_POLICY, else none.",
+    )
+    privacy_store: str = Field(
+        default="",
+        description="The erasable privacy store's URL. Empty: $WORKFLOW_AUDIT_PRIVACY_STORE, "
+        "else beside a SQLite ledger, or a PostgreSQL ledger's database.",
+    )
+    privacy_keys: str = Field(
+        default="",
+        description="The per-subject key store (a file, or a workflow_audit.keystores URL). "
+        "Empty: $WORKFLOW_AUDIT_PRIVACY_KEYS, else beside a SQLite ledger.",
+    )
     redact_keys: str = Field(
         default="",
         description="Comma-separated regular expressions of payload keys to redact, added to "
@@ -118,6 +135,9 @@ class WorkflowAuditSettings(PrefectBaseSettings):
             overrides["ledger_url"] = self.ledger_url
         if self.signing_key:
             overrides["signing_key"] = self.signing_key
+        for name in ("privacy_policy", "privacy_store", "privacy_keys"):
+            if value := getattr(self, name):
+                overrides[name] = value
         config = AuditConfig.from_env(env, **overrides)
         extra = tuple(p.strip() for p in self.redact_keys.split(",") if p.strip())
         return config.evolve(redact_keys=config.redact_keys + extra) if extra else config

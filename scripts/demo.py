@@ -1,13 +1,16 @@
 """`make demo`: real Airflow runs of the example DAGs and real Prefect runs of the example
 flows write the audit trail, each orchestrator on its own chain of one ledger; then the
 `workflow-audit` CLI checkpoints, verifies, reports, proves one record, catches a tamper,
-and makes and checks an evidence pack.
+and makes and checks an evidence pack. The built-in privacy policy is on: people's names and
+the model's inputs and outputs are on the chain only as keyed commitments; the demo opens one,
+checks a claimed value, erases a data subject and shows every proof still holds.
 
 Everything lives in .demo/ in the repository and is recreated on every run:
 
 - .demo/airflow       a throw-away AIRFLOW_HOME (airflow.cfg, the SQLite metadata database)
 - .demo/prefect       a throw-away PREFECT_HOME (profiles, the temporary server's database)
-- .demo/ledger.db     the audit ledger (chains 'airflow' and 'prefect'); .key / .key.pub
+- .demo/ledger.db     the audit ledger (chains 'airflow' and 'prefect'); .key / .key.pub;
+                      .privacy.db and .privacy-keys.db, the erasable privacy store and keys
 - .demo/ml_pipeline   the examples' synthetic data lake and "model registry"
 - .demo/logs          Airflow's and Prefect's output, one file per command
 - .demo/tampered.db   a copy of the ledger with one record edited
@@ -47,6 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin/: airflow and workflow-audit
 PREFECT_PYTHON = REPO / ".venv-prefect" / "bin" / "python"  # `make demo` builds this venv too
 AIRFLOW_CHAIN = "airflow"  # the chain the Airflow plugin writes to
+PRIVACY_POLICY = "default"  # the built-in privacy policy (docs/PRIVACY.md)
+DATA_SUBJECT = "customer-0042"  # whose predictions example_dags/ml_pipeline.py records
 PREFECT_CHAIN = "prefect"  # the chain the Prefect integration writes to (its default)
 TIMEOUT_S = 300.0  # a hung Airflow or Prefect command fails the demo instead of blocking it
 
@@ -124,9 +129,11 @@ def _say(line: str) -> None:
 
 
 def _clean_env() -> dict[str, str]:
-    """This process's environment without Airflow's, Prefect's or workflow-audit's settings."""
+    """This process's environment without Airflow's, Prefect's or workflow-audit's settings,
+    and the built-in privacy policy on (for the orchestrators and the CLI alike)."""
     prefixes = ("AIRFLOW", "PREFECT_", "WORKFLOW_AUDIT_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return {**env, "WORKFLOW_AUDIT_PRIVACY_POLICY": PRIVACY_POLICY}
 
 
 def _airflow_env(demo: Demo) -> dict[str, str]:
@@ -500,6 +507,31 @@ def evidence_pack(demo: Demo) -> None:
     _cli("verify-evidence", str(changed), "--key", str(demo.verifier_key), expect=1)
 
 
+def personal_data(demo: Demo) -> None:
+    """The model's batch of predictions is on the chain as digests, a Merkle root and keyed
+    commitments; an auditor holding the privacy store opens one and checks a claimed value;
+    then the data subject is erased (GDPR Art. 17) and every proof still verifies."""
+    invoked = [r for r in _records(demo, AIRFLOW_CHAIN) if r.event == "model.invoked"]
+    if not invoked:
+        raise DemoError("no model.invoked record on the audit trail")
+    seq = str(invoked[-1].seq)
+    where = ("--ledger", demo.ledger_url, "--chain", AIRFLOW_CHAIN, "--seq", seq)
+    _cli("show", "--ledger", demo.ledger_url, "--chain", AIRFLOW_CHAIN, "--event", "model.invoked")
+    _cli("privacy", "open", *where, "--pointer", "/data/data_subject")
+    claim = ("privacy", "verify", *where, "--pointer", "/data/data_subject", "--value")
+    _cli(*claim, f'"{DATA_SUBJECT}"')
+    _cli(*claim, '"customer-0043"', expect=1)
+    _cli("privacy", "erase", DATA_SUBJECT, "--ledger", demo.ledger_url,
+         "--reason", "demo: erasure request 42")  # fmt: skip
+    _cli("privacy", "open", *where, "--pointer", "/data/data_subject")
+    # The chain is untouched: it verifies, and the pack made before the erasure still holds.
+    _cli("verify", "--ledger", demo.ledger_url, "--key", str(demo.verifier_key))
+    _cli(
+        "verify-evidence", str(demo.evidence), "--key", str(demo.verifier_key),
+        "--ledger", demo.ledger_url,
+    )  # fmt: skip
+
+
 def next_steps(demo: Demo) -> None:
     """Commands to explore the trail further."""
     wa = _rel(BIN / "workflow-audit")
@@ -540,6 +572,7 @@ LEDGER: tuple[Step, ...] = (
     prove_model_deployed,
     tamper,
     evidence_pack,
+    personal_data,
     next_steps,
 )
 STEPS: tuple[Step, ...] = (*SETUP, *AIRFLOW, *PREFECT, *LEDGER)

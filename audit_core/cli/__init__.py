@@ -29,6 +29,7 @@ from audit_core.cli import (
     index,
     ingest,
     postgres,
+    privacy,
     proofs,
     reconcile,
     records,
@@ -96,5 +97,6 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_parsers(sub)
     follow.add_parsers(sub)
     index.add_parsers(sub)
+    privacy.add_parsers(sub)
     records.add_report_parser(sub)
     return p

@@ -199,6 +199,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
             ledger_name=ledger_name(url, name),
             reconcile=reconcile,
             retention=retention,
+            redaction_digest=_policy_digest(config),
         )
     _record(url, args.since, until, result)
     return _print_result(result)
@@ -325,6 +326,16 @@ def _record(url: str, since: str, until: str, result: PackResult) -> None:
         verdict=result.verdict,
     )
     record_cli_read(url, event)
+
+
+def _policy_digest(config: AuditConfig) -> str | None:
+    """The configured privacy policy's digest (the one its records carry in
+    ``data._privacy.policy``), for the manifest's ``redaction_policy_digest``."""
+    if not config.privacy_policy:
+        return None
+    from audit_core.privacy.apply import load_configured_policy
+
+    return load_configured_policy(config.privacy_policy).digest
 
 
 def _print_result(result: PackResult) -> int:

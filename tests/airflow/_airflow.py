@@ -37,6 +37,7 @@ ML_TIMELINE = [
     ("model.retrained", "retrain", 1),
     ("task.succeeded", "retrain", 1),
     ("task.started", "evaluate", 1),
+    ("model.invoked", "evaluate", 1),
     ("task.succeeded", "evaluate", 1),
     ("task.started", "deploy", 1),
     ("model.deployed", "deploy", 1),

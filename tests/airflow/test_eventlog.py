@@ -896,10 +896,12 @@ def test_command_line_forms(argv: list[str], hidden: list[int]) -> None:
 
 
 def test_record_conf_keeps_task_params() -> None:
-    """record_conf keeps confs and task params in clear; secrets stay hidden."""
+    """record_conf keeps confs and task params, beside the command under "conf" by argument
+    index (a node a privacy policy commits), not inside it; secrets stay hidden."""
     argv = ["airflow", "tasks", "test", "d", "t", "-t", '{"a": 1}', "--env-vars", "S"]
-    out = command_line("task_test", argv, record_conf=True)["full_command"]
-    assert [*argv[:-1], REDACTED] == out
+    out = command_line("task_test", argv, record_conf=True)
+    assert [*argv[:6], REDACTED, argv[7], REDACTED] == out["full_command"]
+    assert {"6": '{"a": 1}'} == out["conf"]
 
 
 def test_executor_rows_have_a_process_actor() -> None:

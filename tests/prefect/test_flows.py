@@ -32,6 +32,7 @@ ML_TIMELINE = [
     ("flowrun.started", "ml-pipeline", 1),
     ("data.uploaded", "upload_dataset", 1),
     ("model.retrained", "retrain", 1),
+    ("model.invoked", "evaluate", 1),
     ("model.deployed", "deploy", 1),
     ("flowrun.succeeded", "ml-pipeline", 1),
     ("task.started", "upload_dataset", 1),
