@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_REDACT_KEYS",
     "JSON",
+    "MAX_DATA_BYTES",
     "REDACTED",
     "Normalized",
     "Processor",
@@ -183,9 +184,16 @@ def normalize(
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     strict: bool = False,
     path: str = "data",
+    max_data_bytes: int = MAX_DATA_BYTES,
 ) -> Normalized:
     """:func:`to_json` then each processor (default: :func:`redact`)."""
-    result = to_json(payload, max_value_bytes=max_value_bytes, strict=strict, path=path)
+    result = to_json(
+        payload,
+        max_value_bytes=max_value_bytes,
+        strict=strict,
+        path=path,
+        max_data_bytes=max_data_bytes,
+    )
     chain = (redact(),) if processors is None else processors
     return Normalized(process(result.value, chain, path), result.issues)
 
@@ -211,6 +219,7 @@ def to_json(
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     strict: bool = False,
     path: str = "data",
+    max_data_bytes: int = MAX_DATA_BYTES,
 ) -> Normalized:
     """Convert ``payload`` to a JSON object; a non-mapping becomes ``{"value": payload}``.
 
@@ -223,7 +232,7 @@ def to_json(
         issues.append(f"{path}: a {type(payload).__name__} is not an object; wrapped as value")
         value = {"value": _convert(payload, f"{path}.value", issues, 0, set())}
     assert isinstance(value, dict)
-    value = _fit(value, path, max_value_bytes, issues)
+    value = _fit(value, path, max_value_bytes, issues, max_data_bytes)
     if strict and issues:
         raise InvalidRecordError("lossy conversion refused (strict=True): " + "; ".join(issues))
     return Normalized(value, tuple(issues))
@@ -468,7 +477,13 @@ def _sort_key(item: JSON) -> bytes:
         return orjson.dumps(item, default=str)
 
 
-def _fit(value: JSONObject, path: str, limit: int, issues: list[str]) -> JSONObject:
+def _fit(
+    value: JSONObject,
+    path: str,
+    limit: int,
+    issues: list[str],
+    max_data_bytes: int = MAX_DATA_BYTES,
+) -> JSONObject:
     """Repair invalid Unicode, then replace every value larger than ``limit`` by its digest."""
     try:
         size = len(orjson.dumps(value))
@@ -478,8 +493,8 @@ def _fit(value: JSONObject, path: str, limit: int, issues: list[str]) -> JSONObj
     if size <= limit:
         return value  # the common case: one serialization, nothing to shrink
     value = {k: _shrink(v, f"{path}.{k}", limit, issues) for k, v in value.items()}
-    if len(orjson.dumps(value)) > MAX_DATA_BYTES:
-        issues.append(f"{path}: larger than {MAX_DATA_BYTES} bytes; replaced by its digest")
+    if len(orjson.dumps(value)) > max_data_bytes:
+        issues.append(f"{path}: larger than {max_data_bytes} bytes; replaced by its digest")
         return _digest_of_json(value)
     return value
 

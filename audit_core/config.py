@@ -45,8 +45,9 @@ Environment variables (all optional; README "Configuration" lists them too):
                                    ``postgresql://…`` (default ``<ledger>.privacy.db`` beside a
                                    SQLite ledger, the ledger's database for PostgreSQL)
 ``WORKFLOW_AUDIT_PRIVACY_KEYS``    the per-subject key store: a file path (default
-                                   ``<ledger>.privacy-keys.db``, or beside the spool for
-                                   PostgreSQL) or a ``workflow_audit.keystores`` URL
+                                   ``<ledger>.privacy-keys.db`` beside a SQLite ledger;
+                                   required with PostgreSQL) or a
+                                   ``workflow_audit.keystores`` URL
 ``WORKFLOW_AUDIT_PRIVACY_SYNCHRONOUS``  the privacy store's SQLite ``synchronous``
                                    (default ``NORMAL``: an opening lost on power failure
                                    leaves a commitment nobody can open, never a clear value;

@@ -25,12 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from audit_core._metrics import COUNTERS
-from audit_core._normalize import (
-    JSONObject,
-    Processor,
-    normalize,
-    redact,
-)
+from audit_core._normalize import MAX_DATA_BYTES, JSONObject, Processor, normalize, redact
 from audit_core._note import Signer
 from audit_core._record import (
     PreparedRecord,
@@ -220,7 +215,9 @@ class AuditTrail:
                 stored = self.ledger.append(prepared)
             else:
                 appended = self.ledger.append_many((prepared,))
-                if not appended:
+                if not appended:  # its key is stored: this copy's openings belong to nothing
+                    if self.privacy is not None:
+                        self.privacy.discard(nonces)
                     return self._earlier(prepared.chain, prepared.key)
                 stored = appended[0]
         COUNTERS.incr("records_written")
@@ -342,6 +339,8 @@ class AuditTrail:
             processors=processors,
             max_value_bytes=limit if privacy is None else PRIVACY_MAX_VALUE_BYTES,
             strict=strict,
+            # with a policy the record's own 1 MiB applies after it took the values out
+            max_data_bytes=MAX_DATA_BYTES if privacy is None else 4 * PRIVACY_MAX_VALUE_BYTES,
         )
         # Every field is untrusted (STYLE rule 18): subject and actor pass the same processors
         # as data. They mask secret-looking keys and credential-looking text only, so
@@ -429,6 +428,7 @@ class AuditTrail:
             outputs=outputs,
             batch=batch,
             data_subject=data_subject,
+            values=self.privacy is not None,  # without a policy they are left out anyway
             **facts,
         )
         return self.record(MODEL_EVENT, data)

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -186,7 +187,11 @@ def airflow_login(driver: WebDriver, base: str, user: str, password: str) -> Non
     """Sign in through Airflow's own login form at ``base``; the form's JavaScript sets the
     ``_token`` cookie after its API call answers, then leaves the login page."""
     driver.get(base + "/")
-    field = WebDriverWait(driver, WAIT_S).until(ec.element_to_be_clickable((By.NAME, "username")))
+    # Airflow's UI redirects to its login page from script: a lookup during that navigation
+    # fails with "aborted by navigation" (a WebDriverException), so those are retried too.
+    field = WebDriverWait(
+        driver, WAIT_S, ignored_exceptions=(NoSuchElementException, WebDriverException)
+    ).until(ec.element_to_be_clickable((By.NAME, "username")))
     field.send_keys(user)
     driver.find_element(By.NAME, "password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()

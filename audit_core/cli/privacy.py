@@ -9,9 +9,12 @@
 
 Exit codes: ``erase`` 0 when erased, 2 when there is no such subject (nothing appended) or
 the store cannot be used; ``open`` 0 when every field opened or is unavailable (erased), 1
-when an opening does not match its commitment; ``verify`` 0 when every commitment of the
-chains read matches its opening (erased ones are counted, not failures), 1 otherwise; with
-``--pointer`` and ``--value``, 0 when the value is the one committed, 1 when it is not.
+when an opening does not match its commitment or a marker was copied from another record;
+``verify`` 0 when every commitment of the chains read matches its opening (erased ones are
+counted, not failures), 1 otherwise; with ``--pointer`` and ``--value``, 0 when the value is
+the one committed, 1 when it is not (or the commitment was copied), 3 when it can no longer
+be checked (erased), 2 when the record holds no commitment there. Every command: 2 for a
+usage error or a store that cannot be read.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import orjson
 from audit_core.cli._common import (
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_PENDING,
     add_group,
     default_ledger_url,
     open_ledger_arg,
 )
 from audit_core.config import AuditConfig
-from audit_core.errors import ConfigError, PrivacyError
+from audit_core.errors import ConfigError, PrivacyError, SubjectNotFound
+from audit_core.ledgers import ledger_path, masked_url
 from audit_core.trail import AuditTrail
 
 if TYPE_CHECKING:
@@ -53,8 +58,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "records). Every chain, checkpoint, proof and S3 segment still verifies. Exit 2, "
         "appending nothing, for a subject the store does not know.",
     )
-    er.add_argument("subject", help="the data subject's identifier as recorded (e.g. a username)")
-    er.add_argument("--reason", required=True, help="why (a ticket number; no personal data)")
+    er.add_argument(
+        "subject", nargs="?", help="the data subject's identifier as recorded (e.g. a username)"
+    )
+    er.add_argument("--reason", help="why (a ticket number; no personal data); required")
+    er.add_argument(
+        "--finish",
+        action="store_true",
+        help="only finish erasures a crash or an unwritable ledger left pending, and compact "
+        "the store (an erasure does this first anyway)",
+    )
     er.add_argument("--basis", default="GDPR Art. 17(1)", help="legal basis (default: %(default)s)")
     _store_args(er)
     er.set_defaults(func=_cmd_erase)
@@ -77,7 +90,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     ve.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
     ve.add_argument("--chain", action="append", help="chain (repeatable; default: every chain)")
-    ve.add_argument("--seq", type=int, help="one record (with --pointer and --value)")
+    ve.add_argument("--seq", type=_seq, help="one record (with --pointer and --value)")
     ve.add_argument("--pointer", help="the committed field's JSON pointer, e.g. /actor/id")
     ve.add_argument("--value", help="the claimed value, as JSON (a string is '\"alice\"')")
     _store_args(ve, ledger=False)
@@ -99,7 +112,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _record_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
     sp.add_argument("--chain", required=True, help="the record's chain")
-    sp.add_argument("--seq", type=int, required=True, help="the record's seq")
+    sp.add_argument("--seq", type=_seq, required=True, help="the record's seq")
+
+
+def _seq(text: str) -> int:
+    """An argparse type: a record's seq, 0 to 2**63 - 1 (SQLite's INTEGER)."""
+    try:
+        seq = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seq is a whole number, not {text!r}") from None
+    if not 0 <= seq < 2**63:
+        raise argparse.ArgumentTypeError(f"a seq is 0 to 2**63 - 1, not {text}")
+    return seq
 
 
 def _store_args(sp: argparse.ArgumentParser, *, ledger: bool = True) -> None:
@@ -148,17 +172,40 @@ def _emit(args: argparse.Namespace, doc: object, text: str) -> None:
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
-    from audit_core.privacy.erase import erase_subject
+    from audit_core.privacy.erase import erase_subject, finish_pending
 
+    if args.finish == (args.subject is not None):
+        raise ConfigError("give a SUBJECT (with --reason), or --finish alone")
+    if args.subject is not None and not args.reason:
+        raise ConfigError("--reason is required: a ticket number or request id")
     config = _config(args)
     ledger, _ = open_ledger_arg(args, write=True)  # first: a mistyped ledger creates no store
     try:
+        _must_exist(config)  # never a new, empty store answering "no such subject"
         privacy = _privacy(config, read_only=False)
     except Exception:
         ledger.close()
         raise
     with AuditTrail(config, ledger=ledger, privacy=privacy) as trail:
-        result = erase_subject(trail, args.subject, reason=args.reason, basis=args.basis)
+        try:
+            finished = finish_pending(trail)
+        except PrivacyError as exc:
+            if args.finish:
+                raise
+            print(f"workflow-audit: warning: {exc}", file=sys.stderr)
+            finished = []
+        for f in finished:
+            print(f"finished the interrupted erasure of {f.erasure.pseudonym}: recorded as "
+                  f"{f.record.chain}:{f.record.seq}")  # fmt: skip
+        if args.finish:
+            if not finished:
+                print("no erasure was pending; the store is compacted")
+            return EXIT_OK
+        try:
+            result = erase_subject(trail, args.subject, reason=args.reason, basis=args.basis)
+        except SubjectNotFound as exc:
+            where = masked_url(privacy.store_url)
+            raise SubjectNotFound(f"{exc} (store {where})") from None
     e = result.erasure
     doc = {
         "erased": e.pseudonym,
@@ -166,21 +213,31 @@ def _cmd_erase(args: argparse.Namespace) -> int:
         "records": e.records,
         "values": e.values,
         "record": {"chain": result.record.chain, "seq": result.record.seq},
-        "finished_pending": result.finished_pending,
+        "finished_pending": len(finished),
     }
     _emit(
         args,
         doc,
         f"erased {e.pseudonym} (key check value {e.kcv}): {e.values} value(s) in "
         f"{e.records} record(s) can no longer be opened; recorded as "
-        f"{result.record.chain}:{result.record.seq}"
-        + (
-            f"; {result.finished_pending} interrupted erasure(s) finished first"
-            if result.finished_pending
-            else ""
-        ),
+        f"{result.record.chain}:{result.record.seq}",
     )
     return EXIT_OK
+
+
+def _must_exist(config: AuditConfig) -> None:
+    from audit_core.privacy.apply import privacy_urls
+
+    store, keys = privacy_urls(config)
+    for what, url in (("privacy store", store), ("key store", keys)):
+        local = url.startswith("sqlite:") or "://" not in url
+        path = ledger_path(url) if local else None
+        if path is not None and not path.is_file():
+            raise ConfigError(
+                f"no {what} at {path}: this ledger was never written with a privacy policy "
+                "here (its values are on the chain as recorded and cannot be erased), or the "
+                "store is elsewhere (--store, --keys, WORKFLOW_AUDIT_PRIVACY_STORE/_KEYS)"
+            )
 
 
 def _read(args: argparse.Namespace) -> tuple[Any, Privacy]:
@@ -274,19 +331,24 @@ def _verify_claim(args: argparse.Namespace, ledger: Any, privacy: Privacy) -> in
 
     if not args.chain or len(args.chain) != 1:
         raise ConfigError("checking one value needs exactly one --chain")
+    if not args.pointer.startswith("/"):
+        raise ConfigError(f"--pointer is a JSON pointer starting with '/': {args.pointer!r}")
     try:
         value = orjson.loads(args.value)
     except orjson.JSONDecodeError as exc:
         raise ConfigError("--value is JSON: a string is written '\"alice\"'") from exc
     stored = _stored(ledger, args.chain[0], args.seq)
     where = f"{stored.chain}:{stored.seq} {args.pointer}"
-    try:
-        check_claim(stored, args.pointer, value, privacy)
-    except PrivacyError as exc:
-        _emit(args, {"match": False, "reason": str(exc)}, f"NO MATCH: {exc}")
-        return EXIT_INVALID
-    _emit(args, {"match": True}, f"MATCH: the value is the one committed at {where}")
-    return EXIT_OK
+    status = check_claim(stored, args.pointer, value, privacy)
+    texts = {
+        "match": f"MATCH: the value is the one committed at {where}",
+        "mismatch": f"NO MATCH: the value is not the one committed at {where}",
+        "foreign": f"NO MATCH: the commitment at {where} was copied from another record",
+        "unavailable": f"NOT CHECKED: {where} can no longer be opened (erased, or its "
+        "opening was never stored)",
+    }
+    _emit(args, {"match": status == "match", "status": status}, texts[status])
+    return {"match": EXIT_OK, "unavailable": EXIT_PENDING}.get(status, EXIT_INVALID)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -294,17 +356,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from audit_core.privacy.store import PrivacyStore
 
     config = _config(args)
-    store_url, _ = privacy_urls(config)
+    # status reads the store alone: a PostgreSQL ledger's keys need not be configured for it
+    store_url, _ = privacy_urls(config.evolve(privacy_keys=config.privacy_keys or "unused"))
     store = PrivacyStore(store_url, read_only=True)
     try:
         stats, erasures = store.stats(), store.erasures()
     finally:
         store.close()
     pending = [e.pseudonym for e in erasures if e.state == "pending"]
-    doc = {"store": stats, "erasures": len(erasures), "pending": pending}
-    text = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()))
+    where = masked_url(store_url)
+    doc = {"url": where, "store": stats, "erasures": len(erasures), "pending": pending}
+    text = f"{where}: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()))
     if pending:
-        text += f"\n{len(pending)} erasure(s) interrupted: the next `privacy erase` finishes them"
+        text += f"\n{len(pending)} erasure(s) interrupted: `privacy erase --finish` finishes them"
     _emit(args, doc, text)
     return EXIT_OK
 

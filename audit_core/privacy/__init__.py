@@ -6,7 +6,8 @@ keys; openings), ``apply`` (the policy applied to a record), ``erase`` (erase, o
 
 This module holds only what a trail needs without a policy: model values are left out.
 
->>> strip_model_values("model.invoked", {"inputs": {"sha256": "ab", "value": [1]}})
+>>> strip_model_values("model.invoked", {"inputs": {"sha256": "ab", "value": [1]},
+...                                      "data_subject": "customer-42"})
 {'inputs': {'sha256': 'ab'}}
 """
 
@@ -28,10 +29,12 @@ MODEL_VALUES: Final = (("inputs", "value"), ("outputs", "value"))
 
 
 def strip_model_values(event: str, data: JSONObject) -> JSONObject:
-    """``data`` without the model values (no policy is on: digests, sizes and schema stay)."""
+    """``data`` without the model values and whose they are (no policy is on: digests,
+    sizes, rows and schema stay; ``data_subject`` names a person and only a policy may
+    record it, as a commitment)."""
     if event != MODEL_EVENT:
         return data
-    out = dict(data)
+    out = {k: v for k, v in data.items() if k != "data_subject"}
     for side, name in MODEL_VALUES:
         part = out.get(side)
         if isinstance(part, dict) and name in part:

@@ -109,7 +109,14 @@ def _warn_if_shared(path: Path) -> None:
 class SqliteBackend:
     """A privacy store in one SQLite file (WAL, ``secure_delete``, mode 0600)."""
 
-    def __init__(self, path: Path, schema: str, synchronous: str, read_only: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        synchronous: str,
+        read_only: bool,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
         self.path = path
         self._schema = schema
         self._synchronous = synchronous
@@ -124,6 +131,7 @@ class SqliteBackend:
             synchronous=synchronous,
             read_only=read_only,
             check=_warn_if_shared,
+            busy_timeout_s=busy_timeout_s,
         )
 
     def _connection(self) -> sqlite3.Connection:

@@ -35,7 +35,7 @@ from audit_core._metrics import COUNTERS
 from audit_core._normalize import JSON, REDACTED, JSONObject, fit, now_timestamp
 from audit_core._record import PreparedRecord, prepare
 from audit_core.config import AuditConfig
-from audit_core.errors import AuditError, ConfigError, PolicyError
+from audit_core.errors import AuditError, ConfigError
 from audit_core.ledgers import ledger_path
 from audit_core.privacy import PRIVACY_CHAIN
 from audit_core.privacy.commitment import (
@@ -82,9 +82,13 @@ def privacy_urls(config: AuditConfig) -> tuple[str, str]:
     if path is not None:
         store = store or f"sqlite:///{path.with_name(path.name + '.privacy.db')}"
         keys = keys or str(path.with_name(path.name + ".privacy-keys.db"))
-    local = store is not None and (store.startswith("sqlite:") or "://" not in store)
-    if path is not None and local and _same_file(ledger_path(str(store)), path):
+    if path is not None and _same_file(_local(store), path):
         raise ConfigError("the privacy store cannot be the ledger's own file")
+    if path is not None and _same_file(_local(keys), path):
+        raise ConfigError("the privacy key store cannot be the ledger's own file")
+    store_file = _local(store)
+    if store_file is not None and _same_file(_local(keys), store_file):
+        raise ConfigError("the privacy key store cannot be the privacy store's own file")
     if store is None or keys is None:
         raise ConfigError(
             "a privacy policy needs WORKFLOW_AUDIT_PRIVACY_STORE and WORKFLOW_AUDIT_PRIVACY_KEYS "
@@ -94,9 +98,16 @@ def privacy_urls(config: AuditConfig) -> tuple[str, str]:
     return store, keys
 
 
-def _same_file(store: Path | None, ledger: Path) -> bool:
-    # Erasable rows must never live in the ledger file (an auditor's copy, a backup, WORM).
-    return store is not None and store.expanduser().resolve() == ledger.expanduser().resolve()
+def _same_file(one: Path | None, other: Path) -> bool:
+    # Erasable rows must never live in the ledger file (an auditor's copy, a backup, WORM),
+    # nor keys beside the openings they open.
+    return one is not None and one.expanduser().resolve() == other.expanduser().resolve()
+
+
+def _local(url: str | None) -> Path | None:
+    if url is None or not (url.startswith(("sqlite:", "file:")) or "://" not in url):
+        return None
+    return ledger_path(url[5:] if url.startswith("file:") else url)
 
 
 class Privacy:
@@ -112,8 +123,10 @@ class Privacy:
         store: PrivacyStore | None = None,
         keys: KeyStore | None = None,
         synchronous: str = "NORMAL",
+        busy_timeout_s: float = 30.0,
     ) -> None:
         self.policy = policy
+        self.busy_timeout_s = busy_timeout_s  # the trail's: a hook's waits 1 s (hooks.py)
         self.store_url, self.keys_url = store_url, keys_url
         self.synchronous = synchronous
         self._store, self._keys = store, keys
@@ -132,6 +145,7 @@ class Privacy:
             store_url=store_url,
             keys_url=keys_url,
             synchronous=config.privacy_synchronous,
+            busy_timeout_s=config.busy_timeout_s,
         )
 
     @property
@@ -139,7 +153,11 @@ class Privacy:
         """The erasable store of openings (opened on first use)."""
         with self._lock:
             if self._store is None:
-                self._store = PrivacyStore(self.store_url, synchronous=self.synchronous)
+                self._store = PrivacyStore(
+                    self.store_url,
+                    synchronous=self.synchronous,
+                    busy_timeout_s=self.busy_timeout_s,
+                )
             return self._store
 
     @property
@@ -147,7 +165,7 @@ class Privacy:
         """The per-subject key store (opened on first use)."""
         with self._lock:
             if self._keys is None:
-                self._keys = open_keystore(self.keys_url)
+                self._keys = open_keystore(self.keys_url, busy_timeout_s=self.busy_timeout_s)
             return self._keys
 
     def close(self) -> None:
@@ -178,7 +196,8 @@ class Privacy:
             chain=PRIVACY_CHAIN,
             event="privacy.policy",
             ts=now_timestamp(),
-            actor={"type": actor[0], "id": actor[1]},
+            # not the process's USER@HOST (a person's login, unshaped here): the library
+            actor={"type": "service", "id": "workflow-audit"},
             subject={},
             trace=None,
             data={"digest": self.policy.digest, "source": name, "policy": self.policy.to_json()},
@@ -191,6 +210,7 @@ class Privacy:
         event: str,
         view: Mapping[str, JSON],
         nonces: list[bytes] | None = None,
+        max_sealed: int | None = None,
     ) -> dict[str, JSON]:
         """``view`` as the record will hold it; the openings are durable in the store when
         this returns (before the record is appended: a record never names an opening that
@@ -204,7 +224,7 @@ class Privacy:
         wanted = [d for d in decisions if d.action != "redact"]
         if wanted:
             try:
-                committed = self._commit(chain, view, wanted, nonces)
+                committed = self._commit(chain, view, wanted, nonces, max_sealed)
             except AuditError as exc:
                 COUNTERS.incr("privacy_failures")
                 logger.warning(
@@ -235,7 +255,8 @@ class Privacy:
         actor, subject, data = members
         drawn = [] if nonces is None else nonces
         before = len(drawn)
-        view = self.shape(chain, event, {"actor": actor, "subject": subject, "data": data}, drawn)
+        record_view: dict[str, JSON] = {"actor": actor, "subject": subject, "data": data}
+        view = self.shape(chain, event, record_view, drawn, max_value_bytes)
         fitted = fit(_object(view["data"]), max_value_bytes=max_value_bytes, strict=strict)
         nonce = drawn[-1] if len(drawn) > before else None
         shaped = {**fitted.value, **self.marker(nonce)}
@@ -263,6 +284,7 @@ class Privacy:
         view: Mapping[str, JSON],
         decisions: list[Decision],
         nonces: list[bytes] | None,
+        max_sealed: int | None = None,
     ) -> dict[str, JSON]:
         # One store transaction: the subjects are looked up (or made) and the openings stored
         # together, so an erasure (which deletes the subject row first) is either wholly
@@ -272,15 +294,19 @@ class Privacy:
         openings: list[Opening] = []
         with self.store.writing() as writer:
             for d in decisions:
-                if d.subject is None:
-                    raise PolicyError(f"{d.action} at {d.pointer} names no data subject")
-                pseudonym, created = writer.pseudonym(d.subject)
+                # nothing names a subject (a number, a batch without its data_subject): the
+                # value is keyed for this record alone, erasable as record:<nonce>
+                subject = d.subject or f"record:{encode_b64(nonce)}"
+                pseudonym, created = writer.pseudonym(subject)
                 if created:
                     keys.create(pseudonym)
                 raw = value_bytes(get(dict(view), d.pointer))
                 sealed = keys.seal(pseudonym, raw, opening_aad(chain, nonce, d.pointer))
                 marker: Commitment | Sealed
-                if d.action == "commit":
+                # a ciphertext too large for the record would be cut to a digest there: such a
+                # value is committed instead (its opening off the chain)
+                too_large = max_sealed is not None and len(sealed) * 4 // 3 > max_sealed
+                if d.action == "commit" or too_large:
                     digest = keys.mac(pseudonym, message_of(nonce, d.pointer, raw))
                     marker = Commitment(nonce, digest)
                     openings.append(Opening(nonce, d.pointer, chain, pseudonym, "commit", sealed))

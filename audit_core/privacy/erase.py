@@ -30,6 +30,7 @@ would re-identify the subject's records) and never the identifier.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -58,11 +59,13 @@ from audit_core.privacy.store import Erasure
 __all__ = [
     "ERASED_EVENT",
     "PROBLEMS",
+    "ClaimStatus",
     "ErasureResult",
     "Opened",
     "OpeningsReport",
     "check_claim",
     "erase_subject",
+    "finish_pending",
     "open_record",
     "record_nonce",
     "verify_openings",
@@ -72,7 +75,10 @@ ERASED_EVENT: Final = "privacy.erased"
 Status = Literal["ok", "mismatch", "unavailable", "malformed", "foreign", "duplicate"]
 #: Statuses that make ``privacy verify`` (and ``open``) exit 1: the store or the chain says
 #: something false, not merely "erased".
-PROBLEMS: Final = frozenset({"mismatch", "malformed", "foreign", "duplicate"})
+PROBLEMS: Final = frozenset({"mismatch", "foreign", "duplicate"})
+# "malformed" (text that merely looks like a marker: a user's note "$commit:…") is counted,
+# never a problem: the chain's hashes already catch an edited commitment, and a permanent
+# record of user data must not make verify fail for ever.
 
 
 class _Recorder(Protocol):  # what erase_subject needs of an AuditTrail (no import cycle)
@@ -89,34 +95,71 @@ class ErasureResult:
 
     erasure: Erasure
     record: StoredRecord
-    finished_pending: int  # earlier interrupted erasures finished first
+    finished_pending: int = 0  # earlier interrupted erasures finished first
 
     @property
     def records(self) -> int:
         return self.erasure.records
 
 
+def finish_pending(trail: _Recorder) -> list[ErasureResult]:
+    """Finish the erasures a crash (or a ledger that could not be written) left pending, and
+    compact the store (an erased row must not stay in its write-ahead log)."""
+    privacy = _privacy(trail)
+    done = []
+    for earlier in privacy.store.pending_erasures():
+        record, finished = _complete(trail, privacy, earlier)
+        done.append(ErasureResult(finished, record, 0))
+    privacy.store.compact()  # PrivacyError when a reader keeps it from finishing: say so
+    return done
+
+
 def erase_subject(trail: _Recorder, identifier: str, *, reason: str, basis: str) -> ErasureResult:
     """Erase the data subject ``identifier`` (module docstring); raises
-    :class:`~audit_core.errors.SubjectNotFound`, appending nothing, for an unknown one."""
+    :class:`~audit_core.errors.SubjectNotFound`, appending nothing, for an unknown one. Call
+    :func:`finish_pending` first."""
     privacy = _privacy(trail)
     # The policy records identifiers in NFC (policy.py); so is the one asked for.
     identifier = unicodedata.normalize("NFC", identifier)
     for name, text in (("--reason", reason), ("--basis", basis)):
-        if identifier.casefold() in unicodedata.normalize("NFC", text).casefold():
+        if _names(identifier, text):
             raise ConfigError(
                 f"{name} names the data subject: the erasure record would keep them on the "
                 "chain for ever (give a ticket number instead)"
             )
-    pending = privacy.store.pending_erasures()
-    for earlier in pending:
-        _complete(trail, privacy, earlier)
+    if not reason.strip():
+        raise ConfigError("--reason is required: a ticket number or request id")
     keys = privacy.keys
     erasure = privacy.store.begin_erasure(
-        identifier, kcv=lambda p: key_check_value(keys, p), basis=basis, reason=reason
+        identifier, kcv=lambda p: _kcv(keys, p), basis=basis, reason=reason
     )
-    record, done = _complete(trail, privacy, erasure)
-    return ErasureResult(done, record, len(pending))
+    try:
+        record, done = _complete(trail, privacy, erasure)
+    except AuditError as exc:
+        raise PrivacyError(
+            f"the erasure of {erasure.pseudonym} is pending ({exc}); the subject's values are "
+            "already out of reach of new records: fix that and run `workflow-audit privacy "
+            "erase --finish`, which completes it"
+        ) from None
+    return ErasureResult(done, record, 0)
+
+
+def _names(identifier: str, text: str) -> bool:
+    # the identifier as a whole word of the text (case-insensitive); a 1- or 2-letter one
+    # would match too much ("ed" in "approved") and is not checked
+    if len(identifier) < 3:
+        return False
+    pattern = r"(?<!\w)" + re.escape(identifier) + r"(?!\w)"
+    return re.search(pattern, unicodedata.normalize("NFC", text), re.IGNORECASE) is not None
+
+
+def _kcv(keys: KeyStore, pseudonym: str) -> str:
+    # A key already lost (a deleted key file) cannot be checked; the erasure goes on: its
+    # subject row and openings are what is left to delete.
+    try:
+        return key_check_value(keys, pseudonym)
+    except PrivacyError:
+        return "unavailable (key lost)"
 
 
 def _privacy(trail: _Recorder) -> Privacy:
@@ -205,8 +248,10 @@ def _open(
     if marker.nonce != nonce:  # the store binds chain, nonce, pointer; the record its nonce
         return at("foreign", kind)
     opening = privacy.store.opening(marker.nonce, pointer)
-    if opening is None or opening.chain != stored.chain:
+    if opening is None:
         return at("unavailable", kind)
+    if opening.chain != stored.chain:  # an opening of another chain: the marker was copied
+        return at("foreign", kind)
     aad = opening_aad(stored.chain, marker.nonce, pointer)
     sealed = marker.sealed if isinstance(marker, Sealed) else opening.sealed
     try:
@@ -230,23 +275,37 @@ def _check(keys: KeyStore, pseudonym: str, c: Commitment, pointer: str, value: J
         raise PrivacyError(f"the value does not match the commitment at {pointer}")
 
 
-def check_claim(stored: StoredRecord, pointer: str, claim: JSON, privacy: Privacy) -> None:
-    """None when ``claim`` is the value the commitment at ``pointer`` hides (an auditor holding
-    the store checks a value someone asserts); :class:`PrivacyError` when it is not, or when
-    the commitment cannot be checked (no such commitment, erased)."""
+ClaimStatus = Literal["match", "mismatch", "unavailable", "foreign"]
+
+
+def check_claim(stored: StoredRecord, pointer: str, claim: JSON, privacy: Privacy) -> ClaimStatus:
+    """Is ``claim`` the value the commitment at ``pointer`` of ``stored`` hides (an auditor
+    holding the store checks a value someone asserts)? ``match``, ``mismatch``,
+    ``unavailable`` (erased, or never stored: nothing to check with) or ``foreign`` (the
+    commitment was copied from another record or chain). :class:`ConfigError` when the
+    record holds no commitment there."""
     record = Record.from_stored(stored)
     found = dict(_markers(record)).get(pointer)
-    if found is None:
-        raise PrivacyError(f"{stored.chain}:{stored.seq} holds no commitment at {pointer}")
-    marker = parse_marker(found)
+    try:
+        marker = None if found is None else parse_marker(found)
+    except PrivacyError:
+        marker = None
     if not isinstance(marker, Commitment):
-        raise PrivacyError(f"{stored.chain}:{stored.seq} {pointer} is sealed, not committed")
+        raise ConfigError(f"{stored.chain}:{stored.seq} holds no commitment at {pointer}")
+    if marker.nonce != record_nonce(record):
+        return "foreign"
     opening = privacy.store.opening(marker.nonce, pointer)
     if opening is None:
-        raise PrivacyError(
-            f"{stored.chain}:{stored.seq} {pointer}: no key to check with (erased, or never stored)"
-        )
-    _check(privacy.keys, opening.pseudonym, marker, pointer, claim)
+        return "unavailable"
+    if opening.chain != stored.chain:
+        return "foreign"
+    try:
+        _check(privacy.keys, opening.pseudonym, marker, pointer, claim)
+    except PrivacyError as exc:
+        if "no key" in str(exc):  # destroyed between the lookup and the check
+            return "unavailable"
+        return "mismatch"
+    return "match"
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,13 @@ class LocalKeyStore:
     ``read_only=True``: an auditor's copy, opened ``mode=ro``; ``create`` and ``destroy``
     raise PrivacyError."""
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
         self.path = Path(path)
         if self.path.name in ("", ":memory:"):
             raise PrivacyError("a key store needs a file: keys in memory would die with it")
@@ -156,7 +162,8 @@ class LocalKeyStore:
             probe="SELECT count(*) FROM keys",
             synchronous="FULL",
             read_only=read_only,
-            check=_check_private,
+            check=_check_not_world if read_only else _check_private,
+            busy_timeout_s=busy_timeout_s,
         )
         self._cache: dict[str, SubjectKeys] = {}
         self._version = -1
@@ -274,12 +281,23 @@ class LocalKeyStore:
 
 
 def _check_private(path: Path) -> None:
-    """Refuse a key file others may read (as ssh refuses a private key left open)."""
+    """Refuse a key file group or world may read or write (as ssh refuses a private key left
+    open): a writer's key file is 0600."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise PrivacyError(
-            f"key store {path} is readable or writable by others (mode {mode:o}): "
-            f"run chmod 600 {path}"
+            f"key store {path} is open to group or world (mode {mode:o}): run chmod 600 {path}"
+        )
+
+
+def _check_not_world(path: Path) -> None:
+    """An auditor's read-only copy may be shared with a group (root:auditors 0440), never
+    with the world."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o007:
+        raise PrivacyError(
+            f"key store {path} is open to the world (mode {mode:o}): copy it to a file only "
+            "you (or your group) can read, mode 0400 or 0440"
         )
 
 
@@ -298,7 +316,7 @@ def _local_path(url: str) -> Path | None:
     return None
 
 
-def open_keystore(url: str, *, read_only: bool = False) -> KeyStore:
+def open_keystore(url: str, *, read_only: bool = False, busy_timeout_s: float = 30.0) -> KeyStore:
     """The key store a URL names: ``file:PATH``, ``sqlite:///PATH`` or a plain path (a
     :class:`LocalKeyStore`), else the ``workflow_audit.keystores`` entry point named by the
     URL's scheme (``vault://…`` -> entry point ``vault``)."""
@@ -306,7 +324,7 @@ def open_keystore(url: str, *, read_only: bool = False) -> KeyStore:
         raise PrivacyError("no key store URL given")
     path = _local_path(url)
     if path is not None:
-        return LocalKeyStore(path, read_only=read_only)
+        return LocalKeyStore(path, read_only=read_only, busy_timeout_s=busy_timeout_s)
     from importlib.metadata import entry_points
 
     scheme = url.partition(":")[0].lower()

@@ -43,9 +43,12 @@ Whose data a transformed node is (its *subject*, what ``privacy erase`` names): 
 ``subject`` — ``"self"`` (the node's own value), ``"/abs/pointer"`` (a value of the original
 view) or ``"@/rel/pointer"`` (relative to the node) — as text: a string as it is, anything
 else its RFC 8785 canonical JSON. Missing, ``null`` or ``""`` falls back to the *closed
-subject*: ``/actor/id`` when ``/actor/type`` is ``"user"``, else the node's own value. Texts
-are Unicode NFC-normalized, nothing else (no stripping, no case folding: Airflow's usernames
-are case-sensitive). A rule without ``subject`` means ``"self"``.
+subject*: ``/actor/id`` when ``/actor/type`` is ``"user"``, else the node's own value. Only a
+string of at most 256 characters names a subject; when none does (a number, a list, a whole
+batch of model inputs without its ``data_subject``) the decision's subject is None and the
+value is keyed for its record alone (``record:<nonce>``, erasable by that name). Texts are
+Unicode NFC-normalized, nothing else (no stripping, no case folding: Airflow's usernames are
+case-sensitive). A rule without ``subject`` means ``"self"``.
 
 The policy's ``digest`` (``"sha256:" + hex``) is over the canonical bytes of
 :meth:`Policy.to_json`, the effective policy (defaults and built-in closed nodes included,
@@ -83,6 +86,8 @@ Action = Literal["keep", "redact", "commit", "encrypt"]
 ACTIONS: Final = ("keep", "redact", "commit", "encrypt")
 MAX_FILE_BYTES: Final = 1 << 20
 MAX_RULES: Final = 10_000
+#: Longer texts (or any non-string) name no data subject: keyed per record instead.
+MAX_SUBJECT_CHARS: Final = 256
 _ANY: Final = 1  # '*': exactly one token
 _MANY: Final = 2  # '**' compiles to '*' then this: zero or more further tokens
 _CACHE_CAP: Final = 256  # transitions remembered per walk state, event types per policy
@@ -111,6 +116,9 @@ class Rule:
 
 _ACCESS, _FAILED = ("access.*",), ("access.login_failed",)
 _PERM, _READS, _ALL = ("permission.changed",), ("audit.*",), ("*",)
+#: What an operator does from the CLI (reads, exports, erasures, the policy): its default
+#: actor is process:USER@HOST, a person's login; a worker's process actor is not committed.
+_OPERATOR = ("audit.*", "privacy.*")
 _USER = {"/actor/type": "user"}
 #: Airflow's user changes (airflow_audit/permissions.py ``diff``): ``target`` is the username.
 _USER_CHANGES = ("user.created", "user.deleted", "user.updated", "user.roles")
@@ -122,6 +130,8 @@ _CONFIG = {"/data/change": "config"}  # SimpleAuthManager's user list changed
 _DEFAULTS: Final[tuple[tuple[str, str, tuple[str, ...], Mapping[str, JSON]], ...]] = (
     # who acted: Airflow's triggering/REST/CLI user, Prefect Cloud's user, a reader (readlog)
     ("/actor/id",                 "self",                    _ALL,    _USER),
+    # a process actor is USER@HOST: an operating-system login (the CLI's default actor)
+    ("/actor/id",                 "self",                    _OPERATOR, {"/actor/type": "process"}),
     # the run's person (airflow_audit/adapter.py _dagrun_data; prefect_audit/adapter.py
     # created_by {id, type, display_value}: a user, deployment or automation, committed alike)
     ("/data/triggering_user",     "self",                    _ALL,    {}),
@@ -130,6 +140,9 @@ _DEFAULTS: Final[tuple[tuple[str, str, tuple[str, ...], Mapping[str, JSON]], ...
     ("/data/data_subject",        "self",                    _ALL,    {}),
     ("/data/inputs/value",        "/data/data_subject",      _ALL,    {}),
     ("/data/outputs/value",       "/data/data_subject",      _ALL,    {}),
+    # their digests too: a guessable input (one e-mail) is confirmed by its SHA-256
+    ("/data/inputs/sha256",       "/data/data_subject",      _ALL,    {}),
+    ("/data/outputs/sha256",      "/data/data_subject",      _ALL,    {}),
     # a conf's digest is a dictionary attack away from a low-entropy conf; the run's actor
     # (triggering user, creator) is whose conf it is; value_sha256: the event log's conf digests
     ("/data/conf_sha256",         "/actor/id",               _ALL,    {}),
@@ -140,6 +153,9 @@ _DEFAULTS: Final[tuple[tuple[str, str, tuple[str, ...], Mapping[str, JSON]], ...
     # DAG's author-given owner), owner_display_name their full name
     ("/data/owner",               "self",                    _ALL,    {}),
     ("/data/owner_display_name",  "/data/owner",             _ALL,    {}),
+    # a CLI command line names whom it creates or changes (users create --username --email
+    # --firstname --lastname): committed whole; the row's event (cli_users_create) stays
+    ("/data/extra/full_command",  "/data/owner",             _ALL,    {}),
     # access.* (airflow_audit/access.py, prefect_audit/eventmap.py _cloud_data): the user, the
     # username a failed login tried, the client's IP address (personal data: CJEU C-582/14),
     # Prefect Cloud's user resource
@@ -364,18 +380,24 @@ class _Walk:
                 return False
         return True
 
-    def subject(self, spec: str | None, ptr: str, value: JSON) -> str:
+    def subject(self, spec: str | None, ptr: str, value: JSON) -> str | None:
         """The data subject of the node at ``ptr`` (module docstring: the rule's subject,
-        then the closed subject)."""
-        if spec is not None:
+        then the closed subject); None when nothing names one (the value is then keyed for
+        its record alone)."""
+        user = self.at("/actor/type", ptr) == "user"
+        if spec is not None and (spec != "/actor/id" or user):
+            # an actor names a data subject only when it is a person: a service or process
+            # id ("airflow", "scheduler") would pool every scheduled run under one subject
             text = _text(value if spec == "self" else self.at(spec, ptr))
             if text is not None:
                 return text
-        if self.at("/actor/type", ptr) == "user":
+        if user:
             actor = _text(self.at("/actor/id", ptr))
             if actor is not None:
                 return actor
-        return _text(value) or canonical_bytes(value).decode("utf-8")
+        # A rule that names where its subject is (a model digest's /data/data_subject) never
+        # falls back to the value itself: a digest must not become an identifier in clear.
+        return _text(value) if spec is None else None
 
 
 _DEAD: Final = _State((), (), 0)
@@ -386,10 +408,11 @@ def _event_matches(patterns: tuple[str, ...], event: str) -> bool:
 
 
 def _text(value: object) -> str | None:
-    if value is MISSING or value is None or value == "":
+    # Only a short string identifies someone: a number, a list or a whole batch would pool
+    # unrelated records under one "subject" and sit in the store in clear as its identifier.
+    if not isinstance(value, str) or not value or len(value) > MAX_SUBJECT_CHARS:
         return None
-    text = value if isinstance(value, str) else canonical_bytes(value).decode("utf-8")
-    return unicodedata.normalize("NFC", text)
+    return unicodedata.normalize("NFC", value)
 
 
 def default_policy() -> Policy:

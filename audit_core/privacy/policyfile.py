@@ -85,6 +85,8 @@ def _parse_toml(name: str, text: str) -> object:
         return toml.loads(text)
     except toml.TOMLDecodeError as exc:
         raise PolicyError(f"{name}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise PolicyError(f"{name}: not valid TOML: nested too deep") from exc
 
 
 def _parse_yaml(name: str, text: str) -> object:

@@ -54,6 +54,7 @@ dropped).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ from audit_core.ledgers import ledger_path, masked_url, synchronous_level
 from audit_core.privacy._store_db import Backend, PostgresBackend, SqliteBackend, Tx
 from audit_core.privacy._store_sql import Dialect, dialect
 from audit_core.privacy.commitment import new_pseudonym
+
+logger = logging.getLogger("workflow_audit")
 
 __all__ = ["Erasure", "Opening", "PrivacyStore", "StoreWriter"]
 
@@ -163,7 +166,14 @@ class PrivacyStore:
     ``read_only=True``: an auditor's view; nothing is created (a missing store is a
     PrivacyError) and writes raise PrivacyError."""
 
-    def __init__(self, url: str, *, synchronous: str = "NORMAL", read_only: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "NORMAL",
+        read_only: bool = False,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
         try:
             level = synchronous_level(synchronous)
         except ConfigError as exc:  # the message names the bad level only
@@ -178,7 +188,7 @@ class PrivacyStore:
                 raise PrivacyError("the privacy store needs a file, not :memory:")
             self._sql = dialect("sqlite")
             self._lock_subject = self._lock_erased = ""
-            self._backend = SqliteBackend(path, self._sql.schema, level, read_only)
+            self._backend = SqliteBackend(path, self._sql.schema, level, read_only, busy_timeout_s)
         elif scheme in ("postgresql", "postgres"):
             self._sql = dialect("postgresql")
             self._lock_subject, self._lock_erased = " FOR SHARE", " FOR UPDATE"
@@ -315,5 +325,15 @@ class PrivacyStore:
                 raise PrivacyError(f"no erasure of {pseudonym} was begun")
             tx.change(self._sql.delete_openings, (pseudonym,))
             tx.change(self._sql.erasure_done, (pseudonym,))
-        self._backend.compact()
+        try:
+            self._backend.compact()
+        except PrivacyError as exc:  # the erasure is done; its bytes wait for the compaction
+            logger.warning("workflow-audit: %s", exc)
         return _erasure(self._read(self._sql.erasure, (pseudonym,))[0])
+
+    def compact(self) -> None:
+        """Checkpoint and truncate the store's write-ahead log (SQLite) or VACUUM it
+        (PostgreSQL), so no deleted byte stays in its files; PrivacyError when a reader kept
+        it from finishing (try again when the reader is done: ``privacy erase --finish``)."""
+        self._writable("compact")
+        self._backend.compact()

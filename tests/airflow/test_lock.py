@@ -1,6 +1,6 @@
 """A ledger locked by another process, or on read-only media, under real Airflow: the DAG run
 succeeds and costs about one lock wait, not a budget per hook; nothing is lost: after the lock
-is released and the spool drained, all 17 records are on the chain, in order, and verify."""
+is released and the spool drained, all 18 records are on the chain, in order, and verify."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ class TestDagsTest:
     def test_ledger_locked_for_the_whole_run(
         self, airflow_home: AirflowHome, tmp_path: Path
     ) -> None:
-        """Locked for the run: the DAG succeeds, ~1 s added (not 17 x 5 s), then a drain puts
-        all 17 records on the chain in order, marked as spooled, and the chain verifies."""
+        """Locked for the run: the DAG succeeds, ~1 s added (not 18 x 5 s), then a drain puts
+        all 18 records on the chain in order, marked as spooled, and the chain verifies."""
         free, _ = timed_run(airflow_home, tmp_path / "free.db")
         ledger = tmp_path / "locked.db"
         make_ledger(ledger)
@@ -116,7 +116,7 @@ class TestDagsTest:
             "spool", "drain", "--ledger", str(ledger), "--spool-dir", str(spool)
         )
         assert 0 == drained.returncode, drained.stderr
-        assert "drained 17 record(s)" in drained.stdout
+        assert f"drained {len(ML_TIMELINE)} record(s)" in drained.stdout
         assert ML_TIMELINE == run_timeline(airflow_home, ledger)
         verified = workflow_audit("verify", "--ledger", str(ledger))
         assert 0 == verified.returncode, verified.stderr
@@ -127,7 +127,7 @@ class TestExecutor:
 
     def test_ledger_locked_for_the_whole_run(self, api_server: AirflowHome) -> None:
         """Locked for the run: the DAG succeeds; once the lock is gone and the spool drained
-        (the API server drains its own spool when its breaker closes), all 17 records of the
+        (the API server drains its own spool when its breaker closes), all 18 records of the
         run's processes are on the chain, in their original (ts) order, and it verifies."""
         ledger = api_server.ledger
         assert ledger is not None

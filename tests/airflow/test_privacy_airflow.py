@@ -243,17 +243,20 @@ class TestCommitted:
         assert str(started.actor["id"]).startswith("$commit:hmac-sha256/v1:")
 
     def test_model_invocation_is_committed(self, world: World) -> None:
-        """model.invoked keeps digests, row counts and the batch root in clear, and commits the
-        input and output values and the data subject."""
+        """model.invoked keeps row counts and the batch root in clear, and commits the input
+        and output values, their digests and the data subject (under one record nonce)."""
         data = world.one("model.invoked").data
         assert (50, "rfc9162-sha256/jcs-item-v1") == (data["batch"]["size"], data["batch"]["leaf"])  # type: ignore[index]
         assert 64 == len(str(data["batch"]["root"]))  # type: ignore[index]
         for side in ("inputs", "outputs"):
             summary = data[side]
             assert isinstance(summary, dict)
-            assert (64, 50) == (len(str(summary["sha256"])), summary["rows"])
+            assert 50 == summary["rows"]
             assert "$commit" in summary["value"], side
+            assert "$commit" in summary["sha256"], side
         assert "$commit" in data["data_subject"]  # type: ignore[operator]
+        nonce = data["_privacy"]["n"]  # type: ignore[index]
+        assert nonce == data["data_subject"]["$commit"]["n"]  # type: ignore[index]
 
     def test_no_plaintext_in_the_ledger_before_erasure(self, world: World) -> None:
         """Neither conf value nor the data subject is in the ledger's bytes (file and WAL)
@@ -288,7 +291,9 @@ class TestCommitted:
         } == world.subjects[RUNNER]
         assert {
             "/data/data_subject",
+            "/data/inputs/sha256",
             "/data/inputs/value",
+            "/data/outputs/sha256",
             "/data/outputs/value",
         } == world.subjects[CUSTOMER]
 
@@ -321,7 +326,7 @@ class TestErased:
         """Both subjects erase (their values counted); alice@example.com is no subject of the
         store (her address is a conf value of dag_test's): exit 2, nothing appended."""
         customer, runner = world.out("erase-customer"), world.out("erase-runner")
-        assert (1, 3) == (customer["records"], customer["values"])
+        assert (1, 5) == (customer["records"], customer["values"])
         assert (2, 7) == (runner["records"], runner["values"])
         assert 2 == world.runs["erase-alice"].returncode
         erased = [r for r in records(world.ledger, "audit") if r.event == "privacy.erased"]
@@ -341,12 +346,21 @@ class TestErased:
         }
 
     def test_open_says_unavailable(self, world: World) -> None:
-        """The erased fields of both records can no longer be opened; the store forgot both
-        subjects and has no erasure pending."""
-        for name in ("reopen-started", "reopen-invoked"):
+        """The erased fields of both records can no longer be opened (a process actor's id,
+        USER@HOST, is neither subject's and still opens); the store forgot both subjects and
+        has no erasure pending."""
+        for name, event in (
+            ("reopen-started", "dagrun.started"),
+            ("reopen-invoked", "model.invoked"),
+        ):
             opened = world.out(name)
             assert opened
-            assert {"unavailable"} == {o["status"] for o in opened}, name
+            process = "process" == world.one(event).actor["type"]
+            expected = {
+                o["pointer"]: "ok" if process and o["pointer"] == "/actor/id" else "unavailable"
+                for o in opened
+            }
+            assert expected == {o["pointer"]: o["status"] for o in opened}, name
         status = world.out("status")
         assert (2, []) == (status["erasures"], status["pending"])
         # the store still knows the CLI's own user (audit.verified's actor), not these two

@@ -200,7 +200,9 @@ class TestProviderInfo:
             ), key
             assert bool(entry["description"].strip()), key
 
-    def test_only_the_signing_key_is_sensitive(self) -> None:
-        """signing_key is marked sensitive (Airflow masks it); no other option is."""
+    def test_only_keys_and_store_urls_are_sensitive(self) -> None:
+        """signing_key, privacy_store (a URL that may hold a password) and privacy_keys are
+        marked sensitive (Airflow masks them); no other option is."""
         options = provider_config()[SECTION]["options"]
-        assert ["signing_key"] == [key for key, entry in options.items() if entry.get("sensitive")]
+        sensitive = sorted(key for key, entry in options.items() if entry.get("sensitive"))
+        assert ["privacy_keys", "privacy_store", "signing_key"] == sensitive

@@ -310,7 +310,8 @@ class TestModelInvoked:
     """TaskApi.model_invoked(): recorded like every task event, fail-open."""
 
     def test_records_the_invocation(self, tmp_path: Path) -> None:
-        """A batch invocation lands as model.invoked with its summaries and Merkle root."""
+        """A batch invocation lands as model.invoked with its summaries and Merkle root; with
+        no privacy policy its data subject is left out (only a policy may record it)."""
         adapter = _Adapter(AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'l.db'}"))
         api = TaskApi(lambda: adapter)
         assert api.model_invoked(
@@ -325,9 +326,10 @@ class TestModelInvoked:
         assert {"task": "score"} == record["subject"]
         assert expected["batch"] == record["data"]["batch"]
         assert summary(ROWS)["sha256"] == record["data"]["inputs"]["sha256"]
-        assert ("churn", 1, "c-1", "t") == tuple(
-            record["data"][k] for k in ("model", "version", "data_subject", "env")
-        )
+        assert ("churn", 1, "t") == tuple(record["data"][k] for k in ("model", "version", "env"))
+        assert "data_subject" not in record["data"]
+        assert "value" not in record["data"]["inputs"]
+        assert "value" not in record["data"]["outputs"]
 
     def test_bad_inputs_fail_open(self, tmp_path: Path) -> None:
         """Mismatched batch lengths: False, a counted hook failure, nothing recorded."""

@@ -17,6 +17,7 @@ import pytest
 from audit_core import AuditConfig, AuditTrail
 from audit_core._metrics import COUNTERS
 from audit_core.errors import PolicyError
+from audit_core.ledgers import masked_url
 from tests.core._cli import Run
 from tests.core.test_privacy import bodies, records, run_cli
 
@@ -99,14 +100,68 @@ class TestClaims:
         assert 0 == _claim(cli, ledger, 0, "/actor/id", f'"{ALICE}"').code
         assert 0 == _claim(cli, ledger, 0, "/data/conf/email", f'"{EMAIL}"').code
 
-    def test_after_erasure_no_key(self, cli: Any, ledger: Path) -> None:
-        """After ALICE's erasure the true value cannot be confirmed: exit 1, "no key"; BOB's
-        still can."""
+    def test_after_erasure_not_checked(self, cli: Any, ledger: Path) -> None:
+        """After ALICE's erasure the true value cannot be confirmed: NOT CHECKED, exit 3;
+        BOB's still can."""
         assert 0 == cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t").code
         run = _claim(cli, ledger, 0, "/data/triggering_user", f'"{ALICE}"')
-        assert 1 == run.code
-        assert "no key" in run.out
+        assert 3 == run.code
+        expected = (
+            "NOT CHECKED: default:0 /data/triggering_user can no longer be opened (erased, or "
+            "its opening was never stored)\n"
+        )
+        assert expected == run.out
         assert 0 == _claim(cli, ledger, 2, "/data/triggering_user", f'"{BOB}"').code
+
+    @pytest.mark.parametrize(
+        ("value", "code", "status"),
+        [(f'"{ALICE}"', 0, "match"), ('"mallory"', 1, "mismatch")],
+    )
+    def test_claim_json(self, cli: Any, ledger: Path, value: str, code: int, status: str) -> None:
+        """--json: {"match": bool, "status": …} and the same exit code as the text form."""
+        run = cli(
+            "privacy", "verify", "--ledger", ledger, "--chain", "default", "--seq", "1",
+            "--pointer", "/data/triggering_user", "--value", value, "--json",
+        )  # fmt: skip
+        assert code == run.code
+        assert {"match": code == 0, "status": status} == orjson.loads(run.out)
+
+    def test_claim_json_after_erasure(self, cli: Any, ledger: Path) -> None:
+        """--json after the erasure: {"match": false, "status": "unavailable"}, exit 3."""
+        assert 0 == cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t").code
+        run = cli(
+            "privacy", "verify", "--ledger", ledger, "--chain", "default", "--seq", "1",
+            "--pointer", "/data/triggering_user", "--value", f'"{ALICE}"', "--json",
+        )  # fmt: skip
+        assert (3, {"match": False, "status": "unavailable"}) == (run.code, orjson.loads(run.out))
+
+    def test_copied_commitment_is_foreign(self, cli: Any, ledger: Path) -> None:
+        """A commitment copied into another record (its nonce not that record's): NO MATCH,
+        exit 1, status foreign, even for the true value."""
+        config = AuditConfig(
+            ledger_url=f"sqlite:///{ledger}", privacy_policy="default", actor=("service", "t")
+        )
+        with AuditTrail(config) as trail:
+            real = trail.record("access.denied", {"user": ALICE, "status": 403})
+            marker = orjson.loads(real.body)["data"]["user"]
+            forged = trail.record("note.added", {"user": marker, "mine": ALICE})
+        run = cli(
+            "privacy", "verify", "--ledger", ledger, "--chain", "default",
+            "--seq", str(forged.seq), "--pointer", "/data/user", "--value", f'"{ALICE}"',
+            "--json",
+        )  # fmt: skip
+        assert (1, {"match": False, "status": "foreign"}) == (run.code, orjson.loads(run.out))
+
+    @pytest.mark.parametrize("seq", ["-1", str(2**63), "x"])
+    def test_seq_out_of_range(self, cli: Any, ledger: Path, seq: str) -> None:
+        """--seq outside 0..2**63-1 (or not a number): a usage error, exit 2."""
+        run = cli(
+            "privacy", "verify", "--ledger", ledger, "--chain", "default", "--seq", seq,
+            "--pointer", "/data/triggering_user", "--value", '"x"',
+        )  # fmt: skip
+        assert 2 == run.code
+        assert "a seq is" in run.err
+        _clean(run)
 
     def test_exit_codes_in_a_subprocess(self, ledger: Path) -> None:
         """The real executable exits 0 for MATCH and 1 for NO MATCH."""
@@ -142,6 +197,8 @@ class TestErase:
         run = cli("privacy", "erase", "never-was", "--ledger", ledger, "--reason", "t")
         assert 2 == run.code
         assert "no data subject" in run.err
+        store = masked_url(f"sqlite:///{ledger.with_name(ledger.name + '.privacy.db')}")
+        assert run.err.rstrip().endswith(f"(store {store})"), run.err
         _clean(run, "never-was")
         assert before == bodies(ledger)
 
@@ -155,17 +212,21 @@ class TestErase:
         assert before == bodies(ledger)
 
     def test_erase_json_and_status(self, cli: Any, ledger: Path) -> None:
-        """--json: the pseudonym, counts and the record; status then counts one erasure done
-        and BOB's subject left."""
+        """--json: the pseudonym, counts and the record (finished_pending 0); status then
+        counts one erasure done, BOB's subject and the CLI's process actor (USER@HOST, the
+        erasure record's committed actor) left."""
         run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t", "--json")
         assert 0 == run.code
         doc = orjson.loads(run.out)
-        assert (2, 4) == (doc["records"], doc["values"])
+        assert (2, 4, 0) == (doc["records"], doc["values"], doc["finished_pending"])
         assert "audit" == doc["record"]["chain"]
         _clean(run, ALICE)
+        (erased,) = [r for r in records(ledger, "audit") if r["event"] == "privacy.erased"]
+        assert "process" == erased["actor"]["type"]
+        assert erased["actor"]["id"].startswith("$commit:hmac-sha256/v1:")
         status = orjson.loads(cli("privacy", "status", "--ledger", ledger, "--json").out)
         assert [] == status["pending"]
-        assert {"subjects": 1, "erasures_done": 1, "erasures_pending": 0} == {
+        assert {"subjects": 2, "erasures_done": 1, "erasures_pending": 0} == {
             k: status["store"][k] for k in ("subjects", "erasures_done", "erasures_pending")
         }
 
@@ -178,7 +239,7 @@ class TestErase:
         with AuditTrail(config) as trail:
             seq = trail.record("dagrun.started", {"triggering_user": ALICE}).seq
         assert 0 == _claim(cli, ledger, seq, "/data/triggering_user", f'"{ALICE}"').code
-        assert 1 == _claim(cli, ledger, 1, "/data/triggering_user", f'"{ALICE}"').code
+        assert 3 == _claim(cli, ledger, 1, "/data/triggering_user", f'"{ALICE}"').code
         run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t", "--json")
         assert old != orjson.loads(run.out)["erased"]
 
@@ -192,11 +253,14 @@ class TestErase:
             assert 0 == run.returncode, run.stderr
             seq = trail.record("dagrun.started", {"triggering_user": ALICE}).seq
         assert 0 == _claim(cli, ledger, seq, "/data/triggering_user", f'"{ALICE}"').code
-        assert 1 == _claim(cli, ledger, seq - 1, "/data/triggering_user", f'"{ALICE}"').code
+        assert 3 == _claim(cli, ledger, seq - 1, "/data/triggering_user", f'"{ALICE}"').code
         run = cli("privacy", "verify", "--ledger", ledger, "--json")
         assert 0 == run.code
         counts = orjson.loads(run.out)["counts"]
-        assert (3, 5) == (counts["ok"], counts["unavailable"])  # BOB 2 + the new one; ALICE 5
+        # ok: BOB 2, the new one and the erasure record's operator (process USER@HOST, a
+        # privacy.* event); the trail's own process actor is not committed; unavailable:
+        # ALICE's 5
+        assert (4, 5) == (counts["ok"], counts["unavailable"])
 
     def test_reason_naming_the_subject_is_refused(self, cli: Any, ledger: Path) -> None:
         """`privacy erase ALICE --reason "ALICE asked"`: refused (exit 2), nothing appended,
@@ -205,6 +269,120 @@ class TestErase:
         run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", f"{ALICE} asked")
         assert 2 == run.code
         assert before == bodies(ledger)
+
+    @pytest.mark.parametrize(
+        "reason", [f"{ALICE.upper()} asked", f"per ({ALICE})", f"ticket 9: {ALICE}"]
+    )
+    def test_reason_naming_the_subject_any_case_refused(
+        self, cli: Any, ledger: Path, reason: str
+    ) -> None:
+        """The identifier as a whole word of --reason, in any case: refused, exit 2."""
+        before = bodies(ledger)
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", reason)
+        assert 2 == run.code
+        assert "--reason names the data subject" in run.err
+        assert before == bodies(ledger)
+
+    def test_basis_naming_the_subject_refused(self, cli: Any, ledger: Path) -> None:
+        """--basis naming the subject is refused like --reason."""
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t",
+                  "--basis", f"consent of {ALICE}")  # fmt: skip
+        assert 2 == run.code
+        assert "--basis names the data subject" in run.err
+
+    def test_identifier_inside_a_longer_word_is_allowed(self, cli: Any, ledger: Path) -> None:
+        """The identifier only as part of a longer word is not a naming: erased, exit 0."""
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", f"x{ALICE}y")
+        assert 0 == run.code, run.err
+
+    def test_short_identifier_not_checked_in_reason(self, cli: Any, tmp_path: Path) -> None:
+        """A 2-character identifier is not looked for in --reason ("ed" in "approved")."""
+        ledger = tmp_path / "l.db"
+        config = AuditConfig(
+            ledger_url=f"sqlite:///{ledger}", privacy_policy="default", actor=("service", "t")
+        )
+        with AuditTrail(config) as trail:
+            trail.record("dagrun.started", {"triggering_user": "ed"})
+        run = cli("privacy", "erase", "ed", "--ledger", ledger, "--reason", "ed approved")
+        assert 0 == run.code, run.err
+
+    @pytest.mark.parametrize("reason", [None, "", "   "])
+    def test_reason_required_with_a_subject(
+        self, cli: Any, ledger: Path, reason: str | None
+    ) -> None:
+        """A SUBJECT without --reason (or an empty one): exit 2, nothing appended."""
+        before = bodies(ledger)
+        extra = () if reason is None else ("--reason", reason)
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, *extra)
+        assert 2 == run.code
+        assert "--reason is required" in run.err
+        assert before == bodies(ledger)
+
+    @pytest.mark.parametrize(
+        "args", [(), (ALICE, "--reason", "t", "--finish"), ("--finish", "--reason", "t", ALICE)]
+    )
+    def test_subject_xor_finish(self, cli: Any, ledger: Path, args: tuple[str, ...]) -> None:
+        """Neither SUBJECT nor --finish, or both: exit 2, saying which to give."""
+        before = bodies(ledger)
+        run = cli("privacy", "erase", *args, "--ledger", ledger)
+        assert 2 == run.code
+        assert "give a SUBJECT (with --reason), or --finish alone" in run.err
+        assert before == bodies(ledger)
+
+    def test_finish_with_nothing_pending(self, cli: Any, ledger: Path) -> None:
+        """--finish alone with nothing pending: exit 0, says so, appends nothing."""
+        before = bodies(ledger)
+        run = cli("privacy", "erase", "--finish", "--ledger", ledger)
+        assert (0, "no erasure was pending; the store is compacted\n") == (run.code, run.out)
+        assert before == bodies(ledger)
+
+    @pytest.mark.parametrize("missing", [".privacy.db", ".privacy-keys.db"])
+    def test_no_store_no_erase(self, cli: Any, ledger: Path, missing: str) -> None:
+        """A ledger whose store (or key file) is not there: exit 2, "no privacy store at"
+        naming the file; neither file is created, nothing appended."""
+        gone = ledger.with_name(ledger.name + missing)
+        gone.unlink()
+        before = bodies(ledger)
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t")
+        assert 2 == run.code
+        what = "privacy store" if missing == ".privacy.db" else "key store"
+        assert f"no {what} at {gone}: this ledger was never written with a privacy policy" in (
+            run.err
+        )
+        assert not gone.exists()
+        assert before == bodies(ledger)
+
+    def test_ledger_without_policy_has_no_store(self, cli: Any, tmp_path: Path) -> None:
+        """A ledger never written with a policy: erase exits 2, creating no store."""
+        ledger = tmp_path / "l.db"
+        with AuditTrail(AuditConfig(ledger_url=f"sqlite:///{ledger}")) as trail:
+            trail.record("dagrun.started", {"triggering_user": ALICE})
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t")
+        assert 2 == run.code
+        assert "no privacy store at" in run.err
+        assert not ledger.with_name("l.db.privacy.db").exists()
+        assert not ledger.with_name("l.db.privacy-keys.db").exists()
+
+    def test_lost_key_still_erased(self, cli: Any, ledger: Path) -> None:
+        """A subject whose key is already gone from the key file: erased anyway (exit 0),
+        key check value "unavailable (key lost)"."""
+        from audit_core.privacy.store import PrivacyStore
+
+        store = PrivacyStore(f"sqlite:///{ledger}.privacy.db", read_only=True)
+        try:
+            pseudonym = store.pseudonym(ALICE)
+        finally:
+            store.close()
+        conn = sqlite3.connect(ledger.with_name(ledger.name + ".privacy-keys.db"))
+        with conn:
+            conn.execute("DELETE FROM keys WHERE pseudonym = ?", (pseudonym,))
+        conn.close()
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t", "--json")
+        assert 0 == run.code, run.err
+        doc = orjson.loads(run.out)
+        assert (pseudonym, "unavailable (key lost)") == (doc["erased"], doc["key_check_value"])
+        (erased,) = [r for r in records(ledger, "audit") if r["event"] == "privacy.erased"]
+        assert "unavailable (key lost)" == erased["data"]["key_check_value"]
 
     def test_identifier_as_recorded_in_nfd_is_erased(self, cli: Any, tmp_path: Path) -> None:
         """A username recorded in decomposed form (NFD) is erased by that same string."""
@@ -268,13 +446,21 @@ class TestBadInput:
         assert "--chain" in run.err
         _clean(run)
 
-    def test_claim_where_nothing_is_committed(self, cli: Any, ledger: Path) -> None:
-        """A pointer with no commitment (or no pointer at all): NO MATCH, exit 1."""
-        for pointer in ("/data/nothing", "not-a-pointer", "/data/_privacy/policy"):
-            run = _claim(cli, ledger, 0, pointer, '"x"')
-            assert 1 == run.code
-            assert "holds no commitment" in run.out
-            _clean(run)
+    @pytest.mark.parametrize("pointer", ["/data/nothing", "/data/_privacy/policy", "/data"])
+    def test_claim_where_nothing_is_committed(self, cli: Any, ledger: Path, pointer: str) -> None:
+        """A pointer where the record holds no commitment: exit 2, saying so."""
+        run = _claim(cli, ledger, 0, pointer, '"x"')
+        assert 2 == run.code
+        assert f"workflow-audit: error: default:0 holds no commitment at {pointer}\n" == run.err
+        assert "" == run.out
+        _clean(run)
+
+    def test_claim_pointer_not_a_pointer(self, cli: Any, ledger: Path) -> None:
+        """A --pointer not starting with '/': exit 2, saying what a pointer is."""
+        run = _claim(cli, ledger, 0, "data/triggering_user", '"x"')
+        assert 2 == run.code
+        assert "--pointer is a JSON pointer starting with '/'" in run.err
+        _clean(run)
 
     @pytest.mark.parametrize(
         "args",
@@ -306,19 +492,57 @@ class TestBadInput:
         assert "Traceback" not in run.stderr
         assert PASSWORD not in run.stdout + run.stderr
 
-    @pytest.mark.parametrize("command", [("verify",), ("erase", ALICE, "--reason", "t")])
-    def test_world_readable_key_file_refused(
-        self, cli: Any, ledger: Path, command: tuple[str, ...]
+    @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o602])
+    def test_group_or_world_key_file_refused_for_erase(
+        self, cli: Any, ledger: Path, mode: int
     ) -> None:
-        """A key file others may read: refused with a message that says chmod 600."""
+        """A writer's key file open to group or world: erase refused (exit 2), chmod 600
+        named, nothing appended."""
         keys = ledger.with_name(ledger.name + ".privacy-keys.db")
-        keys.chmod(0o644)
+        keys.chmod(mode)
         before = bodies(ledger)
-        run = cli("privacy", *command, "--ledger", ledger)
+        run = cli("privacy", "erase", ALICE, "--ledger", ledger, "--reason", "t")
         assert 2 == run.code
-        assert "chmod 600" in run.err
+        assert (
+            f"key store {keys} is open to group or world (mode {mode:o}): run chmod 600 {keys}"
+            in run.err
+        )
         _clean(run, ALICE)
         assert before == bodies(ledger)
+
+    @pytest.mark.parametrize("mode", [0o644, 0o604, 0o600 | 0o001])
+    def test_world_readable_key_file_refused_for_readers(
+        self, cli: Any, ledger: Path, mode: int
+    ) -> None:
+        """A read-only open refuses a key file with any world bit, saying to copy it."""
+        keys = ledger.with_name(ledger.name + ".privacy-keys.db")
+        keys.chmod(mode)
+        run = cli("privacy", "verify", "--ledger", ledger)
+        assert 2 == run.code
+        assert f"key store {keys} is open to the world (mode {mode:o}): copy it to a file" in (
+            run.err
+        )
+        assert "only you (or your group) can read" in run.err
+        _clean(run, ALICE)
+
+    @pytest.mark.parametrize("mode", [0o640, 0o440, 0o400])
+    def test_group_readable_key_file_read(self, cli: Any, ledger: Path, mode: int) -> None:
+        """An auditor's copy shared with a group (0640/0440) opens for reading: verify 0."""
+        keys = ledger.with_name(ledger.name + ".privacy-keys.db")
+        keys.chmod(mode)
+        run = cli("privacy", "verify", "--ledger", ledger)
+        assert 0 == run.code, run.err
+
+    @pytest.mark.parametrize("which", ["--store", "--keys"])
+    def test_directory_as_store_or_keys(self, cli: Any, ledger: Path, which: str) -> None:
+        """A directory given as the store or the key file: exit 2, "is a directory"."""
+        folder = ledger.with_name("a-dir")
+        folder.mkdir()
+        url = f"sqlite:///{folder}" if which == "--store" else str(folder)
+        run = cli("privacy", "verify", "--ledger", ledger, which, url)
+        assert 2 == run.code
+        assert "is a directory, not a file" in run.err
+        _clean(run)
 
     def test_unknown_store_and_key_schemes(self, cli: Any, ledger: Path) -> None:
         """ftp:// store, vault:// keys without a plugin: exit 2 and what is expected."""

@@ -24,6 +24,7 @@ from audit_core.privacy.pointer import MISSING, resolve
 from audit_core.privacy.policy import (
     CLOSED,
     DEFAULT_RULES,
+    MAX_SUBJECT_CHARS,
     Decision,
     Policy,
     default_policy,
@@ -145,10 +146,13 @@ class TestOrder:
         assert [("/data/a", "commit")] == decided(q, view_of({"a": "v"}))
 
     def test_user_rules_before_defaults(self) -> None:
-        """A file's rule beats the built-in rule for the same node."""
+        """A file's rule beats the built-in rule for the same node; the built-in rules still
+        decide the rest (an operator's process actor on an audit.* event)."""
         p = policy({"pointer": "/data/triggering_user", "action": "redact"}, defaults=True)
-        assert [("/data/triggering_user", "redact")] == decided(
-            p, view_of({"triggering_user": "ann"})
+        view = view_of({"triggering_user": "ann"})
+        assert [("/data/triggering_user", "redact")] == decided(p, view)
+        assert [("/actor/id", "commit"), ("/data/triggering_user", "redact")] == decided(
+            p, view, "audit.read"
         )
 
     def test_keep_stops_descent(self) -> None:
@@ -228,13 +232,15 @@ class TestClosed:
         assert expected == decided(p, view)
 
     def test_closed_node_decided_by_a_rule(self) -> None:
-        """A closed node a rule decides is just that rule (the default inputs commit)."""
+        """A closed node a rule decides is just that rule (the default inputs commit, and so
+        does their digest, under the data subject)."""
         p = default_policy()
         view = view_of({"data_subject": "c-1", "inputs": {"value": {"age": 41}, "sha256": "ab"}})
         decisions = p.decide("model.invoked", view)
         assert [
             Decision("/data/data_subject", "commit", "c-1"),
             Decision("/data/inputs/value", "commit", "c-1"),
+            Decision("/data/inputs/sha256", "commit", "c-1"),
         ] == decisions
 
     def test_keep_of_closed_node_opens_it(self) -> None:
@@ -265,12 +271,13 @@ class TestClosed:
         assert [("/data/a/free/k", "commit"), ("/data/b/free/k", "commit")] == decided(p, view)
 
     def test_closed_member_subject_is_the_user(self) -> None:
-        """A closed member's subject is the acting user, else the member's own value."""
+        """A closed member's subject is the acting user, else the member's own value when it
+        is a string, else none (keyed for its record alone)."""
         p = policy()
         user = view_of({"conf": {"a": 1}}, actor={"type": "user", "id": "Ann"})
         assert {"/data/conf/a": "Ann"} == subjects(p, user)
-        process = view_of({"conf": {"a": {"k": 1}}})
-        assert {"/data/conf/a": '{"k":1}'} == subjects(p, process)
+        process = view_of({"conf": {"a": {"k": 1}, "b": "bob"}})
+        assert {"/data/conf/a": None, "/data/conf/b": "bob"} == subjects(p, process)
 
 
 class TestFilters:
@@ -337,13 +344,26 @@ class TestSubjects:
         p = policy({"pointer": "/data/a", "action": "commit"})
         assert {"/data/a": "bob"} == subjects(p, view_of({"a": "bob"}, actor=self.user))
 
-    def test_self_non_string_is_canonical_json(self) -> None:
-        """A non-string value is its RFC 8785 canonical text."""
+    @pytest.mark.parametrize("value", [{"b": [True, None], "a": 1.5}, 42, 4.5, True, ["ann"]])
+    def test_self_non_string_names_no_subject(self, value: Any) -> None:
+        """A number, boolean, list or object names no data subject: the decision's subject
+        is None (the value is keyed for its record alone)."""
         p = policy({"pointer": "/data/a", "action": "commit", "subject": "self"})
-        assert {"/data/a": '{"a":1.5,"b":[true,null]}'} == subjects(
-            p, view_of({"a": {"b": [True, None], "a": 1.5}})
-        )
-        assert {"/data/a": "42"} == subjects(p, view_of({"a": 42}))
+        assert [Decision("/data/a", "commit", None)] == p.decide("x", view_of({"a": value}))
+
+    def test_subject_length_limit(self) -> None:
+        """A string of MAX_SUBJECT_CHARS (256) names a subject; one character more does not."""
+        assert 256 == MAX_SUBJECT_CHARS
+        p = policy({"pointer": "/data/a", "action": "commit"})
+        longest = "x" * MAX_SUBJECT_CHARS
+        assert {"/data/a": longest} == subjects(p, view_of({"a": longest}))
+        assert {"/data/a": None} == subjects(p, view_of({"a": longest + "x"}))
+
+    def test_long_subject_falls_back_to_the_user(self) -> None:
+        """A subject pointer naming a too-long text falls back to the acting user."""
+        p = policy({"pointer": "/data/a", "action": "commit", "subject": "/data/id"})
+        view = view_of({"a": "x", "id": "y" * 257}, actor=self.user)
+        assert {"/data/a": "Ann"} == subjects(p, view)
 
     def test_absolute_subject_of_original_view(self) -> None:
         """'/abs' reads the original view, even a node that is itself committed."""
@@ -356,9 +376,12 @@ class TestSubjects:
         )
 
     def test_absolute_subject_non_string(self) -> None:
-        """A non-string subject value is its canonical text."""
+        """A non-string subject value names no one: the acting user stands in, and with no
+        user acting the decision has no subject (never the node's own text)."""
         p = policy({"pointer": "/data/a", "action": "commit", "subject": "/data/id"})
-        assert {"/data/a": "1234"} == subjects(p, view_of({"a": "x", "id": 1234}))
+        assert {"/data/a": None} == subjects(p, view_of({"a": "x", "id": 1234}))
+        assert {"/data/a": None} == subjects(p, view_of({"a": 7, "id": [1]}))
+        assert {"/data/a": "Ann"} == subjects(p, view_of({"a": "x", "id": 1234}, actor=self.user))
 
     def test_relative_subject(self) -> None:
         """'@/rel' reads under the node itself."""
@@ -372,19 +395,40 @@ class TestSubjects:
         p = policy({"pointer": "/data/a", "action": "commit", "subject": "/data/id"})
         assert {"/data/a": "Ann"} == subjects(p, view_of({"a": "x", **found}, actor=self.user))
 
-    def test_missing_subject_without_user_is_self(self) -> None:
-        """Missing subject and no acting user: the value itself."""
-        p = policy({"pointer": "/data/a", "action": "commit", "subject": "@/id"})
-        assert {"/data/a": "x"} == subjects(p, view_of({"a": "x"}))
-        anon = view_of({"a": "x"}, actor={"type": "anonymous", "id": "-"})
-        assert {"/data/a": "x"} == subjects(p, anon)
+    @pytest.mark.parametrize("spec", ["@/id", "/data/id"])
+    @pytest.mark.parametrize(
+        "actor", [None, {"type": "anonymous", "id": "-"}, {"type": "process", "id": "ann@h"}]
+    )
+    def test_missing_subject_without_user_is_none(
+        self, spec: str, actor: dict[str, str] | None
+    ) -> None:
+        """A subject pointer resolving to nothing, no user acting: no subject (keyed for its
+        record alone), never the value itself nor a non-user actor."""
+        p = policy({"pointer": "/data/a", "action": "commit", "subject": spec})
+        assert [Decision("/data/a", "commit", None)] == p.decide("x", view_of({"a": "x"}, actor))
+        assert [Decision("/data/a", "commit", None)] == p.decide(
+            "audit.read", view_of({"a": "x", "id": None}, actor)
+        )
 
     def test_user_actor_with_empty_id_is_not_a_subject(self) -> None:
-        """A user actor with an empty id does not stand in: the value does."""
+        """A user actor with an empty id does not stand in: no subject (nor the value)."""
         p = policy({"pointer": "/data/a", "action": "commit", "subject": "/data/id"})
-        assert {"/data/a": "x"} == subjects(
+        assert {"/data/a": None} == subjects(
             p, view_of({"a": "x"}, actor={"type": "user", "id": ""})
         )
+
+    @pytest.mark.parametrize("value", [{"a": 1}, 42, ["ann"], "y" * (MAX_SUBJECT_CHARS + 1)])
+    def test_self_without_a_subject_value_falls_back_to_the_user(self, value: Any) -> None:
+        """subject "self" on a value naming no one (non-string, too long): the acting user."""
+        p = policy({"pointer": "/data/a", "action": "commit", "subject": "self"})
+        assert {"/data/a": "Ann"} == subjects(p, view_of({"a": value}, actor=self.user))
+
+    def test_closed_member_is_its_own_subject(self) -> None:
+        """A closed node's member (no rule), no user acting: its own short text is its
+        subject; a non-text member names none."""
+        p = policy()
+        view = view_of({"conf": {"email": "c@x.org", "n": 3}})
+        assert {"/data/conf/email": "c@x.org", "/data/conf/n": None} == subjects(p, view)
 
     def test_nfc_no_folding_no_stripping(self) -> None:
         """Subjects are NFC-normalized and otherwise exact: case and spaces kept."""
@@ -443,7 +487,7 @@ class TestDefaults:
         assert expected == subjects(self.p, view, "dagrun.started")
 
     def test_airflow_scheduled_task_record_untouched(self) -> None:
-        """A scheduled task's record names no person: no decision."""
+        """A scheduled task's record (a worker's process actor) is untouched."""
         view = {
             "actor": {"type": "process", "id": "airflow"},
             "subject": {
@@ -455,6 +499,74 @@ class TestDefaults:
             "data": {"state": "success", "started_at": "t", "ended_at": "t", "pid": 7},
         }
         assert [] == decided(self.p, view, "task.succeeded")
+
+    @pytest.mark.parametrize("kind", ["system", "service", "anonymous"])
+    def test_other_actor_types_kept(self, kind: str) -> None:
+        """Only user and process actors are committed by default."""
+        view = view_of({"state": "success"}, actor={"type": kind, "id": "airflow@host"})
+        assert [] == decided(self.p, view, "task.succeeded")
+
+    @pytest.mark.parametrize(
+        "event", ["audit.read", "audit.exported", "privacy.erased", "privacy.opened"]
+    )
+    def test_cli_process_actor_committed(self, event: str) -> None:
+        """The CLI operator's default actor process:USER@HOST is committed under itself on
+        its own events (audit.*, privacy.*)."""
+        view = view_of({"state": "ok"}, actor={"type": "process", "id": "ann@host-1"})
+        assert {"/actor/id": "ann@host-1"} == subjects(self.p, view, event)
+
+    @pytest.mark.parametrize(
+        "event", ["custom.event", "task.succeeded", "dagrun.started", "model.invoked", "audit"]
+    )
+    def test_worker_process_actor_kept(self, event: str) -> None:
+        """A worker's or adapter's process actor is kept on any other event."""
+        view = view_of({"state": "ok"}, actor={"type": "process", "id": "ann@host-1"})
+        assert [] == decided(self.p, view, event)
+
+    def test_airflow_cli_full_command(self) -> None:
+        """An event log row's CLI command line is committed whole under the row's owner."""
+        view = view_of(
+            {
+                "event": "cli_users_create",
+                "owner": "root",
+                "extra": {"full_command": ["airflow", "users", "create", "--username", "bob"]},
+            }
+        )
+        expected = {"/data/owner": "root", "/data/extra/full_command": "root"}
+        assert expected == subjects(self.p, view, "cli.users_create")
+
+    @pytest.mark.parametrize(
+        "actor",
+        [
+            {"type": "process", "id": "airflow"},
+            {"type": "system", "id": "scheduler"},
+            {"type": "service", "id": "prefect"},
+        ],
+    )
+    def test_run_digest_without_a_user_names_no_subject(self, actor: dict[str, str]) -> None:
+        """A scheduled run's conf and parameters digests (no person acting) are keyed for
+        their record alone, not under the worker's or service's id."""
+        view = {
+            "actor": actor,
+            "subject": {"dag_id": "etl", "parameters_sha256": "77" * 32},
+            "data": {"conf_sha256": "9f" * 32, "parameters_sha256": "77" * 32},
+        }
+        expected = {
+            "/subject/parameters_sha256": None,
+            "/data/conf_sha256": None,
+            "/data/parameters_sha256": None,
+        }
+        assert expected == subjects(self.p, view, "dagrun.started")
+
+    def test_prefect_subject_parameters_digest(self) -> None:
+        """A Prefect run's subject parameters digest is committed under the acting user."""
+        view = {
+            "actor": {"type": "user", "id": "carol"},
+            "subject": {"flow_run_id": "cd1a", "parameters_sha256": "77" * 32},
+            "data": {},
+        }
+        expected = {"/actor/id": "carol", "/subject/parameters_sha256": "carol"}
+        assert expected == subjects(self.p, view, "flow_run.running")
 
     def test_airflow_event_log_row(self) -> None:
         """airflow_audit/eventmap.py: owner and display name, conf digests of the body."""
@@ -505,12 +617,12 @@ class TestDefaults:
         assert expected == subjects(self.p, failed, "access.login_failed")
 
     def test_airflow_access_denied_anonymous(self) -> None:
-        """A 401: no user; the address is its own subject."""
+        """A 401: no user; the address names no subject (keyed for its record alone)."""
         view = view_of(
             {"method": "GET", "path": "/api", "status": 401, "user": None, "client": "10.0.0.1"},
             actor={"type": "anonymous", "id": "-"},
         )
-        assert {"/data/client": "10.0.0.1"} == subjects(self.p, view, "access.denied")
+        assert {"/data/client": None} == subjects(self.p, view, "access.denied")
 
     def test_airflow_permission_user_created(self) -> None:
         """permissions.py: the created user, the request path naming them, the actor."""
@@ -541,7 +653,8 @@ class TestDefaults:
                 "cli": {"owner": "root", "log_id": 4, "event": "cli_roles_create"},
             }
         )
-        assert {"/data/cli/owner": "root"} == subjects(self.p, view, "permission.changed")
+        expected = {"/data/cli/owner": "root"}
+        assert expected == subjects(self.p, view, "permission.changed")
 
     def test_airflow_simple_config_change(self) -> None:
         """SimpleAuthManager's user lists before and after: each user name."""
@@ -600,18 +713,20 @@ class TestDefaults:
         assert expected == subjects(self.p, view, "flow_run.running")
 
     def test_prefect_created_by_shapes(self) -> None:
-        """created_by is committed whatever created the run; its subject is its display value,
-        a plain string its own subject."""
+        """created_by is committed whatever created the run; its subject is its display value
+        (a plain string has none: no subject, keyed for its record alone)."""
         deployment = {"id": "c817", "type": "DEPLOYMENT", "display_value": "cap-dep"}
+        service = {"type": "service", "id": "prefect"}
         assert {"/data/created_by": "cap-dep"} == subjects(
-            self.p, view_of({"created_by": deployment}), "flow_run.created"
+            self.p, view_of({"created_by": deployment}, actor=service), "flow_run.created"
         )
-        assert {"/data/created_by": "dave"} == subjects(
-            self.p, view_of({"created_by": "dave"}), "flow_run.created"
+        assert {"/data/created_by": None} == subjects(
+            self.p, view_of({"created_by": "dave"}, actor=service), "flow_run.created"
         )
 
     def test_prefect_deployment_creator_kept(self) -> None:
-        """A run created by a deployment (no person acting) keeps its related resources."""
+        """A run created by a deployment (no person acting) keeps its related resources and
+        its process actor: nothing is decided."""
         related = [{"prefect.resource.role": "creator", "prefect.resource.name": "cap-dep"}]
         view = view_of(
             {"prefect": {"related": related}}, actor={"type": "process", "id": "prefect"}
@@ -654,7 +769,8 @@ class TestDefaults:
         assert expected == subjects(self.p, view, "access.login")
 
     def test_model_invoked_values(self) -> None:
-        """model.invoked: data subject, inputs and outputs values under the data subject."""
+        """model.invoked: data subject, inputs and outputs values and digests under the data
+        subject; the worker's process actor kept."""
         view = view_of(
             {
                 "model": "churn",
@@ -666,7 +782,9 @@ class TestDefaults:
         )
         expected = {
             "/data/data_subject": "cust-42",
+            "/data/inputs/sha256": "cust-42",
             "/data/inputs/value": "cust-42",
+            "/data/outputs/sha256": "cust-42",
             "/data/outputs/value": "cust-42",
         }
         assert expected == subjects(self.p, view, "model.invoked")
@@ -675,6 +793,29 @@ class TestDefaults:
         """No data subject: the acting user, else the value itself."""
         view = view_of({"inputs": {"value": {"a": 1}}}, actor={"type": "user", "id": "u1"})
         assert {"/actor/id": "u1", "/data/inputs/value": "u1"} == subjects(self.p, view)
+
+    def test_model_values_without_any_subject(self) -> None:
+        """No data subject and no acting user: values and digests name no one (subject None,
+        each keyed for its record alone), the process actor kept."""
+        view = view_of(
+            {
+                "inputs": {"value": {"a": 1}, "sha256": "aa" * 32},
+                "outputs": {"value": [0.7], "sha256": "bb" * 32},
+            }
+        )
+        expected = {
+            "/data/inputs/sha256": None,
+            "/data/inputs/value": None,
+            "/data/outputs/sha256": None,
+            "/data/outputs/value": None,
+        }
+        assert expected == subjects(self.p, view, "model.invoked")
+
+    def test_model_digest_without_subject_keyed_with_its_value(self) -> None:
+        """Without a data subject a model value's digest is keyed like the value (per record)."""
+        view = view_of({"inputs": {"value": {"a": 1}, "sha256": "aa" * 32}})
+        subs = subjects(self.p, view, "model.invoked")
+        assert (None, None) == (subs["/data/inputs/value"], subs["/data/inputs/sha256"])
 
     def test_audit_read(self) -> None:
         """readlog.py: the reader, and an actor the reader filtered by."""
@@ -1048,7 +1189,8 @@ class TestProperties:
         self, rules: list[dict[str, Any]], closed: list[str], defaults: bool, view: dict[str, Any]
     ) -> None:
         """No decided pointer is nested in or equal to another; each resolves to a non-empty
-        value; they come in document order; commit/encrypt name a non-empty subject."""
+        value; they come in document order; a redaction names no subject, a commit/encrypt
+        subject is None or a non-empty text of at most MAX_SUBJECT_CHARS."""
         p = policy(*rules, defaults=defaults, closed=closed)
         decisions = p.decide("dagrun.started", view)
         pointers = [d.pointer for d in decisions]
@@ -1063,8 +1205,10 @@ class TestProperties:
             value = resolve(view, d.pointer)
             assert value is not MISSING
             assert value not in (None, "", {}, [])
-            assert (d.subject is None) == (d.action == "redact")
-            assert d.subject != ""
+            if d.action == "redact":
+                assert d.subject is None
+            else:
+                assert d.subject is None or 0 < len(d.subject) <= MAX_SUBJECT_CHARS
 
     @settings(max_examples=200, deadline=None)
     @given(rules=st.lists(_RULE, min_size=1, max_size=6), view=_views())
