@@ -10,6 +10,7 @@ as CI runs it: ``mount`` and ``setpriv`` do.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -265,3 +266,31 @@ class TestReadOnlyLedger:
             ledger.set_cursor("x", "default", 0)
         ledger.close()
         assert before == ledger_file.read_bytes()
+
+
+class TestPrivacyAuditor:
+    """nobody, holding read-only copies of the privacy store and keys, opens commitments."""
+
+    def test_opens_and_verifies_without_writing(self, src: Path, evidence_dir: Path) -> None:
+        """privacy status, open and verify exit 0 as nobody on a 0444 ledger with a 0400
+        store and key file in a root-owned 0755 directory, show the committed value, and
+        create no file (no -shm that would lock the writers out)."""
+        path = evidence_dir / "ledger.db"
+        config = AuditConfig(ledger_url=f"sqlite:///{path}", privacy_policy="default")
+        with AuditTrail(config) as trail:
+            trail.record("dagrun.started", {"triggering_user": "alice"}, actor=("user", "alice"))
+        path.chmod(0o444)
+        for name in ("ledger.db.privacy.db", "ledger.db.privacy-keys.db"):
+            os.chown(evidence_dir / name, pwd.getpwnam("nobody").pw_uid, -1)
+            (evidence_dir / name).chmod(0o400)
+        before = sorted(p.name for p in evidence_dir.iterdir())
+        url = f"sqlite:///{path}"
+        status = _cli(src, "privacy", "status", "--ledger", url)
+        opened = _cli(src, "privacy", "open", "--ledger", url, "--chain", "default", "--seq", "0")
+        verified = _cli(src, "privacy", "verify", "--ledger", url)
+        for done in (status, opened, verified):
+            assert 0 == done.returncode, done.stderr
+            assert "Traceback" not in done.stderr
+        assert '/data/triggering_user: ok = "alice"' in opened.stdout
+        assert verified.stdout.startswith("VALID")
+        assert before == sorted(p.name for p in evidence_dir.iterdir())
