@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -53,10 +54,13 @@ from audit_core.privacy.policy import Decision, Policy, default_policy
 from audit_core.privacy.policyfile import load_policy
 from audit_core.privacy.store import Opening, PrivacyStore
 
-__all__ = ["Privacy", "load_configured_policy", "privacy_urls"]
+__all__ = ["STORE_RETRY_S", "Privacy", "load_configured_policy", "privacy_urls"]
 
 logger = logging.getLogger("workflow_audit")
 
+#: Seconds a store that failed (locked past the busy timeout, unwritable) is not tried again:
+#: meanwhile records redact what the policy would commit, so no record waits for it twice.
+STORE_RETRY_S: Final = 5.0
 #: Nodes the record format needs as strings: a commitment there takes the text form.
 _STRING_SLOTS: Final = frozenset({"/actor/id", "/actor/type"})
 
@@ -131,6 +135,7 @@ class Privacy:
         self.synchronous = synchronous
         self._store, self._keys = store, keys
         self._lock = threading.Lock()
+        self._down_until = 0.0  # time.monotonic() before which the store is not tried
 
     @classmethod
     def from_config(cls, config: AuditConfig) -> Privacy | None:
@@ -222,18 +227,30 @@ class Privacy:
             return out  # type: ignore[return-value]
         committed: dict[str, JSON] = {}
         wanted = [d for d in decisions if d.action != "redact"]
-        if wanted:
+        if wanted and time.monotonic() < self._down_until:
+            # the store failed a moment ago: redact at once rather than wait for its lock
+            # again at every record (a hook's records spill one after another)
+            COUNTERS.incr("privacy_failures")
+            logger.warning(
+                "workflow-audit: privacy store unavailable a moment ago; %d personal value(s) "
+                "of %s redacted instead of committed",
+                len(wanted),
+                event,
+            )
+        elif wanted:
             try:
                 committed = self._commit(chain, view, wanted, nonces, max_sealed)
             except AuditError as exc:
+                self._down_until = time.monotonic() + STORE_RETRY_S
                 COUNTERS.incr("privacy_failures")
                 logger.warning(
                     "workflow-audit: privacy store unavailable (%s: %s); %d personal value(s) "
-                    "of %s redacted instead of committed",
+                    "of %s redacted instead of committed (tried again in %.0f s)",
                     type(exc).__name__,
                     exc,
                     len(wanted),
                     event,
+                    STORE_RETRY_S,
                 )
         for decision in decisions:
             out = replace(out, decision.pointer, committed.get(decision.pointer, REDACTED))

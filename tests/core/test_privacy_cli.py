@@ -665,6 +665,37 @@ class TestFailClosed:
             b for k, b in bodies(tmp_path / "l.db").items() if k[0] == "default"
         ]
 
+    def test_a_locked_store_is_waited_for_once(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The store locked past the busy timeout: the first record waits for it and redacts,
+        the next ones (within STORE_RETRY_S) redact at once without trying it; every record is
+        written and counted, no value reaches the log."""
+        ledger = tmp_path / "l.db"
+        config = AuditConfig(
+            ledger_url=f"sqlite:///{ledger}", privacy_policy="default", busy_timeout_s=0.2
+        )
+        with AuditTrail(config) as trail:  # the store exists, with a subject already
+            trail.record("dagrun.started", {"triggering_user": BOB})
+        holder = sqlite3.connect(f"{ledger}.privacy.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        failures = COUNTERS.snapshot().get("privacy_failures", 0)
+        try:
+            with caplog.at_level(logging.WARNING), AuditTrail(config) as trail:
+                stored = [
+                    trail.record("dagrun.started", {"triggering_user": ALICE}) for _ in range(5)
+                ]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert 5 * ["[REDACTED]"] == [
+            orjson.loads(s.body)["data"]["triggering_user"] for s in stored
+        ]
+        assert failures + 5 == COUNTERS.snapshot().get("privacy_failures", 0)
+        assert 1 == caplog.text.count("tried again in")
+        assert 4 == caplog.text.count("unavailable a moment ago")
+        assert ALICE not in caplog.text
+
     def test_the_next_trail_commits_again(self, tmp_path: Path) -> None:
         """Once the store can be written, records are committed (not redacted) again."""
         config = AuditConfig(ledger_url=f"sqlite:///{tmp_path}/l.db", privacy_policy="default")
