@@ -14,7 +14,9 @@ when an opening does not match its commitment or a marker was copied from anothe
 counted, not failures), 1 otherwise; with ``--pointer`` and ``--value``, 0 when the value is
 the one committed, 1 when it is not (or the commitment was copied), 3 when it can no longer
 be checked (erased), 2 when the record holds no commitment there. Every command: 2 for a
-usage error or a store that cannot be read.
+usage error or a store that cannot be read. ``open`` and ``verify`` read personal data, and
+each read is recorded on the ledger's ``audit`` chain: ``audit.opened`` (the fields opened;
+for a claim its answer, never the claimed value) or ``audit.verified`` (the counts).
 """
 
 from __future__ import annotations
@@ -269,6 +271,8 @@ def _cmd_open(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
         privacy.close()
+    fields = [o.pointer for o in opened]
+    _record_read(args, "opened", chain=args.chain, seq=args.seq, privacy="open", fields=fields)
     doc = [
         {"pointer": o.pointer, "status": o.status, "kind": o.kind, "value": o.value} for o in opened
     ]
@@ -304,6 +308,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
         privacy.close()
+    _record_read(args, "verified", privacy="verify", counts=dict(report.counts))
     c = report.counts
     doc = {
         "records": report.records,
@@ -340,6 +345,16 @@ def _verify_claim(args: argparse.Namespace, ledger: Any, privacy: Privacy) -> in
     stored = _stored(ledger, args.chain[0], args.seq)
     where = f"{stored.chain}:{stored.seq} {args.pointer}"
     status = check_claim(stored, args.pointer, value, privacy)
+    # the claimed value itself is not recorded: only that it was checked, and the answer
+    _record_read(
+        args,
+        "opened",
+        chain=stored.chain,
+        seq=stored.seq,
+        privacy="claim",
+        fields=[args.pointer],
+        answer=status,
+    )
     texts = {
         "match": f"MATCH: the value is the one committed at {where}",
         "mismatch": f"NO MATCH: the value is not the one committed at {where}",
@@ -349,6 +364,15 @@ def _verify_claim(args: argparse.Namespace, ledger: Any, privacy: Privacy) -> in
     }
     _emit(args, {"match": status == "match", "status": status}, texts[status])
     return {"match": EXIT_OK, "unavailable": EXIT_PENDING}.get(status, EXIT_INVALID)
+
+
+def _record_read(args: argparse.Namespace, kind: str, **facts: Any) -> None:
+    """An ``audit.*`` record of this read of personal data on the ledger's audit chain (one
+    line on standard error when the ledger cannot take it, as for every CLI read)."""
+    from audit_core.cli.records import record_cli_read
+    from audit_core.readlog import os_user, read_event
+
+    record_cli_read(args.ledger, read_event(kind, user=os_user(), via="cli", **facts))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -95,6 +95,29 @@ class TestClaims:
         assert run.out.startswith("NO MATCH")
         _clean(run, EMAIL, BOB)
 
+    def test_reads_of_personal_data_are_recorded(self, cli: Any, ledger: Path) -> None:
+        """open, a claim and verify each append one audit.* record on the audit chain: the
+        fields opened and the claim's answer, never a value nor the claimed one."""
+        before = len(records(ledger, "audit"))
+        assert (
+            0 == cli("privacy", "open", "--ledger", ledger, "--chain", "default", "--seq", "0").code
+        )
+        assert 1 == _claim(cli, ledger, 0, "/data/triggering_user", f'"{BOB}"').code
+        assert 0 == cli("privacy", "verify", "--ledger", ledger).code
+        reads = records(ledger, "audit")[before:]
+        assert ["audit.opened", "audit.opened", "audit.verified"] == [r["event"] for r in reads]
+        opened, claimed, verified = (r["data"] for r in reads)
+        assert ("open", "default", 0) == (opened["privacy"], opened["chain"], opened["seq"])
+        assert "/data/triggering_user" in opened["fields"]
+        assert ("claim", "mismatch", ["/data/triggering_user"]) == (
+            claimed["privacy"],
+            claimed["answer"],
+            claimed["fields"],
+        )
+        assert "verify" == verified["privacy"]
+        text = orjson.dumps(reads).decode()
+        assert [] == [v for v in (ALICE, BOB, EMAIL) if v in text]
+
     def test_text_form_actor_matches(self, cli: Any, ledger: Path) -> None:
         """The actor id (committed in its text form) checks like any other field."""
         assert 0 == _claim(cli, ledger, 0, "/actor/id", f'"{ALICE}"').code
