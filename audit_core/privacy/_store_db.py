@@ -56,7 +56,7 @@ class Tx(Protocol):
 
     def change(self, sql: str, args: tuple[object, ...] = ()) -> int: ...
 
-    def change_many(self, sql: str, rows: list[tuple[object, ...]]) -> int: ...
+    def change_many(self, sql: str, rows: list[tuple[object, ...]]) -> None: ...
 
 
 class Backend(Protocol):
@@ -94,9 +94,9 @@ class _SqliteTx:
         except sqlite3.Error as exc:
             raise PrivacyError(f"cannot write privacy store {self._where}: {exc}") from exc
 
-    def change_many(self, sql: str, rows: list[tuple[object, ...]]) -> int:
+    def change_many(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         try:
-            return self._conn.executemany(sql, rows).rowcount
+            self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise PrivacyError(f"cannot write privacy store {self._where}: {exc}") from exc
 
@@ -224,13 +224,11 @@ class _PgTx:
         except psycopg.Error as exc:
             _pg_error("write", self._url, exc)
 
-    def change_many(self, sql: str, rows: list[tuple[object, ...]]) -> int:
+    def change_many(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         import psycopg
 
         try:
-            cursor = self._conn.cursor()
-            cursor.executemany(sql, rows)
-            return cursor.rowcount
+            self._conn.cursor().executemany(sql, rows)
         except psycopg.Error as exc:
             _pg_error("write", self._url, exc)
 

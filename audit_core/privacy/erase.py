@@ -95,7 +95,6 @@ class ErasureResult:
 
     erasure: Erasure
     record: StoredRecord
-    finished_pending: int = 0  # earlier interrupted erasures finished first
 
     @property
     def records(self) -> int:
@@ -109,7 +108,7 @@ def finish_pending(trail: _Recorder) -> list[ErasureResult]:
     done = []
     for earlier in privacy.store.pending_erasures():
         record, finished = _complete(trail, privacy, earlier)
-        done.append(ErasureResult(finished, record, 0))
+        done.append(ErasureResult(finished, record))
     privacy.store.compact()  # PrivacyError when a reader keeps it from finishing: say so
     return done
 
@@ -141,7 +140,7 @@ def erase_subject(trail: _Recorder, identifier: str, *, reason: str, basis: str)
             "already out of reach of new records: fix that and run `workflow-audit privacy "
             "erase --finish`, which completes it"
         ) from None
-    return ErasureResult(done, record, 0)
+    return ErasureResult(done, record)
 
 
 def _names(identifier: str, text: str) -> bool:

@@ -759,8 +759,7 @@ class TestEraseService:
         out, err = child.communicate(timeout=60)
         assert -9 == child.returncode, err
         with AuditTrail(_config(ledger)) as trail:
-            result = erase_subject(trail, BOB, reason="r", basis="b")
-            assert 0 == result.finished_pending
+            erase_subject(trail, BOB, reason="r", basis="b")
             assert [out.strip()] == _status(ledger)["pending"]
             assert [out.strip()] == [r.erasure.pseudonym for r in finish_pending(trail)]
         assert [] == _status(ledger)["pending"]
