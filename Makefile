@@ -73,11 +73,13 @@ lint: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 bench: $(AIRFLOW_VENV)/.stamp $(PREFECT_VENV)/.stamp
 	$(AIRFLOW_VENV)/bin/python bench/bench_core.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_merkle.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_anchor.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_parallel.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_airflow.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ship_otlp.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ship_s3.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_postgres.py
+	$(AIRFLOW_VENV)/bin/python bench/bench_witness.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_ingest.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_eventlog.py
 	$(AIRFLOW_VENV)/bin/python bench/bench_access.py

@@ -30,15 +30,16 @@ class WorkflowAuditPlugin(AirflowPlugin):
 
     name = "workflow_audit"
     listeners = [listener] if _enabled() else []
-    # Airflow's event log (and the permission checks) onto the events chain, from the
-    # scheduler and each API server worker (service.py says where and why there).
-    _ingests = _enabled() and (_enabled("ingest_event_log") or _enabled("record_access"))
-    if _ingests:
+    # Anchoring (checkpoints every anchor_interval), Airflow's event log and the permission
+    # checks onto the events chain, from the scheduler and each API server worker
+    # (service.py says where and why there).
+    _serves = _enabled()
+    if _serves:
         listeners.append(service.lifecycle)
     # The audit trail in the UI, behind Airflow's auth manager (airflow_audit/ui/).
     _ui = _enabled() and _enabled("ui")
-    if _ingests or _ui:
-        fastapi_apps = service.plugin_apps(lifespan=_ingests, ui=_ui)
+    if _serves or _ui:
+        fastapi_apps = service.plugin_apps(lifespan=_serves, ui=_ui)
     external_views = ui.EXTERNAL_VIEWS if _ui else []
     # Logins, failed logins, logouts and 401/403 answers of the API server (access.py).
     fastapi_root_middlewares = (

@@ -17,6 +17,14 @@ and reach its metadata DB:
 CLI commands, task processes and DAG processors never ingest. However many processes ingest,
 each row is recorded once: the cursor moves in the same transaction as the append. Nothing here
 raises into Airflow: a failure to start is logged and counted (``ingest_failures``).
+
+The same processes **anchor** whenever the plugin is enabled, ingesting or not: an
+:class:`audit_core.anchor.Anchor` signs a checkpoint of every chain that grew (the task
+chains too, which task processes too short-lived to reach the checkpoint policy write) every
+``[workflow_audit] anchor_interval`` seconds and once more when the process stops cleanly,
+and offers it to the configured witnesses (c2sp.org/tlog-witness). Several anchoring
+processes sign what the ledger holds: a race yields consistent checkpoints, never a fork
+(:func:`audit_core.checkpoint.write_checkpoint`).
 """
 
 from __future__ import annotations
@@ -34,23 +42,27 @@ from airflow_audit import _compat, permissions
 from airflow_audit.eventlog import AirflowLogSource
 from airflow_audit.settings import AirflowAuditSettings, load_settings
 from audit_core import COUNTERS, AuditTrail, redact
+from audit_core.anchor import Anchor, start_anchor
 from audit_core.sources import Background, start_ingesting
 
-__all__ = ["FASTAPI_APPS", "lifecycle", "plugin_apps", "running", "start", "stop"]
+__all__ = ["FASTAPI_APPS", "anchoring", "lifecycle", "plugin_apps", "running", "start", "stop"]
 
 logger = logging.getLogger("workflow_audit.airflow")
 
 _LOCK = threading.Lock()
 _RUNNING: tuple[int, Background] | None = None  # (pid, thread) of this process
+_ANCHOR: tuple[int, Anchor] | None = None  # (pid, anchor) of this process
 
 
 def start(kind: str, settings: AirflowAuditSettings | None = None) -> Background | None:
-    """Start this process's ingestion thread (once per process) when ``enabled`` and
-    ``ingest_event_log`` are true; ``kind`` names the process in the thread's name. Never
-    raises: returns None when it did not start."""
+    """Start this process's anchoring (when ``enabled``) and ingestion thread (when
+    ``ingest_event_log`` is true too), once per process; ``kind`` names the process in the
+    threads' names. Never raises: returns the ingestion thread, None when it did not start."""
     global _RUNNING
     try:
         settings = settings or load_settings()
+        if settings.enabled:
+            _start_anchor(kind, settings)
         if settings.enabled and settings.record_access:
             # who may do what, checked beside the event log (permissions.py; never raises)
             permissions.start_permission_checks(
@@ -85,8 +97,9 @@ def start(kind: str, settings: AirflowAuditSettings | None = None) -> Background
 
 
 def stop(timeout_s: float = 10.0) -> None:
-    """Stop this process's ingestion thread after its current step (bounded wait). Never
-    raises: it runs in Airflow's shutdown."""
+    """Stop this process's ingestion thread after its current step (bounded wait), then its
+    anchoring after a final round, so the last checkpoint covers the last records ingested.
+    Never raises: it runs in Airflow's shutdown."""
     global _RUNNING
     try:
         permissions.stop_permission_checks(timeout_s)
@@ -97,6 +110,43 @@ def stop(timeout_s: float = 10.0) -> None:
     except Exception:  # the shutdown's one containment point: Airflow goes on stopping
         COUNTERS.incr("ingest_failures")
         logger.exception("workflow-audit: could not stop copying Airflow's event log")
+    _stop_anchor(timeout_s)
+
+
+def anchoring() -> Anchor | None:
+    """This process's anchor, if it was started here (and not stopped yet)."""
+    current = _ANCHOR
+    return current[1] if current is not None and current[0] == os.getpid() else None
+
+
+def _start_anchor(kind: str, settings: AirflowAuditSettings) -> None:
+    """Start this process's anchor once (a forked child starts its own: the parent's thread
+    does not run there). :func:`start_anchor` never raises: None when it could not start
+    (logged and counted by it, ``anchor_failures``); recording goes on without it."""
+    global _ANCHOR
+    try:
+        with _LOCK:
+            if anchoring() is not None:
+                return
+            anchor = start_anchor(settings.audit, name=f"workflow-audit-anchor-{kind}")
+            _ANCHOR = None if anchor is None else (os.getpid(), anchor)
+    except Exception:  # containment: ingestion and recording go on without anchoring
+        COUNTERS.incr("anchor_failures")
+        logger.exception("workflow-audit: could not start anchoring")
+
+
+def _stop_anchor(timeout_s: float) -> None:
+    """The final round (a checkpoint of every chain that grew since the last one), then
+    stop. ``Anchor.stop`` never raises."""
+    global _ANCHOR
+    try:
+        with _LOCK:
+            current, _ANCHOR = _ANCHOR, None
+        if current is not None and current[0] == os.getpid():
+            current[1].stop(timeout_s)
+    except Exception:  # the shutdown's containment point: Airflow goes on stopping
+        COUNTERS.incr("anchor_failures")
+        logger.exception("workflow-audit: could not stop anchoring")
 
 
 def running() -> Background | None:
@@ -122,7 +172,7 @@ def _open_trail(settings: AirflowAuditSettings) -> AuditTrail:
 
 
 class _Lifecycle:
-    """Lifecycle listener: the scheduler's ingestion follows its job."""
+    """Lifecycle listener: the scheduler's ingestion and anchoring follow its job."""
 
     # Listeners are usually modules; tools that list them (and pluggy's canonical name) read
     # ``__name__``.
@@ -154,7 +204,7 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
 class _Apps:
     """``fastapi_apps`` of the plugin, built when first read: only the API server reads it,
     so a task process never imports FastAPI for it. ``lifespan``: the app's lifespan starts
-    and stops this worker's ingestion; ``ui``: the app serves the audit trail
+    and stops this worker's ingestion and anchoring; ``ui``: the app serves the audit trail
     (:func:`airflow_audit.ui.plugin_app`)."""
 
     def __init__(self, *, lifespan: bool = True, ui: bool = False) -> None:

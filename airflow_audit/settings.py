@@ -33,6 +33,7 @@ __all__ = [
     "Option",
     "load_settings",
     "parse_boolean",
+    "split_witnesses",
 ]
 
 SECTION = "workflow_audit"
@@ -179,6 +180,22 @@ OPTIONS: Mapping[str, Option] = {
         "boolean",
         "True",
     ),
+    "anchor_interval": Option(
+        "Seconds between two anchoring rounds of the scheduler and each API server worker: "
+        "a signed checkpoint of every chain that grew, also on a clean shutdown, offered to "
+        "the witnesses. Empty: $WORKFLOW_AUDIT_ANCHOR_INTERVAL, else 60.",
+        "float",
+        "",
+        "30",
+    ),
+    "witnesses": Option(
+        "Witnesses asked to cosign each new checkpoint (c2sp.org/tlog-witness): 'URL VKEY' "
+        "entries separated by ';', VKEY the witness's verifier key. A witness down never "
+        "blocks recording (retried, counted). Empty: $WORKFLOW_AUDIT_WITNESSES, else none.",
+        "string",
+        "",
+        "http://witness.example:7380 witness.example+1a2b3c4d+BASE64KEY",
+    ),
     "verifier_key": Option(
         "Comma-separated checkpoint verifier keys (or paths of files holding them) the audit "
         "trail's status panel checks checkpoint signatures with. Empty: signatures are shown "
@@ -239,6 +256,10 @@ def load_settings(
     for name in ("privacy_policy", "privacy_store", "privacy_keys"):
         if value := option(name):
             overrides[name] = value
+    if interval := option("anchor_interval"):
+        overrides["anchor_interval_s"] = _positive("anchor_interval", interval)
+    if witnesses := option("witnesses"):
+        overrides["witnesses"] = split_witnesses(witnesses)
     audit = AuditConfig.from_env(env, **overrides)
     if extra := option("redact_keys"):
         patterns = tuple(p.strip() for p in extra.split(",") if p.strip())
@@ -274,6 +295,17 @@ def parse_boolean(key: str, text: str) -> bool:
     raise ConfigError(
         f"[{SECTION}] {key} must be True or False (or 1/0, yes/no, on/off, t/f, y/n), not {text!r}"
     )
+
+
+def split_witnesses(text: str) -> tuple[str, ...]:
+    """The ``URL VKEY`` entries of a witnesses option: separated by ';' or newlines, as in
+    ``WORKFLOW_AUDIT_WITNESSES`` (the core config checks each: a malformed one is a
+    :class:`ConfigError` naming it).
+
+    >>> split_witnesses("http://a:1 a+01+K ; http://b:2 b+02+L;")
+    ('http://a:1 a+01+K', 'http://b:2 b+02+L')
+    """
+    return tuple(w.strip() for w in text.replace("\n", ";").split(";") if w.strip())
 
 
 def _positive(key: str, text: str) -> float:

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from audit_core._cosign import WitnessKey
 from audit_core._jcs import MAX_SAFE_INTEGER, canonical_loaded
 from audit_core._merkle import EMPTY_ROOT, fold, node_hash
 from audit_core._record import (
@@ -56,15 +57,31 @@ __all__ = [
     "ChainHead",
     "Scan",
     "TreeHeadClaim",
+    "WitnessedCheckpoint",
     "chain_ids",
     "check_head",
     "claim_beyond_end",
     "scan_records",
     "stored_size",
     "verify_records",
+    "verify_records_at",
 ]
 
 _FIELD_SET = frozenset(FIELDS)
+
+
+class WitnessedCheckpoint(Protocol):
+    """A checkpoint a quorum of witnesses cosigned (:class:`audit_core.quorum.Witnessed`)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def missing(self) -> tuple[WitnessKey, ...]: ...
+
+    def describe(self) -> str: ...
+
+    def to_json(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +94,31 @@ class ChainHead:
     head: str  # hex hash of record size-1; the genesis value when the chain is empty
     root: str = EMPTY_ROOT.hex()  # hex Merkle tree hash of the chain's records
     checkpoints: int = 0  # how many checkpoints (tree head claims) the records matched
+    #: checkpoints cosigned by a quorum of trusted witnesses, smallest first (``verify
+    #: --witness``; empty when no witness was given, or the chain is empty)
+    witnessed: tuple[WitnessedCheckpoint, ...] = ()
 
-    def to_json(self) -> dict[str, str | int]:
+    @property
+    def unwitnessed(self) -> int:
+        """Records after the last witnessed checkpoint (appended since; not yet witnessed)."""
+        return self.size - self.witnessed[-1].size if self.witnessed else self.size
+
+    def to_json(self) -> dict[str, object]:
         """The head as a JSON object (``verify --json``, reports)."""
-        return {
+        found: dict[str, object] = {
             "chain": self.chain,
             "size": self.size,
             "head": self.head,
             "root": self.root,
             "checkpoints": self.checkpoints,
         }
+        if self.witnessed:
+            found["witnessed"] = {
+                **self.witnessed[-1].to_json(),
+                "checkpoints": len(self.witnessed),
+                "not_yet_witnessed": self.unwitnessed,
+            }
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +154,42 @@ def verify_records(
     the records so far must equal the claimed root, and a claim beyond the last record means
     the tail was cut off. ``stored_hashes`` as for :func:`scan_records`.
     """
+    head, _ = verify_records_at(
+        chain,
+        records,
+        claims=claims,
+        on_progress=on_progress,
+        progress_every=progress_every,
+        stored_hashes=stored_hashes,
+    )
+    return head
+
+
+def verify_records_at(
+    chain: str,
+    records: Iterable[StoredRecord],
+    *,
+    claims: Sequence[TreeHeadClaim] = (),
+    sizes: Sequence[int] = (),
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 10_000,
+    stored_hashes: bool = True,
+) -> tuple[ChainHead, dict[int, bytes]]:
+    """:func:`verify_records`, also returning the RFC 9162 root of the first ``n`` records
+    for each of ``sizes`` the chain reaches, computed from the records themselves as they
+    stream by (witnessed checkpoints are compared with these: never with stored subtrees,
+    which a writer can forge for any size but the current one)."""
     by_size: dict[int, list[TreeHeadClaim]] = {}
     for claim in claims:
         by_size.setdefault(claim.size, []).append(claim)
+    roots: dict[int, bytes] = {}
+    wanted = {s for s in sizes if s >= 0}
 
     def at_size(size: int, stack: list[bytes]) -> None:
         root = fold(stack)
-        for claim in by_size.pop(size):
+        if size in wanted:
+            roots[size] = root
+        for claim in by_size.pop(size, ()):
             _check_claim(chain, claim, root)
 
     scan = scan_records(
@@ -136,22 +197,25 @@ def verify_records(
         records,
         start=0,
         prev=genesis(chain),
-        sizes=sorted(s for s in by_size if s > 0),
+        sizes=sorted({s for s in by_size if s > 0} | {s for s in wanted if s > 0}),
         at_size=at_size,
         on_progress=on_progress,
         progress_every=progress_every,
         stored_hashes=stored_hashes,
     )
     root = fold(scan.nodes)
+    if 0 in wanted:
+        roots[0] = EMPTY_ROOT
     for size, pending in sorted(by_size.items()):
         if size == 0:
             for claim in pending:
                 _check_claim(chain, claim, root)
             continue
         raise claim_beyond_end(chain, scan.end, pending[0])
-    return ChainHead(
+    head = ChainHead(
         chain=chain, size=scan.end, head=scan.last, root=root.hex(), checkpoints=len(claims)
     )
+    return head, roots
 
 
 def claim_beyond_end(chain: str, size: int, claim: TreeHeadClaim) -> CheckpointError:

@@ -30,7 +30,16 @@ from audit_core.errors import SignatureError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["Note", "Signer", "Verifier", "open_note", "sign_note", "unverified_text"]
+__all__ = [
+    "Note",
+    "Signer",
+    "Verifier",
+    "check_key_name",
+    "note_parts",
+    "open_note",
+    "sign_note",
+    "unverified_text",
+]
 
 _ALG_ED25519 = 0x01  # c2sp.org/signed-note "Signature types"
 _SIG_PREFIX = "\u2014 "  # em dash, space
@@ -280,6 +289,22 @@ def _split(note: str) -> tuple[str, list[str]]:
     for line in lines:
         if not line.startswith(_SIG_PREFIX):
             raise SignatureError(f"malformed signature line {line[:40]!r}")
+    return text, lines
+
+
+def check_key_name(name: str) -> None:
+    """Raise :class:`SignatureError` unless ``name`` is a valid c2sp.org/signed-note key name
+    (shared with the cosignature keys of :mod:`audit_core._cosign`)."""
+    _check_name(name)
+
+
+def note_parts(note: str) -> tuple[str, list[str]]:
+    """A signed note's text and its signature lines (each without its newline), the note's
+    form checked as :func:`open_note` checks it; no signature is verified."""
+    _check_note_chars(note)
+    text, lines = _split(note)
+    for line in lines:
+        _parse_line(line)
     return text, lines
 
 

@@ -130,6 +130,20 @@ class StoredCheckpoint:
     created: str  # RFC 3339 UTC
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCosignature:
+    """A witness's cosignature of one of a chain's checkpoints, as a ledger holds it
+    (c2sp.org/tlog-cosignature): ``body`` is the checkpoint text the witness cosigned
+    (origin, size and root lines), ``line`` its note signature line. The witness's name,
+    key ID and timestamp are read from the line; the root from the body."""
+
+    chain: str
+    size: int
+    body: str
+    line: str
+    created: str  # RFC 3339 UTC, when the log stored it
+
+
 class PreparedRecord(NamedTuple):
     """A record whose every field is encoded except ``seq`` and ``prev``.
 

@@ -20,6 +20,12 @@ Layout of a bucket (``s3://BUCKET/PREFIX``), one pair of objects per segment:
   LAST + 1 as a C2SP signed-note: the RFC 9162 root of every record up to the segment's end.
   Written after its segment: a segment without one is an upload cut short.
 
+- ``PREFIX/CHAIN/cosigned/SIZE-DIGEST.checkpoint`` (SIZE: 20 digits; DIGEST: the first 16 hex
+  digits of the SHA-256 of the object's bytes): a checkpoint of the chain at tree size SIZE,
+  signed by the log, with the witnesses' c2sp.org/tlog-cosignature lines appended. One
+  object per state: a later cosignature makes a new object (a new digest), never a new
+  version. Written only after the segments up to SIZE.
+
 CHAIN is percent-encoded (RFC 3986), so a ``/`` in a chain id never makes a sub-directory.
 Names derive from chain and range only, so a re-upload is a no-op. Every object carries
 ``x-amz-checksum-sha256`` (:func:`sha256_b64`) and S3 Object Lock retention in one of
@@ -41,8 +47,11 @@ __all__ = [
     "MIN_RETENTION_DAYS",
     "chain_dir",
     "checkpoint_key",
+    "cosigned_dir",
+    "cosigned_key",
     "decode_segment",
     "encode_segment",
+    "parse_cosigned_key",
     "parse_key",
     "segment_key",
     "sha256_b64",
@@ -57,6 +66,7 @@ LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 
 _NAME = re.compile(r"(\d{20})-(\d{20})\.(jsonl\.gz|checkpoint)")
 _SUFFIX = {"jsonl.gz": "segment", "checkpoint": "checkpoint"}
+_COSIGNED = re.compile(r"cosigned/(\d{20})-([0-9a-f]{16})\.checkpoint")
 _COMPRESSLEVEL = 6  # zlib's default: ~3 µs a record; level 9 halves the speed for 0.5 % less
 
 
@@ -74,6 +84,38 @@ def segment_key(prefix: str, chain: str, first: int, last: int) -> str:
 def checkpoint_key(prefix: str, chain: str, first: int, last: int) -> str:
     """The object name of the checkpoint at the end of segment ``first..last``."""
     return f"{chain_dir(prefix, chain)}{first:020d}-{last:020d}.checkpoint"
+
+
+def cosigned_dir(prefix: str, chain: str) -> str:
+    """``PREFIX/CHAIN/cosigned/``: where a chain's cosigned checkpoints live."""
+    return f"{chain_dir(prefix, chain)}cosigned/"
+
+
+def cosigned_key(prefix: str, chain: str, size: int, data: bytes) -> str:
+    """The object name of cosigned checkpoint ``data`` (a signed note) at tree size ``size``:
+    content-addressed, so the same note is one object and a new cosignature a new one.
+
+    >>> cosigned_key("p", "c", 7, b"x")[:48]
+    'p/c/cosigned/00000000000000000007-2d711642b726b0'
+    """
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"{cosigned_dir(prefix, chain)}{size:020d}-{digest}.checkpoint"
+
+
+def parse_cosigned_key(prefix: str, key: str) -> tuple[str, int, str] | None:
+    """``(chain, size, digest)`` of a cosigned checkpoint's object name, or None."""
+    base = prefix.strip("/")
+    if base and not key.startswith(base + "/"):
+        return None
+    rel = key[len(base) + 1 :] if base else key
+    enc, sep, name = rel.partition("/")
+    found = _COSIGNED.fullmatch(name)
+    if not sep or found is None:
+        return None
+    chain = unquote(enc)
+    if quote(chain, safe="") != enc:
+        return None
+    return chain, int(found[1]), found[2]
 
 
 def parse_key(prefix: str, key: str) -> tuple[str, int, int, str] | None:

@@ -23,6 +23,11 @@ chain and the seq. In this order:
    of the bytes; exactly one gzip member with nothing after it (RFC 1952); then every record
    through the same checks as a ledger (:func:`audit_core._chain.verify_records`: seq, hash,
    canonical form, format, ``prev`` link) and the RFC 9162 Merkle root at each checkpoint.
+5. With ``witnesses`` (``verify s3://… --witness KEY --quorum K``): the chain's cosigned
+   objects (``CHAIN/cosigned/…``, Object Lock checked as above, each signed by the log's
+   keys) must give one checkpoint ``quorum`` valid cosignatures, and every checkpoint a
+   trusted witness cosigned must match the records' root at its size
+   (:mod:`audit_core._bucket_witness`, :func:`audit_core.quorum.check_witnessed`).
 
 Object Lock is checked against a :class:`RetentionPolicy`: no lock, GOVERNANCE mode (which
 users with ``s3:BypassGovernanceRetention`` can lift) where COMPLIANCE is required, or a
@@ -44,10 +49,18 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from audit_core._chain import ChainHead, TreeHeadClaim, scan_records, verify_records
+from audit_core._bucket_witness import (
+    bucket_witnessed,
+    cosigned_claims,
+    cosigned_groups,
+    cosigned_sizes,
+)
+from audit_core._chain import ChainHead, TreeHeadClaim, scan_records, verify_records_at
+from audit_core._cosign import WitnessKey
+from audit_core._merkle import EMPTY_ROOT
 from audit_core._note import Verifier, unverified_text
 from audit_core._parallel import MIN_RECORDS_PER_JOB, RANGES_PER_JOB, RangeResult, combine
 from audit_core._record import StoredRecord
@@ -55,6 +68,7 @@ from audit_core._segment import (
     LOCK_MODES,
     checkpoint_key,
     decode_segment,
+    parse_cosigned_key,
     parse_key,
     segment_key,
     sha256_b64,
@@ -70,6 +84,8 @@ from audit_core.errors import (
     SignatureError,
     VerificationError,
 )
+from audit_core.quorum import CosignedCheckpoint, Witnessed
+from audit_core.verify import check_quorum  # one quorum rule for ledger and bucket alike
 
 __all__ = [
     "BucketChain",
@@ -105,17 +121,20 @@ class RetentionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BucketChain:
-    """A chain verified from a bucket: its head, how many segments, and the Object Lock seen
-    (the modes, and the earliest retain-until date of its objects)."""
+    """A chain verified from a bucket: its head, how many segments, the Object Lock seen
+    (the modes, and the earliest retain-until date of its objects), and with witnesses the
+    checkpoints a quorum cosigned, smallest first (also in ``head.witnessed``)."""
 
     head: ChainHead
     segments: int
     modes: tuple[str, ...] = ()
     retained_until: dt.datetime | None = None
+    witnessed: tuple[Witnessed, ...] = ()
 
     def to_json(self) -> dict[str, object]:
+        # the head's JSON carries "witnessed" (the latest, and how many) when there are any
         return {
-            **self.head.to_json(),
+            **replace(self.head, witnessed=self.witnessed).to_json(),
             "segments": self.segments,
             "lock_modes": list(self.modes),
             "retained_until": None if self.retained_until is None else _iso(self.retained_until),
@@ -162,6 +181,8 @@ class _Run:
     workers: int
     jobs: int
     client_factory: Callable[[], Any] | None
+    witnesses: Sequence[WitnessKey] = ()
+    quorum: int = 0
 
 
 #: The ``hash`` of a record read from a segment: segments store no record hashes, so the
@@ -181,6 +202,8 @@ def verify_bucket(
     jobs: int = 1,
     client_factory: Callable[[], Any] | None = None,
     on_progress: Callable[[str, int], None] | None = None,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
 ) -> list[BucketChain]:
     """Verify every chain under ``s3://bucket/prefix`` (or ``chains``, each of which must be
     there) with ``client`` (boto3, S3). With ``keys``, each checkpoint must be signed by every
@@ -189,12 +212,20 @@ def verify_bucket(
     ``workers`` threads download ahead of verification. ``jobs`` > 1 verifies the records of
     a large chain in that many processes, each with its own client from ``client_factory``
     (picklable: a module-level function such as :func:`audit_core.sinks.s3.s3_client`); any
-    failure there is verified again in this process, for the exact error."""
+    failure there is verified again in this process, for the exact error.
+
+    With ``witnesses``, each chain must hold, in its cosigned objects, a checkpoint
+    cosigned by ``quorum`` of them (0: all), and every checkpoint a trusted witness cosigned
+    must match the records (:class:`~audit_core.errors.QuorumError` otherwise); the
+    witnessed checkpoints are in :attr:`BucketChain.witnessed`."""
     policy = policy or RetentionPolicy()
     if jobs > 1 and client_factory is None:
         raise ConfigError("jobs > 1 needs a client_factory: each process makes its own client")
-    run = _Run(client, bucket, prefix, keys, policy, workers, jobs, client_factory)
-    found = _list(client, bucket, prefix)
+    quorum = check_quorum(witnesses, quorum)
+    run = _Run(
+        client, bucket, prefix, keys, policy, workers, jobs, client_factory, witnesses, quorum
+    )
+    found, cosigned = _list(client, bucket, prefix)
     names = sorted(found) if chains is None else list(chains)
     out = []
     for chain in names:
@@ -209,7 +240,7 @@ def verify_bucket(
                 found="none",
             )
         progress = None if on_progress is None else _bind(on_progress, chain)
-        out.append(_verify_chain(run, chain, ranges, progress))
+        out.append(_verify_chain(run, chain, ranges, cosigned.get(chain, []), progress))
     return out
 
 
@@ -230,21 +261,33 @@ def list_versions(
     return versions, markers
 
 
-def _list(client: Any, bucket: str, prefix: str) -> dict[str, list[_Range]]:
-    """Our objects under the prefix, per chain, in seq order; step 1 (versions) on the way."""
+def _list(
+    client: Any, bucket: str, prefix: str
+) -> tuple[dict[str, list[_Range]], dict[str, list[_Object]]]:
+    """Our objects under the prefix, per chain: the segments' ranges in seq order and the
+    cosigned checkpoints by size; step 1 (versions) on the way."""
     base = prefix.strip("/")
     versions, markers = list_versions(client, bucket, f"{base}/" if base else "")
     by_chain: dict[str, dict[tuple[int, int], _Range]] = {}
+    cosigned: dict[str, list[_Object]] = {}
     problems: list[tuple[str, int, SegmentError]] = []
     for key in sorted(versions.keys() | markers.keys()):
         parsed = parse_key(base, key)
-        if parsed is None:
+        cosigned_as = parse_cosigned_key(base, key) if parsed is None else None
+        if parsed is not None:
+            chain, first, last, kind = parsed
+        elif cosigned_as is not None:  # seq: the cosigned checkpoint's size
+            chain, first, last, kind = cosigned_as[0], cosigned_as[1], -1, "cosigned"
+        else:
             continue  # not ours: nothing a verifier of this layout can say about it
-        chain, first, last, kind = parsed
         held = sorted(versions.get(key, ()), key=lambda v: v["LastModified"])
         problem = _version_problem(key, chain, first, held, markers.get(key, []))
         if problem is not None:
             problems.append((chain, first, problem))
+            continue
+        if kind == "cosigned":
+            obj = _Object(key, str(held[0]["VersionId"]), held[0]["LastModified"], chain, first)
+            cosigned.setdefault(chain, []).append(obj)
             continue
         ranges = by_chain.setdefault(chain, {})
         entry = ranges.setdefault((first, last), _Range(first, last))
@@ -255,7 +298,8 @@ def _list(client: Any, bucket: str, prefix: str) -> dict[str, list[_Range]]:
             entry.checkpoint = obj
     if problems:
         raise min(problems, key=lambda p: (p[0], p[1]))[2]
-    return {c: [r[k] for k in sorted(r)] for c, r in by_chain.items()}
+    ranges_of = {c: [r[k] for k in sorted(r)] for c, r in by_chain.items()}
+    return ranges_of, {c: sorted(o, key=lambda x: x.key) for c, o in cosigned.items()}
 
 
 def _version_problem(
@@ -298,7 +342,11 @@ def _version_problem(
 
 
 def _verify_chain(
-    run: _Run, chain: str, ranges: list[_Range], on_progress: Callable[[int], None] | None
+    run: _Run,
+    chain: str,
+    ranges: list[_Range],
+    cosigned: list[_Object],
+    on_progress: Callable[[int], None] | None,
 ) -> BucketChain:
     segments = _check_ranges(run.prefix, chain, ranges)
     lock = _Lock()
@@ -307,12 +355,23 @@ def _verify_chain(
     def fetch(obj: _Object) -> tuple[bytes, dict[str, Any]]:
         return _get(client, bucket, obj)
 
+    def done(head: ChainHead, roots: dict[int, bytes]) -> BucketChain:
+        found: tuple[Witnessed, ...] = ()
+        if run.witnesses:
+            found = tuple(
+                bucket_witnessed(chain, groups, run.witnesses, run.quorum, size=size, roots=roots)
+            )
+        head = replace(head, witnessed=found)
+        return BucketChain(head, len(segments), tuple(sorted(lock.modes)), lock.until, found)
+
     size = segments[-1][0].last + 1
+    groups = _cosigned_groups(run, chain, cosigned, lock, fetch) if run.witnesses else []
+    sizes = cosigned_sizes(groups, size)
     with ExitStack() as stack:
         started = None
         if run.jobs > 1 and run.client_factory is not None and size >= 2 * MIN_RECORDS_PER_JOB:
             # the processes start now, while this one checks the checkpoints
-            started = _start_processes(run, chain, segments, stack)
+            started = _start_processes(run, chain, segments, stack, sizes)
         claims: list[TreeHeadClaim] = []
         checkpoints = [(r, r.checkpoint) for r in ranges if r.checkpoint is not None]
         fetched_checkpoints = stack.enter_context(
@@ -322,17 +381,26 @@ def _verify_chain(
             _check_object(run.policy, chain, rng.first, obj, data, meta, lock)
             claims.append(_claim(chain, rng, obj.key, data, run.keys))
         if started is not None:
-            head = _finish_processes(chain, size, claims, lock, on_progress, *started)
+            # each cosigned size is a claim there: all hold, or the run below names which not
+            extra = cosigned_claims(groups, size)
+            head = _finish_processes(chain, size, [*claims, *extra], lock, on_progress, *started)
             if head is not None:
-                return BucketChain(head, len(segments), tuple(sorted(lock.modes)), lock.until)
+                roots = {g.checkpoint.size: g.checkpoint.root for g in groups}
+                roots[0] = EMPTY_ROOT  # the claims were the sizes above 0
+                return done(replace(head, checkpoints=len(claims)), roots)
 
     current: list[_Range] = []
     fetched = _ahead(fetch, [obj for _, obj in segments], run.workers)
     records = _segment_records(chain, segments, fetched, run.policy, lock, current)
     try:
         with closing(fetched):  # its threads end here, also when verification fails
-            head = verify_records(
-                chain, records, claims=claims, on_progress=on_progress, stored_hashes=False
+            head, roots = verify_records_at(
+                chain,
+                records,
+                claims=claims,
+                sizes=sizes,
+                on_progress=on_progress,
+                stored_hashes=False,
             )
     except (SegmentError, RetentionError, CheckpointError):
         raise
@@ -348,7 +416,23 @@ def _verify_chain(
             expected=exc.expected,
             found=exc.found,
         ) from exc
-    return BucketChain(head, len(segments), tuple(sorted(lock.modes)), lock.until)
+    return done(head, roots)
+
+
+def _cosigned_groups(
+    run: _Run,
+    chain: str,
+    cosigned: list[_Object],
+    lock: _Lock,
+    fetch: Callable[[_Object], tuple[bytes, dict[str, Any]]],
+) -> list[CosignedCheckpoint]:
+    """Step 5's objects: each locked and checksummed as a segment is, then grouped."""
+    objects = []
+    with closing(_ahead(fetch, cosigned, run.workers)) as fetched:
+        for obj, (data, meta) in zip(cosigned, fetched, strict=True):
+            _check_object(run.policy, chain, obj.first, obj, data, meta, lock)
+            objects.append((obj.key, data))
+    return cosigned_groups(chain, run.prefix, objects, run.keys)
 
 
 def _segment_records(
@@ -410,15 +494,21 @@ _Span = tuple[
 
 
 def _start_processes(
-    run: _Run, chain: str, segments: list[tuple[_Range, _Object]], stack: ExitStack
+    run: _Run,
+    chain: str,
+    segments: list[tuple[_Range, _Object]],
+    stack: ExitStack,
+    cosigned: Sequence[int] = (),
 ) -> tuple[int, list[_Span], list[Future[_SpanResult]]]:
     """Verify the records of a large chain in ``run.jobs`` processes, over ranges aligned to
     a power of two (as :mod:`audit_core._parallel` does for a ledger: each full range is one
-    subtree of the Merkle tree, combined by this process)."""
+    subtree of the Merkle tree, combined by this process). Each process also keeps its
+    range's frontier at the ``cosigned`` sizes (witnessed checkpoints) within it."""
     assert run.client_factory is not None
     size = segments[-1][0].last + 1
     span = 1 << max(12, (size // (run.jobs * RANGES_PER_JOB) - 1).bit_length())
-    sizes = [rng.last + 1 for rng, _ in segments]  # every checkpoint is at a segment's end
+    # every checkpoint is at a segment's end; cosigned ones anywhere
+    sizes = sorted({rng.last + 1 for rng, _ in segments} | {s for s in cosigned if s > 0})
     tasks: list[_Span] = []
     for a in range(0, size, span):
         b = min(a + span, size)

@@ -28,6 +28,14 @@ Environment variables (all optional; README "Configuration" lists them too):
                                    on demand and when a trail closes)
 ``WORKFLOW_AUDIT_CHECKPOINT_INTERVAL``  ... or when the last one is older than this many
                                    seconds at the next append (default 300)
+``WORKFLOW_AUDIT_ANCHOR_INTERVAL``  seconds between the rounds of a long-running component's
+                                   anchor: sign every chain that grew, ask the witnesses
+                                   (default 60; :mod:`audit_core.anchor`)
+``WORKFLOW_AUDIT_WITNESSES``       c2sp.org/tlog-witness witnesses asked to cosign each new
+                                   checkpoint: entries ``URL VKEY`` (the submission URL and
+                                   the witness's 0x04 verifier key) separated by ``;`` or
+                                   newlines (default none)
+``WORKFLOW_AUDIT_WITNESS_TIMEOUT`` seconds one witness exchange may take (default 5)
 ``WORKFLOW_AUDIT_FLUSH_SINKS``     sinks the Airflow/Prefect hooks ship to, best effort and in
                                    the background, after a task or run ends (``otlp,s3``;
                                    default none: ``workflow-audit ship --follow`` does it)
@@ -106,6 +114,9 @@ class AuditConfig:
     origin: str | None = None
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 300.0
+    anchor_interval_s: float = 60.0
+    witnesses: tuple[str, ...] = ()
+    witness_timeout_s: float = 5.0
     flush_sinks: tuple[str, ...] = ()
     s3_url: str | None = None
     spool_dir: str | None = None
@@ -134,6 +145,16 @@ class AuditConfig:
             raise ConfigError(f"max_value_bytes must be at least 64, not {self.max_value_bytes}")
         if self.checkpoint_every < 0 or self.checkpoint_interval_s <= 0:
             raise ConfigError("checkpoint_every must be >= 0 and checkpoint_interval_s > 0")
+        if not self.anchor_interval_s > 0 or not self.witness_timeout_s > 0:
+            raise ConfigError(
+                f"anchor_interval_s ({self.anchor_interval_s}) and witness_timeout_s "
+                f"({self.witness_timeout_s}) must be positive"
+            )
+        if isinstance(self.witnesses, str):
+            raise ConfigError("witnesses is a sequence of 'URL VKEY' strings, not one string")
+        # Each entry is parsed where it is used (audit_core.anchor.start_anchor, health,
+        # `checkpoint`), not here: a mistyped witness must cost the witnessing only, never the
+        # recording of every hook that loads this configuration (fail-open).
         if len(self.actor) != 2 or not all(self.actor):
             raise ConfigError(f"actor must be (type, id), both non-empty, not {self.actor!r}")
 
@@ -175,6 +196,11 @@ def _names(name: str, text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+def _witnesses(name: str, text: str) -> tuple[str, ...]:
+    # entries "URL VKEY" separated by ';' or newlines (a URL and a vkey hold neither)
+    return tuple(w.strip() for w in text.replace(";", "\n").split("\n") if w.strip())
+
+
 def _redact_keys(name: str, text: str) -> tuple[str, ...]:
     return DEFAULT_REDACT_KEYS + _names(name, text)  # added to the built-in list
 
@@ -192,6 +218,9 @@ _FROM_ENV: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("ORIGIN", "origin", _text),
     ("CHECKPOINT_EVERY", "checkpoint_every", partial(_number, kind=int)),
     ("CHECKPOINT_INTERVAL", "checkpoint_interval_s", partial(_number, kind=float)),
+    ("ANCHOR_INTERVAL", "anchor_interval_s", partial(_number, kind=float)),
+    ("WITNESSES", "witnesses", _witnesses),
+    ("WITNESS_TIMEOUT", "witness_timeout_s", partial(_number, kind=float)),
     ("FLUSH_SINKS", "flush_sinks", _names),
     ("S3_URL", "s3_url", _text),
     ("SPOOL_DIR", "spool_dir", _text),

@@ -26,6 +26,7 @@ __all__ = [
     "PolicyError",
     "PrivacyError",
     "ProofError",
+    "QuorumError",
     "RetentionError",
     "SegmentError",
     "SequenceError",
@@ -33,6 +34,7 @@ __all__ = [
     "SourceError",
     "SubjectNotFound",
     "VerificationError",
+    "WitnessError",
 ]
 
 
@@ -182,3 +184,22 @@ class RetentionError(VerificationError):
     COMPLIANCE is required, or a retain-until date too soon)."""
 
     reason = "retention"
+
+
+class WitnessError(AuditError):
+    """A witness exchange failed: a malformed add-checkpoint request or answer, a witness
+    that refused (``status``: 400, 403, 404, 409, 422) or could not be reached (``status``
+    None). c2sp.org/tlog-witness."""
+
+    def __init__(self, message: str, *, status: int | None = None, size: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        #: on a 409 Conflict: the size of the witness's latest cosigned checkpoint
+        self.size = size
+
+
+class QuorumError(VerificationError):
+    """A checkpoint the verdict relies on lacks the required witness cosignatures, or the
+    records contradict a checkpoint the witnesses cosigned (c2sp.org/tlog-cosignature)."""
+
+    reason = "witness"

@@ -11,6 +11,16 @@ source's cursor (the last source id ingested, :mod:`audit_core.sources`; or, for
 states such as ``source:airflow.permissions``, a digest held as an int). Then the spool's
 backlog. ``--json`` prints :meth:`Health.to_json`.
 
+With witnesses configured (``WORKFLOW_AUDIT_WITNESSES``, :mod:`audit_core.anchor`), per chain
+and witness: the latest size it cosigned, its cosignature time and its lag in records, read
+from the cosignatures stored in the ledger (so visible to any process, not only the one that
+asked). A witness is a problem when it cosigned nothing for a chain whose first record is
+older than two anchor intervals, or missed a checkpoint signed more than two intervals ago
+(c2sp.org/tlog-witness: a log asks each witness to cosign each new checkpoint). The anchor
+counters of a long-running component asking :func:`check` about itself (``anchor_*``,
+``witness_*``) are shown when not zero; any ``witness_conflicts`` is a problem (a witness
+holds a checkpoint this ledger does not extend).
+
 Exit codes: 0 healthy; 4 unhealthy (a threshold below was passed: each problem is printed);
 1 with ``--verify``, a chain failed verification (tampering, as for ``verify``); 2 usage error
 or the ledger cannot be read. Thresholds (``--max-…``; a duration is seconds or ``30s``,
@@ -32,6 +42,7 @@ before the command exits: ``workflow_audit.health.healthy`` (1/0),
 ``workflow_audit.health.valid`` (``--verify``: 1/0 per ``chain``),
 ``workflow_audit.health.records``, ``…last_record_age`` (s), ``…checkpoint_age`` (s),
 ``…unsigned_records`` (per ``chain``), ``…sink_lag`` (per ``chain`` and ``sink``),
+``…witness_lag`` (per ``chain`` and ``witness``),
 ``…spool_records`` and ``…spool_corrupt``.
 """
 
@@ -46,8 +57,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from audit_core._chain import chain_ids, stored_size
-from audit_core._normalize import parse_timestamp
+from audit_core._normalize import format_timestamp, parse_timestamp
 from audit_core._record import Record
+from audit_core.anchor import WitnessEndpoint, parse_witnesses
+from audit_core.anchor.status import WitnessHealth, witness_status
 from audit_core.checkpoint import check_stored
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError, VerificationError
@@ -56,11 +69,13 @@ from audit_core.sources import CURSOR_PREFIX
 from audit_core.spool import backlog, spool_dir
 
 __all__ = [
+    "ANCHOR_COUNTERS",
     "EXIT_UNHEALTHY",
     "GAUGES",
     "ChainHealth",
     "Health",
     "Thresholds",
+    "WitnessHealth",
     "check",
     "parse_duration",
     "publish",
@@ -80,6 +95,7 @@ GAUGES: Final[Mapping[str, str]] = {
     "health.last_record_age": "s",
     "health.checkpoint_age": "s",
     "health.sink_lag": "",
+    "health.witness_lag": "",
     "health.spool_records": "",
     "health.spool_corrupt": "",
 }
@@ -106,6 +122,16 @@ class Thresholds:
     max_spool: int | None = 0
 
 
+#: This process's counters of :mod:`audit_core.anchor` that ``health`` shows.
+ANCHOR_COUNTERS = (
+    "anchor_checkpoints",
+    "anchor_failures",
+    "witness_cosignatures",
+    "witness_failures",
+    "witness_conflicts",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ChainHealth:
     """One chain's state as the ledger holds it."""
@@ -124,6 +150,8 @@ class ChainHealth:
     # (audit_core.sources), or a digest held as an int (a source of states)
     sources: dict[str, int] = field(default_factory=dict)
     valid: bool | None = None  # --verify's verdict; None when not verified
+    # witness "name (keyid)" -> what it cosigned of this chain (configured witnesses only)
+    witnesses: dict[str, WitnessHealth] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +164,14 @@ class Health:
     spool: dict[str, Any] | None  # SpoolBacklog fields and the directory; None: no spool
     problems: list[str]
     thresholds: Thresholds
+    counters: dict[str, int] = field(default_factory=dict)  # this process's, when not zero
 
     @property
     def healthy(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        shape = {
             "healthy": self.healthy,
             "checked_at": self.checked_at,
             "ledger": self.ledger,
@@ -151,6 +180,9 @@ class Health:
             "problems": self.problems,
             "thresholds": asdict(self.thresholds),
         }
+        if self.counters:  # a component asking about itself (the command has none)
+            shape["counters"] = self.counters
+        return shape
 
 
 def _age(ts: str | None, now: dt.datetime) -> float | None:
@@ -177,6 +209,7 @@ def _chain(
     chain: str,
     cursors: Sequence[str],
     now: dt.datetime,
+    witnesses: Sequence[WitnessEndpoint] = (),
 ) -> ChainHealth:
     # Rows come from an untrusted file: a re-typed seq or checkpoint column raises the
     # verifier's error naming it (exit 1, INVALID), never a TypeError in the arithmetic.
@@ -195,6 +228,7 @@ def _chain(
         n.removeprefix(CURSOR_PREFIX): i for n, i in at.items() if n.startswith(CURSOR_PREFIX)
     }
     unsigned = max(records - signed, 0)
+    first_ts = _ts(ledger, chain, 0) if witnesses and records else None
     return ChainHealth(
         chain=chain,
         records=records,
@@ -211,6 +245,10 @@ def _chain(
             if seq >= 0 and not name.startswith(CURSOR_PREFIX)
         },
         sources={name: i for name, i in sources.items() if i >= 0},
+        witnesses={
+            w.key.describe(): witness_status(ledger, chain, records, w, now, first_ts)
+            for w in witnesses
+        },
     )
 
 
@@ -219,7 +257,13 @@ def _spool(config: AuditConfig, directory: Path | None) -> dict[str, Any]:
     return {"directory": str(where), **asdict(backlog(where))}
 
 
-def _problems(h: list[ChainHealth], spool: dict[str, Any] | None, t: Thresholds) -> list[str]:
+def _problems(
+    h: list[ChainHealth],
+    spool: dict[str, Any] | None,
+    t: Thresholds,
+    witness_wait_s: float = 120.0,
+    counters: Mapping[str, int] | None = None,
+) -> list[str]:
     out = []
     for c in h:
         name = f"chain {c.chain!r}"
@@ -245,6 +289,16 @@ def _problems(h: list[ChainHealth], spool: dict[str, Any] | None, t: Thresholds)
         for sink, lag in c.sinks.items():
             if t.max_lag is not None and lag > t.max_lag:
                 out.append(f"{name}: sink {sink} is {lag} records behind (max {t.max_lag})")
+        out += [
+            f"{name}: {problem}"
+            for witness, w in c.witnesses.items()
+            if (problem := w.problem(witness, c.records, witness_wait_s))
+        ]
+    if counters and counters.get("witness_conflicts"):
+        out.append(
+            f"{counters['witness_conflicts']} witness conflict(s) in this process: a witness "
+            "holds a checkpoint this ledger does not extend (see the log; run `verify --witness`)"
+        )
     if spool is not None:
         if spool["corrupt"]:
             out.append(f"spool {spool['directory']}: {spool['corrupt']} corrupt line(s)")
@@ -266,23 +320,27 @@ def check(
     spool_dir: Path | None = None,
     verify: bool = False,
     now: dt.datetime | None = None,
+    counters: Mapping[str, int] | None = None,
 ) -> Health:
-    """Read the ledger's and the spool's state; ``verify``: also verify each chain."""
-    from audit_core._normalize import format_timestamp
-
+    """Read the ledger's and the spool's state; ``verify``: also verify each chain.
+    ``counters``: a process's counters (``COUNTERS.snapshot()`` of a long-running component
+    asking about itself): its :data:`ANCHOR_COUNTERS` are shown, a witness conflict is a
+    problem. The command runs in a process of its own, which has none to show."""
     now = now or dt.datetime.now(dt.timezone.utc)
+    config = config or AuditConfig.from_env()
+    witnesses = parse_witnesses(config.witnesses)
     with ledger.snapshot() as view:  # records, checkpoints, cursors and verdicts of one moment
         cursors = view.cursor_names()
         # Without --chain: every chain with records, and every chain whose Merkle tree or
         # checkpoints outlived its records (deleted: "no records", and invalid with --verify).
         names = list(chains) if chains else chain_ids({*view.chains(), *view.merkle_chains()})
-        found = [_chain(view, c, cursors, now) for c in names]
+        found = [_chain(view, c, cursors, now, witnesses) for c in names]
         if verify:
             found = [replace(c, valid=_valid(view, c.chain)) for c in found]
-    spool = _spool(config or AuditConfig.from_env(), spool_dir)
-    return Health(
-        format_timestamp(now), name, found, spool, _problems(found, spool, thresholds), thresholds
-    )
+    spool = _spool(config, spool_dir)
+    shown = {k: counters[k] for k in ANCHOR_COUNTERS if counters and counters.get(k)}
+    problems = _problems(found, spool, thresholds, 2 * config.anchor_interval_s, shown)
+    return Health(format_timestamp(now), name, found, spool, problems, thresholds, shown)
 
 
 def _valid(view: LedgerReader, chain: str) -> bool:
@@ -317,6 +375,8 @@ def publish(health: Health) -> bool:
             g.setdefault("health.valid", []).append((1 if c.valid else 0, at))
         for sink, lag in c.sinks.items():
             g.setdefault("health.sink_lag", []).append((lag, {**at, "sink": sink}))
+        for witness, w in c.witnesses.items():
+            g.setdefault("health.witness_lag", []).append((w.lag, {**at, "witness": witness}))
     if health.spool is not None:
         g["health.spool_records"] = [(health.spool["records"], {})]
         g["health.spool_corrupt"] = [(health.spool["corrupt"], {})]

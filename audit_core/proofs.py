@@ -2,7 +2,9 @@
 
 An inclusion proof bundle lets anyone holding the log's verifier key check, offline and with
 nothing else, that one record is in the log: the record's bytes, its leaf index, the tree
-size, the RFC 9162 audit path, and the signed checkpoint at that size.
+size, the RFC 9162 audit path, and the signed checkpoint at that size, with the cosignature
+lines (c2sp.org/tlog-cosignature) the ledger holds for it, so that a verifier trusting
+witnesses rather than the log's own key can require a quorum of them.
 
 >>> sorted(BUNDLE_FIELDS)[:3]
 ['audit_path', 'chain', 'checkpoint']
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from audit_core._chain import stored_size
+from audit_core._cosign import Cosignature, WitnessKey, add_cosignatures, quorum_of
 from audit_core._jcs import canonical_bytes
 from audit_core._merkle import (
     consistency_proof,
@@ -27,9 +30,16 @@ from audit_core._merkle import (
     verify_inclusion,
 )
 from audit_core._note import Verifier
-from audit_core._record import Record, StoredRecord, leaf_hash
+from audit_core._record import Record, StoredCheckpoint, StoredRecord, leaf_hash
 from audit_core.checkpoint import Checkpoint, check_stored, open_checkpoint
-from audit_core.errors import CheckpointError, InvalidRecordError, ProofError
+from audit_core.errors import (
+    AuditError,
+    CheckpointError,
+    InvalidRecordError,
+    ProofError,
+    QuorumError,
+    SignatureError,
+)
 from audit_core.ledgers import LedgerReader
 
 __all__ = [
@@ -37,6 +47,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "ProvenRecord",
     "make_inclusion_bundle",
+    "note_quorum",
     "prove_consistency",
     "verify_inclusion_bundle",
 ]
@@ -54,13 +65,24 @@ class ProvenRecord:
     record: Record
     checkpoint: Checkpoint
     signed_by: tuple[Verifier, ...]
+    #: the valid cosignatures by the trusted witnesses (``witnesses=`` given), as
+    #: ``(witness, cosignature)``: ``cosignature.timestamp`` is when it cosigned
+    cosigned: tuple[tuple[WitnessKey, Cosignature], ...] = ()
 
 
 def make_inclusion_bundle(
-    ledger: LedgerReader, chain: str, seq: int, size: int | None = None
+    ledger: LedgerReader,
+    chain: str,
+    seq: int,
+    size: int | None = None,
+    *,
+    witnessed: bool = False,
 ) -> dict[str, Any]:
     """A bundle proving record ``seq`` is in the tree of a stored checkpoint: the one of
-    ``size``, or else the latest. Raises :class:`ProofError` when no checkpoint covers it."""
+    ``size``, else the latest witnesses cosigned (when any did), else the latest. Its
+    ``checkpoint`` note carries the stored cosignature lines of that checkpoint. With
+    ``witnessed``, the checkpoint must carry at least one. Raises :class:`ProofError` when no
+    checkpoint covers the record (or none cosigned, with ``witnessed``)."""
     try:
         if size is None:
             latest = ledger.latest_checkpoint(chain)
@@ -71,8 +93,17 @@ def make_inclusion_bundle(
             stored = [c for c in ledger.checkpoints(chain) if c.size == size > seq]
             for row in stored:
                 check_stored(chain, row)
+        cosigned = _cosigned(ledger, chain, seq, size)
     except CheckpointError as exc:  # a malformed row: nothing to prove with; verify names it
         raise ProofError(f"{exc}; run `workflow-audit verify`") from exc
+    if cosigned is not None:
+        stored = [cosigned[0]]
+    elif witnessed and stored:
+        raise ProofError(
+            f"chain {chain!r} has no cosigned checkpoint covering seq {seq}"
+            + ("" if size is None else f" at tree size {size}")
+            + "; witnesses cosign the checkpoints the anchor sends them (`witness` in the docs)"
+        )
     if not stored:
         what = f"at tree size {size}" if size is not None else f"covering seq {seq}"
         raise ProofError(
@@ -98,13 +129,50 @@ def make_inclusion_bundle(
         "tree_size": checkpoint.size,
         "record": body,
         "audit_path": [h.hex() for h in path],
-        "checkpoint": checkpoint.note,
+        "checkpoint": checkpoint.note if cosigned is None else cosigned[1],
     }
 
 
-def verify_inclusion_bundle(bundle: Mapping[str, Any], keys: Sequence[Verifier]) -> ProvenRecord:
-    """Check a bundle with nothing but trusted verifier keys; raises :class:`ProofError`,
-    :class:`~audit_core.errors.SignatureError` or :class:`CheckpointError`."""
+def _cosigned(
+    ledger: LedgerReader, chain: str, seq: int, size: int | None
+) -> tuple[StoredCheckpoint, str] | None:
+    """The latest stored checkpoint covering ``seq`` (of ``size``, if given) that witnesses
+    cosigned, and its note with the stored cosignature lines appended; None if there is none.
+    Which witnesses cosigned is the verifier's business (``verify-proof --witness``)."""
+    rows = ledger.cosignatures(chain)
+    if not rows:
+        return None
+    lines: dict[tuple[int, bytes], list[str]] = {}
+    for row in rows:
+        try:
+            cp = Checkpoint.parse(row.body)
+        except (AuditError, TypeError):
+            continue  # a malformed row: `verify --witness` names it; not proof material
+        lines.setdefault((cp.size, cp.root), []).append(row.line)
+    for stored in reversed(ledger.checkpoints(chain)):
+        if stored.size <= seq or (size is not None and stored.size != size):
+            continue
+        check_stored(chain, stored)
+        found = lines.get((stored.size, stored.root))
+        if found:
+            try:
+                return stored, add_cosignatures(stored.note, found)
+            except SignatureError:
+                continue  # a malformed stored line: try an older checkpoint
+    return None
+
+
+def verify_inclusion_bundle(
+    bundle: Mapping[str, Any],
+    keys: Sequence[Verifier],
+    *,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
+) -> ProvenRecord:
+    """Check a bundle with nothing but trusted verifier keys (and, with ``witnesses``, that
+    its checkpoint carries ``quorum`` valid cosignatures by them, 0: all); raises
+    :class:`ProofError`, :class:`~audit_core.errors.SignatureError`,
+    :class:`CheckpointError` or :class:`QuorumError`."""
     if bundle.get("format") != BUNDLE_FORMAT or not BUNDLE_FIELDS <= bundle.keys():
         raise ProofError(f"not a {BUNDLE_FORMAT} bundle (fields {sorted(BUNDLE_FIELDS)})")
     chain, index, size = bundle["chain"], bundle["leaf_index"], bundle["tree_size"]
@@ -140,7 +208,41 @@ def verify_inclusion_bundle(bundle: Mapping[str, Any], keys: Sequence[Verifier])
     digest = leaf_hash(body)
     verify_inclusion(digest, index, size, path, checkpoint.root)
     record = Record.from_stored(StoredRecord(chain, index, digest, body))
-    return ProvenRecord(record, checkpoint, signed_by)
+    cosigned: list[tuple[WitnessKey, Cosignature]] = []
+    if witnesses:
+        what = f"the bundle's checkpoint ({checkpoint.describe()})"
+        cosigned = note_quorum(
+            bundle["checkpoint"], witnesses, quorum or len(witnesses), what=what, chain=chain
+        )
+    return ProvenRecord(record, checkpoint, signed_by, tuple(cosigned))
+
+
+def note_quorum(
+    note: str, keys: Sequence[WitnessKey], quorum: int, *, what: str, chain: str = "?"
+) -> list[tuple[WitnessKey, Cosignature]]:
+    """The valid cosignatures of ``note`` by ``keys``; :class:`QuorumError` (invalid) when
+    fewer than ``quorum`` witnesses cosigned (naming those missing) or a cosignature by one
+    of them does not verify. ``what`` names the note in messages, ``chain`` its chain."""
+    try:
+        valid, missing = quorum_of(note, keys, quorum)
+    except SignatureError as exc:
+        raise QuorumError(
+            f"{what}: {exc}: the cosignature or the checkpoint was altered",
+            chain=chain,
+            seq=None,
+            expected="a valid cosignature",
+        ) from exc
+    if len(valid) < quorum:
+        names = ", ".join(k.describe() for k in missing)
+        raise QuorumError(
+            f"{what} is cosigned by {len(valid)} of the {quorum} witness(es) required; "
+            f"missing: {names}",
+            chain=chain,
+            seq=None,
+            expected=f"{quorum} cosignature(s)",
+            found=str(len(valid)),
+        )
+    return valid
 
 
 def prove_consistency(

@@ -23,21 +23,33 @@ only delays delivery. The cursor of (sink, chain) moves only after the sink conf
 so a crash re-sends at most the batch in flight; sinks make re-sends harmless. A failing sink
 is retried with capped exponential backoff and jitter (AWS Architecture Blog, "Exponential
 Backoff And Jitter"), every failure logged and counted (``ship_failures``), never dropped.
+
+A sink with the :class:`~audit_core.sinks.CosignedSink` capability (S3) also gets each chain's
+witness-cosigned checkpoints (c2sp.org/tlog-cosignature): the log's signed checkpoint with
+every cosignature line the ledger holds for it, once its records are confirmed (a cosigned
+checkpoint never lies in a bucket that lacks its records), again after a failure, and again
+when a later cosignature of the same checkpoint arrives. The cosignature rows are read when
+the chain's latest checkpoint changed, or every ``cosigned_every_s``: not on every poll.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from audit_core._cosign import add_cosignatures
 from audit_core._metrics import COUNTERS
+from audit_core._note import unverified_text
 from audit_core.config import AuditConfig
+from audit_core.errors import AuditError, QuorumError
 from audit_core.ledgers import Ledger
-from audit_core.sinks import Batch, ExportResult, Sink
+from audit_core.quorum import group_cosignatures
+from audit_core.sinks import Batch, Cosigned, CosignedSink, ExportResult, Sink
 
 __all__ = ["Backoff", "ShipReport", "Shipper", "deliver_to_sinks"]
 
@@ -63,12 +75,24 @@ class Backoff:
 
 
 @dataclass(slots=True)
+class _CosignedState:
+    """What a shipper knows of one chain's cosigned checkpoints."""
+
+    mark: tuple[int, str] | None = None  # (size, created) of the latest checkpoint then
+    read_at: float = -math.inf  # time.monotonic() of the last read of the rows
+    rows: int = -1  # cosignature rows read then
+    seen: dict[str, int] = field(default_factory=dict)  # body -> cosignature lines handled
+    pending: dict[str, Cosigned] = field(default_factory=dict)  # body -> not yet confirmed
+
+
+@dataclass(slots=True)
 class ShipReport:
     """What one pass delivered: records and batches per chain, and the chains that failed."""
 
     shipped: int = 0
     batches: int = 0
     failed: list[str] = field(default_factory=list)
+    cosigned: int = 0  # cosigned checkpoints the sink confirmed
 
 
 class Shipper:
@@ -83,13 +107,16 @@ class Shipper:
         chains: Sequence[str] | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], object] = time.sleep,
+        cosigned_every_s: float = 60.0,
     ) -> None:
         self.ledger = ledger
         self.sink = sink
         self.batch_size = batch_size
         self.chains = chains
         self.backoff = backoff or Backoff()
+        self.cosigned_every_s = cosigned_every_s
         self._sleep = sleep
+        self._cosigned: dict[str, _CosignedState] = {}
 
     def pending(self) -> dict[str, int]:
         """Records not yet confirmed by the sink, per chain."""
@@ -116,8 +143,81 @@ class Shipper:
                 self.ledger.set_cursor(self.sink.name, chain, batch.last)
                 report.shipped += len(batch.records)
                 report.batches += 1
+            if isinstance(self.sink, CosignedSink):  # also after a failed batch: the
+                self._ship_cosigned(self.sink, chain, report)  # records before it are in
         COUNTERS.incr("records_shipped", report.shipped)
         return report
+
+    def _ship_cosigned(self, sink: CosignedSink, chain: str, report: ShipReport) -> None:
+        """Hand the sink the chain's new cosigned checkpoints whose records it confirmed."""
+        state = self._cosigned.setdefault(chain, _CosignedState())
+        try:
+            self._read_cosigned(chain, state)
+            confirmed = self.ledger.get_cursor(self.sink.name, chain) + 1
+        except AuditError as exc:  # the ledger hiccupped: the records are safe, retry later
+            logger.warning("workflow-audit: cannot read cosignatures of %r: %s", chain, exc)
+            report.failed += [] if chain in report.failed else [chain]
+            return
+        ready = {b: c for b, c in state.pending.items() if c.size <= confirmed}
+        if not ready:
+            return  # what is pending waits until the sink holds its records
+        try:
+            result = sink.export_cosigned(list(ready.values()))
+        except Exception:  # contained as a batch is: a sink bug is a failure
+            logger.exception("workflow-audit: sink %s raised on cosigned checkpoints", sink)
+            result = ExportResult.FAILURE
+        if result is not ExportResult.SUCCESS:
+            COUNTERS.incr("ship_failures")
+            logger.warning(
+                "workflow-audit: sink %s refused %d cosigned checkpoint(s) of chain %r; "
+                "retrying later",
+                self.sink.name,
+                len(ready),
+                chain,
+            )
+            report.failed += [] if chain in report.failed else [chain]
+            return
+        for body, item in ready.items():
+            if state.pending.get(body) is item:
+                del state.pending[body]
+        report.cosigned += len(ready)
+
+    def _read_cosigned(self, chain: str, state: _CosignedState) -> None:
+        """Queue the cosigned checkpoints that are new or gained cosignatures since the last
+        read. The rows are read only when the chain's latest checkpoint changed (a new one
+        is what witnesses cosign), or ``cosigned_every_s`` after the last read."""
+        latest = self.ledger.latest_checkpoint(chain)
+        mark = None if latest is None else (latest.size, latest.created)
+        now = time.monotonic()
+        if mark == state.mark and now - state.read_at < self.cosigned_every_s:
+            return
+        rows = [] if mark is None else self.ledger.cosignatures(chain)
+        if len(rows) == state.rows:  # append-only rows: the same count is the same rows
+            state.mark, state.read_at = mark, now
+            return
+        try:
+            groups = group_cosignatures(chain, rows)
+        except QuorumError as exc:  # rows edited outside workflow-audit: verify reports it
+            logger.error("workflow-audit: not shipping cosignatures of %r: %s", chain, exc)
+            groups = []
+        fresh = [g for g in groups if state.seen.get(g.body) != len(g.lines)]
+        notes = {}
+        if fresh:
+            notes = {unverified_text(c.note): c.note for c in self.ledger.checkpoints(chain)}
+        for group in fresh:
+            state.seen[group.body] = len(group.lines)
+            note = notes.get(group.body)
+            if note is None:  # cosigned, but not a checkpoint this ledger holds
+                logger.warning(
+                    "workflow-audit: chain %r: cosignatures of a checkpoint at size %d that "
+                    "this ledger does not hold; not shipped",
+                    chain,
+                    group.checkpoint.size,
+                )
+                continue
+            lines = add_cosignatures(note, group.lines)
+            state.pending[group.body] = Cosigned(chain, group.checkpoint.size, lines)
+        state.mark, state.read_at, state.rows = mark, now, len(rows)
 
     def _export(self, batch: Batch) -> ExportResult:
         try:

@@ -19,15 +19,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import replace
 
-from audit_core._chain import ChainHead, TreeHeadClaim, chain_ids, check_head, verify_records
+from audit_core._chain import (
+    ChainHead,
+    TreeHeadClaim,
+    chain_ids,
+    check_head,
+    verify_records_at,
+)
+from audit_core._cosign import WitnessKey
 from audit_core._note import Verifier, unverified_text
 from audit_core._parallel import verify_parallel
 from audit_core.checkpoint import Checkpoint, check_stored, open_checkpoint
-from audit_core.errors import CheckpointError, HeadMismatchError, LedgerError, SignatureError
+from audit_core.errors import (
+    CheckpointError,
+    ConfigError,
+    HeadMismatchError,
+    LedgerError,
+    SignatureError,
+)
 from audit_core.ledgers import LedgerReader
+from audit_core.quorum import CosignedCheckpoint, check_witnessed, group_cosignatures
 
-__all__ = ["ChainHead", "chain_of", "stored_claims", "verify_chain", "verify_ledger"]
+__all__ = [
+    "ChainHead",
+    "chain_of",
+    "check_quorum",
+    "stored_claims",
+    "verify_chain",
+    "verify_ledger",
+]
 
 
 def verify_chain(
@@ -40,14 +62,23 @@ def verify_chain(
     expect_head: str | None = None,
     on_progress: Callable[[int], None] | None = None,
     jobs: int = 1,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
 ) -> ChainHead:
     """Verify one chain: every record, every link, the Merkle root at every stored
     checkpoint (signatures too when ``keys`` are given), each ``external`` checkpoint (already
     opened with trusted keys; the string names it in messages), and the stored frontier.
 
+    With ``witnesses``, the chain's stored cosignatures must give at least one checkpoint
+    ``quorum`` (0: every witness) valid cosignatures, and every checkpoint a trusted witness
+    cosigned must match the records (:func:`audit_core.quorum.check_witnessed`); the
+    witnessed checkpoints are returned in :attr:`ChainHead.witnessed`. Records appended
+    after the last witnessed checkpoint are valid (not yet witnessed, never an alarm).
+
     ``jobs`` > 1 verifies a large SQLite chain in that many processes (see
     :mod:`audit_core._parallel`); any failure there is re-verified in one process, so the
     error raised is exactly the one-process error. Everything is read from one snapshot."""
+    quorum = check_quorum(witnesses, quorum)
     with ledger.snapshot() as view:
         claims = stored_claims(view, chain, keys)
         for checkpoint, label in external:
@@ -55,14 +86,66 @@ def verify_chain(
             claims.append(
                 TreeHeadClaim(checkpoint.size, checkpoint.root, f"{label} ({checkpoint.origin})")
             )
-        head = verify_parallel(view, chain, claims, jobs, on_progress) if jobs > 1 else None
-        if head is None:
-            with closing(view.read(chain)) as records:  # closed now, even when verify raises
-                head = verify_records(chain, records, claims=claims, on_progress=on_progress)
+        cosigned = group_cosignatures(chain, view.cosignatures(chain)) if witnesses else []
+        head, roots = _verify_records(view, chain, claims, cosigned, jobs, on_progress)
         check_head(head, expect_size=expect_size, expect_head=expect_head)
+        if witnesses:
+            found = check_witnessed(
+                chain,
+                cosigned,
+                witnesses,
+                quorum,
+                size=head.size,
+                root_at=roots.__getitem__,  # every size ≤ head.size was computed
+                origin=lambda origin: origin.endswith("/" + chain),
+            )
+            head = replace(head, witnessed=tuple(found))
         _check_extent(view, head)
         _check_frontier(view, head)
     return head
+
+
+def check_quorum(witnesses: Sequence[WitnessKey], quorum: int) -> int:
+    """The quorum to require of ``witnesses`` (0: all of them); :class:`ConfigError` when it
+    is out of range or a witness is given twice (a quorum counts distinct witnesses)."""
+    if not witnesses:
+        if quorum:
+            raise ConfigError("a quorum needs witness keys (--witness)")
+        return 0
+    if len({(k.name, k.key_id) for k in witnesses}) != len(witnesses):
+        raise ConfigError("a witness key is given twice: a quorum counts distinct witnesses")
+    quorum = quorum or len(witnesses)
+    if not 1 <= quorum <= len(witnesses):
+        raise ConfigError(f"a quorum of {quorum} needs 1 to {len(witnesses)} witnesses")
+    return quorum
+
+
+def _verify_records(
+    view: LedgerReader,
+    chain: str,
+    claims: list[TreeHeadClaim],
+    cosigned: Sequence[CosignedCheckpoint],
+    jobs: int,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[ChainHead, dict[int, bytes]]:
+    """The chain's head and the records' roots at each cosigned size (computed from the
+    records, never from stored subtrees)."""
+    if jobs > 1:
+        # In processes, each cosigned checkpoint is a claim: if all match, the records' root
+        # at its size is its root; if any does not, the one-process run below says which.
+        extra = [
+            TreeHeadClaim(g.checkpoint.size, g.checkpoint.root, f"cosigned {g.checkpoint.size}")
+            for g in cosigned
+        ]
+        head = verify_parallel(view, chain, [*claims, *extra], jobs, on_progress)
+        if head is not None:
+            roots = {g.checkpoint.size: g.checkpoint.root for g in cosigned}
+            return replace(head, checkpoints=len(claims)), roots
+    sizes = [g.checkpoint.size for g in cosigned]
+    with closing(view.read(chain)) as records:  # closed now, even when verify raises
+        return verify_records_at(
+            chain, records, claims=claims, sizes=sizes, on_progress=on_progress
+        )
 
 
 def stored_claims(
@@ -164,15 +247,26 @@ def verify_ledger(
     external: Sequence[tuple[Checkpoint, str]] = (),
     on_progress: Callable[[str, int], None] | None = None,
     jobs: int = 1,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
 ) -> list[ChainHead]:
     """Verify ``chains`` (default: every chain in the ledger). A chain named explicitly
     that has no records fails: deleting a whole chain must not pass as an empty one. Each
     ``external`` checkpoint goes to the chain its origin names (``…/<chain>``); one whose
-    chain is not in the ledger fails: the chain was deleted. Every chain is verified in one
-    snapshot of the ledger."""
+    chain is not in the ledger fails: the chain was deleted. With ``witnesses``, every chain
+    must hold a checkpoint cosigned by ``quorum`` of them (0: all) that its records still
+    match (see :func:`verify_chain`). Every chain is verified in one snapshot."""
+    quorum = check_quorum(witnesses, quorum)
     with ledger.snapshot() as view:
         return _verify_ledger(
-            view, chains, keys=keys, external=external, on_progress=on_progress, jobs=jobs
+            view,
+            chains,
+            keys=keys,
+            external=external,
+            on_progress=on_progress,
+            jobs=jobs,
+            witnesses=witnesses,
+            quorum=quorum,
         )
 
 
@@ -184,6 +278,8 @@ def _verify_ledger(
     external: Sequence[tuple[Checkpoint, str]],
     on_progress: Callable[[str, int], None] | None,
     jobs: int,
+    witnesses: Sequence[WitnessKey],
+    quorum: int,
 ) -> list[ChainHead]:
     # A chain whose records are gone but whose subtrees or checkpoints are not was deleted:
     # verified as an empty chain, its Merkle state names what was removed.
@@ -217,6 +313,8 @@ def _verify_ledger(
             external=by_chain.get(name, ()),
             on_progress=progress,
             jobs=jobs,
+            witnesses=witnesses,
+            quorum=quorum,
         )
         if chains is not None and head.size == 0:
             raise HeadMismatchError(

@@ -32,6 +32,10 @@ state with the same key and knows what the event does not (the exception type, t
 digest), so its record should be the one kept. A backfill hands them on at once (the hook had
 its chance long before).
 
+**Anchored.** The follower is a long-running component: it signs checkpoints of every chain
+that grew every ``anchor_interval`` seconds and on a clean stop, and offers them to the
+configured witnesses (see :func:`follow`; ``workflow-audit follow`` does the same).
+
 **Where live starts.** Prefect's client replays the minute before it (re)connects and the
 server streams what arrives after it subscribed; the REST backfill the follower runs before
 each connection covers what is older, so nothing between the two is missed. Heartbeats
@@ -62,6 +66,7 @@ from typing import Any, overload
 from prefect import flow
 
 from audit_core import AuditTrail, Event, parse_timestamp
+from audit_core.anchor import start_anchor
 from audit_core.errors import ConfigError, SourceError
 from audit_core.sources.stream import FollowResult, StreamFollower, StreamItem
 from prefect_audit.eventmap import FOLLOW_SKIP, to_events
@@ -394,9 +399,15 @@ def follow(
     failure_grace: float = 2.0,
 ) -> FollowResult:
     """Follow Prefect's events into the ledger (the adapter's, unless ``ledger_url``) until
-    ``stop`` is set, or with ``once`` until caught up (see :mod:`audit_core.sources.stream`)."""
+    ``stop`` is set, or with ``once`` until caught up (see :mod:`audit_core.sources.stream`).
+
+    Anchored for its whole run: every chain of the ledger that grew is checkpointed every
+    ``anchor_interval`` seconds and once more on the way out, and offered to the
+    ``witnesses`` (:class:`audit_core.anchor.Anchor`; one that cannot start is logged and
+    counted, and the follower records without it)."""
     stream = PrefectStream(settings, failure_grace=failure_grace)
     config = stream.config if ledger_url is None else stream.config.evolve(ledger_url=ledger_url)
+    anchor = start_anchor(config, name="workflow-audit-anchor-follow")
     try:
         with AuditTrail(config) as trail:
             follower = StreamFollower(
@@ -409,6 +420,8 @@ def follow(
             return follower.run(once=once, stop=stop)
     finally:
         stream.close()
+        if anchor is not None:
+            anchor.stop()  # the final round, after the trail's last records; never raises
 
 
 @flow(name="workflow-audit-follow", log_prints=False)

@@ -120,6 +120,20 @@ class WorkflowAuditSettings(PrefectBaseSettings):
         "(re)starts: events reach Prefect late (clients send them in batches) and are "
         "deduplicated by their key, so a wider overlap costs reads, never duplicates.",
     )
+    anchor_interval: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Seconds between two anchoring rounds of the follower ('workflow-audit "
+        "follow prefect'): a signed checkpoint of every chain that grew, also on a clean "
+        "stop, offered to the witnesses. Unset: $WORKFLOW_AUDIT_ANCHOR_INTERVAL, else 60.",
+    )
+    witnesses: str = Field(
+        default="",
+        description="Witnesses asked to cosign each new checkpoint (c2sp.org/tlog-witness): "
+        "'URL VKEY' entries separated by ';'. A witness down never blocks recording. Empty: "
+        "$WORKFLOW_AUDIT_WITNESSES, else none.",
+    )
     record_parameters: bool = Field(
         default=False,
         description="Record flow parameter values (redacted). False: only their SHA-256.",
@@ -138,6 +152,13 @@ class WorkflowAuditSettings(PrefectBaseSettings):
         for name in ("privacy_policy", "privacy_store", "privacy_keys"):
             if value := getattr(self, name):
                 overrides[name] = value
+        if self.anchor_interval is not None:
+            overrides["anchor_interval_s"] = self.anchor_interval
+        # 'URL VKEY' entries, separated as in $WORKFLOW_AUDIT_WITNESSES (AuditConfig checks
+        # each: a malformed one is a ConfigError naming it)
+        witnesses = self.witnesses.replace("\n", ";").split(";")
+        if found := tuple(w.strip() for w in witnesses if w.strip()):
+            overrides["witnesses"] = found
         config = AuditConfig.from_env(env, **overrides)
         extra = tuple(p.strip() for p in self.redact_keys.split(",") if p.strip())
         return config.evolve(redact_keys=config.redact_keys + extra) if extra else config

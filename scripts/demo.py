@@ -112,8 +112,25 @@ class Demo:
     def evidence(self) -> Path:
         return self.root / "evidence.zip"
 
+    @property
+    def witness_key(self) -> Path:
+        return self.root / "witness" / "witness.key"
+
+    @property
+    def witness_vkey(self) -> Path:
+        # `workflow-audit witness keygen` writes the public (0x04) key beside the private one
+        return self.root / "witness" / "witness.key.pub"
+
+    @property
+    def rewritten(self) -> Path:
+        return self.root / "rewritten.db"
+
 
 Step = Callable[[Demo], None]
+# The witness the demo runs (`workflow-audit witness serve`) and its URL, for the steps after
+# `start_witness`; main() stops it whatever happens.
+_WITNESS: list[tuple[subprocess.Popen[bytes], str]] = []
+WITNESS_NAME = "witness.demo.example/w1"
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -411,15 +428,66 @@ def checkpoint(demo: Demo) -> None:
         raise DemoError(f"checkpoint wrote no verifier key at {_rel(demo.verifier_key)}")
 
 
+def _witness_env(demo: Demo) -> dict[str, str]:
+    """The CLI's environment with the demo's witness configured (WORKFLOW_AUDIT_WITNESSES)."""
+    url = _WITNESS[0][1]
+    vkey = demo.witness_vkey.read_text(encoding="utf-8").strip()
+    return {**_clean_env(), "WORKFLOW_AUDIT_WITNESSES": f"{url} {vkey}"}
+
+
+def start_witness(demo: Demo) -> None:
+    """Start an independent witness (c2sp.org/tlog-witness) on 127.0.0.1 that trusts this
+    log's verifier key, and have it cosign every chain's checkpoint. It cosigns a checkpoint
+    only if it extends the last one it saw of that chain; a rewrite is refused."""
+    keygen = ("witness", "keygen", WITNESS_NAME, "--out", str(demo.witness_key))
+    _cli(*keygen)
+    log = demo.logs / "witness.log"
+    command = [
+        str(BIN / "workflow-audit"), "witness", "serve", "--key", str(demo.witness_key),
+        "--state", str(demo.root / "witness" / "state.db"),
+        "--log", demo.verifier_key.read_text(encoding="utf-8").split()[-1], "--port", "0",
+    ]  # fmt: skip
+    _say(f"\n$ {shlex.join(['workflow-audit', *command[1:]])} &")
+    out = log.open("wb")
+    process = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 60.0
+    while "listening on " not in (text := log.read_text(encoding="utf-8", errors="replace")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise DemoError(f"the witness did not start; see {_rel(log)}")
+        time.sleep(0.1)
+    url = text.split("listening on ", 1)[1].split()[0]
+    _WITNESS.append((process, url))
+    _say(f"witness {WITNESS_NAME} listening on {url} (log: {_rel(log)})")
+    # Long-running components do this every 60 s by themselves (the anchor); here, once.
+    _cli("checkpoint", "--ledger", demo.ledger_url, env=_witness_env(demo))
+
+
+def stop_witness() -> None:
+    """Stop the demo's witness (SIGTERM: it exits 0), if it runs."""
+    while _WITNESS:
+        process, _ = _WITNESS.pop()
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def verify(demo: Demo) -> None:
-    """Verify every record, link and hash, and the checkpoint's signature."""
-    _cli("verify", "--ledger", demo.ledger_url, "--key", str(demo.verifier_key))
+    """Verify every record, link and hash, the checkpoints' signatures, and that the
+    witness cosigned each chain's checkpoint (its time shown)."""
+    _cli(
+        "verify", "--ledger", demo.ledger_url, "--key", str(demo.verifier_key),
+        "--witness", str(demo.witness_vkey), "--quorum", "1",
+    )  # fmt: skip
 
 
 def health(demo: Demo) -> None:
     """What an operator's cron job or probe runs: per chain the records, the last record and
-    checkpoint, the spool's backlog; exit 4 when a threshold is passed."""
-    _cli("health", "--ledger", demo.ledger_url, "--verify")
+    checkpoint, what the witness cosigned, the spool's backlog; exit 4 when a threshold is
+    passed."""
+    _cli("health", "--ledger", demo.ledger_url, "--verify", env=_witness_env(demo))
 
 
 def report(demo: Demo) -> None:
@@ -442,8 +510,11 @@ def prove_model_deployed(demo: Demo) -> None:
         "-o",
         str(bundle),
     )
-    # Offline: only the bundle and the verifier key, not the ledger.
-    _cli("verify-proof", str(bundle), "--key", str(demo.verifier_key))
+    # Offline: only the bundle, the verifier key and the witness's key, not the ledger.
+    _cli(
+        "verify-proof", str(bundle), "--key", str(demo.verifier_key),
+        "--witness", str(demo.witness_vkey),
+    )  # fmt: skip
 
 
 def tamper(demo: Demo) -> None:
@@ -479,6 +550,47 @@ def tamper(demo: Demo) -> None:
         str(demo.verifier_key),
         expect=EXIT_VERIFY_INVALID,
     )
+
+
+def rewrite_resigned(demo: Demo) -> None:
+    """What a local key cannot stop: someone who holds the ledger AND its signing key cuts the
+    last records of chain airflow from a copy and signs a fresh checkpoint. `verify --key`
+    passes; the witness's cosignature catches it (exit code 1, naming the witnessed size and
+    root), and the witness refuses to cosign the cut history."""
+    with (
+        contextlib.closing(sqlite3.connect(demo.ledger)) as src,
+        contextlib.closing(sqlite3.connect(demo.rewritten)) as dst,
+    ):
+        src.backup(dst)
+    for suffix in (".key", ".key.pub"):  # the attacker holds the key too
+        shutil.copyfile(f"{demo.ledger}{suffix}", f"{demo.rewritten}{suffix}")
+    with contextlib.closing(sqlite3.connect(demo.rewritten)) as db, db:
+        query = "SELECT count(*) FROM records WHERE chain = ?"
+        size = int(db.execute(query, (AIRFLOW_CHAIN,)).fetchone()[0])
+        keep = size - 3
+        for trigger in ("records_no_delete", "checkpoints_no_delete", "record_keys_no_delete"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        for table, column in (
+            ("records", "seq"), ("record_keys", "seq"), ("record_index", "seq"),
+            ("merkle_subtrees", "last"),
+        ):  # fmt: skip
+            db.execute(f"DELETE FROM {table} WHERE chain = ? AND {column} >= ?",  # noqa: S608
+                       (AIRFLOW_CHAIN, keep))  # fmt: skip
+        db.execute("DELETE FROM checkpoints WHERE chain = ? AND size > ?", (AIRFLOW_CHAIN, keep))
+    _say(
+        f"\nrewrite: copied the ledger and its key to {_rel(demo.rewritten)}, cut the last 3 of "
+        f"{size} records of chain {AIRFLOW_CHAIN!r} and signed a new checkpoint with the key"
+    )
+    url = f"sqlite:///{demo.rewritten}"
+    key = str(demo.rewritten) + ".key.pub"
+    _cli("checkpoint", "--ledger", url, "--chain", AIRFLOW_CHAIN)
+    _cli("verify", "--ledger", url, "--key", key, "--chain", AIRFLOW_CHAIN)
+    _cli(
+        "verify", "--ledger", url, "--key", key, "--chain", AIRFLOW_CHAIN,
+        "--witness", str(demo.witness_vkey), "--quorum", "1", expect=EXIT_VERIFY_INVALID,
+    )  # fmt: skip
+    # Asked to cosign the cut chain, the witness answers 409 Conflict: it cosigned more.
+    _cli("checkpoint", "--ledger", url, "--chain", AIRFLOW_CHAIN, env=_witness_env(demo))
 
 
 def evidence_pack(demo: Demo) -> None:
@@ -566,11 +678,13 @@ PREFECT: tuple[Step, ...] = (
 )
 LEDGER: tuple[Step, ...] = (
     checkpoint,
+    start_witness,
     verify,
     health,
     report,
     prove_model_deployed,
     tamper,
+    rewrite_resigned,
     evidence_pack,
     personal_data,
     next_steps,
@@ -587,6 +701,8 @@ def main() -> int:
     except DemoError as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr)
         return 1
+    finally:
+        stop_witness()
     _say(f"\ndemo done in {time.perf_counter() - started:.0f} s")
     return 0
 

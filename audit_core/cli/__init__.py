@@ -38,6 +38,7 @@ from audit_core.cli import (
     ship,
     spool,
     verify,
+    witness,
 )
 from audit_core.cli._common import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from audit_core.errors import AuditError, VerificationError
@@ -98,5 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_parsers(sub)
     index.add_parsers(sub)
     privacy.add_parsers(sub)
+    witness.add_parsers(sub)
     records.add_report_parser(sub)
     return p

@@ -1,6 +1,7 @@
 """What ``workflow-audit ingest`` and ``workflow-audit follow`` share: both copy an outside
 log (a :class:`~audit_core.sources.Source`, a :class:`~audit_core.sources.stream.Stream`)
-onto a chain from a long-running or one-shot command. Private to :mod:`audit_core.cli`.
+onto a chain from a long-running or one-shot command, anchored while they run
+(:func:`anchoring`, which ``ship --follow`` uses too). Private to :mod:`audit_core.cli`.
 
 >>> parse = bounded_seconds(0, 60, low_included=False)
 >>> parse("1.5")
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
+from audit_core.anchor import Anchor, start_anchor
 from audit_core.cli._common import default_ledger_url, open_ledger_arg
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError
@@ -30,6 +32,7 @@ from audit_core.trail import AuditTrail
 __all__ = [
     "MAX_BATCH",
     "add_target_args",
+    "anchoring",
     "bounded_seconds",
     "check_batch_and_chain",
     "closing",
@@ -127,3 +130,18 @@ def stopped_by_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def anchoring(config: AuditConfig, name: str) -> Iterator[Anchor | None]:
+    """Checkpoints without cron: an :class:`~audit_core.anchor.Anchor` signs every chain of
+    ``config``'s ledger that grew, every ``config.anchor_interval_s`` seconds while the
+    command runs and once more on the way out (caught up, SIGTERM/SIGINT, an error), and
+    offers each checkpoint to the configured witnesses (c2sp.org/tlog-witness). Never fails
+    the command: an anchor that cannot start is logged and counted (None)."""
+    anchor = start_anchor(config, name=name)
+    try:
+        yield anchor
+    finally:
+        if anchor is not None:
+            anchor.stop()  # the final round; never raises

@@ -19,6 +19,7 @@ from audit_core.cli._common import EXIT_OK, EXIT_USAGE
 from audit_core.cli._reader import (
     MAX_BATCH,
     add_target_args,
+    anchoring,
     bounded_seconds,
     check_batch_and_chain,
     closing,
@@ -36,6 +37,8 @@ _MAX_OVERLAP_S = 7 * 86400.0
 _DEFAULT_OVERLAP_S = 300.0
 
 _EXIT_CODES = (
+    "Checkpoints of every chain that grew are signed every $WORKFLOW_AUDIT_ANCHOR_INTERVAL "
+    "seconds (60) and on exit, and offered to $WORKFLOW_AUDIT_WITNESSES. "
     f"Exit codes: {EXIT_OK}: caught up (--once), or stopped by SIGTERM or SIGINT after the "
     f"current batch; {EXIT_USAGE}: usage error, an unknown or broken stream, or (with --once) "
     "the stream or the ledger cannot be read or written. Without --once such failures are "
@@ -85,7 +88,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
         overlap = args.overlap
         if overlap is None:
             overlap = float(getattr(stream, "overlap_s", None) or _DEFAULT_OVERLAP_S)
-        with open_trail(args, config) as trail:
+        with open_trail(args, config) as trail, anchoring(config, "workflow-audit-anchor-follow"):
             follower = StreamFollower(
                 trail, stream, chain=chain, overlap_s=overlap, batch=args.batch
             )

@@ -37,6 +37,12 @@ def _render(health: Health) -> str:
         else:
             parts.append(f"checkpoint of {c.checkpoint_size} {c.checkpoint_age_s or 0:.0f}s ago")
         parts.append(f"{c.unsigned} unsigned")
+        for witness, w in c.witnesses.items():
+            if w.size is None:
+                parts.append(f"witness {witness} cosigned nothing")
+            else:
+                ago = "" if w.cosigned_age_s is None else f" {w.cosigned_age_s:.0f}s ago"
+                parts.append(f"witness {witness} cosigned {w.size}{ago} (lag {w.lag})")
         parts += [f"sink {s} lag {lag}" for s, lag in c.sinks.items()]
         # a source's cursor is its own id, or a digest held as an int (a state source)
         parts += [f"source {s} cursor {i}" for s, i in c.sources.items()]
@@ -46,6 +52,8 @@ def _render(health: Health) -> str:
     if health.spool is not None:
         s = health.spool
         lines.append(f"spool {s['directory']}: {s['records']} record(s) in {s['files']} file(s)")
+    if health.counters:
+        lines.append("anchor: " + ", ".join(f"{k} {n}" for k, n in health.counters.items()))
     lines += [f"UNHEALTHY: {p}" for p in health.problems]
     lines.append("healthy" if health.healthy else f"unhealthy: {len(health.problems)} problem(s)")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from audit_core.cli._common import EXIT_OK, EXIT_USAGE
 from audit_core.cli._reader import (
     MAX_BATCH,
     add_target_args,
+    anchoring,
     bounded_seconds,
     check_batch_and_chain,
     closing,
@@ -31,6 +32,8 @@ from audit_core.sources import SOURCE_ENTRY_POINTS, Ingestor, load_source
 __all__ = ["add_parsers"]
 
 _EXIT_CODES = (
+    "Checkpoints of every chain that grew are signed every $WORKFLOW_AUDIT_ANCHOR_INTERVAL "
+    "seconds (60) and on exit, and offered to $WORKFLOW_AUDIT_WITNESSES. "
     f"Exit codes: {EXIT_OK}: caught up (with --follow: stopped by SIGTERM or SIGINT after the "
     f"current step); {EXIT_USAGE}: usage error, an unknown or broken source, or (without "
     "--follow) the source or the ledger cannot be read or written. With --follow such "
@@ -87,7 +90,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     with closing(source, source.name):
         config = reader_config(source, args.ledger)
         chain = args.chain or getattr(source, "chain", None) or config.chain
-        with open_trail(args, config) as trail:
+        with open_trail(args, config) as trail, anchoring(config, "workflow-audit-anchor-ingest"):
             ingestor = Ingestor(trail, source, chain=chain, grace_s=args.grace, batch=args.batch)
             with stopped_by_signals() as stop:
                 result = ingestor.run(follow=args.follow, interval_s=args.interval, stop=stop)

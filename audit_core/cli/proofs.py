@@ -1,6 +1,12 @@
 """``workflow-audit keygen``, ``checkpoint``, ``prove``, ``verify-proof``, ``cosign`` and
 ``consistency``: signed checkpoints of the chains and the RFC 9162 proofs built on them.
 
+``cosign`` adds a c2sp.org/tlog-cosignature ``cosignature/v1`` line (timestamped, signature
+type 0x04, a key from ``witness keygen``) after checking the log's signature; it checks no
+consistency with earlier checkpoints, which a witness server (``witness serve``) does.
+``prove`` bundles carry the stored cosignatures of their checkpoint; ``verify-proof
+--witness K --quorum N`` requires them.
+
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="workflow-audit")
 >>> add_parsers(parser.add_subparsers(dest="command"))
@@ -14,12 +20,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 
-from audit_core._note import Signer, sign_note
-from audit_core.checkpoint import load_signer, load_verifiers, write_key_files
+from audit_core._cosign import Cosigner, add_cosignatures, cosignature_lines
+from audit_core._note import Signer, note_parts
+from audit_core._record import StoredCheckpoint, StoredCosignature
+from audit_core.checkpoint import CheckpointSigner, load_verifiers, write_key_files
 from audit_core.cli._common import (
     EXIT_INVALID,
     EXIT_OK,
@@ -28,8 +39,15 @@ from audit_core.cli._common import (
     open_ledger_arg,
     read_checkpoint,
 )
+from audit_core.cli._witnessed import add_witness_args, load_witness_keys
 from audit_core.config import AuditConfig
-from audit_core.errors import CheckpointError, ConfigError, ProofError, SignatureError
+from audit_core.errors import (
+    CheckpointError,
+    ConfigError,
+    ProofError,
+    QuorumError,
+    SignatureError,
+)
 from audit_core.ledgers import LedgerReader
 from audit_core.proofs import (
     BUNDLE_FORMAT,
@@ -37,8 +55,9 @@ from audit_core.proofs import (
     prove_consistency,
     verify_inclusion_bundle,
 )
+from audit_core.quorum import utc_time
 from audit_core.trail import AuditTrail
-from audit_core.verify import chain_of
+from audit_core.verify import chain_of, check_quorum
 
 __all__ = ["add_parsers"]
 
@@ -73,18 +92,40 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pr.add_argument("--ledger", help="ledger URL (default: $WORKFLOW_AUDIT_LEDGER)")
     pr.add_argument("--chain", default=None, help="chain (default: $WORKFLOW_AUDIT_CHAIN)")
     pr.add_argument("--seq", type=int, required=True, help="the record's seq")
-    pr.add_argument("--size", type=int, help="tree size of a stored checkpoint (default: latest)")
+    pr.add_argument(
+        "--size",
+        type=int,
+        help="tree size of a stored checkpoint (default: the latest cosigned by witnesses, "
+        "else the latest)",
+    )
+    pr.add_argument(
+        "--witnessed",
+        action="store_true",
+        help="use a checkpoint witnesses cosigned, or fail (exit 2)",
+    )
     pr.add_argument("-o", "--output", help="bundle file (default: standard output)")
     pr.set_defaults(func=_cmd_prove)
 
     vp = sub.add_parser("verify-proof", help="check an inclusion proof bundle offline")
     vp.add_argument("bundle", help="bundle file written by `prove`")
     vp.add_argument("--key", action="append", required=True, help="trusted verifier key")
+    add_witness_args(vp, what="the bundle's checkpoint must carry --quorum of their cosignatures")
     vp.set_defaults(func=_cmd_verify_proof)
 
-    co = sub.add_parser("cosign", help="add a witness signature to a signed checkpoint")
+    co = sub.add_parser(
+        "cosign",
+        help="add a timestamped witness cosignature (c2sp.org/tlog-cosignature) to a signed "
+        "checkpoint",
+    )
     co.add_argument("checkpoint", help="signed checkpoint file (rewritten with the new line)")
-    co.add_argument("--signing-key", required=True, help="witness signer key (string or file)")
+    co.add_argument(
+        "--witness-key",
+        "--signing-key",  # its name before cosignatures were timestamped (0x04)
+        dest="witness_key",
+        required=True,
+        metavar="FILE",
+        help="witness private key file, from `workflow-audit witness keygen`",
+    )
     co.add_argument(
         "--key",
         action="append",
@@ -94,7 +135,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     co.set_defaults(func=_cmd_cosign)
 
     cs = sub.add_parser("consistency", help="prove append-only growth between two checkpoints")
-    cs.add_argument("old", help="older signed checkpoint file")
+    cs.add_argument("old", help="older signed checkpoint file (cosignature lines are ignored)")
     cs.add_argument("new", help="newer signed checkpoint file")
     cs.add_argument("--ledger", help="ledger URL to build the proof from")
     cs.add_argument(
@@ -138,11 +179,55 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     trail = AuditTrail(AuditConfig.from_env(ledger_url=url), ledger=ledger)
     if args.rotate_key:
         trail.rotate_key = True
-    for chain in args.chain or trail.ledger.chains():
-        stored = trail.checkpoint(chain)
-        if stored is not None:
-            print(stored.note, end="")
+    chains = args.chain or trail.ledger.chains()
+    signed = [s for s in map(trail.checkpoint, chains) if s is not None]
+    if trail.config.witnesses:  # WORKFLOW_AUDIT_WITNESSES: cosigned before it is printed
+        signed = _witnessed(trail, chains, signed)
+    for stored in signed:
+        print(stored.note, end="")
     return EXIT_OK
+
+
+def _witnessed(
+    trail: AuditTrail, chains: Sequence[str], signed: list[StoredCheckpoint]
+) -> list[StoredCheckpoint]:
+    """Ask the configured witnesses to cosign each chain's latest checkpoint (one anchor
+    round over ``chains``); the checkpoints returned carry every stored cosignature."""
+    from audit_core.anchor import Anchor, parse_witnesses
+
+    config = trail.config
+    signing = CheckpointSigner.from_config(config, trail.ledger, rotate=trail.rotate_key)
+    anchor = Anchor(
+        trail.ledger,
+        signing,
+        witnesses=parse_witnesses(config.witnesses),  # a malformed one: exit 2, named
+        timeout_s=config.witness_timeout_s,
+        name="workflow-audit-checkpoint",
+    )
+    report = anchor.tick(chains)
+    said = [
+        f"{n} {what}"
+        for n, what in (
+            (report.conflicts, "refusal(s): a witness cosigned a history this ledger lacks"),
+            (report.failures, "witness exchange(s) failed"),
+        )
+        if n
+    ]
+    if said:
+        print(
+            f"workflow-audit: warning: {'; '.join(said)} (see above). The checkpoints are "
+            "signed; `workflow-audit health` shows what each witness cosigned",
+            file=sys.stderr,
+        )
+    return [
+        replace(s, note=add_cosignatures(s.note, _lines(trail.ledger.cosignatures(s.chain), s)))
+        for s in signed
+    ]
+
+
+def _lines(rows: Sequence[StoredCosignature], stored: StoredCheckpoint) -> list[str]:
+    body, _ = note_parts(stored.note)
+    return [r.line for r in rows if r.size == stored.size and r.body == body]
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
@@ -150,15 +235,18 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     chain = args.chain or _only_chain(ledger) or AuditConfig.from_env().chain
     try:
         with ledger.snapshot() as view:  # checkpoint, record and audit path of one instant
-            bundle = make_inclusion_bundle(view, chain, args.seq, args.size)
+            bundle = make_inclusion_bundle(
+                view, chain, args.seq, args.size, witnessed=args.witnessed
+            )
     except ProofError as exc:
         raise ConfigError(str(exc)) from exc
     text = orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode() + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
+        cosigs = len(cosignature_lines(bundle["checkpoint"]))
         print(
             f"wrote inclusion proof of chain {chain!r} seq {args.seq} at tree size "
-            f"{bundle['tree_size']} to {args.output}",
+            f"{bundle['tree_size']} ({cosigs} cosignature(s)) to {args.output}",
             file=sys.stderr,
         )
     else:
@@ -168,6 +256,8 @@ def _cmd_prove(args: argparse.Namespace) -> int:
 
 def _cmd_verify_proof(args: argparse.Namespace) -> int:
     keys = load_verifiers(args.key)
+    witnesses = load_witness_keys(args.witness)
+    quorum = check_quorum(witnesses, args.quorum)
     try:
         bundle = orjson.loads(Path(args.bundle).read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
@@ -175,8 +265,8 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ConfigError(f"{args.bundle} is not a {BUNDLE_FORMAT} bundle (written by `prove`)")
     try:
-        proven = verify_inclusion_bundle(bundle, keys)
-    except (ProofError, SignatureError, CheckpointError) as exc:
+        proven = verify_inclusion_bundle(bundle, keys, witnesses=witnesses, quorum=quorum)
+    except (ProofError, SignatureError, CheckpointError, QuorumError) as exc:
         print(f"INVALID proof {args.bundle}: {exc}", file=sys.stderr)
         return EXIT_INVALID
     rec, cp = proven.record, proven.checkpoint
@@ -185,23 +275,47 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
         f"{rec.seq} of {cp.origin} at tree size {cp.size}, signed by "
         + ", ".join(v.name for v in proven.signed_by)
     )
+    for key, cosig in proven.cosigned:
+        print(f"       cosigned by witness {key.describe()} at {utc_time(cosig.timestamp)}")
     return EXIT_OK
 
 
 def _cmd_cosign(args: argparse.Namespace) -> int:
-    # A witness signs only what it has checked: the log's signature first (c2sp.org/signed-note
-    # cosigning); a witness that also tracks consistency runs `consistency` before this.
+    # A witness cosigns only what it has checked: the log's signature first. This command
+    # checks no consistency with earlier checkpoints (a witness server does: `witness
+    # serve`); its cosignature/v1 line states the time it was made (c2sp.org/tlog-cosignature).
     keys = load_verifiers(args.key)
+    witness = _load_cosigner(args.witness_key)
     path = Path(args.checkpoint)
     checkpoint = read_checkpoint(str(path), keys)  # exit 2 if unreadable, 1 if unsigned
     note = path.read_text(encoding="utf-8")
-    witness = load_signer(args.signing_key, default_path=None, name="unused")
-    path.write_text(sign_note(checkpoint.text(), [witness], existing=note), encoding="utf-8")
+    line = witness.cosign(checkpoint.text(), int(time.time()))
+    path.write_text(add_cosignatures(note, [line]), encoding="utf-8")
     print(
-        f"cosigned {checkpoint.describe()} as {witness.name}; verifier key {witness.verifier}",
+        f"cosigned {checkpoint.describe()} as {witness.name} (cosignature/v1); witness key "
+        f"{witness.key}",
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _load_cosigner(spec: str) -> Cosigner:
+    """A witness private key from a file (or the key itself); :class:`ConfigError` for a
+    log's Ed25519 (0x01) signer key or anything else, never echoing key material."""
+    text = spec
+    if not spec.startswith("PRIVATE+KEY+"):
+        try:
+            text = Path(spec).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read witness key {spec}: {exc}") from exc
+    try:
+        return Cosigner.parse(text)
+    except SignatureError as exc:
+        raise ConfigError(
+            f"--witness-key: {exc}. Cosignatures (c2sp.org/tlog-cosignature) need a witness "
+            "key, signature type 0x04, from `workflow-audit witness keygen`; a log's Ed25519 "
+            "(0x01) key from `workflow-audit keygen` cannot cosign"
+        ) from exc
 
 
 def _cmd_consistency(args: argparse.Namespace) -> int:

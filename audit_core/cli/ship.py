@@ -16,6 +16,7 @@ import os
 import sys
 
 from audit_core.cli._common import EXIT_OK, EXIT_PENDING, default_ledger_url, open_ledger_arg
+from audit_core.cli._reader import anchoring
 from audit_core.config import AuditConfig
 from audit_core.errors import ConfigError
 
@@ -30,7 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Deliver every record after each sink's cursor, in order, per chain; the "
         "cursor moves only once the sink confirmed. One-shot (catch up, then exit; exit code "
         "3 if something is still pending after --timeout) or --follow (a daemon: a sidecar "
-        "next to Airflow workers or a Prefect worker; SIGTERM stops it cleanly).",
+        "next to Airflow workers or a Prefect worker; SIGTERM stops it cleanly). --follow "
+        "also signs a checkpoint of every chain that grew every "
+        "$WORKFLOW_AUDIT_ANCHOR_INTERVAL seconds (60) and on exit, offered to "
+        "$WORKFLOW_AUDIT_WITNESSES.",
     )
     sh.add_argument(
         "--sink",
@@ -81,10 +85,12 @@ def _cmd_ship(args: argparse.Namespace) -> int:
                 threading.Thread(target=s.follow, args=(stop,), kwargs={"poll_s": args.poll})
                 for s in shippers
             ]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+            # a daemon beside the writers: it signs what they append (checkpoints without cron)
+            with anchoring(config, "workflow-audit-anchor-ship"):
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
             return EXIT_OK
         left = 0
         for shipper in shippers:

@@ -12,10 +12,18 @@ The S3 client is configured from the environment, as the AWS CLI's is: credentia
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an instance role), region
 (``AWS_REGION``), and ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server.
 
+With ``--witness KEY`` (repeatable; c2sp.org/tlog-cosignature 0x04 keys) and ``--quorum K``
+(default: every witness given), each chain must hold a checkpoint cosigned by K of them, and
+every checkpoint a trusted witness cosigned must still match the records: a writer holding
+the ledger and its local key cannot cut, rewrite or back-date what a witness saw. The verdict
+shows the latest witnessed checkpoint (cosigners and times) and the records appended since
+(valid, not yet witnessed).
+
 Verifying a ledger is itself recorded, after the verdict is printed, on that ledger's
 ``audit`` chain (``audit.verified``: the verdict, each chain's size, head and validity, whether
-signatures were checked; :mod:`audit_core.readlog`); one line on standard error says when it
-could not be (a read-only copy, a locked ledger). Verifying a bucket records nothing: a bucket
+signatures were checked, the witness keys, quorum and witnessed sizes;
+:mod:`audit_core.readlog`); one line on standard error says when it could not be (a read-only
+copy, a locked ledger). Verifying a bucket records nothing: a bucket
 is written by the shipper only.
 
 Exit codes: 0 every chain is valid, 1 the trail is invalid, 2 usage error, or the ledger or
@@ -29,9 +37,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from audit_core._chain import ChainHead, check_head, stored_size
+from audit_core._cosign import WitnessKey
 from audit_core._note import Verifier
 from audit_core.checkpoint import Checkpoint, load_verifiers
 from audit_core.cli._common import (
@@ -45,12 +55,19 @@ from audit_core.cli._common import (
     print_valid,
     read_checkpoint,
 )
+from audit_core.cli._witnessed import (
+    add_witness_args,
+    load_witness_keys,
+    witness_facts,
+    witnessed_lines,
+)
 from audit_core.cli.records import record_cli_read
 from audit_core.errors import AuditError, ConfigError, VerificationError
 from audit_core.ledgers import Ledger
+from audit_core.proofs import note_quorum
 from audit_core.query import Query
 from audit_core.readlog import os_user, read_event
-from audit_core.verify import verify_ledger
+from audit_core.verify import check_quorum, verify_ledger
 
 __all__ = ["add_parsers", "verify_bucket"]
 
@@ -92,11 +109,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="verify large chains in N processes (0: one per CPU); a failure found there is "
         "re-verified in one process for the exact message",
     )
-    v.add_argument(
-        "--witness",
-        action="append",
-        default=[],
-        help="witness verifier key that must also have cosigned each --checkpoint",
+    add_witness_args(
+        v,
+        what="every chain must hold a checkpoint cosigned by --quorum of them that its "
+        "records still match, and so must each --checkpoint file",
     )
     v.add_argument(
         "--min-retention-days",
@@ -123,10 +139,20 @@ def _progress_verify(
     keys: Sequence[Verifier] = (),
     external: Sequence[tuple[Checkpoint, str]] = (),
     jobs: int = 1,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
 ) -> list[ChainHead]:
     """verify_ledger with a rich progress bar when standard error is a terminal."""
     if not sys.stderr.isatty():
-        return verify_ledger(ledger, chains, keys=keys, external=external, jobs=jobs)
+        return verify_ledger(
+            ledger,
+            chains,
+            keys=keys,
+            external=external,
+            jobs=jobs,
+            witnesses=witnesses,
+            quorum=quorum,
+        )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     names = chains if chains is not None else ledger.chains()
@@ -147,7 +173,14 @@ def _progress_verify(
             bar.update(tasks[chain], completed=n)
 
         return verify_ledger(
-            ledger, chains, keys=keys, external=external, on_progress=on_progress, jobs=jobs
+            ledger,
+            chains,
+            keys=keys,
+            external=external,
+            on_progress=on_progress,
+            jobs=jobs,
+            witnesses=witnesses,
+            quorum=quorum,
         )
 
 
@@ -162,6 +195,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             chains=args.chain,
             min_retention_days=args.min_retention_days,
             jobs=args.jobs,
+            witnesses=args.witness,
+            quorum=args.quorum,
         )
     args.ledger = args.ledger or default_ledger_url()  # resolved once: read and record agree
     ledger, where = open_ledger_arg(args)
@@ -173,21 +208,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--checkpoint needs --key: a checkpoint is only evidence once its signature is checked"
         )
-    if args.witness and not args.checkpoint:  # the witnesses cosign checkpoint files only
-        raise ConfigError("--witness needs --checkpoint: the checkpoint files they cosigned")
-    witnessed = keys + (load_verifiers(args.witness) if args.witness else [])
-    external = [
-        (read_checkpoint(path, witnessed), f"checkpoint {path}") for path in args.checkpoint
-    ]
+    witnesses = load_witness_keys(args.witness)
+    quorum = check_quorum(witnesses, args.quorum)
+    external = [(read_checkpoint(path, keys), f"checkpoint {path}") for path in args.checkpoint]
     started = time.perf_counter()
     try:
-        heads = _progress_verify(ledger, chains, keys, external, _jobs(args.jobs))
+        for path in args.checkpoint if witnesses else ():
+            note = Path(path).read_text(encoding="utf-8")  # read_checkpoint could read it
+            note_quorum(note, witnesses, quorum, what=f"checkpoint {path}")
+        heads = _progress_verify(
+            ledger, chains, keys, external, _jobs(args.jobs), witnesses, quorum
+        )
         if chains is not None and len(chains) == 1:
             check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
     except VerificationError as exc:
         print_invalid("ledger", where, exc, args.json)
         ledger.close()
-        _record(args, keys=bool(keys), heads=[], error=exc)
+        _record(args, keys=bool(keys), heads=[], error=exc, witnesses=(witnesses, quorum))
         return EXIT_INVALID
     elapsed = time.perf_counter() - started
     total = sum(h.size for h in heads)
@@ -200,9 +237,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         for h in heads:
             print(f"valid: chain {h.chain!r}: {h.size} records, head {h.head}")
             print(f"       Merkle root {h.root}, {h.checkpoints} checkpoint(s) matched ({signed})")
+            for line in witnessed_lines(h.witnessed, h.size) if witnesses else ():
+                print(line)
         _rate_line(total, len(heads), "", elapsed)
     ledger.close()
-    _record(args, keys=bool(keys), heads=heads, error=None)
+    _record(args, keys=bool(keys), heads=heads, error=None, witnesses=(witnesses, quorum))
     return EXIT_OK
 
 
@@ -212,13 +251,21 @@ def _record(
     keys: bool,
     heads: Sequence[ChainHead],
     error: VerificationError | None,
+    witnesses: tuple[Sequence[WitnessKey], int] = ((), 0),
 ) -> None:
-    """``audit.verified`` on the verified ledger's audit chain (after the verdict is out)."""
-    chains = {h.chain: {"size": h.size, "head": h.head, "valid": True} for h in heads}
+    """``audit.verified`` on the verified ledger's audit chain (after the verdict is out):
+    with witnesses, their public keys, the quorum and each chain's witnessed size."""
+    chains: dict[str, dict[str, Any]] = {
+        h.chain: {"size": h.size, "head": h.head, "valid": True} for h in heads
+    }
+    if witnesses[0]:
+        for h in heads:
+            chains[h.chain]["witnessed"] = h.witnessed[-1].size if h.witnessed else None
     facts: dict[str, Any] = {
         "verdict": "valid" if error is None else "invalid",
         "chains": chains,
         "key_checked": keys,
+        **witness_facts(*witnesses),
     }
     if error is not None:
         facts["error"] = {"chain": error.chain, "seq": error.seq, "reason": error.reason}
@@ -239,10 +286,13 @@ def verify_bucket(
     allow_governance: bool = False,
     allow_no_lock: bool = False,
     jobs: int = 1,
+    witnesses: Sequence[str] = (),
+    quorum: int = 0,
 ) -> int:
     """``workflow-audit verify s3://BUCKET/PREFIX --key K``: print the verdict, return the
     exit code. The policy defaults to what the sink writes: COMPLIANCE, 365 days. ``jobs``
-    as for ``verify --jobs`` (0: one process per CPU)."""
+    as for ``verify --jobs`` (0: one process per CPU); ``witnesses`` (key strings or files)
+    and ``quorum`` as for ``verify --witness --quorum``."""
     # boto3 and the bucket checker load only when a bucket is verified
     from audit_core import bucket as checker
     from audit_core.sinks.s3 import MIN_RETENTION_DAYS, boto_errors, parse_s3_url, s3_client
@@ -266,6 +316,8 @@ def verify_bucket(
             require_lock=not allow_no_lock,
         )
         verifiers = load_verifiers(keys)
+        witness_keys = load_witness_keys(witnesses)
+        quorum = check_quorum(witness_keys, quorum)
         started = time.perf_counter()
         found = checker.verify_bucket(
             s3_client(),
@@ -276,6 +328,8 @@ def verify_bucket(
             policy=policy,
             jobs=_jobs(jobs),
             client_factory=s3_client,
+            witnesses=witness_keys,
+            quorum=quorum,
         )
     except VerificationError as exc:
         print_invalid("bucket", url, exc, json)
@@ -298,6 +352,8 @@ def verify_bucket(
         print(f"valid: chain {h.chain!r}: {h.size} records in {c.segments} segments, head {h.head}")
         matched = f"{h.checkpoints} checkpoint(s) matched (signatures checked)"
         print(f"       Merkle root {h.root}, {matched}")
+        for line in witnessed_lines(c.witnessed, h.size) if witness_keys else ():
+            print(line)
         if c.modes:
             until = "" if c.retained_until is None else c.retained_until.strftime("%Y-%m-%d")
             modes = "/".join(c.modes)

@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
+from audit_core._record import (
+    PreparedRecord,
+    StoredCheckpoint,
+    StoredCosignature,
+    StoredRecord,
+)
 from audit_core.errors import ConfigError
 
 __all__ = [
@@ -107,6 +112,11 @@ class LedgerReader(Protocol):
         """The chain's signed checkpoints, smallest tree first."""
         ...
 
+    def cosignatures(self, chain: str) -> list[StoredCosignature]:
+        """The witnesses' cosignatures of the chain's checkpoints, smallest size first
+        ([] for a ledger made before cosignatures were stored)."""
+        ...
+
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq a consumer (a sink) marked as done for ``chain``; -1 if none."""
         ...
@@ -164,6 +174,11 @@ class Ledger(LedgerReader, Protocol):
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         """Store a signed checkpoint; False if one of that size is stored already."""
+        ...
+
+    def add_cosignature(self, cosignature: StoredCosignature) -> bool:
+        """Store a witness's cosignature of a checkpoint of the chain; False when that very
+        line is stored already (c2sp.org/tlog-witness answers are stored as received)."""
         ...
 
     def set_cursor(self, name: str, chain: str, seq: int) -> None:

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from audit_core._index import MAX_TAIL, NO_DAG, expand_events, is_exact, literal_prefix, next_prefix
-from audit_core._record import PreparedRecord, StoredCheckpoint, StoredRecord
+from audit_core._record import (
+    PreparedRecord,
+    StoredCheckpoint,
+    StoredCosignature,
+    StoredRecord,
+)
 from audit_core.errors import LedgerError
 
 if TYPE_CHECKING:
@@ -46,6 +51,9 @@ class Queries:
     set_cursor: str  # (name, chain, seq); moves an existing cursor forward only
     keyed: str  # (chain, key) -> chain, seq, hash, body of the record stored under the key
     keys: str  # (chain, keys) -> key: those of the keys stored on the chain
+    has_cosignatures: str  # () -> one row: true when the cosignatures table exists
+    cosignatures: str  # (chain) -> chain, size, body, line, created, ORDER BY size, rowid
+    add_cosignature: str  # (chain, size, body, line, created); nothing when the line exists
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +158,14 @@ class RowReads:
         """The chain's stored checkpoints, smallest tree first."""
         rows = self._rows(self.queries.checkpoints + " ORDER BY size", (chain,))
         return [self._checkpoint(r) for r in rows]
+
+    def cosignatures(self, chain: str) -> list[StoredCosignature]:
+        """The witnesses' cosignatures of the chain's checkpoints, smallest size first; []
+        for a ledger made before them (a read-only copy of an older ledger)."""
+        if not self._rows(self.queries.has_cosignatures)[0][0]:
+            return []
+        rows = self._rows(self.queries.cosignatures, (chain,))
+        return [StoredCosignature(*row) for row in rows]
 
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""
@@ -430,6 +446,13 @@ class RowWrites(RowReads):
         c = checkpoint
         return 1 == self._write(
             self.queries.add_checkpoint, (c.chain, c.size, c.root, c.note, c.created)
+        )
+
+    def add_cosignature(self, cosignature: StoredCosignature) -> bool:
+        """Store a witness's cosignature line; False when that line is stored already."""
+        c = cosignature
+        return 1 == self._write(
+            self.queries.add_cosignature, (c.chain, c.size, c.body, c.line, c.created)
         )
 
     def set_cursor(self, name: str, chain: str, seq: int) -> None:

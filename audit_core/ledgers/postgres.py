@@ -137,6 +137,7 @@ _KEYS_USABLE = (
 _SCHEMA_STATE = (
     "SELECT to_regclass('records') IS NULL, to_regclass('record_keys') IS NULL, "
     "to_regclass('record_index') IS NULL OR to_regclass('index_state') IS NULL, "
+    "to_regclass('cosignatures') IS NULL, "
     "(SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass('records'))"
 )
 # The query index (see postgres_admin): rows written by each append in its transaction.
@@ -208,6 +209,11 @@ _QUERIES = Queries(
     keyed="SELECT r.chain, r.seq, r.hash, r.body FROM record_keys k JOIN records r "
     "ON r.chain = k.chain AND r.seq = k.seq WHERE k.chain = %s AND k.key = %s",
     keys="SELECT key FROM record_keys WHERE chain = %s AND key = ANY(%s)",
+    has_cosignatures="SELECT to_regclass('cosignatures') IS NOT NULL",
+    cosignatures="SELECT chain, size, body, line, created FROM cosignatures WHERE chain = %s "
+    "ORDER BY size, created, line",
+    add_cosignature="INSERT INTO cosignatures (chain, size, body, line, created) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
 )
 # Hashing the few leaves others appended since our last commit is cheaper than reading the
 # O(log n) subtrees, up to a point.
@@ -319,6 +325,7 @@ class PostgresLedger(_Rows, RowWrites):
         (``public`` on PostgreSQL 14 and older) it would own the table, able to delete its
         rows, with no grant for the auditor. Its keyed appends go on without dedupe."""
         from audit_core.ledgers.postgres_admin import (
+            create_cosignature_table,
             create_index_tables,
             create_key_table,
             create_schema,
@@ -327,7 +334,7 @@ class PostgresLedger(_Rows, RowWrites):
         row = conn.execute(_SCHEMA_STATE).fetchone()
         if row is None:
             return
-        no_records, no_keys, no_index, owner = row
+        no_records, no_keys, no_index, no_cosign, owner = row
         if no_records:
             create_schema(conn)
             return
@@ -335,6 +342,8 @@ class PostgresLedger(_Rows, RowWrites):
             create_key_table(conn)
         if no_index and owner:  # cheap DDL of empty tables; never a backfill here
             create_index_tables(conn)
+        if no_cosign and owner:
+            create_cosignature_table(conn)
 
     def _connection(self) -> _Conn:
         pid = os.getpid()

@@ -48,6 +48,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WRITER_ROLE",
     "InitResult",
+    "create_cosignature_table",
     "create_index_tables",
     "create_key_table",
     "create_schema",
@@ -66,6 +67,19 @@ CREATE TABLE IF NOT EXISTS record_keys (
     key   text   NOT NULL,
     seq   bigint NOT NULL,  -- the record stored under the key
     PRIMARY KEY (chain, key)
+);
+"""
+
+# Witness cosignatures (c2sp.org/tlog-cosignature), as in audit_core/ledgers/sqlite.py: evidence,
+# append-only; also added on its own to a ledger made before them.
+_COSIGN_SQL = """
+CREATE TABLE IF NOT EXISTS cosignatures (
+    chain   text   NOT NULL,
+    size    bigint NOT NULL,
+    body    text   NOT NULL,  -- the checkpoint text cosigned (c2sp.org/tlog-checkpoint)
+    line    text   NOT NULL,  -- the witness's note signature line
+    created text   NOT NULL,
+    PRIMARY KEY (chain, size, line)
 );
 """
 
@@ -143,6 +157,7 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (name, chain)
 );"""
     + _KEYS_SQL
+    + _COSIGN_SQL
     + _INDEX_TABLES_SQL
     + """CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO meta (key, value) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
@@ -158,7 +173,7 @@ $$;
 """
 )
 
-_APPEND_ONLY_TABLES = ("records", "merkle_subtrees", "checkpoints", "record_keys")
+_APPEND_ONLY_TABLES = ("records", "merkle_subtrees", "checkpoints", "record_keys", "cosignatures")
 
 
 def _trigger_sql(table: str) -> str:
@@ -171,13 +186,14 @@ def _trigger_sql(table: str) -> str:
 
 
 _GRANTS = f"""
-GRANT SELECT, INSERT ON records, merkle_subtrees, checkpoints, record_keys TO {WRITER_ROLE};
+GRANT SELECT, INSERT ON records, merkle_subtrees, checkpoints, record_keys, cosignatures
+    TO {WRITER_ROLE};
 GRANT SELECT, INSERT, UPDATE ON cursors TO {WRITER_ROLE};
 GRANT SELECT, INSERT ON chain_heads TO {WRITER_ROLE};
 GRANT UPDATE (seq, hash) ON chain_heads TO {WRITER_ROLE};
 GRANT SELECT ON meta TO {WRITER_ROLE};
-GRANT SELECT ON records, chain_heads, merkle_subtrees, checkpoints, cursors, meta, record_keys
-    TO {AUDITOR_ROLE};
+GRANT SELECT ON records, chain_heads, merkle_subtrees, checkpoints, cursors, meta, record_keys,
+    cosignatures TO {AUDITOR_ROLE};
 {_INDEX_GRANTS}"""
 
 # Concurrent first writers must not race on CREATE TABLE IF NOT EXISTS (it is not atomic
@@ -227,6 +243,19 @@ def create_index_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(_INDEX_TABLES_SQL.encode())
         if _role_exists(conn, WRITER_ROLE) and _role_exists(conn, AUDITOR_ROLE):
             conn.execute(_INDEX_GRANTS.encode())
+
+
+def create_cosignature_table(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Add ``cosignatures``, its triggers and grants to a ledger made before witness
+    cosignatures, in one transaction. Run as the tables' owner, as :func:`create_key_table`."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(_COSIGN_SQL.encode())
+        conn.execute(_trigger_sql("cosignatures").encode())
+        if _role_exists(conn, WRITER_ROLE):
+            conn.execute(f"GRANT SELECT, INSERT ON cosignatures TO {WRITER_ROLE}".encode())
+        if _role_exists(conn, AUDITOR_ROLE):
+            conn.execute(f"GRANT SELECT ON cosignatures TO {AUDITOR_ROLE}".encode())
 
 
 def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> bool:

@@ -133,6 +133,22 @@ BEGIN SELECT RAISE(ABORT, 'workflow-audit record keys are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS record_keys_no_delete BEFORE DELETE ON record_keys
 BEGIN SELECT RAISE(ABORT, 'workflow-audit record keys are append-only'); END;
 """
+# Witness cosignatures of checkpoints (c2sp.org/tlog-cosignature): evidence, append-only;
+# writers add the table to a ledger made before it, as record_keys.
+_COSIGN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cosignatures (
+    chain   TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    body    TEXT NOT NULL,  -- the checkpoint text cosigned (c2sp.org/tlog-checkpoint)
+    line    TEXT NOT NULL,  -- the witness's note signature line
+    created TEXT NOT NULL,
+    PRIMARY KEY (chain, size, line)
+);
+CREATE TRIGGER IF NOT EXISTS cosignatures_no_update BEFORE UPDATE ON cosignatures
+BEGIN SELECT RAISE(ABORT, 'workflow-audit cosignatures are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS cosignatures_no_delete BEFORE DELETE ON cosignatures
+BEGIN SELECT RAISE(ABORT, 'workflow-audit cosignatures are append-only'); END;
+"""
 # The query index (audit_core.query): derived, rebuildable, never evidence (verify never
 # reads it), so no append-only triggers: `workflow-audit index rebuild` deletes and rewrites
 # its rows. An append indexes its chain's tail in its own transaction once it reaches
@@ -164,7 +180,8 @@ CREATE TABLE IF NOT EXISTS index_state (
 """
 _HAS_TABLES = (
     "SELECT sum(name = 'records'), sum(name = 'record_keys'), sum(name = 'record_index') "
-    "+ sum(name = 'index_state') FROM sqlite_master WHERE type = 'table'"
+    "+ sum(name = 'index_state'), sum(name = 'cosignatures') "
+    "FROM sqlite_master WHERE type = 'table'"
 )
 _INSERT_INDEX = (
     "INSERT OR REPLACE INTO record_index (chain, seq, ts, event, dag, run, task, actor) "
@@ -238,6 +255,12 @@ _QUERIES = Queries(
     "ON r.chain = k.chain AND r.seq = k.seq WHERE k.chain = ? AND k.key = ?",
     # one statement for a batch's keys however many (no bound-variable limit): a JSON array
     keys="SELECT key FROM record_keys WHERE chain = ? AND key IN (SELECT value FROM json_each(?))",
+    has_cosignatures="SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+    "AND name = 'cosignatures'",
+    cosignatures="SELECT chain, size, body, line, created FROM cosignatures WHERE chain = ? "
+    "ORDER BY size, rowid",
+    add_cosignature="INSERT OR IGNORE INTO cosignatures (chain, size, body, line, created) "
+    "VALUES (?, ?, ?, ?, ?)",
 )
 # SQLite result codes (sqlite.org/rescode.html), low byte: the ones a read-only open of a
 # WAL database gives when the -shm file can be neither opened for writing nor created.
@@ -319,12 +342,14 @@ class SqliteLedger(RowWrites):
             # records table is no ledger: left alone.
             has = conn.execute(_HAS_TABLES).fetchone()
             if self._create:
-                schema = _SCHEMA + _KEYS_SCHEMA + _INDEX_SCHEMA
+                schema = _SCHEMA + _KEYS_SCHEMA + _INDEX_SCHEMA + _COSIGN_SCHEMA
             elif has is None or not has[0]:
                 schema = ""
             else:
-                schema = (_KEYS_SCHEMA if not has[1] else "") + (
-                    _INDEX_SCHEMA if has[2] != 2 else ""
+                schema = (
+                    (_KEYS_SCHEMA if not has[1] else "")
+                    + (_INDEX_SCHEMA if has[2] != 2 else "")
+                    + (_COSIGN_SCHEMA if not has[3] else "")
                 )
             if schema:
                 # One transaction, so concurrent first writers do not race on the schema.

@@ -11,6 +11,12 @@ cursor only after ``export`` returned ``SUCCESS``, and re-sends after a crash. S
 must make a re-sent batch harmless (idempotent object names, or records a receiver can
 de-duplicate by ``audit.chain`` + ``audit.seq``), and must return ``FAILURE`` rather than
 raise when its destination is down (a raise is treated as a failure too, and logged).
+
+A sink that keeps the records' evidence beside them (the S3 sink) may also take the chains'
+witness-cosigned checkpoints: it then has an ``export_cosigned`` method (:class:`CosignedSink`,
+checked with ``isinstance`` at run time; still one :class:`Sink` protocol, the method is an
+optional capability). The shipper hands it a :class:`Cosigned` only after the sink confirmed
+the records up to its size, and again after a failure; the sink makes a re-send harmless.
 """
 
 from __future__ import annotations
@@ -18,11 +24,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from audit_core._record import StoredRecord
 
-__all__ = ["Batch", "ExportResult", "Sink"]
+__all__ = ["Batch", "Cosigned", "CosignedSink", "ExportResult", "Sink"]
 
 
 class ExportResult(enum.Enum):
@@ -70,4 +76,24 @@ class Sink(Protocol):
 
     def shutdown(self) -> None:
         """Release resources; idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Cosigned:
+    """A checkpoint of ``chain`` at tree ``size``: the log's signed note with every witness
+    cosignature line stored for it appended (c2sp.org/tlog-cosignature)."""
+
+    chain: str
+    size: int
+    note: str
+
+
+@runtime_checkable
+class CosignedSink(Protocol):
+    """The optional capability of a :class:`Sink` that keeps cosigned checkpoints."""
+
+    def export_cosigned(self, cosigned: Sequence[Cosigned]) -> ExportResult:
+        """Store each cosigned checkpoint durably (once: a re-send is a no-op), or return
+        FAILURE (then all of them are sent again later)."""
         ...

@@ -21,6 +21,11 @@ lists what the bucket already holds of the chain (one LIST request per 1,000 obj
 at a process's first batch of a chain and after a failed one), checks those records are
 byte-identical, and writes only the remainder. One shipper per sink name: two writing the
 same prefix at once could leave overlapping segments (``verify s3://…`` reports them).
+
+Witness-cosigned checkpoints (:meth:`S3SegmentSink.export_cosigned`, the optional
+:class:`~audit_core.sinks.CosignedSink` capability) are written the same way, once each,
+under content-addressed names (``CHAIN/cosigned/SIZE-DIGEST.checkpoint``); the sink lists a
+chain's ``cosigned/`` once per process and skips what is there.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from audit_core._segment import (
     MIN_RETENTION_DAYS,
     chain_dir,
     checkpoint_key,
+    cosigned_dir,
+    cosigned_key,
     decode_segment,
     encode_segment,
     parse_key,
@@ -47,7 +54,7 @@ from audit_core._segment import (
 from audit_core.checkpoint import ledger_checkpoints
 from audit_core.errors import ConfigError
 from audit_core.ledgers import masked_url
-from audit_core.sinks import Batch, ExportResult
+from audit_core.sinks import Batch, Cosigned, ExportResult
 
 # The segment format's names (audit_core/_segment.py) and ledger_checkpoints (checkpoint.py)
 # stay importable from here, where users of the sink found them before #12.
@@ -167,6 +174,7 @@ class S3SegmentSink:
         # chain -> the seq after the last segment this process wrote or matched, when
         # nothing is known to lie beyond it: the next batch may then be written directly.
         self._next: dict[str, int] = {}
+        self._cosigned: dict[str, set[str]] = {}  # chain -> cosigned objects known to be there
         try:
             self._check_bucket()
         except self._errors as exc:  # the bucket cannot be reached now: check at export
@@ -226,6 +234,46 @@ class S3SegmentSink:
                 exc,
             )
             return ExportResult.FAILURE
+
+    def export_cosigned(self, cosigned: Sequence[Cosigned]) -> ExportResult:
+        """Write each cosigned checkpoint under its content-addressed name unless the bucket
+        holds it; FAILURE when S3 cannot be reached or refuses (nothing is overwritten)."""
+        try:
+            self._check_bucket()
+            for item in cosigned:
+                data = item.note.encode("utf-8")
+                key = cosigned_key(self.prefix, item.chain, item.size, data)
+                held = self._cosigned_held(item.chain)
+                if key in held:
+                    continue
+                written = self._put_once(key, data, "text/plain; charset=utf-8")
+                if not written and self._get(key) != data:  # 64 bits of SHA-256 agree
+                    COUNTERS.incr("s3_conflicts")
+                    logger.error(
+                        "workflow-audit: REFUSING to overwrite s3://%s/%s", self.bucket, key
+                    )
+                    return ExportResult.FAILURE
+                held.add(key)
+                COUNTERS.incr("s3_cosigned_shipped")
+        except self._errors as exc:
+            logger.warning(
+                "workflow-audit: S3 upload of cosigned checkpoints to s3://%s failed: %s",
+                self.bucket,
+                exc,
+            )
+            return ExportResult.FAILURE
+        return ExportResult.SUCCESS
+
+    def _cosigned_held(self, chain: str) -> set[str]:
+        """The chain's cosigned objects in the bucket: listed once, then remembered."""
+        held = self._cosigned.get(chain)
+        if held is None:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=cosigned_dir(self.prefix, chain)
+            )
+            held = {item["Key"] for page in pages for item in page.get("Contents", ())}
+            self._cosigned[chain] = held
+        return held
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         """Nothing is buffered: each export is durable in S3 when it returns SUCCESS."""

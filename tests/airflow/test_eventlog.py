@@ -728,10 +728,15 @@ class TestService:
         assert service.running() is None
         assert events.log_ids() == [r.data["log_id"] for r in _by_log_id(ledger)]
 
-    def test_off_starts_nothing(self) -> None:
-        """ingest_event_log = False: no thread."""
-        off = AirflowAuditSettings(ingest_event_log=False, record_access=False)
-        assert service.start("test", off) is None
+    def test_off_starts_nothing(self, tmp_path: Path) -> None:
+        """ingest_event_log = False: no ingestion thread (anchoring alone runs)."""
+        audit = AuditConfig(ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}")
+        off = AirflowAuditSettings(audit=audit, ingest_event_log=False, record_access=False)
+        try:
+            assert service.start("test", off) is None
+            assert service.running() is None
+        finally:
+            service.stop()
 
     def test_scheduler_ingests_cli_does_not(self, events: EventHome, tmp_path: Path) -> None:
         """A real `airflow scheduler` records new log rows; a CLI command records none."""

@@ -1,15 +1,28 @@
 """The executor path: ``airflow dags test --use-executor`` with LocalExecutor and an
 api-server on 127.0.0.1. Task hooks fire in one task-runner process per task; asset hooks in
 the API server. All of them write to one chain, which verifies; a SIGKILLed task leaves a gap
-that ``workflow-audit reconcile airflow`` puts on the chain."""
+that ``workflow-audit reconcile airflow`` puts on the chain. The API server and the scheduler
+anchor: checkpoints cover the chains within ``anchor_interval`` and on a clean shutdown."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from audit_core import AuditConfig, AuditTrail
 from tests.airflow._airflow import BIN, ML_TIMELINE, AirflowHome, executor_dags_test, records
+from tests.core._anchored import (
+    DEADLINE_S,
+    chain_sizes,
+    check_checkpoints,
+    uncovered,
+    wait_covered,
+)
 
 # A whole DAG run through the executor on a loaded 2-core machine can take minutes; the
 # test waits for the run's end (the process exits), with room to spare, not for a fixed time.
@@ -88,3 +101,80 @@ class TestExecutorPath:
         assert [1] == of_killed("task.unrecorded")  # idempotent
         verified = workflow_audit(api_server, "verify")
         assert 0 == verified.returncode, verified.stderr
+
+
+class TestAnchoring:
+    """Checkpoints without cron: the API server's and the scheduler's anchors."""
+
+    def test_a_run_ends_covered_by_checkpoints(self, api_server: AirflowHome) -> None:
+        """After a DAG run under the LocalExecutor whose own processes sign nothing (as
+        short-lived task processes never reach the checkpoint policy), every chain's latest
+        checkpoint covers its last record within anchor_interval (5 s here) with no manual
+        step; every checkpoint the API server's workers signed, racing, is signed and
+        consistent with the final tree (no fork)."""
+        done = executor_dags_test(api_server, "ml_pipeline", WORKFLOW_AUDIT_CHECKPOINT_EVERY="0")
+        assert 0 == done.returncode, done.stderr[-3000:]
+        ledger = api_server.ledger
+        assert ledger is not None
+        ended = time.monotonic()
+        wait_covered(ledger, chains=2)  # the task chain and the events chain
+        print(f"covered {time.monotonic() - ended:.1f}s after the run's process ended")
+        assert {"airflow", "airflow-events"} <= set(chain_sizes(ledger))
+        assert 2 <= check_checkpoints(ledger, Path(f"{ledger}.key.pub"))
+
+    def test_scheduler_stop_signs_the_final_checkpoint(
+        self, api_server: AirflowHome, tmp_path: Path
+    ) -> None:
+        """A scheduler whose interval never comes signs, on SIGTERM's clean shutdown, a
+        checkpoint covering the last record of every chain (a task's record written while
+        it ran included); the checkpoints are consistent with the final trees."""
+        ledger = tmp_path / "ledger.db"
+        env = {
+            **api_server.env,
+            "AIRFLOW__WORKFLOW_AUDIT__LEDGER_URL": f"sqlite:///{ledger}",
+            "AIRFLOW__WORKFLOW_AUDIT__ANCHOR_INTERVAL": "3600",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # no DAG run of its own
+        }
+        before = _last_scheduler_job(api_server)
+        log = tmp_path / "scheduler.log"
+        with log.open("w") as out:
+            scheduler = subprocess.Popen(
+                [str(BIN / "airflow"), "scheduler"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            # its Job is running: on_starting (anchor and ingestion started) has returned
+            _wait(lambda: _scheduler_running(api_server, before), scheduler, log)
+            config = AuditConfig(ledger_url=f"sqlite:///{ledger}", checkpoint_every=0)
+            with AuditTrail(config) as task:  # a task's record, signed by nobody yet
+                task.record("task.succeeded", chain="airflow")
+            assert (1, None) == uncovered(ledger)["airflow"]
+            scheduler.send_signal(signal.SIGTERM)
+            assert 0 == scheduler.wait(DEADLINE_S), log.read_text()[-3000:]
+        finally:
+            if scheduler.poll() is None:
+                scheduler.kill()
+                scheduler.wait()
+        assert {} == uncovered(ledger), log.read_text()[-3000:]
+        assert 1 <= check_checkpoints(ledger, Path(f"{ledger}.key.pub"))
+
+
+def _last_scheduler_job(home: AirflowHome) -> int:
+    rows = home.db("SELECT coalesce(max(id), 0) FROM job WHERE job_type = 'SchedulerJob'")
+    return int(str(rows[0][0]))
+
+
+def _scheduler_running(home: AirflowHome, after: int) -> bool:
+    rows = home.db(
+        "SELECT state FROM job WHERE job_type = 'SchedulerJob' AND id > ? AND state = 'running'",
+        after,
+    )
+    return bool(rows)
+
+
+def _wait(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll ``ready()`` until true; fail at once if ``proc`` ended."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not ready():
+        assert proc.poll() is None, "the scheduler ended: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "not ready: " + log.read_text()[-3000:]
+        time.sleep(0.2)  # polling Airflow's job table for the scheduler's start

@@ -206,3 +206,33 @@ class TestProviderInfo:
         options = provider_config()[SECTION]["options"]
         sensitive = sorted(key for key, entry in options.items() if entry.get("sensitive"))
         assert ["privacy_keys", "privacy_store", "signing_key"] == sensitive
+
+
+class TestAnchorOptions:
+    """anchor_interval and witnesses: an option beats WORKFLOW_AUDIT_*, empty falls through."""
+
+    def test_options_map_onto_the_core_config(self) -> None:
+        """anchor_interval becomes anchor_interval_s; witnesses, split at ';', witnesses."""
+        from audit_core._cosign import Cosigner
+
+        keys = [str(Cosigner.generate(f"w{i}.example").key) for i in range(2)]
+        text = f"http://127.0.0.1:7380 {keys[0]} ; https://w1.example/tlog {keys[1]};"
+        settings = _load({"anchor_interval": "7.5", "witnesses": text})
+        assert 7.5 == settings.audit.anchor_interval_s
+        assert (
+            f"http://127.0.0.1:7380 {keys[0]}",
+            f"https://w1.example/tlog {keys[1]}",
+        ) == settings.audit.witnesses
+
+    def test_empty_falls_through_to_the_environment(self) -> None:
+        """Empty options: $WORKFLOW_AUDIT_ANCHOR_INTERVAL, else the core's 60 s, no witness."""
+        assert (60.0, ()) == (_load().audit.anchor_interval_s, _load().audit.witnesses)
+        env = {"WORKFLOW_AUDIT_ANCHOR_INTERVAL": "12"}
+        assert 12.0 == _load(env=env).audit.anchor_interval_s
+        assert 3.0 == _load({"anchor_interval": "3"}, env=env).audit.anchor_interval_s
+
+    @pytest.mark.parametrize("value", ["0", "-1", "soon", "3601"])
+    def test_bad_interval_is_a_config_error(self, value: str) -> None:
+        """An interval that is not 0 < seconds <= 3600 names the option."""
+        with pytest.raises(ConfigError, match=r"\[workflow_audit\] anchor_interval"):
+            _load({"anchor_interval": value})

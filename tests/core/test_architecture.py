@@ -35,6 +35,8 @@ PURE = frozenset(
         "audit_core._metrics",
         "audit_core._segment",
         "audit_core._forklock",
+        "audit_core._cosign",
+        "audit_core._witness_wire",
         "audit_core.errors",
     }
 )

@@ -15,8 +15,10 @@ import orjson
 import pytest
 
 from audit_core import COUNTERS, AuditConfig, AuditTrail, leaf_hash, verify_chain, verify_ledger
+from audit_core._cosign import cosignature_lines
 from audit_core._merkle import Frontier, root_of
-from audit_core._note import Signer, Verifier, sign_note
+from audit_core._note import Signer, Verifier, sign_note, unverified_text
+from audit_core._record import StoredCosignature
 from audit_core.checkpoint import Checkpoint, open_checkpoint
 from audit_core.cli import main
 from audit_core.errors import CheckpointError, ProofError, SignatureError
@@ -334,28 +336,50 @@ class TestCli:
 
 
 class TestWitness:
-    """Witness cosigning from the command line."""
+    """Witness cosigning from the command line (c2sp.org/tlog-cosignature)."""
 
     def test_cosign_and_require_witness(
         self, ledger: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A cosigned checkpoint passes `verify --witness`; an uncosigned one fails (exit 1)."""
+        """`cosign` adds a cosignature/v1 line; the cosigned file (its line also stored in
+        the ledger) passes `verify --witness --checkpoint`; an uncosigned file fails (exit 1)."""
         url = f"sqlite:///{ledger}"
         log_key = str(ledger.with_name("ledger.db.key.pub"))
         witness_key = tmp_path / "w.key"
-        assert 0 == main(["keygen", "--name", "witness.example/w", "-o", str(witness_key)])
+        assert 0 == main(["witness", "keygen", "witness.example/w", "--out", str(witness_key)])
         witness_pub = str(witness_key) + ".pub"
         plain, cosigned = tmp_path / "plain.txt", tmp_path / "cosigned.txt"
         plain.write_text(_latest_note(ledger))
         cosigned.write_text(_latest_note(ledger))
-        cosign = ["cosign", str(cosigned), "--signing-key", str(witness_key), "--key", log_key]
+        cosign = ["cosign", str(cosigned), "--witness-key", str(witness_key), "--key", log_key]
         assert 0 == main(cosign)
+        [line] = cosignature_lines(cosigned.read_text())
         assert 2 == cosigned.read_text().count("\u2014 ")
+        body = Checkpoint.parse(unverified_text(cosigned.read_text()))
+        db = SqliteLedger(ledger)
+        db.add_cosignature(StoredCosignature(CHAIN, body.size, body.text(), line, "2026"))
+        db.close()
         args = ["verify", "--ledger", url, "--key", log_key, "--witness", witness_pub]
         assert 0 == main([*args, "--checkpoint", str(cosigned)])
         capsys.readouterr()
         assert 1 == main([*args, "--checkpoint", str(plain)])
         assert "witness.example/w" in capsys.readouterr().err
+
+    def test_cosign_with_a_log_key_is_a_usage_error(
+        self, ledger: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`cosign` with a plain Ed25519 (0x01) key exits 2, pointing to `witness keygen`."""
+        log_key = str(ledger.with_name("ledger.db.key.pub"))
+        plain_key = tmp_path / "p.key"
+        assert 0 == main(["keygen", "--name", "witness.example/p", "-o", str(plain_key)])
+        cp = tmp_path / "cp.txt"
+        cp.write_text(_latest_note(ledger))
+        capsys.readouterr()
+        assert 2 == main(["cosign", str(cp), "--witness-key", str(plain_key), "--key", log_key])
+        err = capsys.readouterr().err
+        assert "witness keygen" in err
+        assert "PRIVATE" not in err
+        assert _latest_note(ledger) == cp.read_text()
 
 
 class TestFrontierCache:

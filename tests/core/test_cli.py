@@ -221,17 +221,27 @@ class TestVerifyCommand:
         assert 2 == run.code
         assert "usage: workflow-audit" in run.err
 
-    def test_witness_without_checkpoint_is_a_usage_error(
-        self, cli: Any, populated: Path, tmp_path: Path
-    ) -> None:
-        """--witness without --checkpoint exits 2 instead of ignoring the witness."""
-        assert 0 == cli("keygen", "--name", "w.example/w", "-o", tmp_path / "w.key").code
+    def test_log_key_as_witness_is_a_usage_error(self, cli: Any, populated: Path) -> None:
+        """--witness with a log's Ed25519 (0x01) key exits 2 saying it is not a witness key."""
         pub = populated.with_name(populated.name + ".key.pub")
-        run = cli(
-            "verify", "--ledger", populated, "--key", pub, "--witness", f"{tmp_path}/w.key.pub"
-        )
+        run = cli("verify", "--ledger", populated, "--key", pub, "--witness", pub)
         assert 2 == run.code
-        assert "--witness needs --checkpoint" in run.err
+        assert "0x01" in run.err
+        assert "witness keygen" in run.err
+        assert "Traceback" not in run.err
+
+    @pytest.mark.parametrize("quorum", ["2", "-1"])
+    def test_quorum_out_of_range_is_a_usage_error(
+        self, cli: Any, populated: Path, tmp_path: Path, quorum: str
+    ) -> None:
+        """--quorum beyond the witnesses given (or below 0) exits 2."""
+        assert 0 == cli("witness", "keygen", "w.example/w", "--out", tmp_path / "w.key").code
+        run = cli(
+            "verify", "--ledger", populated, "--witness", f"{tmp_path}/w.key.pub",
+            "--quorum", quorum,
+        )  # fmt: skip
+        assert 2 == run.code
+        assert "quorum" in run.err
         assert "Traceback" not in run.err
 
     @pytest.mark.parametrize("value", ["two", b"\x02"])

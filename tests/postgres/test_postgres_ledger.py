@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from audit_core import AuditConfig, AuditTrail, Event, open_ledger, verify_chain, verify_ledger
+from audit_core._record import StoredCosignature
 from audit_core.errors import LedgerError
 from audit_core.ledgers import Ledger
 from audit_core.ledgers.postgres import PostgresLedger
@@ -235,6 +236,8 @@ class TestAppendOnly:
             "TRUNCATE records",
             "UPDATE merkle_subtrees SET hashes = '\\x00'",
             "DELETE FROM checkpoints",
+            "DELETE FROM cosignatures",
+            "UPDATE cosignatures SET line = ''",
         ],
     )
     def test_writer_cannot_change_records(
@@ -250,7 +253,13 @@ class TestAppendOnly:
         assert 1 == verify_chain(pg_ledger, "default").size
 
     @pytest.mark.parametrize(
-        "sql", ["UPDATE records SET seq = 7", "DELETE FROM records", "TRUNCATE records"]
+        "sql",
+        [
+            "UPDATE records SET seq = 7",
+            "DELETE FROM records",
+            "TRUNCATE records",
+            "TRUNCATE cosignatures",
+        ],
     )
     def test_owner_is_refused_by_triggers(
         self, pg_ledger: PostgresLedger, owner_url: str, sql: str
@@ -263,6 +272,18 @@ class TestAppendOnly:
         ):
             conn.execute(sql)
         assert 1 == verify_chain(pg_ledger, "default").size
+
+    def test_cosignatures_round_trip(
+        self, pg_ledger: PostgresLedger, writer_url: str, auditor_url: str
+    ) -> None:
+        """The writer stores a witness's cosignature once; the auditor reads it back."""
+        row = StoredCosignature("default", 1, "o/default\n1\nAA==\n", "— w x", "t")
+        writer = PostgresLedger(writer_url, create=False)
+        assert (True, False) == (writer.add_cosignature(row), writer.add_cosignature(row))
+        auditor = PostgresLedger(auditor_url, create=False, read_only=True)
+        assert [row] == auditor.cosignatures("default")
+        with auditor.snapshot() as view:
+            assert [row] == view.cosignatures("default")
 
     def test_auditor_cannot_insert(self, pg_ledger: PostgresLedger, auditor_url: str) -> None:
         """The auditor role reads the ledger but cannot append to it."""
