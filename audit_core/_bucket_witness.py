@@ -18,7 +18,7 @@ RFC 9162 root at its size, computed from the segments' records as they stream pa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from audit_core._chain import TreeHeadClaim
 from audit_core._cosign import WitnessKey, cosignature_lines
@@ -37,11 +37,13 @@ def cosigned_groups(
     prefix: str,
     objects: Sequence[tuple[str, bytes]],
     keys: Sequence[Verifier],
+    origins: Collection[str],
 ) -> list[CosignedCheckpoint]:
     """The chain's cosigned checkpoints from its cosigned objects ``(key, bytes)``, one
     group per checkpoint body, smallest size first. With ``keys``, each note must be signed
-    by every one (as a segment's checkpoint must); raises :class:`CheckpointError` or
-    :class:`SegmentError` naming the object otherwise."""
+    by every one (as a segment's checkpoint must), and its origin must be one of
+    ``origins`` exactly (:func:`audit_core.quorum.chain_origins`); raises
+    :class:`CheckpointError` or :class:`SegmentError` naming the object otherwise."""
     rows: list[StoredCosignature] = []
     for key, data in objects:
         parsed = parse_cosigned_key(prefix, key)
@@ -59,13 +61,15 @@ def cosigned_groups(
                 found=hashlib.sha256(data).hexdigest()[:16],
             )
         checkpoint, body, note = _open(chain, key, data, keys, seq)
-        if checkpoint.size != size or not checkpoint.origin.endswith("/" + chain):
+        if checkpoint.size != size or checkpoint.origin not in origins:
+            expected = " or ".join(sorted(origins))
             raise CheckpointError(
                 f"cosigned object {key} holds the checkpoint of {checkpoint.origin!r} at size "
-                f"{checkpoint.size}: its name says chain {chain!r}, size {size}",
+                f"{checkpoint.size}: its name says chain {chain!r} (origin {expected}), size "
+                f"{size}",
                 chain=chain,
                 seq=seq,
-                expected=f".../{chain} at size {size}",
+                expected=f"{expected} at size {size}",
                 found=f"{checkpoint.origin} at size {checkpoint.size}",
             )
         rows += [StoredCosignature(chain, size, body, line, "") for line in cosignature_lines(note)]
@@ -117,9 +121,12 @@ def bucket_witnessed(
     *,
     size: int,
     roots: Mapping[int, bytes],
+    origins: Collection[str],
+    unseen: bool = False,
 ) -> list[Witnessed]:
     """:func:`audit_core.quorum.check_witnessed` for a bucket's chain of ``size`` records;
-    ``roots`` holds the records' root at every size of :func:`cosigned_sizes`."""
+    ``roots`` holds the records' root at every size of :func:`cosigned_sizes`; ``origins``
+    the chain's exact origins; ``unseen``: no witness asked online has seen the chain."""
     return check_witnessed(
         chain,
         groups,
@@ -127,5 +134,6 @@ def bucket_witnessed(
         quorum,
         size=size,
         root_at=roots.__getitem__,
-        origin=lambda origin: origin.endswith("/" + chain),
+        origins=origins,
+        unseen=unseen,
     )

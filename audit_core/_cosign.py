@@ -40,6 +40,7 @@ from audit_core.errors import SignatureError
 
 __all__ = [
     "COSIGNATURE_ALG",
+    "MAX_NOTE_SIGNATURES",
     "MAX_TIMESTAMP",
     "Cosignature",
     "Cosigner",
@@ -58,6 +59,8 @@ COSIGNATURE_ALG = 0x04  # c2sp.org/signed-note "Signature types": timestamped Ed
 MAX_TIMESTAMP = 2**63 - 1
 _SIG_PREFIX = "\u2014 "  # em dash, space (c2sp.org/signed-note)
 _HEX8 = re.compile(r"[0-9a-f]{8}")
+#: Signature lines a note may carry (audit_core._note reads at most this many).
+MAX_NOTE_SIGNATURES = 100
 _LINE_BYTES = 4 + 8 + 64  # key ID, timestamp, Ed25519 signature
 
 
@@ -246,14 +249,17 @@ def cosignature_lines(note: str) -> list[str]:
 
 
 def witnessed(note: str, keys: Iterable[WitnessKey]) -> list[tuple[WitnessKey, Cosignature]]:
-    """The valid cosignatures by ``keys`` on a signed note, one per witness (the newest).
+    """The valid cosignatures by ``keys`` on a signed note, one per witness public key (the
+    newest).
 
     Lines by unknown keys are ignored (signed-note: they enable rotation and more
     witnesses); a line by a known key (name and key ID) that does not verify is tampering
     and raises :class:`SignatureError`."""
     body, lines = note_parts(note)
     known = {(k.name, k.key_id): k for k in keys}
-    found: dict[tuple[str, bytes], tuple[WitnessKey, Cosignature]] = {}
+    # one entry per Ed25519 public key: a key under two names is one witness (the message
+    # does not commit to the name, so either name's line is the same key's statement)
+    found: dict[bytes, tuple[WitnessKey, Cosignature]] = {}
     for line in lines:
         try:
             cosig = parse_cosignature(line)
@@ -266,9 +272,9 @@ def witnessed(note: str, keys: Iterable[WitnessKey]) -> list[tuple[WitnessKey, C
             raise SignatureError(
                 f"cosignature by witness {key.describe()} (time {cosig.timestamp}) does not verify"
             )
-        held = found.get((key.name, key.key_id))
+        held = found.get(key.public)
         if held is None or held[1].timestamp < cosig.timestamp:
-            found[(key.name, key.key_id)] = (key, cosig)
+            found[key.public] = (key, cosig)
     return list(found.values())
 
 
@@ -277,6 +283,15 @@ def quorum_of(
 ) -> tuple[list[tuple[WitnessKey, Cosignature]], list[WitnessKey]]:
     """``(valid cosignatures, witnesses missing)``; the quorum is met when at least
     ``quorum`` distinct witnesses cosigned. Raises :class:`SignatureError` on a bad one."""
+    keys = list(dict.fromkeys(keys))  # the same key given twice is one witness
+    publics: dict[bytes, WitnessKey] = {}
+    for key in keys:
+        twin = publics.setdefault(key.public, key)
+        if twin != key:  # one Ed25519 key under two names is one witness, not two
+            raise SignatureError(
+                f"witness keys {twin.describe()} and {key.describe()} are one Ed25519 key: "
+                "a quorum counts distinct witnesses"
+            )
     if quorum < 1 or quorum > len(keys):
         raise SignatureError(f"a quorum of {quorum} needs 1 to {len(keys)} witness keys")
     valid = witnessed(note, keys)
@@ -287,7 +302,8 @@ def quorum_of(
 
 def add_cosignatures(note: str, lines: Iterable[str]) -> str:
     """``note`` with the cosignature ``lines`` appended; a witness's earlier line (same name
-    and key ID) is replaced, and a line already there is not repeated."""
+    and key ID) is replaced, and a line already there is not repeated.
+    :class:`SignatureError` beyond :data:`MAX_NOTE_SIGNATURES` lines (our notes' limit)."""
     body, old = note_parts(note)
     new = [parse_cosignature(line) for line in lines]
     replaced = {(c.name, c.key_id) for c in new}
@@ -301,4 +317,9 @@ def add_cosignatures(note: str, lines: Iterable[str]) -> str:
         if (cosig.name, cosig.key_id) not in replaced:
             kept.append(line)
     kept += [c.line for c in new if c.line not in kept]
+    if len(kept) > MAX_NOTE_SIGNATURES:
+        raise SignatureError(
+            f"the note would carry {len(kept)} signature lines, over {MAX_NOTE_SIGNATURES}"
+            " (c2sp.org/signed-note: a verifier may refuse more)"
+        )
     return body + "\n" + "".join(f"{line}\n" for line in kept)

@@ -46,7 +46,7 @@ import logging
 import multiprocessing
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
@@ -84,8 +84,12 @@ from audit_core.errors import (
     SignatureError,
     VerificationError,
 )
-from audit_core.quorum import CosignedCheckpoint, Witnessed
-from audit_core.verify import check_quorum  # one quorum rule for ledger and bucket alike
+from audit_core.quorum import CosignedCheckpoint, Witnessed, chain_origins, merge_cosigned
+from audit_core.verify import (  # one quorum and origin rule for ledger and bucket alike
+    OnlineCosigned,
+    check_quorum,
+    origin_prefixes,
+)
 
 __all__ = [
     "BucketChain",
@@ -183,6 +187,8 @@ class _Run:
     client_factory: Callable[[], Any] | None
     witnesses: Sequence[WitnessKey] = ()
     quorum: int = 0
+    origin: str | None = None
+    online: OnlineCosigned | None = None
 
 
 #: The ``hash`` of a record read from a segment: segments store no record hashes, so the
@@ -204,6 +210,8 @@ def verify_bucket(
     on_progress: Callable[[str, int], None] | None = None,
     witnesses: Sequence[WitnessKey] = (),
     quorum: int = 0,
+    origin: str | None = None,
+    online: OnlineCosigned | None = None,
 ) -> list[BucketChain]:
     """Verify every chain under ``s3://bucket/prefix`` (or ``chains``, each of which must be
     there) with ``client`` (boto3, S3). With ``keys``, each checkpoint must be signed by every
@@ -217,16 +225,34 @@ def verify_bucket(
     With ``witnesses``, each chain must hold, in its cosigned objects, a checkpoint
     cosigned by ``quorum`` of them (0: all), and every checkpoint a trusted witness cosigned
     must match the records (:class:`~audit_core.errors.QuorumError` otherwise); the
-    witnessed checkpoints are in :attr:`BucketChain.witnessed`."""
+    witnessed checkpoints are in :attr:`BucketChain.witnessed`. ``origin`` and ``online``
+    as for :func:`audit_core.verify.verify_chain`; a chain with cosigned objects but no
+    segments was deleted (invalid)."""
     policy = policy or RetentionPolicy()
     if jobs > 1 and client_factory is None:
         raise ConfigError("jobs > 1 needs a client_factory: each process makes its own client")
     quorum = check_quorum(witnesses, quorum)
+    if witnesses:
+        origin_prefixes(origin, keys)  # a usage error before anything is read
     run = _Run(
-        client, bucket, prefix, keys, policy, workers, jobs, client_factory, witnesses, quorum
+        client,
+        bucket,
+        prefix,
+        keys,
+        policy,
+        workers,
+        jobs,
+        client_factory,
+        witnesses,
+        quorum,
+        origin,
+        online,
     )
     found, cosigned = _list(client, bucket, prefix)
-    names = sorted(found) if chains is None else list(chains)
+    if chains is None:  # with witnesses, a chain that kept only its cosigned objects counts
+        names = sorted(set(found) | (set(cosigned) if witnesses else set()))
+    else:
+        names = list(chains)
     out = []
     for chain in names:
         ranges = found.get(chain)
@@ -359,13 +385,31 @@ def _verify_chain(
         found: tuple[Witnessed, ...] = ()
         if run.witnesses:
             found = tuple(
-                bucket_witnessed(chain, groups, run.witnesses, run.quorum, size=size, roots=roots)
+                bucket_witnessed(
+                    chain,
+                    groups,
+                    run.witnesses,
+                    run.quorum,
+                    size=size,
+                    roots=roots,
+                    origins=origins,
+                    unseen=unseen,
+                )
             )
         head = replace(head, witnessed=found)
         return BucketChain(head, len(segments), tuple(sorted(lock.modes)), lock.until, found)
 
     size = segments[-1][0].last + 1
-    groups = _cosigned_groups(run, chain, cosigned, lock, fetch) if run.witnesses else []
+    origins = (
+        chain_origins(chain, origin_prefixes(run.origin, run.keys))
+        if run.witnesses
+        else frozenset()
+    )
+    groups = _cosigned_groups(run, chain, cosigned, lock, fetch, origins) if run.witnesses else []
+    unseen = False
+    if run.witnesses and run.online is not None:
+        fetched_online, unseen = run.online(chain, origins)
+        groups = merge_cosigned(groups, fetched_online)
     sizes = cosigned_sizes(groups, size)
     with ExitStack() as stack:
         started = None
@@ -425,6 +469,7 @@ def _cosigned_groups(
     cosigned: list[_Object],
     lock: _Lock,
     fetch: Callable[[_Object], tuple[bytes, dict[str, Any]]],
+    origins: Collection[str],
 ) -> list[CosignedCheckpoint]:
     """Step 5's objects: each locked and checksummed as a segment is, then grouped."""
     objects = []
@@ -432,7 +477,7 @@ def _cosigned_groups(
         for obj, (data, meta) in zip(cosigned, fetched, strict=True):
             _check_object(run.policy, chain, obj.first, obj, data, meta, lock)
             objects.append((obj.key, data))
-    return cosigned_groups(chain, run.prefix, objects, run.keys)
+    return cosigned_groups(chain, run.prefix, objects, run.keys, origins)
 
 
 def _segment_records(

@@ -67,6 +67,7 @@ Environment variables (all optional; README "Configuration" lists them too):
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -145,10 +146,12 @@ class AuditConfig:
             raise ConfigError(f"max_value_bytes must be at least 64, not {self.max_value_bytes}")
         if self.checkpoint_every < 0 or self.checkpoint_interval_s <= 0:
             raise ConfigError("checkpoint_every must be >= 0 and checkpoint_interval_s > 0")
-        if not self.anchor_interval_s > 0 or not self.witness_timeout_s > 0:
+        if not all(
+            0 < s < math.inf for s in (self.anchor_interval_s, self.witness_timeout_s)
+        ):  # inf/nan: a round never comes, an exchange never ends
             raise ConfigError(
                 f"anchor_interval_s ({self.anchor_interval_s}) and witness_timeout_s "
-                f"({self.witness_timeout_s}) must be positive"
+                f"({self.witness_timeout_s}) must be finite and positive"
             )
         if isinstance(self.witnesses, str):
             raise ConfigError("witnesses is a sequence of 'URL VKEY' strings, not one string")

@@ -29,7 +29,7 @@ from audit_core._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from audit_core._note import Verifier
+from audit_core._note import Verifier, unverified_text
 from audit_core._record import Record, StoredCheckpoint, StoredRecord, leaf_hash
 from audit_core.checkpoint import Checkpoint, check_stored, open_checkpoint
 from audit_core.errors import (
@@ -41,6 +41,8 @@ from audit_core.errors import (
     SignatureError,
 )
 from audit_core.ledgers import LedgerReader
+from audit_core.quorum import chain_origins
+from audit_core.verify import origin_prefixes
 
 __all__ = [
     "BUNDLE_FIELDS",
@@ -142,18 +144,20 @@ def _cosigned(
     rows = ledger.cosignatures(chain)
     if not rows:
         return None
-    lines: dict[tuple[int, bytes], list[str]] = {}
+    # keyed by the whole cosigned body, origin line included: a cosignature of another
+    # origin's checkpoint with the same size and root is not one of this checkpoint
+    lines: dict[str, list[str]] = {}
     for row in rows:
-        try:
-            cp = Checkpoint.parse(row.body)
-        except (AuditError, TypeError):
-            continue  # a malformed row: `verify --witness` names it; not proof material
-        lines.setdefault((cp.size, cp.root), []).append(row.line)
+        if isinstance(row.body, str) and isinstance(row.line, str):
+            lines.setdefault(row.body, []).append(row.line)
     for stored in reversed(ledger.checkpoints(chain)):
         if stored.size <= seq or (size is not None and stored.size != size):
             continue
         check_stored(chain, stored)
-        found = lines.get((stored.size, stored.root))
+        try:
+            found = lines.get(unverified_text(stored.note))
+        except (AuditError, ValueError):
+            continue  # an unreadable stored note: `verify` names it
         if found:
             try:
                 return stored, add_cosignatures(stored.note, found)
@@ -168,9 +172,12 @@ def verify_inclusion_bundle(
     *,
     witnesses: Sequence[WitnessKey] = (),
     quorum: int = 0,
+    origin: str | None = None,
 ) -> ProvenRecord:
     """Check a bundle with nothing but trusted verifier keys (and, with ``witnesses``, that
-    its checkpoint carries ``quorum`` valid cosignatures by them, 0: all); raises
+    its checkpoint carries ``quorum`` valid cosignatures by them, 0: all, and has exactly
+    the chain's origin ``<origin>/<chain>``, default prefix the keys' name: a witness
+    cosigns any new origin from an empty history, so only this log's origin counts); raises
     :class:`ProofError`, :class:`~audit_core.errors.SignatureError`,
     :class:`CheckpointError` or :class:`QuorumError`."""
     if bundle.get("format") != BUNDLE_FORMAT or not BUNDLE_FIELDS <= bundle.keys():
@@ -210,6 +217,18 @@ def verify_inclusion_bundle(
     record = Record.from_stored(StoredRecord(chain, index, digest, body))
     cosigned: list[tuple[WitnessKey, Cosignature]] = []
     if witnesses:
+        origins = chain_origins(chain, origin_prefixes(origin, keys))
+        if checkpoint.origin not in origins:
+            expected = " or ".join(repr(o) for o in sorted(origins))
+            raise QuorumError(
+                f"the bundle's checkpoint is of origin {checkpoint.origin!r}, but chain "
+                f"{chain!r} of this log has origin {expected}: its cosignatures witness "
+                "another history",
+                chain=chain,
+                seq=index,
+                expected=expected,
+                found=checkpoint.origin,
+            )
         what = f"the bundle's checkpoint ({checkpoint.describe()})"
         cosigned = note_quorum(
             bundle["checkpoint"], witnesses, quorum or len(witnesses), what=what, chain=chain

@@ -25,7 +25,7 @@ compute the records' root at a size.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from audit_core._cosign import WitnessKey, quorum_of
@@ -36,8 +36,10 @@ from audit_core.errors import AuditError, QuorumError, SignatureError
 __all__ = [
     "CosignedCheckpoint",
     "Witnessed",
+    "chain_origins",
     "check_witnessed",
     "group_cosignatures",
+    "merge_cosigned",
     "unsigned_note",
     "utc_time",
 ]
@@ -120,6 +122,32 @@ def group_cosignatures(chain: str, rows: Iterable[StoredCosignature]) -> list[Co
     return sorted(groups, key=lambda g: g.checkpoint.size)
 
 
+def merge_cosigned(
+    *groups: Iterable[CosignedCheckpoint],
+) -> list[CosignedCheckpoint]:
+    """Cosigned checkpoints from several sources (the ledger's rows, the witnesses' own
+    answers) joined per checkpoint body, smallest size first."""
+    by_body: dict[str, CosignedCheckpoint] = {}
+    for group in (g for source in groups for g in source):
+        held = by_body.get(group.body)
+        if held is None:
+            by_body[group.body] = group
+        else:
+            lines = held.lines + tuple(x for x in group.lines if x not in held.lines)
+            by_body[group.body] = CosignedCheckpoint(held.chain, held.checkpoint, held.body, lines)
+    return sorted(by_body.values(), key=lambda g: g.checkpoint.size)
+
+
+def chain_origins(chain: str, prefixes: Iterable[str]) -> frozenset[str]:
+    """The exact origin lines ``<prefix>/<chain>`` of a chain's checkpoints, one per
+    candidate log origin prefix (c2sp.org/tlog-checkpoint: the origin names the log).
+
+    >>> sorted(chain_origins("default", ["audit.example/prod"]))
+    ['audit.example/prod/default']
+    """
+    return frozenset(f"{prefix}/{chain}" for prefix in prefixes)
+
+
 def check_witnessed(
     chain: str,
     cosigned: Sequence[CosignedCheckpoint],
@@ -128,16 +156,20 @@ def check_witnessed(
     *,
     size: int,
     root_at: Callable[[int], bytes],
-    origin: Callable[[str], bool] | None = None,
+    origins: Collection[str] | None = None,
+    unseen: bool = False,
 ) -> list[Witnessed]:
     """Check a chain of ``size`` records against its cosigned checkpoints; return those
     cosigned by ``quorum`` of ``keys``, smallest first. ``root_at(n)`` is the RFC 9162 root
-    of the chain's first ``n`` records (n ≤ size); ``origin``, when given, must accept each
-    checkpoint's origin line (a checkpoint of another log proves nothing here).
+    of the chain's first ``n`` records (n ≤ size); ``origins``, when given, holds the exact
+    origin lines the chain's checkpoints may have (:func:`chain_origins`): a witness keeps
+    one history per origin (c2sp.org/tlog-witness), so a checkpoint of any other origin,
+    even ``<log>/fresh/<chain>``, was cosigned from an empty history and proves nothing here.
 
     Raises :class:`QuorumError` naming the witnessed size and root when the records
     contradict a checkpoint any trusted witness cosigned, and when no checkpoint has the
-    quorum (naming the witnesses missing from the best one)."""
+    quorum (naming the witnesses missing from the best one; ``unseen``: every witness asked
+    online said it holds no checkpoint of the chain's origin, which the message says)."""
     witnessed: list[Witnessed] = []
     best: tuple[int, CosignedCheckpoint | None, Sequence[WitnessKey]] = (-1, None, keys)
     for group in cosigned:
@@ -155,13 +187,15 @@ def check_witnessed(
             ) from exc
         if not valid:
             continue  # cosigned only by witnesses this verifier does not trust
-        if origin is not None and not origin(cp.origin):
+        if origins is not None and cp.origin not in origins:
+            expected = " or ".join(repr(o) for o in sorted(origins))
             raise QuorumError(
-                f"chain {chain!r}: witnesses cosigned a checkpoint of origin {cp.origin!r}, "
-                "not this chain's",
+                f"chain {chain!r}: witnesses cosigned a checkpoint of origin {cp.origin!r} at "
+                f"size {cp.size}, but this chain's origin is {expected}: a checkpoint of "
+                "another origin was stored as this chain's",
                 chain=chain,
                 seq=None,
-                expected="this chain's origin",
+                expected=expected,
                 found=cp.origin,
             )
         by = ", ".join(f"{k.name} at {utc_time(c.timestamp)}" for k, c in valid)
@@ -193,6 +227,12 @@ def check_witnessed(
     if not witnessed and size > 0:
         count, best_group, lacking = best
         names = ", ".join(k.describe() for k in lacking)
+        seen = (
+            "no witness has seen this chain yet: it is newer than the last anchoring round, "
+            "or it was never witnessed. "
+            if unseen
+            else ""
+        )
         where = (
             f"its best checkpoint (size {best_group.checkpoint.size}) has {count}"
             if best_group is not None
@@ -200,7 +240,7 @@ def check_witnessed(
         )
         raise QuorumError(
             f"chain {chain!r}: no checkpoint is cosigned by {quorum} of the "
-            f"{len(keys)} trusted witness(es); {where} (missing: {names}). The cosignatures "
+            f"{len(keys)} trusted witness(es); {where} (missing: {names}). {seen}The cosignatures "
             "were removed, the witnesses refused, or they were never asked: a chain younger "
             "than one anchoring round (WORKFLOW_AUDIT_ANCHOR_INTERVAL, 60 s) is witnessed at "
             "the next round, or now by `workflow-audit checkpoint` with "

@@ -40,12 +40,19 @@ from audit_core.errors import (
     SignatureError,
 )
 from audit_core.ledgers import LedgerReader
-from audit_core.quorum import CosignedCheckpoint, check_witnessed, group_cosignatures
+from audit_core.quorum import (
+    CosignedCheckpoint,
+    chain_origins,
+    check_witnessed,
+    group_cosignatures,
+    merge_cosigned,
+)
 
 __all__ = [
     "ChainHead",
     "chain_of",
     "check_quorum",
+    "origin_prefixes",
     "stored_claims",
     "verify_chain",
     "verify_ledger",
@@ -64,6 +71,8 @@ def verify_chain(
     jobs: int = 1,
     witnesses: Sequence[WitnessKey] = (),
     quorum: int = 0,
+    origin: str | None = None,
+    online: OnlineCosigned | None = None,
 ) -> ChainHead:
     """Verify one chain: every record, every link, the Merkle root at every stored
     checkpoint (signatures too when ``keys`` are given), each ``external`` checkpoint (already
@@ -73,12 +82,18 @@ def verify_chain(
     ``quorum`` (0: every witness) valid cosignatures, and every checkpoint a trusted witness
     cosigned must match the records (:func:`audit_core.quorum.check_witnessed`); the
     witnessed checkpoints are returned in :attr:`ChainHead.witnessed`. Records appended
-    after the last witnessed checkpoint are valid (not yet witnessed, never an alarm).
+    after the last witnessed checkpoint are valid (not yet witnessed, never an alarm). A
+    witnessed checkpoint must have exactly the chain's origin ``<origin>/<chain>`` (default
+    prefix: the name of the ``keys``, as :class:`~audit_core.checkpoint.CheckpointSigner`
+    names its origins); ``online(chain, origins)`` adds the checkpoints the witnesses
+    themselves say they cosigned last (so deleting the newest rows hides nothing) and
+    whether none of them has seen the chain.
 
     ``jobs`` > 1 verifies a large SQLite chain in that many processes (see
     :mod:`audit_core._parallel`); any failure there is re-verified in one process, so the
     error raised is exactly the one-process error. Everything is read from one snapshot."""
     quorum = check_quorum(witnesses, quorum)
+    origins = chain_origins(chain, origin_prefixes(origin, keys)) if witnesses else frozenset()
     with ledger.snapshot() as view:
         claims = stored_claims(view, chain, keys)
         for checkpoint, label in external:
@@ -87,6 +102,10 @@ def verify_chain(
                 TreeHeadClaim(checkpoint.size, checkpoint.root, f"{label} ({checkpoint.origin})")
             )
         cosigned = group_cosignatures(chain, view.cosignatures(chain)) if witnesses else []
+        unseen = False
+        if witnesses and online is not None:
+            fetched, unseen = online(chain, origins)
+            cosigned = merge_cosigned(cosigned, fetched)
         head, roots = _verify_records(view, chain, claims, cosigned, jobs, on_progress)
         check_head(head, expect_size=expect_size, expect_head=expect_head)
         if witnesses:
@@ -97,12 +116,36 @@ def verify_chain(
                 quorum,
                 size=head.size,
                 root_at=roots.__getitem__,  # every size ≤ head.size was computed
-                origin=lambda origin: origin.endswith("/" + chain),
+                origins=origins,
+                unseen=unseen,
             )
             head = replace(head, witnessed=tuple(found))
         _check_extent(view, head)
         _check_frontier(view, head)
     return head
+
+
+#: ``online(chain, origins)``: the checkpoints witnesses say they cosigned last for those
+#: origins, and True when every witness asked answered that it has seen none of them.
+OnlineCosigned = Callable[[str, frozenset[str]], tuple[list[CosignedCheckpoint], bool]]
+
+NEEDS_ORIGIN = (
+    "--witness needs --key (or --origin): the witnessed checkpoints must be this log's, and "
+    "its origin prefix (the key's name unless WORKFLOW_AUDIT_ORIGIN set another) says which"
+)
+
+
+def origin_prefixes(origin: str | None, keys: Sequence[Verifier]) -> list[str]:
+    """The log origin prefixes a witnessed checkpoint may carry: ``origin`` when given, else
+    the names of the trusted log ``keys``; :class:`ConfigError` with neither (a suffix test
+    would accept ``<anything>/<chain>``, an origin the witness saw for the first time)."""
+    if origin is not None:
+        if not origin or "\n" in origin or origin.endswith("/"):
+            raise ConfigError(f"--origin {origin!r} is not a log origin prefix")
+        return [origin]
+    if not keys:
+        raise ConfigError(NEEDS_ORIGIN)
+    return sorted({k.name for k in keys})
 
 
 def check_quorum(witnesses: Sequence[WitnessKey], quorum: int) -> int:
@@ -112,7 +155,9 @@ def check_quorum(witnesses: Sequence[WitnessKey], quorum: int) -> int:
         if quorum:
             raise ConfigError("a quorum needs witness keys (--witness)")
         return 0
-    if len({(k.name, k.key_id) for k in witnesses}) != len(witnesses):
+    if len({k.public for k in witnesses}) != len(witnesses):
+        # the Ed25519 cosigned message does not commit to the name (tlog-cosignature): one
+        # public key under two names is one witness
         raise ConfigError("a witness key is given twice: a quorum counts distinct witnesses")
     quorum = quorum or len(witnesses)
     if not 1 <= quorum <= len(witnesses):
@@ -249,14 +294,20 @@ def verify_ledger(
     jobs: int = 1,
     witnesses: Sequence[WitnessKey] = (),
     quorum: int = 0,
+    origin: str | None = None,
+    online: OnlineCosigned | None = None,
 ) -> list[ChainHead]:
     """Verify ``chains`` (default: every chain in the ledger). A chain named explicitly
     that has no records fails: deleting a whole chain must not pass as an empty one. Each
     ``external`` checkpoint goes to the chain its origin names (``…/<chain>``); one whose
     chain is not in the ledger fails: the chain was deleted. With ``witnesses``, every chain
     must hold a checkpoint cosigned by ``quorum`` of them (0: all) that its records still
-    match (see :func:`verify_chain`). Every chain is verified in one snapshot."""
+    match (see :func:`verify_chain`, also for ``origin`` and ``online``); so must a chain
+    whose records and Merkle state are gone but whose cosignatures are not. Every chain is
+    verified in one snapshot."""
     quorum = check_quorum(witnesses, quorum)
+    if witnesses:
+        origin_prefixes(origin, keys)  # a usage error before anything is read
     with ledger.snapshot() as view:
         return _verify_ledger(
             view,
@@ -267,6 +318,8 @@ def verify_ledger(
             jobs=jobs,
             witnesses=witnesses,
             quorum=quorum,
+            origin=origin,
+            online=online,
         )
 
 
@@ -280,14 +333,19 @@ def _verify_ledger(
     jobs: int,
     witnesses: Sequence[WitnessKey],
     quorum: int,
+    origin: str | None,
+    online: OnlineCosigned | None,
 ) -> list[ChainHead]:
-    # A chain whose records are gone but whose subtrees or checkpoints are not was deleted:
-    # verified as an empty chain, its Merkle state names what was removed.
-    names = (
-        chain_ids(set(ledger.chains()) | set(ledger.merkle_chains()))  # a BLOB id: named
-        if chains is None
-        else list(chains)
-    )
+    # A chain whose records are gone but whose subtrees, checkpoints or (with witnesses)
+    # cosignatures are not was deleted: verified as an empty chain, what remains names what
+    # was removed (a witnessed one fails its quorum check: records were removed).
+    if chains is None:
+        found = set(ledger.chains()) | set(ledger.merkle_chains())
+        if witnesses:
+            found |= set(ledger.cosigned_chains())
+        names = chain_ids(found)  # a BLOB id: named
+    else:
+        names = list(chains)
     by_chain: dict[str, list[tuple[Checkpoint, str]]] = {}
     for checkpoint, label in external:
         owner = chain_of(checkpoint, names) or chain_of(checkpoint, ledger.chains())
@@ -315,6 +373,8 @@ def _verify_ledger(
             jobs=jobs,
             witnesses=witnesses,
             quorum=quorum,
+            origin=origin,
+            online=online,
         )
         if chains is not None and head.size == 0:
             raise HeadMismatchError(

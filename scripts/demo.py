@@ -556,7 +556,8 @@ def rewrite_resigned(demo: Demo) -> None:
     """What a local key cannot stop: someone who holds the ledger AND its signing key cuts the
     last records of chain airflow from a copy and signs a fresh checkpoint. `verify --key`
     passes; the witness's cosignature catches it (exit code 1, naming the witnessed size and
-    root), and the witness refuses to cosign the cut history."""
+    root), the witness refuses to cosign the cut history, and with the cosignatures deleted
+    too, asking the witness online (`--witness "URL KEY"`) still catches it."""
     with (
         contextlib.closing(sqlite3.connect(demo.ledger)) as src,
         contextlib.closing(sqlite3.connect(demo.rewritten)) as dst,
@@ -591,6 +592,17 @@ def rewrite_resigned(demo: Demo) -> None:
     )  # fmt: skip
     # Asked to cosign the cut chain, the witness answers 409 Conflict: it cosigned more.
     _cli("checkpoint", "--ledger", url, "--chain", AIRFLOW_CHAIN, env=_witness_env(demo))
+    # A careful attacker also deletes the cosignatures from the ledger; asked online, the
+    # witness still says what it cosigned.
+    with contextlib.closing(sqlite3.connect(demo.rewritten)) as db, db:
+        db.execute("DROP TRIGGER cosignatures_no_delete")
+        db.execute("DELETE FROM cosignatures")
+    _say("\nrewrite: deleted every cosignature from the copy; now ask the witness itself")
+    online = f"{_WITNESS[0][1]} {demo.witness_vkey.read_text(encoding='utf-8').strip()}"
+    _cli(
+        "verify", "--ledger", url, "--key", key, "--chain", AIRFLOW_CHAIN,
+        "--witness", online, expect=EXIT_VERIFY_INVALID,
+    )  # fmt: skip
 
 
 def evidence_pack(demo: Demo) -> None:

@@ -9,18 +9,28 @@ exchange with each.
 A witness is configured as ``URL VKEY``: the submission prefix (``http://`` or ``https://``;
 the request goes to ``<prefix>/add-checkpoint``) and its c2sp.org/tlog-cosignature verifier
 key (signature type 0x04). :class:`WitnessClient` keeps one keep-alive connection per witness
-(reconnected after any failure) and bounds every exchange by a timeout. :func:`ask` is the
+(reconnected after any failure) and bounds every exchange (connect, send, headers and body
+together) by one deadline: a socket timeout bounds each read only, so a witness dripping
+its answer a byte at a time would otherwise hold the anchor's thread for ever. :func:`ask` is the
 protocol: send the checkpoint with the consistency proof from the size the witness last
 cosigned; on ``409 Conflict`` the witness reports its size (``text/x.tlog.size``) and the log
 retries once from there (the witness restarted from a backup, or another process of this
 log asked it first); any returned cosignature line is verified before it is kept.
+
+:func:`latest` asks a witness which checkpoint of an origin it cosigned last
+(``GET <prefix>/checkpoint?origin=<percent-encoded origin>``: 200 with the checkpoint note
+and its cosignature, 404 when it holds none), so that ``verify`` need not trust the ledger to
+say what was witnessed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,12 +45,15 @@ __all__ = [
     "WitnessClient",
     "WitnessEndpoint",
     "ask",
+    "latest",
     "parse_witnesses",
 ]
 
 logger = logging.getLogger("workflow_audit")
 #: A 200 answer holds a few cosignature lines; anything far larger is not a witness.
 MAX_ANSWER_BYTES = 64 * 1024
+#: The path of a witness's latest cosigned checkpoint of one origin (``?origin=…``).
+LATEST_CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +77,18 @@ def _endpoint(spec: str) -> WitnessEndpoint:
             f"{shown}; `workflow-audit witness keygen` prints the key"
         )
     url, vkey = parts
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https") or not urllib.parse.urlsplit(url).hostname:
+    try:
+        split = urllib.parse.urlsplit(url)
+        split.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as exc:
+        raise ConfigError(f"witness URL {url!r} is malformed: {exc}") from exc
+    if split.scheme.lower() not in ("http", "https") or not split.hostname:
         raise ConfigError(
             f"witness URL {url!r} is not http:// or https:// with a host "
             "(c2sp.org/tlog-witness is an HTTP protocol)"
         )
+    if split.query or split.fragment:
+        raise ConfigError(f"witness URL {url!r} is a submission prefix: no ?query or #fragment")
     try:
         key = WitnessKey.parse(vkey)
     except SignatureError as exc:
@@ -110,51 +129,90 @@ class WitnessClient:
         self._https = parts.scheme.lower() == "https"
         self._host = parts.hostname or ""
         self._port = parts.port
-        self._path = parts.path.rstrip("/") + "/" + ADD_CHECKPOINT
+        self._prefix = parts.path.rstrip("/") + "/"
         self._conn: http.client.HTTPConnection | None = None
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, deadline: float) -> tuple[http.client.HTTPConnection, bool]:
         """The open connection (and True), or a new one (and False)."""
         if self._conn is not None:
             return self._conn, True
         kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = kind(self._host, self._port, timeout=self.timeout_s)
+        conn = kind(self._host, self._port, timeout=max(deadline - time.monotonic(), 0.001))
+        self._conn = conn  # before connect: the watchdog can shut its socket down
         conn.connect()
         # http.client sends the headers and the body in two writes: without TCP_NODELAY the
         # body waits for the ACK of the headers, which the witness delays (~40 ms a request).
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._conn = conn
         return conn, False
 
-    def _exchange(self, body: bytes) -> Answer:
-        conn, reused = self._connection()
+    def _send(
+        self, method: str, path: str, body: bytes | None, deadline: float
+    ) -> http.client.HTTPResponse:
+        conn, reused = self._connection(deadline)
+        headers = {"Content-Type": "text/plain"} if body is not None else {}
         try:
-            conn.request("POST", self._path, body=body, headers={"Content-Type": "text/plain"})
-            response = conn.getresponse()
+            conn.request(method, path, body=body, headers=headers)
+            return conn.getresponse()
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
             # the witness closed the idle keep-alive connection: once more on a new one
             self.close()
-            conn, _ = self._connection()
-            conn.request("POST", self._path, body=body, headers={"Content-Type": "text/plain"})
-            response = conn.getresponse()
-        data = response.read(MAX_ANSWER_BYTES + 1)
+            conn, _ = self._connection(deadline)
+            conn.request(method, path, body=body, headers=headers)
+            return conn.getresponse()
+
+    def _exchange(self, method: str, path: str, body: bytes | None) -> Answer:
+        deadline = time.monotonic() + self.timeout_s
+        if self._conn is not None and self._conn.sock is not None:
+            self._conn.sock.settimeout(self.timeout_s)
+        # The watchdog ends the exchange at the deadline whatever the witness does: shutting
+        # the socket down wakes a read that a byte every few seconds would keep alive.
+        expired = threading.Event()
+        watchdog = threading.Timer(self.timeout_s, self._expire, args=(expired,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            response = self._send(method, path, body, deadline)
+            data = response.read(MAX_ANSWER_BYTES + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within {self.timeout_s:g} s") from exc
+            raise
+        finally:
+            watchdog.cancel()
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {self.timeout_s:g} s")
         if len(data) > MAX_ANSWER_BYTES or response.will_close:
             self.close()
         return Answer(response.status, data, response.getheader("Content-Type", "") or "")
 
-    def post(self, body: bytes) -> Answer:
-        """POST an add-checkpoint request; :class:`WitnessError` (status None) when the
-        witness cannot be reached or its answer cannot be read (the connection is dropped)."""
+    def _expire(self, expired: threading.Event) -> None:
+        expired.set()
+        conn = self._conn
+        sock = None if conn is None else conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile: the exchange is over
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
+        """One exchange (``path`` below the prefix), all of it within ``timeout_s``;
+        :class:`WitnessError` (status None) when the witness cannot be reached or its answer
+        cannot be read in time (the connection is dropped)."""
         try:
-            answer = self._exchange(body)
+            answer = self._exchange(method, self._prefix + path, body)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise WitnessError(f"{self.endpoint.describe()}: {exc or type(exc).__name__}") from exc
+            # http.client puts the witness's bytes in its messages (a bad status line)
+            said = _text(str(exc).encode("utf-8", "replace")) or type(exc).__name__
+            raise WitnessError(f"{self.endpoint.describe()}: {said}") from exc
         if len(answer.body) > MAX_ANSWER_BYTES:
             raise WitnessError(f"{self.endpoint.describe()}: answer over {MAX_ANSWER_BYTES} bytes")
         return answer
+
+    def post(self, body: bytes) -> Answer:
+        """POST an add-checkpoint request (c2sp.org/tlog-witness); as :meth:`request`."""
+        return self.request("POST", ADD_CHECKPOINT, body)
 
     def close(self) -> None:
         """Drop the connection (the next exchange reconnects); idempotent."""
@@ -179,8 +237,10 @@ class Conflict:
 
 
 def _text(body: bytes) -> str:
-    # the witness's words, untrusted: one bounded line in our messages and logs
-    return " ".join(body[:200].decode("utf-8", "replace").split())
+    """The witness's words, untrusted: one bounded, escaped line in messages and logs (no
+    NUL, CR or escape sequence reaches a log verbatim)."""
+    shown = repr(body[:200].decode("utf-8", "replace"))[1:-1]
+    return shown + ("…" if len(body) > 200 else "")
 
 
 def _verified(endpoint: WitnessEndpoint, note: str, body: bytes) -> Cosigned:
@@ -257,3 +317,29 @@ def ask(
             status=answer.status,
         )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def latest(endpoint: WitnessEndpoint, origin: str, timeout_s: float) -> str | None:
+    """The latest checkpoint of ``origin`` that ``endpoint`` cosigned, as the signed note it
+    serves (``GET <prefix>/checkpoint?origin=<percent-encoded origin>``: the checkpoint
+    body, the log's signature lines, the witness's cosignature line); None when it answers
+    404 (it holds none for that origin). :class:`WitnessError` for anything else, the whole
+    exchange within ``timeout_s``. The caller verifies the cosignature."""
+    client = WitnessClient(endpoint, timeout_s=timeout_s)
+    query = urllib.parse.urlencode({"origin": origin}, quote_via=urllib.parse.quote)
+    try:
+        answer = client.request("GET", f"{LATEST_CHECKPOINT}?{query}")
+    finally:
+        client.close()
+    if answer.status == 404:
+        return None
+    if answer.status != 200:
+        raise WitnessError(
+            f"{endpoint.describe()} answered {answer.status} for its latest checkpoint of "
+            f"{origin!r}: {_text(answer.body)}",
+            status=answer.status,
+        )
+    try:
+        return answer.body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WitnessError(f"{endpoint.describe()}: its checkpoint is not UTF-8") from exc

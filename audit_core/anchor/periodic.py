@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import threading
 import time
@@ -111,7 +112,7 @@ class Anchor:
         timeout_s: float = 5.0,
         name: str = "workflow-audit-anchor",
     ) -> None:
-        if not interval_s > 0 or not timeout_s > 0:
+        if not (0 < interval_s < math.inf and 0 < timeout_s < math.inf):
             raise ConfigError(
                 f"anchor interval ({interval_s}) and witness timeout ({timeout_s}) must be > 0"
             )
@@ -157,14 +158,29 @@ class Anchor:
             busy_timeout_s=config.busy_timeout_s,
         )
         try:
-            anchor = cls(
-                ledger,
-                CheckpointSigner.from_config(config, ledger),
-                interval_s=config.anchor_interval_s,
-                witnesses=witnesses,
-                timeout_s=config.witness_timeout_s,
-                name=name,
-            )
+            signing = CheckpointSigner.from_config(config, ledger)
+            try:
+                anchor = cls(
+                    ledger,
+                    signing,
+                    interval_s=config.anchor_interval_s,
+                    witnesses=witnesses,
+                    timeout_s=config.witness_timeout_s,
+                    name=name,
+                )
+            except ConfigError as exc:
+                if not witnesses:
+                    raise
+                # a witness the clients cannot use: checkpoints are signed all the same
+                COUNTERS.incr("anchor_failures")
+                logger.error("workflow-audit: no witness is asked: %s", exc)
+                anchor = cls(
+                    ledger,
+                    signing,
+                    interval_s=config.anchor_interval_s,
+                    timeout_s=config.witness_timeout_s,
+                    name=name,
+                )
         except AuditError:
             ledger.close()
             raise

@@ -18,6 +18,7 @@ consistency with earlier checkpoints, which a witness server (``witness serve``)
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from audit_core._cosign import Cosigner, add_cosignatures, cosignature_lines
+from audit_core._cosign import add_cosignatures, cosignature_lines
 from audit_core._note import Signer, note_parts
 from audit_core._record import StoredCheckpoint, StoredCosignature
 from audit_core.checkpoint import CheckpointSigner, load_verifiers, write_key_files
@@ -40,6 +41,7 @@ from audit_core.cli._common import (
     read_checkpoint,
 )
 from audit_core.cli._witnessed import add_witness_args, load_witness_keys
+from audit_core.cli.witness import load_cosigner
 from audit_core.config import AuditConfig
 from audit_core.errors import (
     CheckpointError,
@@ -57,7 +59,7 @@ from audit_core.proofs import (
 )
 from audit_core.quorum import utc_time
 from audit_core.trail import AuditTrail
-from audit_core.verify import chain_of, check_quorum
+from audit_core.verify import chain_of, check_quorum, origin_prefixes
 
 __all__ = ["add_parsers"]
 
@@ -258,6 +260,8 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
     keys = load_verifiers(args.key)
     witnesses = load_witness_keys(args.witness)
     quorum = check_quorum(witnesses, args.quorum)
+    if witnesses:
+        origin_prefixes(args.origin, keys)  # the bundle's origin must be this log's
     try:
         bundle = orjson.loads(Path(args.bundle).read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
@@ -265,7 +269,9 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ConfigError(f"{args.bundle} is not a {BUNDLE_FORMAT} bundle (written by `prove`)")
     try:
-        proven = verify_inclusion_bundle(bundle, keys, witnesses=witnesses, quorum=quorum)
+        proven = verify_inclusion_bundle(
+            bundle, keys, witnesses=witnesses, quorum=quorum, origin=args.origin
+        )
     except (ProofError, SignatureError, CheckpointError, QuorumError) as exc:
         print(f"INVALID proof {args.bundle}: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -285,12 +291,23 @@ def _cmd_cosign(args: argparse.Namespace) -> int:
     # checks no consistency with earlier checkpoints (a witness server does: `witness
     # serve`); its cosignature/v1 line states the time it was made (c2sp.org/tlog-cosignature).
     keys = load_verifiers(args.key)
-    witness = _load_cosigner(args.witness_key)
+    witness = load_cosigner(args.witness_key, "--witness-key")
     path = Path(args.checkpoint)
     checkpoint = read_checkpoint(str(path), keys)  # exit 2 if unreadable, 1 if unsigned
     note = path.read_text(encoding="utf-8")
-    line = witness.cosign(checkpoint.text(), int(time.time()))
-    path.write_text(add_cosignatures(note, [line]), encoding="utf-8")
+    # tlog-cosignature: the signed message holds the whole note text, extension lines too
+    body, _ = note_parts(note)
+    line = witness.cosign(body, int(time.time()))
+    try:
+        cosigned = add_cosignatures(note, [line])
+    except SignatureError as exc:
+        raise ConfigError(f"cannot cosign {path}: {exc}") from exc
+    _replace_file(path, cosigned)
+    print(
+        "warning: `cosign` checks no consistency with checkpoints cosigned before "
+        "(`workflow-audit witness serve` does)",
+        file=sys.stderr,
+    )
     print(
         f"cosigned {checkpoint.describe()} as {witness.name} (cosignature/v1); witness key "
         f"{witness.key}",
@@ -299,23 +316,23 @@ def _cmd_cosign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_cosigner(spec: str) -> Cosigner:
-    """A witness private key from a file (or the key itself); :class:`ConfigError` for a
-    log's Ed25519 (0x01) signer key or anything else, never echoing key material."""
-    text = spec
-    if not spec.startswith("PRIVATE+KEY+"):
-        try:
-            text = Path(spec).expanduser().read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read witness key {spec}: {exc}") from exc
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed over it): a crash
+    leaves the old checkpoint or the new one, never half a note."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        return Cosigner.parse(text)
-    except SignatureError as exc:
-        raise ConfigError(
-            f"--witness-key: {exc}. Cosignatures (c2sp.org/tlog-cosignature) need a witness "
-            "key, signature type 0x04, from `workflow-audit witness keygen`; a log's Ed25519 "
-            "(0x01) key from `workflow-audit keygen` cannot cosign"
-        ) from exc
+        mode = path.stat().st_mode & 0o777
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.fchmod(fd, mode)  # the checkpoint file keeps its mode
+            os.write(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _cmd_consistency(args: argparse.Namespace) -> int:

@@ -17,7 +17,11 @@ With ``--witness KEY`` (repeatable; c2sp.org/tlog-cosignature 0x04 keys) and ``-
 every checkpoint a trusted witness cosigned must still match the records: a writer holding
 the ledger and its local key cannot cut, rewrite or back-date what a witness saw. The verdict
 shows the latest witnessed checkpoint (cosigners and times) and the records appended since
-(valid, not yet witnessed).
+(valid, not yet witnessed). A witnessed checkpoint must have exactly the chain's origin
+``PREFIX/CHAIN`` (``--origin``, default ``$WORKFLOW_AUDIT_ORIGIN``, else the ``--key`` name).
+A witness given as ``--witness "URL KEY"`` is also asked for the latest checkpoint it
+cosigned of each chain (:mod:`audit_core.anchor.online`): the ledger's own rows cannot hide
+what it saw. One that cannot be reached is a warning, never a verdict.
 
 Verifying a ledger is itself recorded, after the verdict is printed, on that ledger's
 ``audit`` chain (``audit.verified``: the verdict, each chain's size, head and validity, whether
@@ -40,9 +44,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from audit_core._chain import ChainHead, check_head, stored_size
 from audit_core._cosign import WitnessKey
 from audit_core._note import Verifier
+from audit_core.anchor.client import WitnessEndpoint
+from audit_core.anchor.online import WitnessQuery
 from audit_core.checkpoint import Checkpoint, load_verifiers
 from audit_core.cli._common import (
     EXIT_INVALID,
@@ -57,7 +65,7 @@ from audit_core.cli._common import (
 )
 from audit_core.cli._witnessed import (
     add_witness_args,
-    load_witness_keys,
+    load_witnesses,
     witness_facts,
     witnessed_lines,
 )
@@ -67,7 +75,7 @@ from audit_core.ledgers import Ledger
 from audit_core.proofs import note_quorum
 from audit_core.query import Query
 from audit_core.readlog import os_user, read_event
-from audit_core.verify import check_quorum, verify_ledger
+from audit_core.verify import check_quorum, origin_prefixes, verify_ledger
 
 __all__ = ["add_parsers", "verify_bucket"]
 
@@ -123,8 +131,48 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     v.set_defaults(func=_cmd_verify)
 
 
+#: Seconds one online question to a witness may take, all of it (connect to last byte).
+ONLINE_TIMEOUT_S = 5.0
+
+
 def _jobs(jobs: int) -> int:
-    return (os.cpu_count() or 1) if jobs <= 0 else jobs
+    if jobs < 0:
+        raise ConfigError(f"--jobs must be 0 (one per CPU) or more, not {jobs}")
+    return jobs or (os.cpu_count() or 1)
+
+
+def _query(endpoints: Sequence[WitnessEndpoint]) -> WitnessQuery | None:
+    return WitnessQuery(endpoints, timeout_s=ONLINE_TIMEOUT_S) if endpoints else None
+
+
+def _warn_unreached(query: WitnessQuery | None) -> None:
+    """One line per witness asked online that did not answer: never a silent pass."""
+    for asked in query.asked if query is not None else ():
+        if asked.error is not None:
+            print(
+                f"workflow-audit: warning: {asked.endpoint.describe()} not reached: only the "
+                f"stored cosignatures were checked ({asked.error})",
+                file=sys.stderr,
+            )
+
+
+def _print_valid(
+    kind: str, where: str, total: int, signed: bool, chains: list[Any], query: WitnessQuery | None
+) -> None:
+    """The JSON verdict; with witnesses asked online, which were asked and what each said
+    (``witnesses_asked``: witness, url, answered, known, unseen, error)."""
+    if query is None:
+        print_valid(kind, where, total, signed, chains)
+        return
+    verdict = {
+        "valid": True,
+        kind: where,
+        "records": total,
+        "signatures_checked": signed,
+        "chains": chains,
+        "witnesses_asked": [a.to_json() for a in query.asked],
+    }
+    print(orjson.dumps(verdict).decode())
 
 
 def _rate_line(total: int, chains: int, where: str, elapsed: float) -> None:
@@ -141,6 +189,8 @@ def _progress_verify(
     jobs: int = 1,
     witnesses: Sequence[WitnessKey] = (),
     quorum: int = 0,
+    origin: str | None = None,
+    online: WitnessQuery | None = None,
 ) -> list[ChainHead]:
     """verify_ledger with a rich progress bar when standard error is a terminal."""
     if not sys.stderr.isatty():
@@ -152,6 +202,8 @@ def _progress_verify(
             jobs=jobs,
             witnesses=witnesses,
             quorum=quorum,
+            origin=origin,
+            online=online,
         )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -181,6 +233,8 @@ def _progress_verify(
             jobs=jobs,
             witnesses=witnesses,
             quorum=quorum,
+            origin=origin,
+            online=online,
         )
 
 
@@ -197,6 +251,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             witnesses=args.witness,
             quorum=args.quorum,
+            origin=args.origin,
         )
     args.ledger = args.ledger or default_ledger_url()  # resolved once: read and record agree
     ledger, where = open_ledger_arg(args)
@@ -208,8 +263,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--checkpoint needs --key: a checkpoint is only evidence once its signature is checked"
         )
-    witnesses = load_witness_keys(args.witness)
+    witnesses, endpoints = load_witnesses(args.witness)
     quorum = check_quorum(witnesses, args.quorum)
+    if witnesses:
+        origin_prefixes(args.origin, keys)  # exit 2 before anything is read
+    jobs = _jobs(args.jobs)
+    online = _query(endpoints)
     external = [(read_checkpoint(path, keys), f"checkpoint {path}") for path in args.checkpoint]
     started = time.perf_counter()
     try:
@@ -217,19 +276,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             note = Path(path).read_text(encoding="utf-8")  # read_checkpoint could read it
             note_quorum(note, witnesses, quorum, what=f"checkpoint {path}")
         heads = _progress_verify(
-            ledger, chains, keys, external, _jobs(args.jobs), witnesses, quorum
+            ledger, chains, keys, external, jobs, witnesses, quorum, args.origin, online
         )
         if chains is not None and len(chains) == 1:
             check_head(heads[0], expect_size=args.expect_size, expect_head=args.expect_head)
     except VerificationError as exc:
+        _warn_unreached(online)
         print_invalid("ledger", where, exc, args.json)
         ledger.close()
         _record(args, keys=bool(keys), heads=[], error=exc, witnesses=(witnesses, quorum))
         return EXIT_INVALID
     elapsed = time.perf_counter() - started
     total = sum(h.size for h in heads)
+    _warn_unreached(online)
     if args.json:
-        print_valid("ledger", where, total, bool(keys), [h.to_json() for h in heads])
+        _print_valid("ledger", where, total, bool(keys), [h.to_json() for h in heads], online)
     else:
         if not heads:
             print(f"valid: {where} holds no records yet")
@@ -288,6 +349,7 @@ def verify_bucket(
     jobs: int = 1,
     witnesses: Sequence[str] = (),
     quorum: int = 0,
+    origin: str | None = None,
 ) -> int:
     """``workflow-audit verify s3://BUCKET/PREFIX --key K``: print the verdict, return the
     exit code. The policy defaults to what the sink writes: COMPLIANCE, 365 days. ``jobs``
@@ -316,8 +378,9 @@ def verify_bucket(
             require_lock=not allow_no_lock,
         )
         verifiers = load_verifiers(keys)
-        witness_keys = load_witness_keys(witnesses)
+        witness_keys, endpoints = load_witnesses(witnesses)
         quorum = check_quorum(witness_keys, quorum)
+        online = _query(endpoints)
         started = time.perf_counter()
         found = checker.verify_bucket(
             s3_client(),
@@ -330,8 +393,11 @@ def verify_bucket(
             client_factory=s3_client,
             witnesses=witness_keys,
             quorum=quorum,
+            origin=origin,
+            online=online,
         )
     except VerificationError as exc:
+        _warn_unreached(online)
         print_invalid("bucket", url, exc, json)
         return EXIT_INVALID
     except AuditError as exc:
@@ -342,8 +408,9 @@ def verify_bucket(
         return EXIT_USAGE
     elapsed = time.perf_counter() - started
     total = sum(c.head.size for c in found)
+    _warn_unreached(online)
     if json:
-        print_valid("bucket", url, total, True, [c.to_json() for c in found])
+        _print_valid("bucket", url, total, True, [c.to_json() for c in found], online)
         return EXIT_OK
     if not found:
         print(f"valid: {url} holds no segments yet")

@@ -13,7 +13,9 @@ tlog-witness witness anyone can run (:mod:`audit_core.witness`).
 no authentication beyond the log's signature, c2sp.org/tlog-witness), prints one line
 ``witness NAME (KEYID) listening on URL`` on standard error when it accepts requests, one line
 per decision after it, and exits 0 on SIGTERM or SIGINT. Key material is never printed: a key
-file that cannot be read or is of the wrong kind is named by its path only.
+file that cannot be read or is of the wrong kind is named by its path only (not even that
+when the "path" looks like a key); a key file readable by group or others is refused.
+``status`` opens the state read-only; both refuse a file that is not a witness state.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from audit_core.cli._common import EXIT_OK, add_group
 from audit_core.cli._reader import stopped_by_signals
-from audit_core.errors import ConfigError, SignatureError
+from audit_core.errors import ConfigError, SignatureError, WitnessError
 from audit_core.witness import Cosigner, TrustedLogs, Witness, WitnessState, read_logs_file
 from audit_core.witness.server import DEFAULT_PORT, WitnessServer, is_loopback
 
@@ -80,22 +82,38 @@ def _port(text: str) -> int:
     return value
 
 
-def load_cosigner(path: str) -> Cosigner:
-    """The witness key in file ``path``; :class:`ConfigError` naming the path only."""
-    if path.startswith("PRIVATE+KEY+"):
-        raise ConfigError("--key takes a key file, not the key itself (not shown)")
+def _looks_like_key(text: str) -> bool:
+    """Could ``text`` be key material rather than a path (never echoed, then)?"""
+    return "PRIVATE+KEY" in text or "+" in text
+
+
+def load_cosigner(path: str, option: str = "--key") -> Cosigner:
+    """The witness key in file ``path``; :class:`ConfigError` naming the path only (not even
+    that when it looks like a key given by mistake), never the key. A key file readable by
+    group or others is refused (``witness keygen`` writes 0600)."""
+    shown = "(not shown: it looks like a key)" if _looks_like_key(path) else path
+    if path.strip().startswith("PRIVATE+KEY+") or "\n" in path:
+        raise ConfigError(f"{option} takes a key file, not the key itself (not shown)")
+    file = Path(path).expanduser()
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        mode = file.stat().st_mode
+        text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"cannot read the witness key file {path}: {why}") from exc
+        raise ConfigError(f"cannot read the witness key file {shown}: {why}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"the witness key file {shown} is readable by others (mode {mode & 0o777:o}): "
+            f"run `chmod 600` on it (`witness keygen` writes 0600)"
+        )
     try:
         return Cosigner.parse(text)
-    except SignatureError as exc:
+    except SignatureError:
         raise ConfigError(
-            f"{path} is not a witness private key (PRIVATE+KEY+…, type 0x04; "
-            f"`workflow-audit witness keygen` makes one): {exc}"
-        ) from exc
+            f"{shown} is not a witness private key (signature type 0x04; "
+            "`workflow-audit witness keygen` makes one; a log's Ed25519 (0x01) key from "
+            "`workflow-audit keygen` cannot cosign)"
+        ) from None
 
 
 def _write_new(path: Path, text: str, mode: int) -> None:
@@ -182,9 +200,17 @@ def _log_to_stderr() -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    with WitnessState.open(args.state, create=False) as state:
-        latest, refused = state.origins(), state.refusals()
+    # read-only: status on a running witness's state changes nothing, and a file that is not
+    # a witness state (a ledger given by mistake) is refused, not given witness tables
+    try:
+        with WitnessState.open_readonly(args.state) as state:
+            latest, counts = state.origins(), state.counts()
+    except WitnessError as exc:
+        raise ConfigError(f"{args.state}: {exc}") from None
     for cp in latest:
         print(f"{cp.origin}\tsize {cp.size}\troot {cp.root.hex()}\tupdated {cp.updated}")
-    print(f"{len(latest)} origin(s); {len(refused)} refused request(s) kept as evidence")
+    print(
+        f"{counts.origins} origin(s); {counts.refused} refused request(s) kept as evidence "
+        f"({counts.refused_bytes} bytes)"
+    )
     return EXIT_OK

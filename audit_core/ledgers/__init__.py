@@ -117,6 +117,11 @@ class LedgerReader(Protocol):
         ([] for a ledger made before cosignatures were stored)."""
         ...
 
+    def cosigned_chains(self) -> list[str]:
+        """The ids of every chain with stored cosignatures, sorted (a witnessed chain cut to
+        no records and no Merkle state still has them)."""
+        ...
+
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq a consumer (a sink) marked as done for ``chain``; -1 if none."""
         ...

@@ -53,6 +53,7 @@ class Queries:
     keys: str  # (chain, keys) -> key: those of the keys stored on the chain
     has_cosignatures: str  # () -> one row: true when the cosignatures table exists
     cosignatures: str  # (chain) -> chain, size, body, line, created, ORDER BY size, rowid
+    cosigned_chains: str  # () -> the distinct chain of cosignatures, sorted
     add_cosignature: str  # (chain, size, body, line, created); nothing when the line exists
 
 
@@ -166,6 +167,12 @@ class RowReads:
             return []
         rows = self._rows(self.queries.cosignatures, (chain,))
         return [StoredCosignature(*row) for row in rows]
+
+    def cosigned_chains(self) -> list[str]:
+        """Every chain id with stored cosignatures, sorted; [] for a ledger made before them."""
+        if not self._rows(self.queries.has_cosignatures)[0][0]:
+            return []
+        return [r[0] for r in self._rows(self.queries.cosigned_chains)]
 
     def get_cursor(self, name: str, chain: str) -> int:
         """The last seq consumer ``name`` marked done in ``chain``; -1 if none."""

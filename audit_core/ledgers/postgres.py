@@ -210,6 +210,7 @@ _QUERIES = Queries(
     "ON r.chain = k.chain AND r.seq = k.seq WHERE k.chain = %s AND k.key = %s",
     keys="SELECT key FROM record_keys WHERE chain = %s AND key = ANY(%s)",
     has_cosignatures="SELECT to_regclass('cosignatures') IS NOT NULL",
+    cosigned_chains="SELECT DISTINCT chain FROM cosignatures ORDER BY chain",
     cosignatures="SELECT chain, size, body, line, created FROM cosignatures WHERE chain = %s "
     "ORDER BY size, created, line",
     add_cosignature="INSERT INTO cosignatures (chain, size, body, line, created) "

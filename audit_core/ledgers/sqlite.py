@@ -257,6 +257,7 @@ _QUERIES = Queries(
     keys="SELECT key FROM record_keys WHERE chain = ? AND key IN (SELECT value FROM json_each(?))",
     has_cosignatures="SELECT count(*) FROM sqlite_master WHERE type = 'table' "
     "AND name = 'cosignatures'",
+    cosigned_chains="SELECT DISTINCT chain FROM cosignatures ORDER BY chain",
     cosignatures="SELECT chain, size, body, line, created FROM cosignatures WHERE chain = ? "
     "ORDER BY size, rowid",
     add_cosignature="INSERT OR IGNORE INTO cosignatures (chain, size, body, line, created) "

@@ -15,31 +15,40 @@ The checks, in the spec's order:
   tlog-cosignature ``cosignature/v1`` line over the checkpoint's whole note text (extension
   lines included, as the spec requires), timestamped now.
 
-Refusals after the log's signature verified are kept (:meth:`WitnessState.refuse`): the spec
-says such a request "might be proof of log misbehavior".
+A refusal that shows the log misbehaving (a 422 bad proof, a 409 fork at the cosigned size)
+is kept (:meth:`WitnessState.refuse`, once per checkpoint, only the trusted keys' signature
+lines): the spec says such a request "might be proof of log misbehavior". A stale old size
+(409) or a bad signature (403) is not kept: anyone can replay a log's checkpoint that way.
+Sizes above 2^63-1 are refused (400): the state stores SQLite (signed 64-bit) integers.
+
+Cosignature timestamps of an origin never go back (:meth:`WitnessState.check_and_update`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from audit_core._cosign import Cosigner
 from audit_core._merkle import EMPTY_ROOT, verify_consistency
-from audit_core._note import note_parts, open_note
+from audit_core._note import Verifier, note_parts, open_note
 from audit_core._witness_wire import SIZE_CONTENT_TYPE, AddCheckpoint, parse_add_checkpoint
 from audit_core.checkpoint import Checkpoint
 from audit_core.errors import CheckpointError, ProofError, SignatureError, WitnessError
 from audit_core.witness.logs import TrustedLogs
 from audit_core.witness.state import LatestCheckpoint, WitnessState
 
-__all__ = ["TEXT_CONTENT_TYPE", "Reply", "Witness"]
+__all__ = ["MAX_SIZE", "TEXT_CONTENT_TYPE", "Reply", "Witness"]
 
 logger = logging.getLogger("workflow_audit.witness")
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+#: The largest tree size kept: the state's sizes are SQLite INTEGERs (signed 64-bit).
+MAX_SIZE = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +72,11 @@ class Reply:
 
 
 class _Refused(Exception):  # noqa: N818 - an answer, raised out of the state's transaction
-    def __init__(self, status: int, reason: str, latest: int) -> None:
+    def __init__(self, status: int, reason: str, latest: int, *, evidence: bool = False) -> None:
         super().__init__(reason)
         self.status, self.reason, self.latest = status, reason, latest
+        #: does the refusal show the log misbehaving (kept), or only a stale client (not)?
+        self.evidence = evidence
 
 
 @dataclass(frozen=True)
@@ -86,42 +97,97 @@ class Witness:
         except (WitnessError, SignatureError, CheckpointError) as exc:
             return Reply(400, _line(f"malformed request: {exc}"), reason=str(exc))
         said = partial(_reply, request.old_size, checkpoint)
+        if max(request.old_size, checkpoint.size) > MAX_SIZE:
+            # the state stores sizes as SQLite INTEGER, a signed 64-bit number
+            return said(400, "sizes beyond 2^63-1 are not supported")
         trusted = self.logs.verifiers(checkpoint.origin)
         if not trusted:
             return said(404, "unknown log origin")
         try:
-            open_note(request.note, trusted, require_all=False)
+            signed_by = open_note(request.note, trusted, require_all=False).verified
         except SignatureError as exc:
             return said(403, f"no valid signature by a key trusted for this origin: {exc}")
         old = request.old_size
         if old > checkpoint.size:
             reason = f"old size {old} is larger than the checkpoint's size {checkpoint.size}"
-            self._keep(checkpoint.origin, 400, old, request.note, reason)
             return said(400, reason)
 
         def check(latest: LatestCheckpoint | None) -> None:
             _check(latest, request, checkpoint)
 
+        kept = _trusted_only(request.note, signed_by)  # what is stored: the log's lines only
         try:
-            self.state.check_and_update(
-                checkpoint.origin, check, checkpoint.size, checkpoint.root, request.note
+            timestamp = self.state.check_and_update(
+                checkpoint.origin,
+                check,
+                checkpoint.size,
+                checkpoint.root,
+                kept,
+                now=int(self.clock()),
             )
         except _Refused as refused:
-            self._keep(checkpoint.origin, refused.status, old, request.note, refused.reason)
+            if refused.evidence:
+                self._keep(checkpoint, refused, old, kept)
             if refused.status != 409:
                 return said(refused.status, refused.reason)
             size_body = f"{refused.latest}\n".encode()
             return said(409, refused.reason, size_body, SIZE_CONTENT_TYPE)
         except WitnessError as exc:  # the state file failed: nothing was cosigned
             return said(exc.status or 503, str(exc))
-        line = self.cosigner.cosign(text, int(self.clock()))
+        line = self.cosigner.cosign(text, timestamp)
         return said(200, "", (line + "\n").encode())
 
-    def _keep(self, origin: str, status: int, old: int, note: str, reason: str) -> None:
+    def latest_checkpoint(self, origin: str) -> Reply:
+        """The latest checkpoint cosigned for ``origin`` as a signed note: its body, the
+        log's signature lines as received, then this witness's cosignature line made at its
+        stored time (Ed25519 is deterministic: the line it answered then); 404 when none.
+
+        Not part of c2sp.org/tlog-witness (its monitor retrieval is "TBD"): a verifier asks
+        here what the witness holds, so that a writer who deletes the newest cosignatures
+        from the ledger cannot hide a rewrite after them. It needs no trust in the channel:
+        the answer is signed by the witness key the verifier holds."""
+        if not self.logs.verifiers(origin):
+            return Reply(404, b"unknown log origin\n")
         try:
-            self.state.refuse(origin, status, old, note, reason)
+            latest = self.state.latest(origin)
+        except WitnessError as exc:
+            return Reply(exc.status or 503, _line(str(exc)))
+        if latest is None:
+            return Reply(404, b"nothing cosigned for this origin\n")
+        text, lines = note_parts(latest.note)
+        note = text + "\n" + "".join(f"{line}\n" for line in lines)
+        line = self.cosigner.cosign(text, latest.cosigned)
+        return Reply(200, (note + line + "\n").encode())
+
+    def _keep(self, checkpoint: Checkpoint, refused: _Refused, old: int, note: str) -> None:
+        try:
+            self.state.refuse(
+                checkpoint.origin,
+                refused.status,
+                old,
+                checkpoint.size,
+                checkpoint.root,
+                note,
+                refused.reason,
+            )
         except WitnessError as exc:  # evidence lost is said, the answer stays the same
             logger.warning("workflow-audit witness: a refusal was not kept: %s", exc)
+
+
+def _trusted_only(note: str, signed_by: Sequence[Verifier]) -> str:
+    """``note`` with only the signature lines of the trusted keys that verified: lines by
+    unknown keys are anyone's bytes, not the log's (they would make each replay unique)."""
+    text, lines = note_parts(note)
+    kept = []
+    for line in lines:
+        name = line.removeprefix("\u2014 ").partition(" ")[0]
+        try:
+            key_id = base64.b64decode(line.rpartition(" ")[2], validate=True)[:4]
+        except (binascii.Error, ValueError):
+            continue
+        if any((v.name, v.key_id) == (name, key_id) for v in signed_by):
+            kept.append(line)
+    return text + "\n" + "".join(f"{line}\n" for line in kept)
 
 
 def _check(latest: LatestCheckpoint | None, request: AddCheckpoint, new: Checkpoint) -> None:
@@ -132,12 +198,16 @@ def _check(latest: LatestCheckpoint | None, request: AddCheckpoint, new: Checkpo
             409, f"old size {request.old_size} is not the latest cosigned size {stored}", stored
         )
     if latest is not None and new.size == latest.size and new.root != latest.root:
-        raise _Refused(409, f"another root at the cosigned size {stored}: a fork", stored)
+        raise _Refused(
+            409, f"another root at the cosigned size {stored}: a fork", stored, evidence=True
+        )
     old_root = EMPTY_ROOT if latest is None else latest.root
     try:
         verify_consistency(stored, new.size, request.proof, old_root, new.root)
     except ProofError as exc:
-        raise _Refused(422, f"consistency proof does not verify: {exc}", stored) from exc
+        raise _Refused(
+            422, f"consistency proof does not verify: {exc}", stored, evidence=True
+        ) from exc
 
 
 def _reply(

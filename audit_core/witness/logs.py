@@ -18,6 +18,12 @@ origin to differ from the key name), so an entry may cover a family of origins:
 - ``PREFIX/*=VKEY``: every origin starting with ``PREFIX/``
 
 The keys are Ed25519 (0x01) signed-note verifier keys (c2sp.org/signed-note).
+
+Rules of keys with different names must not cover a common origin (:func:`_overlap`): the
+spec identifies a log by its origin, and the first key to get a checkpoint of an origin
+cosigned would otherwise own that origin's history for good, locking the other log out (or
+poisoning it with a checkpoint the other log never made). Keys sharing a name (a log's
+rotated key) may cover the same origins.
 """
 
 from __future__ import annotations
@@ -43,9 +49,12 @@ class LogRule:
     def matches(self, origin: str) -> bool:
         return origin.startswith(self.origin) if self.prefix else origin == self.origin
 
+    def shown(self) -> str:
+        """The origins covered: ``ORIGIN`` or ``PREFIX/*``."""
+        return f"{self.origin}*" if self.prefix else self.origin
+
     def __str__(self) -> str:
-        shown = f"{self.origin}*" if self.prefix else self.origin
-        return f"{shown}={self.key}"
+        return f"{self.shown()}={self.key}"
 
     @classmethod
     def parse(cls, entry: str) -> list[LogRule]:
@@ -96,7 +105,17 @@ class TrustedLogs:
             rules += LogRule.parse(entry)
         if not rules:
             raise ConfigError("a witness needs at least one --log (or --logs-file entry)")
-        return cls(tuple(dict.fromkeys(rules)))
+        unique = tuple(dict.fromkeys(rules))
+        for i, one in enumerate(unique):
+            for other in unique[i + 1 :]:
+                if one.key.name != other.key.name and _overlap(one, other):
+                    raise ConfigError(
+                        f"--log rules overlap: {one.shown()} (key {one.key.name!r}) and "
+                        f"{other.shown()} (key {other.key.name!r}) may both sign one origin; "
+                        "a witness identifies a log by its origin (c2sp.org/tlog-witness): "
+                        "give each origin to one log (ORIGIN=VKEY or PREFIX/*=VKEY rules)"
+                    )
+        return cls(unique)
 
     def verifiers(self, origin: str) -> list[Verifier]:
         """The keys trusted for ``origin`` ([]: the origin is unknown, a 404)."""
@@ -106,6 +125,17 @@ class TrustedLogs:
     def count(self) -> int:
         """How many distinct log keys are configured."""
         return len({rule.key for rule in self.rules})
+
+
+def _overlap(one: LogRule, other: LogRule) -> bool:
+    """Can one origin match both rules? Two equal exact origins, an exact origin under a
+    prefix, or one prefix under the other."""
+    if not one.prefix and not other.prefix:
+        return one.origin == other.origin
+    if one.prefix and other.prefix:
+        return one.origin.startswith(other.origin) or other.origin.startswith(one.origin)
+    exact, prefix = (other, one) if one.prefix else (one, other)
+    return prefix.matches(exact.origin)
 
 
 def read_logs_file(path: Path | str) -> Sequence[str]:

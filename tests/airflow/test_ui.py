@@ -285,16 +285,18 @@ print(json.dumps([len(apps), [v["destination"] for v in P.external_views], len(P
     ("options", "expected"),
     [({}, [1, ["nav", "dag", "dag_run", "task_instance"], 2]),
      ({"UI": "False"}, [1, [], 2]),
+     # the anchor (checkpoints without cron) runs in the scheduler and the API server
+     # whenever the plugin is enabled: its lifecycle listener and the app's lifespan stay
      ({"INGEST_EVENT_LOG": "False", "RECORD_ACCESS": "False"},
-      [1, ["nav", "dag", "dag_run", "task_instance"], 1]),
-     ({"UI": "off", "INGEST_EVENT_LOG": "False", "RECORD_ACCESS": "False"}, [0, [], 1]),
+      [1, ["nav", "dag", "dag_run", "task_instance"], 2]),
+     ({"UI": "off", "INGEST_EVENT_LOG": "False", "RECORD_ACCESS": "False"}, [1, [], 2]),
      ({"ENABLED": "False"}, [0, [], 0])],
 )  # fmt: skip
 def test_plugin_registers_the_ui_when_enabled(
     tmp_path: Path, options: dict[str, str], expected: list[Any]
 ) -> None:
     """``[workflow_audit] ui`` (default on) decides the views and the app; the app is there
-    for the ingestion's lifespan too, and not at all when nothing needs it."""
+    for the ingestion's and the anchor's lifespan too, and not at all when disabled."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_AUDIT_")}
     env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     env.update({f"AIRFLOW__WORKFLOW_AUDIT__{k}": v for k, v in options.items()})

@@ -9,11 +9,15 @@ state file; the anchor is the real :class:`audit_core.anchor.Anchor`.
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
+import http.server
 import socket
 import sqlite3
+import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,8 @@ import orjson
 
 from audit_core import AuditConfig, canonical_bytes, leaf_hash
 from audit_core._cosign import Cosigner, WitnessKey
-from audit_core._note import Verifier
-from audit_core._record import genesis
+from audit_core._note import Verifier, note_parts
+from audit_core._record import StoredCosignature, genesis
 from audit_core._witness_wire import encode_add_checkpoint
 from audit_core.anchor import Anchor, AnchorReport
 from audit_core.cli import main
@@ -37,8 +41,10 @@ __all__ = [
     "anchor",
     "delete_cosignatures",
     "forge",
+    "forge_origin",
     "free_port",
     "log_key",
+    "serve_latest",
 ]
 
 
@@ -175,3 +181,64 @@ def forge(
     conn.close()
     assert 0 == main(["checkpoint", "--ledger", f"sqlite:///{path}", "--chain", chain])
     return len(forged)
+
+
+def forge_origin(path: Path, chain: str, witness: LocalWitness) -> tuple[str, str]:
+    """The writer signs, with the local key, a checkpoint of a FRESH origin
+    ``<prefix>/fresh/<chain>`` at the chain's current (rewritten) head, has ``witness``
+    cosign it from size 0 (a new origin to it), and stores its cosignature as a row of
+    ``chain``. Returns the fresh origin and its note with the witness's cosignature."""
+    from audit_core._note import sign_note
+    from audit_core.checkpoint import Checkpoint, load_signer
+    from audit_core.ledgers.sqlite import SqliteLedger
+    from audit_core.verify import verify_chain
+
+    db = SqliteLedger(path)
+    try:
+        head = verify_chain(db, chain)
+        stored = db.latest_checkpoint(chain)
+        assert stored is not None
+        prefix = Checkpoint.parse(note_parts(stored.note)[0]).origin.rsplit("/", 1)[0]
+        signer = load_signer(str(path.with_name(path.name + ".key")), default_path=None, name="x")
+        origin = f"{prefix}/fresh/{chain}"
+        body = Checkpoint(origin, head.size, bytes.fromhex(head.root)).text()
+        note = sign_note(body, [signer])
+        status, answer = add_checkpoint(witness.url, 0, [], note)
+        assert 200 == status, answer
+        created = dt.datetime.now(dt.timezone.utc).isoformat()
+        lines = [line for line in answer.decode().splitlines() if line]
+        for line in lines:
+            db.add_cosignature(StoredCosignature(chain, head.size, body, line, created))
+        return origin, note + "".join(f"{line}\n" for line in lines)
+    finally:
+        db.close()
+
+
+@contextmanager
+def serve_latest(notes: Mapping[str, str]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering ``GET /checkpoint?origin=O`` as a witness
+    does (200 with ``notes[O]``, 404 for an origin it holds none of); yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parts = urllib.parse.urlsplit(self.path)
+            origin = urllib.parse.parse_qs(parts.query).get("origin", [""])[0]
+            note = notes.get(origin) if parts.path == "/checkpoint" else None
+            data = b"no checkpoint of that origin\n" if note is None else note.encode()
+            self.send_response(404 if note is None else 200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

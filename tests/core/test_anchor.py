@@ -519,3 +519,114 @@ class TestHealth:
         assert 0 == run.code
         assert f"witness {w.cosigner.key.describe()} cosigned 3 " in run.out
         assert "(lag 0)" in run.out
+
+
+# -- review round 2: drip-fed answers, bad ports, infinite numbers, escaped answers -------
+
+
+@pytest.fixture
+def drip() -> Iterator[str]:
+    """A 'witness' on 127.0.0.1 that answers every request a byte at a time, for ever (each
+    byte well within any socket timeout); yields its URL."""
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10**5:
+                    if stop.wait(0.02):
+                        return
+                    conn.send(bytes([byte]))
+            except OSError:
+                return  # the client gave up: what this witness is for
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        server.close()
+
+
+class TestDeadlines:
+    def test_drip_fed_answer_is_bounded_by_one_deadline(self, log: Log, drip: str) -> None:
+        """A witness dripping its answer is abandoned at the exchange's deadline (connect
+        to last byte), counted; the checkpoint is signed before any witness is asked."""
+        log.write(3)
+        key = Cosigner.generate("w.test/drip").key
+        anchor = Anchor.from_config(
+            log.config.evolve(witnesses=(f"{drip} {key}",), witness_timeout_s=0.3)
+        )
+        try:
+            report = anchor.tick()
+        finally:
+            anchor.stop()
+        assert (("default",), 1) == (report.signed, report.failures)
+        ledger = log.ledger()
+        latest = ledger.latest_checkpoint(CHAIN)
+        ledger.close()
+        assert latest is not None
+        assert 3 == latest.size
+
+    def test_latest_is_bounded_too(self, drip: str) -> None:
+        """latest() against a dripping witness raises WitnessError naming the deadline."""
+        from audit_core.anchor.client import latest
+        from audit_core.errors import WitnessError
+
+        endpoint = WitnessEndpoint(drip, Cosigner.generate("w.test/drip").key)
+        with pytest.raises(WitnessError, match="no complete answer within"):
+            latest(endpoint, "log.test/default", 0.3)
+
+
+class TestReviewedConfig:
+    @pytest.mark.parametrize(
+        "url", ["http://127.0.0.1:99999", "http://[::1", "http://127.0.0.1:port"]
+    )
+    def test_bad_port_or_host_is_a_config_error(self, url: str) -> None:
+        """An out-of-range port or a malformed host is a ConfigError, not a ValueError."""
+        key = Cosigner.generate("w.test/a").key
+        with pytest.raises(ConfigError, match="witness URL"):
+            parse_witnesses([f"{url} {key}"])
+
+    def test_bad_port_still_signs_checkpoints(self, log: Log) -> None:
+        """start_anchor with a witness on port 99999 starts (0 witnesses) and signs."""
+        log.write(2)
+        key = Cosigner.generate("w.test/a").key
+        config = log.config.evolve(witnesses=(f"http://127.0.0.1:99999 {key}",))
+        anchor = start_anchor(config, name="bad-port")
+        assert anchor is not None
+        assert () == anchor.witnesses
+        anchor.stop()
+        ledger = log.ledger()
+        latest = ledger.latest_checkpoint(CHAIN)
+        ledger.close()
+        assert latest is not None
+
+    @pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+    @pytest.mark.parametrize("name", ["WITNESS_TIMEOUT", "ANCHOR_INTERVAL"])
+    def test_numbers_must_be_finite_and_positive(self, name: str, value: str) -> None:
+        """inf, nan and negative seconds are refused (a round or exchange without end)."""
+        with pytest.raises(ConfigError, match="finite and positive"):
+            AuditConfig.from_env({f"WORKFLOW_AUDIT_{name}": value})
+
+    def test_witness_words_are_escaped_and_capped(self) -> None:
+        """A witness's answer reaches messages and logs escaped (no NUL or CR) and capped."""
+        from audit_core.anchor.client import _text  # the one place answers are shown
+
+        shown = _text(b"\x00\r\nevil\x1b[31m" + b"y" * 1000)
+        assert "\x00" not in shown
+        assert "\r" not in shown
+        assert "\x1b" not in shown
+        assert 210 > len(shown)

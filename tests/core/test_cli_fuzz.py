@@ -260,6 +260,7 @@ class TestCheckpointFiles:
             | _file_bytes(_mutations((where / "witness.key").read_text()))
         )
         (where / "w.key").write_bytes(key)
+        (where / "w.key").chmod(0o600)  # cosign refuses a key file others may read
         run = cli(
             "cosign", where / "cp.txt", "--witness-key", where / "w.key",
             "--key", where / "ledger.db.key.pub",

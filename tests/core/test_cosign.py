@@ -23,13 +23,15 @@ from hypothesis import strategies as st
 from audit_core._cosign import (
     Cosigner,
     WitnessKey,
+    add_cosignatures,
     cosignature_lines,
     cosigned_message,
     parse_cosignature,
+    quorum_of,
     verify_cosignature,
     witnessed,
 )
-from audit_core._note import note_parts
+from audit_core._note import Signer, note_parts, sign_note
 from audit_core._witness_wire import encode_add_checkpoint, parse_add_checkpoint
 from audit_core.checkpoint import Checkpoint
 from audit_core.errors import SignatureError
@@ -263,3 +265,33 @@ class TestProperties:
 
         with pytest.raises(SignatureError, match="0x01"):
             WitnessKey.parse(str(Signer("example.com/log", bytes(32)).verifier))
+
+
+class TestReview:
+    """The reviewer's cosignature defects (issue 18, r1)."""
+
+    BODY = "example.com/log\n2\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+
+    def test_one_public_key_under_two_names_is_one_witness(self) -> None:
+        """A key under two names counts once in `witnessed`; `quorum_of` refuses such keys."""
+        w = Cosigner.generate("witness.example/a")
+        twin = Cosigner("witness.example/b", w.seed)
+        note = add_cosignatures(
+            sign_note(self.BODY, [Signer.generate("example.com/log")]),
+            [w.cosign(self.BODY, 1), twin.cosign(self.BODY, 2)],
+        )
+        assert 1 == len(witnessed(note, [w.key, twin.key]))
+        with pytest.raises(SignatureError, match="one Ed25519 key"):
+            quorum_of(note, [w.key, twin.key], 2)
+        valid, missing = quorum_of(note, [w.key, w.key], 1)  # the same key twice: one witness
+        assert (1, []) == (len(valid), missing)
+
+    def test_add_cosignatures_refuses_more_than_100_lines(self) -> None:
+        """A note that would carry over 100 signature lines is refused, not written."""
+        lines = [Cosigner.generate(f"w.example/{i}").cosign(self.BODY, 1) for i in range(100)]
+        note = add_cosignatures(
+            sign_note(self.BODY, [Signer.generate("example.com/log")]), lines[:99]
+        )
+        assert 100 == len(note_parts(note)[1])
+        with pytest.raises(SignatureError, match="over 100"):
+            add_cosignatures(note, lines[99:])

@@ -49,7 +49,7 @@ def _check(trail: AuditTrail, keys: list[WitnessKey], quorum: int, size: int = 7
         quorum,
         size=size,
         root_at=lambda n: Frontier.at(read, n).root(),
-        origin=lambda o: o.endswith("/default"),
+        origins={trail.origin("default")},
     )
 
 

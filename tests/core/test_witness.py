@@ -345,6 +345,43 @@ class TestHttp:
         finally:
             running.close()
 
+    def test_latest_checkpoint_is_answered_with_its_cosignature(
+        self, witness: Witness, log: Log, w1: Cosigner
+    ) -> None:
+        """GET <prefix>/checkpoint?origin= answers the latest cosigned checkpoint with the
+        very cosignature line add-checkpoint returned; 404 unknown or never cosigned; 400
+        without one origin."""
+        running = start_witness(witness, prefix="w1")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", running.server.server_address[1])
+            query = "/w1/checkpoint?origin=" + ORIGIN.replace("/", "%2F")
+            conn.request("GET", query)
+            first = conn.getresponse()
+            first.read()
+            assert 404 == first.status  # trusted origin, nothing cosigned yet
+
+            log.grow(6)
+            line = post(conn, log.request(0, 6), "/w1/add-checkpoint")[2].decode()
+            conn.request("GET", query)
+            answer = conn.getresponse()
+            note = answer.read().decode()
+            assert 200 == answer.status
+            assert note == log.note(6) + line
+            ((key, cosig),) = witnessed(note, [w1.key])
+            assert (w1.key, 1_000_000_000) == (key, cosig.timestamp)
+            for bad in (
+                "/w1/checkpoint?origin=elsewhere/x",
+                "/w1/checkpoint",
+                "/w1/checkpoint?origin=%ff",
+            ):
+                conn.request("GET", bad)
+                reply = conn.getresponse()
+                reply.read()
+                assert reply.status in (400, 404)
+            conn.close()
+        finally:
+            running.close()
+
     def test_oversized_body_is_413(self, witness: Witness) -> None:
         """A Content-Length over MAX_REQUEST_BYTES is refused before the body is read."""
         running = start_witness(witness)
@@ -483,7 +520,7 @@ class TestProcess:
         said = "".join(first.lines + second.lines)
         assert f"add-checkpoint 409 origin='{ORIGIN}' old=0 size=2" in said
         assert "PRIVATE+KEY" not in said
-        assert key_file.read_text().strip().rsplit("+", 1)[1] not in said
+        assert key_file.read_text().strip().split("+", 4)[4] not in said
 
     def test_status_and_key_errors(
         self, tmp_path: Path, log: Log, key_file: Path, cli: object
@@ -496,6 +533,7 @@ class TestProcess:
         assert 2 == run("witness", "keygen", "witness.example/w1", "--out", key_file).code
         log_key = tmp_path / "log.key"
         log_key.write_text(str(log.signer) + "\n")
+        log_key.chmod(0o600)
         wrong = run("witness", "serve", "--key", log_key, "--state", tmp_path / "s.db",
                     "--log", str(log.signer.verifier))  # fmt: skip
         assert 2 == wrong.code
@@ -517,3 +555,238 @@ class TestProcess:
         assert 0 == shown.code
         assert f"{ORIGIN}\tsize 3\troot {root_of(log.leaves).hex()}" in shown.out
         assert 0o600 == stat.S_IMODE((tmp_path / "s2.db").stat().st_mode)
+
+
+# -- the reviewer's defects (issue 18, r1) ---------------------------------------------------
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection, half-close it, and read every answer till close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class TestReview:
+    @pytest.mark.parametrize(
+        ("first", "second"),
+        [
+            ("{a}", "{b}"),  # log.example/* and log.example/a: an exact origin under a prefix
+            ("same.example/x={a}", "same.example/x={b}"),  # two equal exact origins
+            ("p.example/*={a}", "p.example/q/*={b}"),  # one prefix under another
+        ],
+    )
+    def test_overlapping_rules_of_different_keys_are_refused(self, first: str, second: str) -> None:
+        """Rules of differently named keys that can match one origin: ConfigError naming both."""
+        from audit_core.errors import ConfigError
+
+        a = str(Signer.generate("log.example").verifier)
+        b = str(Signer.generate("log.example/a").verifier)
+        with pytest.raises(ConfigError, match="overlap") as caught:
+            TrustedLogs.parse([first.format(a=a, b=b), second.format(a=a, b=b)])
+        assert "'log.example'" in str(caught.value)
+        assert "'log.example/a'" in str(caught.value)
+
+    def test_rotated_keys_of_one_name_may_share_origins(self) -> None:
+        """Two keys with the same name (a rotated log key) may cover the same origins."""
+        old, new = (Signer.generate("log.example").verifier for _ in range(2))
+        logs = TrustedLogs.parse([str(old), str(new), f"x.example/*={new}"])
+        assert {old, new} == set(logs.verifiers("log.example/a"))
+        assert 1 == len(TrustedLogs.parse([f"o.example={old}", f"p.example={new}"]).rules) - 1
+
+    def test_serve_refuses_overlapping_rules(
+        self, tmp_path: Path, key_file: Path, cli: object
+    ) -> None:
+        """`witness serve` with overlapping --log rules exits 2 before listening."""
+        a, b = (str(Signer.generate(n).verifier) for n in ("log.example", "log.example/a"))
+        run = cli("witness", "serve", "--key", key_file, "--state", tmp_path / "s.db",  # type: ignore[operator]
+                  "--log", a, "--log", b, "--port", "0")  # fmt: skip
+        assert (2, True) == (run.code, "overlap" in run.err)
+
+    def test_key_literals_and_open_key_files_are_refused_unshown(
+        self, tmp_path: Path, log: Log, key_file: Path, cli: object
+    ) -> None:
+        """A key given as --key/--witness-key (even after a space) or a key file readable by
+        others: exit 2, the key never printed, a chmod 600 hint for the file."""
+        run = cli  # type: ignore[assignment]
+        secret = " " + key_file.read_text().strip()
+        seed = secret.split("+", 4)[4]
+        cp = tmp_path / "cp.txt"
+        log.grow(2)
+        cp.write_text(log.note(2))
+        pub = tmp_path / "log.pub"
+        pub.write_text(str(log.signer.verifier) + "\n")
+        for argv in (
+            ("witness", "serve", "--key", secret, "--state", tmp_path / "s.db",
+             "--log", str(log.signer.verifier)),
+            ("cosign", cp, "--witness-key", secret, "--key", pub),
+        ):  # fmt: skip
+            done = run(*argv)
+            assert (2, False) == (done.code, seed in done.err + done.out)
+        key_file.chmod(0o644)
+        loose = run("cosign", cp, "--witness-key", key_file, "--key", pub)
+        assert (2, True) == (loose.code, "chmod 600" in loose.err)
+        assert log.note(2) == cp.read_text()
+
+    def test_cosign_signs_extension_lines_and_replaces_the_file(
+        self, tmp_path: Path, log: Log, key_file: Path, cli: object
+    ) -> None:
+        """`cosign` signs the note's whole text (extension lines too), replaces the file
+        (mode kept, no temporary left) and warns that it checks no consistency."""
+        log.grow(2)
+        cp, pub = tmp_path / "cp.txt", tmp_path / "log.pub"
+        cp.write_text(log.note(2, extra="ext line\n"))
+        cp.chmod(0o640)
+        pub.write_text(str(log.signer.verifier) + "\n")
+        done = cli("cosign", cp, "--witness-key", key_file, "--key", pub)  # type: ignore[operator]
+        assert (0, True) == (done.code, "checks no consistency" in done.err)
+        key = Cosigner.parse(key_file.read_text()).key
+        assert [key] == [k for k, _ in witnessed(cp.read_text(), [key])]
+        assert (0o640, ["cp.txt"]) == (
+            stat.S_IMODE(cp.stat().st_mode),
+            sorted(p.name for p in tmp_path.iterdir() if "cp.txt" in p.name),
+        )
+
+    def test_only_misbehaviour_is_kept_once_without_foreign_lines(
+        self, witness: Witness, log: Log, state: WitnessState
+    ) -> None:
+        """Stale 409s, 400s and 403s are not kept; a bad proof is kept once per checkpoint
+        however often replayed, with only the trusted log's signature line."""
+        log.grow(6)
+        assert 200 == witness.add_checkpoint(log.request(0, 6)).status
+        assert 409 == witness.add_checkpoint(log.request(0, 3)).status
+        assert 400 == witness.add_checkpoint(encode_add_checkpoint(9, [], log.note(6))).status
+        log.grow(3)
+        bad = [bytes(32)] * len(log.proof(6, 9))
+        for i in range(3):
+            junk = Signer.generate(f"junk.example/{i}")
+            note = sign_note(log.note(9)[: log.note(9).index("\n\n") + 1], [log.signer, junk])
+            assert 422 == witness.add_checkpoint(encode_add_checkpoint(6, bad, note)).status
+        (kept,) = state.refusals()
+        assert (422, log.note(9)) == (kept.status, kept.note)
+        assert (1, 1) == (state.counts().origins, state.counts().refused)
+
+    def test_sizes_beyond_2_63_are_400(self, witness: Witness, log: Log) -> None:
+        """Old size or checkpoint size of 2^63 or more: 400 with a message, over HTTP too."""
+        big = Checkpoint(ORIGIN, 2**63, bytes(32)).text()
+        note = sign_note(big, [log.signer])
+        running = start_witness(witness)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", running.server.server_address[1])
+            for old in (0, 2**63):
+                status, _, body = post(conn, encode_add_checkpoint(old, [], note))
+                assert (400, b"sizes beyond 2^63-1 are not supported\n") == (status, body)
+            conn.close()
+        finally:
+            running.close()
+
+    def test_an_unexpected_error_is_a_500_answer(
+        self, log: Log, w1: Cosigner, state: WitnessState
+    ) -> None:
+        """An exception inside the decision is answered 500 (not a dropped connection)."""
+
+        def broken_clock() -> float:
+            raise ZeroDivisionError("clock")
+
+        witness = Witness(TrustedLogs.parse([str(log.signer.verifier)]), w1, state, broken_clock)
+        running = start_witness(witness)
+        try:
+            log.grow(2)
+            conn = http.client.HTTPConnection("127.0.0.1", running.server.server_address[1])
+            assert 500 == post(conn, log.request(0, 2))[0]
+        finally:
+            running.close()
+
+    def test_cosignature_time_never_goes_back(
+        self, log: Log, w1: Cosigner, state: WitnessState
+    ) -> None:
+        """The clock stepping back: an origin's next cosignature keeps the last time."""
+        times = iter([2e9, 1e9])
+        witness = Witness(
+            TrustedLogs.parse([str(log.signer.verifier)]), w1, state, lambda: next(times)
+        )
+        log.grow(2)
+        assert 2_000_000_000 == cosigned(witness.add_checkpoint(log.request(0, 2)), w1, log.note(2))
+        log.grow(2)
+        assert 2_000_000_000 == cosigned(witness.add_checkpoint(log.request(2, 4)), w1, log.note(4))
+
+    def test_status_is_read_only_and_foreign_files_refused(
+        self, tmp_path: Path, log: Log, w1: Cosigner, key_file: Path, cli: object
+    ) -> None:
+        """status changes nothing; a ledger or foreign SQLite file, or a row of the wrong
+        type, is exit 2 with a message for status and serve, never a traceback."""
+        import sqlite3
+
+        run = cli  # type: ignore[assignment]
+        path = tmp_path / "s.db"
+        with WitnessState.open(path) as state:
+            log.grow(2)
+            Witness(TrustedLogs.parse([str(log.signer.verifier)]), w1, state).add_checkpoint(
+                log.request(0, 2)
+            )
+        before = path.read_bytes()  # (SQLite's reader files -wal, -shm may appear, empty)
+        assert 0 == run("witness", "status", "--state", path).code
+        assert before == path.read_bytes()
+        foreign = tmp_path / "ledger.db"
+        with sqlite3.connect(foreign) as db:
+            db.execute("CREATE TABLE records (x)")
+        db.close()
+        for argv in (("witness", "status", "--state", foreign),
+                     ("witness", "serve", "--key", key_file, "--state", foreign,
+                      "--log", str(log.signer.verifier), "--port", "0")):  # fmt: skip
+            done = run(*argv)
+            assert (2, True) == (done.code, "not a witness state" in done.err)
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE latest SET size = 'many'")
+        db.close()
+        broken = run("witness", "status", "--state", path)
+        assert (2, True, False) == (
+            broken.code,
+            "malformed" in broken.err,
+            "Traceback" in broken.err,
+        )
+
+
+class TestHttpFraming:
+    def test_bad_framing_is_answered_and_closed(self, witness: Witness) -> None:
+        """Content-Length '²' or two different ones: 400 and close; a chunked body to an
+        unknown path: 404 and close (its bytes never read as a request); no trailing space
+        in the Server header."""
+        running = start_witness(witness)
+        port = running.server.server_address[1]
+        try:
+            for head in (b"Content-Length: \xb2", b"Content-Length: 3\r\nContent-Length: 30"):
+                answer = _raw(port, b"POST /add-checkpoint HTTP/1.1\r\n" + head + b"\r\n\r\nabc"
+                              + b"GET /health HTTP/1.1\r\n\r\n")  # fmt: skip
+                assert (1, True) == (answer.count(b"HTTP/1.1 "), answer.startswith(b"HTTP/1.1 400"))
+            chunked = _raw(port, b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nhello\r\n0\r\n\r\nGET /health HTTP/1.1\r\n\r\n")  # fmt: skip
+            assert (1, True) == (chunked.count(b"HTTP/1.1 "), chunked.startswith(b"HTTP/1.1 404"))
+            assert b"\r\nServer: workflow-audit-witness\r\n" in chunked
+        finally:
+            running.close()
+
+    def test_request_deadline_and_connection_cap(self, witness: Witness) -> None:
+        """A request not read by its deadline is closed (whatever the per-read timeout);
+        beyond the connection cap a client gets 503 and close, and others are served after."""
+        running = start_witness(witness)
+        running.server.request_deadline_s = 0.2
+        running.server.max_connections = 2
+        port = running.server.server_address[1]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as slow:
+                slow.sendall(b"GET /health HTTP/1.1\r\nX: a")
+                assert b"" == slow.recv(100)  # closed at the deadline, no answer
+            held = [socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) for _ in "ab"]
+            for s in held:  # each served once: its handler thread is running
+                s.sendall(b"GET /health HTTP/1.1\r\n\r\n")
+                assert s.recv(15).startswith(b"HTTP/1.1 200")
+            assert _raw(port, b"GET /health HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 503")
+            for s in held:
+                s.close()
+        finally:
+            running.close()

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from audit_core import AuditConfig, AuditTrail
 from audit_core._merkle import consistency_proof
 from audit_core._note import note_parts
 from audit_core._witness_wire import parse_size_body
+from audit_core.anchor.client import WitnessEndpoint, latest
 from audit_core.checkpoint import Checkpoint
 from audit_core.cli import main
+from audit_core.errors import WitnessError
 from audit_core.ledgers.sqlite import SqliteLedger
 from tests.core._witnessing import (
     LocalWitness,
@@ -29,7 +33,10 @@ from tests.core._witnessing import (
     anchor,
     delete_cosignatures,
     forge,
+    forge_origin,
+    free_port,
     log_key,
+    serve_latest,
 )
 
 CHAIN = "default"
@@ -203,3 +210,207 @@ class TestQuorum:
         out = capsys.readouterr().out
         assert "cosigned by witness.test/up at" in out
         assert "not cosigned by witness.test/down" in out
+
+
+# -- review round 2: origins, chains cut to nothing, the witness asked online --------------
+
+
+def _cut_to_nothing(path: Path, chain: str) -> None:
+    """The writer deletes every record, subtree and checkpoint of ``chain`` (not its
+    cosignatures, which it may not think of)."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        conn.execute(f'DROP TRIGGER "{name}"')
+    for table in ("records", "merkle_subtrees", "checkpoints", "record_keys"):
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+            conn.execute(f"DELETE FROM {table} WHERE chain = ?", (chain,))  # noqa: S608
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _drop_cosignatures_from(path: Path, size: int) -> None:
+    """The writer deletes the stored cosignatures of sizes ``size`` and above."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        conn.execute(f'DROP TRIGGER "{name}"')
+    conn.execute("DELETE FROM cosignatures WHERE size >= ?", (size,))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _grow(path: Path, count: int, chain: str = CHAIN) -> None:
+    config = AuditConfig(ledger_url=f"sqlite:///{path}", actor=("service", "tests"), chain=chain)
+    with AuditTrail(config) as trail:
+        for i in range(count):
+            trail.record("task.started", {"more": i})
+
+
+def _cosigned_note(path: Path, witness: LocalWitness) -> tuple[str, Checkpoint]:
+    """The latest stored checkpoint's note with the witness's stored cosignature line: what
+    the witness holds as its latest checkpoint of the chain's origin."""
+    note, checkpoint = _latest(path)
+    conn = sqlite3.connect(str(path))
+    rows = conn.execute(
+        "SELECT line FROM cosignatures WHERE chain = ? AND size = ?", (CHAIN, checkpoint.size)
+    ).fetchall()
+    conn.close()
+    lines = [line for (line,) in rows if line.startswith(f"\u2014 {witness.key.name} ")]
+    assert lines
+    return note + "".join(f"{line}\n" for line in lines), checkpoint
+
+
+@contextmanager
+def _latest_of(witness: LocalWitness, notes: dict[str, str]) -> Iterator[str]:
+    """The witness's URL when it serves its latest checkpoints itself (GET
+    /checkpoint?origin=), else a local server serving ``notes`` as it would."""
+    origin = next(iter(notes))
+    try:
+        served = latest(WitnessEndpoint(witness.url, witness.key), origin, 5.0)
+    except WitnessError:
+        served = None
+    if served is not None:
+        yield witness.url
+        return
+    with serve_latest(notes) as url:
+        yield url
+
+
+class TestOrigins:
+    """A witnessed checkpoint counts for chain C only with origin exactly PREFIX/C."""
+
+    def test_a_fresh_origin_cosigned_from_zero_is_invalid(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The writer cuts the chain, then gets `<log>/fresh/default` cosigned from size 0
+        and stores it as the chain's: verify --witness exits 1 naming both origins."""
+        delete_cosignatures(ledger)
+        forge(ledger, CHAIN, keep=SIZE - 7)
+        capsys.readouterr()
+        assert 1 == main(_verify(ledger, "--witness", str(witness.key), "--quorum", "1"))
+        fresh, _ = forge_origin(ledger, CHAIN, witness)
+        _, checkpoint = _latest(ledger)
+        capsys.readouterr()
+        assert 1 == main(_verify(ledger, "--witness", str(witness.key), "--quorum", "1"))
+        err = capsys.readouterr().err
+        assert repr(fresh) in err
+        assert repr(checkpoint.origin) in err
+
+    def test_witness_without_key_or_origin_is_a_usage_error(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--witness without --key nor --origin exits 2; with --origin PREFIX it verifies."""
+        argv = ["verify", "--ledger", f"sqlite:///{ledger}", "--witness", str(witness.key)]
+        capsys.readouterr()
+        assert 2 == main(argv)
+        assert "--witness needs --key (or --origin)" in capsys.readouterr().err
+        _, checkpoint = _latest(ledger)
+        prefix = checkpoint.origin.rsplit("/", 1)[0]
+        assert 0 == main([*argv, "--chain", CHAIN, "--origin", prefix])
+        assert 1 == main([*argv, "--chain", CHAIN, "--origin", "elsewhere.example/log"])
+
+    def test_verify_proof_refuses_a_fresh_origin(
+        self, ledger: Path, witness: LocalWitness, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:  # fmt: skip
+        """A bundle whose cosigned checkpoint is of a fresh origin (same size and root)
+        fails verify-proof --witness; the genuine bundle passes."""
+        out = tmp_path / "bundle.json"
+        prove = ["prove", "--ledger", f"sqlite:///{ledger}", "--chain", CHAIN, "--seq", "3"]
+        assert 0 == main([*prove, "-o", str(out)])
+        pub = str(ledger.with_name(ledger.name + ".key.pub"))
+        check = ["verify-proof", str(out), "--key", pub, "--witness", str(witness.key)]
+        assert 0 == main(check)
+        fresh, note = forge_origin(ledger, CHAIN, witness)
+        bundle = orjson.loads(out.read_bytes())
+        bundle["checkpoint"] = note
+        out.write_bytes(orjson.dumps(bundle))
+        capsys.readouterr()
+        assert 1 == main(check)
+        assert repr(fresh) in capsys.readouterr().err
+
+
+class TestDeletedChains:
+    """A witnessed chain cut to no records at all is still verified."""
+
+    def test_chain_cut_to_nothing_is_invalid(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Records, subtrees and checkpoints deleted, cosignatures kept: verify --witness
+        (every chain) exits 1 saying records were removed at the witnessed size."""
+        _, witnessed = _latest(ledger)
+        _grow(ledger, 3, chain="other")
+        anchor(ledger, [witness])
+        _cut_to_nothing(ledger, CHAIN)
+        pub = str(ledger.with_name(ledger.name + ".key.pub"))
+        argv = ["verify", "--ledger", f"sqlite:///{ledger}", "--key", pub]
+        capsys.readouterr()
+        assert 1 == main([*argv, "--witness", str(witness.key), "--quorum", "1"])
+        err = capsys.readouterr().err
+        assert "records were removed" in err
+        assert witnessed.root.hex() in err
+
+
+class TestOnlineWitness:
+    """verify --witness "URL KEY" asks the witness what it cosigned last."""
+
+    def test_deleting_the_newest_cosignatures_hides_nothing(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Cosigned at 40 then 50; the writer deletes the rows of 50, cuts to 45 and
+        re-signs: the stored rows pass, the witness's own answer names size 50."""
+        _grow(ledger, 10)
+        assert 1 == anchor(ledger, [witness]).cosignatures
+        note, witnessed = _cosigned_note(ledger, witness)
+        assert SIZE + 10 == witnessed.size
+        _drop_cosignatures_from(ledger, SIZE + 1)
+        forge(ledger, CHAIN, keep=SIZE + 5)
+        capsys.readouterr()
+        assert 0 == main(_verify(ledger, "--witness", str(witness.key)))  # rows alone
+        with _latest_of(witness, {witnessed.origin: note}) as url:
+            capsys.readouterr()
+            assert 1 == main(_verify(ledger, "--witness", f"{url} {witness.key}"))
+        err = capsys.readouterr().err
+        assert f"size {witnessed.size}" in err
+        assert witnessed.root.hex() in err
+
+    def test_unreachable_witness_is_a_warning(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A witness that cannot be reached: exit 0 on an untouched ledger, a warning that
+        only the stored cosignatures were checked, and the JSON says it did not answer."""
+        down = f"http://127.0.0.1:{free_port()} {witness.key}"
+        capsys.readouterr()
+        assert 0 == main(_verify(ledger, "--witness", down))
+        err = capsys.readouterr().err
+        assert "not reached: only the stored cosignatures were checked" in err
+        assert 0 == main(_verify(ledger, "--witness", down, "--json"))
+        [asked] = orjson.loads(capsys.readouterr().out)["witnesses_asked"]
+        assert (False, str(witness.key)) == (asked["answered"], asked["witness"])
+
+    def test_answer_with_a_bad_cosignature_is_invalid(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A served checkpoint whose cosignature by the witness's key does not verify over
+        it (root changed) is invalid."""
+        note, checkpoint = _cosigned_note(ledger, witness)
+        body, _ = note_parts(note)
+        altered = Checkpoint(checkpoint.origin, checkpoint.size, bytes(32)).text()
+        with serve_latest({checkpoint.origin: note.replace(body, altered)}) as url:
+            capsys.readouterr()
+            assert 1 == main(_verify(ledger, "--witness", f"{url} {witness.key}"))
+        assert "does not verify" in capsys.readouterr().err
+
+    def test_no_witness_has_seen_a_new_chain(
+        self, ledger: Path, witness: LocalWitness, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A chain no witness asked online knows (all 404) fails as before (exit 1), and
+        the message says no witness has seen it yet."""
+        _grow(ledger, 2, chain="fresh")
+        with serve_latest({}) as url:
+            argv = [*_verify(ledger, "--witness", f"{url} {witness.key}")]
+            argv[argv.index(CHAIN)] = "fresh"
+            capsys.readouterr()
+            assert 1 == main(argv)
+        assert "no witness has seen this chain yet" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from audit_core import AuditConfig, AuditTrail, Event, _parallel
 from audit_core._cosign import Cosigner, parse_cosignature
 from audit_core._merkle import Frontier
-from audit_core._note import note_parts
+from audit_core._note import Verifier, note_parts
 from audit_core._record import StoredCosignature
 from audit_core.checkpoint import Checkpoint
 from audit_core.cli import main
@@ -67,7 +67,16 @@ def _cosign(path: Path, *cosigners: Cosigner, size: int | None = None) -> Checkp
 
 
 def _verify(path: Path, *extra: object) -> list[str]:
-    return ["verify", "--ledger", f"sqlite:///{path}", "--chain", CHAIN, *map(str, extra)]
+    """``verify`` of ``path``'s chain with its local key (the witnessed origins' prefix)."""
+    pub = path.with_name(path.name + ".key.pub")
+    key = ["--key", str(pub)] if pub.exists() else []
+    return ["verify", "--ledger", f"sqlite:///{path}", "--chain", CHAIN, *key, *map(str, extra)]
+
+
+def _keys(db: SqliteLedger) -> list[Verifier]:
+    """The ledger's local verifier key: its name is the prefix of the chain's origin."""
+    assert db.path is not None
+    return [log_key(db.path)]
 
 
 @pytest.fixture
@@ -85,7 +94,7 @@ class TestVerifyLedger:
     def test_returns_the_witnessed_checkpoints(self, ledger: Path) -> None:
         """The head carries the witnessed checkpoint and counts the 5 records after it."""
         db = SqliteLedger(ledger, read_only=True, create=False)
-        [head] = verify_ledger(db, [CHAIN], witnesses=[W1.key])
+        [head] = verify_ledger(db, [CHAIN], keys=_keys(db), witnesses=[W1.key])
         db.close()
         assert [20] == [w.size for w in head.witnessed]
         assert [(W1.key, TIME)] == list(head.witnessed[-1].cosigners)
@@ -106,7 +115,7 @@ class TestVerifyLedger:
         """A chain cosigned only by a witness the verifier does not trust is not witnessed."""
         db = SqliteLedger(ledger, read_only=True, create=False)
         with pytest.raises(QuorumError, match="no checkpoint is cosigned"):
-            verify_ledger(db, [CHAIN], witnesses=[OTHER.key])
+            verify_ledger(db, [CHAIN], keys=_keys(db), witnesses=[OTHER.key])
         db.close()
 
     @pytest.mark.parametrize("quorum", [-1, 3])
@@ -114,7 +123,7 @@ class TestVerifyLedger:
         """A quorum outside 1..len(witnesses) (0 meaning all) is a ConfigError."""
         db = SqliteLedger(ledger, read_only=True, create=False)
         with pytest.raises(ConfigError, match="quorum"):
-            verify_ledger(db, [CHAIN], witnesses=[W1.key, W2.key], quorum=quorum)
+            verify_ledger(db, [CHAIN], keys=_keys(db), witnesses=[W1.key, W2.key], quorum=quorum)
         db.close()
 
     def test_parallel_verdict_equals_one_process(
@@ -126,8 +135,8 @@ class TestVerifyLedger:
         _fill(path, 4_100, every=1_000)
         _cosign(path, W1, size=3_000)
         db = SqliteLedger(path, read_only=True, create=False)
-        one = verify_ledger(db, [CHAIN], witnesses=[W1.key])
-        two = verify_ledger(db, [CHAIN], witnesses=[W1.key], jobs=2)
+        one = verify_ledger(db, [CHAIN], keys=_keys(db), witnesses=[W1.key])
+        two = verify_ledger(db, [CHAIN], keys=_keys(db), witnesses=[W1.key], jobs=2)
         db.close()
         assert one == two
         assert 3_000 == two[0].witnessed[-1].size
@@ -153,7 +162,7 @@ class TestVerifyLedger:
             assert witnessed.root == stored  # the stored subtrees lie about size 20
             verify_ledger(db, [CHAIN], keys=[log_key(path)])  # and --key alone passes
             with pytest.raises(QuorumError, match="rewritten") as caught:
-                verify_ledger(db, [CHAIN], witnesses=[W1.key])
+                verify_ledger(db, [CHAIN], keys=_keys(db), witnesses=[W1.key])
         finally:
             db.close()
         assert witnessed.root.hex() in str(caught.value)
@@ -186,6 +195,18 @@ class TestVerifyCli:
         assert 0 == main(_verify(ledger, "--witness", keys, "--quorum", "1"))
         _cosign(ledger, W2, size=20)
         assert 0 == main(_verify(ledger, "--witness", keys))
+
+    def test_one_key_under_two_names_is_not_a_quorum_of_two(
+        self, ledger: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """W1's Ed25519 key also given under another name, both cosigning: not a quorum of 2
+        but a usage error (exit 2): one public key is one witness."""
+        twin = Cosigner("witness.test/twin", W1.seed)
+        _cosign(ledger, twin, size=20)
+        pub = ledger.with_name(ledger.name + ".key.pub")
+        argv = _verify(ledger, "--key", pub, "--witness", W1.key, "--witness", twin.key)
+        assert 2 == main(argv)
+        assert "given twice" in capsys.readouterr().err
 
     def test_failure_names_the_missing_witness(
         self, ledger: Path, capsys: pytest.CaptureFixture[str]
@@ -317,6 +338,7 @@ def test_any_altered_byte(
     try:
         path = where / "ledger.db"
         shutil.copy(template, path)
+        shutil.copy(template.with_name("ledger.db.key.pub"), where / "ledger.db.key.pub")
         rows = _rows(path)
         w1_body, w1_line = next((b, ln) for b, ln in rows if "witness.test/w1" in ln)
         _, other_line = next((b, ln) for b, ln in rows if "witness.test/other" in ln)
@@ -508,3 +530,48 @@ class TestCheckpointCommand:
         monkeypatch.setenv("WORKFLOW_AUDIT_WITNESSES", "http://127.0.0.1:9")
         assert 2 == main(["checkpoint", "--ledger", f"sqlite:///{path}"])
         assert "Traceback" not in capsys.readouterr().err
+
+
+# -- review round 2 ------------------------------------------------------------------------
+
+
+class TestReviewed:
+    def test_prove_matches_cosignatures_by_the_whole_body(
+        self, ledger: Path, tmp_path: Path
+    ) -> None:
+        """A cosignature of another origin's checkpoint with the size and root of the
+        latest (25) is not attached to it: prove takes the one cosigned at 20."""
+        db = SqliteLedger(ledger)
+        stored = db.checkpoints(CHAIN)[-1]
+        genuine = Checkpoint.parse(note_parts(stored.note)[0])
+        other = Checkpoint("elsewhere.example/log/default", genuine.size, genuine.root).text()
+        db.add_cosignature(
+            StoredCosignature(CHAIN, genuine.size, other, W1.cosign(other, TIME), "")
+        )
+        db.close()
+        out = tmp_path / "bundle.json"
+        prove = ["prove", "--ledger", f"sqlite:///{ledger}", "--chain", CHAIN, "--seq", "3"]
+        assert 0 == main([*prove, "-o", str(out)])
+        assert 20 == orjson.loads(out.read_bytes())["tree_size"]
+
+    @pytest.mark.parametrize("jobs", ["-1", "-8"])
+    def test_negative_jobs_is_a_usage_error(self, ledger: Path, jobs: str) -> None:
+        """--jobs below 0 exits 2 (0 still means one process per CPU)."""
+        assert 2 == main(_verify(ledger, "--jobs", jobs))
+        assert 0 == main(_verify(ledger, "--jobs", "0"))
+
+    @pytest.mark.parametrize("source", ["/dev/zero", "fifo", "big"])
+    def test_witness_key_file_is_read_bounded(
+        self, ledger: Path, tmp_path: Path, source: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--witness /dev/zero, a FIFO or a huge file: exit 2 at once, never read for ever."""
+        path = Path(source)
+        if source == "fifo":
+            path = tmp_path / "fifo"
+            os.mkfifo(path)
+        elif source == "big":
+            path = tmp_path / "big"
+            path.write_text(f"{W1.key}\n" * 2000)
+        capsys.readouterr()
+        assert 2 == main(_verify(ledger, "--witness", path))
+        assert "--witness" in capsys.readouterr().err

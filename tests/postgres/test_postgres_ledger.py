@@ -280,6 +280,7 @@ class TestAppendOnly:
         row = StoredCosignature("default", 1, "o/default\n1\nAA==\n", "— w x", "t")
         writer = PostgresLedger(writer_url, create=False)
         assert (True, False) == (writer.add_cosignature(row), writer.add_cosignature(row))
+        assert ["default"] == writer.cosigned_chains()
         auditor = PostgresLedger(auditor_url, create=False, read_only=True)
         assert [row] == auditor.cosignatures("default")
         with auditor.snapshot() as view:

@@ -27,6 +27,7 @@ from audit_core.bucket import BucketChain, RetentionPolicy, verify_bucket
 from audit_core.checkpoint import ledger_checkpoints
 from audit_core.cli import main
 from audit_core.errors import CheckpointError, QuorumError, RetentionError, SegmentError
+from audit_core.ledgers.sqlite import SqliteLedger
 from audit_core.ship import Shipper
 from audit_core.sinks import Batch, ExportResult
 from audit_core.sinks.s3 import S3SegmentSink
@@ -34,6 +35,7 @@ from audit_core.sinks.s3 import s3_client as s3_client_from_env
 from audit_core.witness import RunningWitness, TrustedLogs, Witness, WitnessState, start_witness
 from testkit import HOST, free_port
 from testkit.s3 import S3Server
+from tests.core._witnessing import serve_latest
 
 CHAIN = "default"
 
@@ -600,3 +602,69 @@ def test_processes_give_the_same_verdict(
         errors.append(str(caught.value))
     assert errors[0] == errors[1]
     assert "cosigned size 25" in errors[0]
+
+
+# -- review round 2 ------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_a_chain_left_with_only_cosigned_objects_is_invalid(
+    log: Log,
+    witnessed: tuple[Served, OrderedSink],
+    s3_client: Any,
+    s3_bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every segment of a witnessed chain gone, its cosigned objects left: verify s3://
+    --witness (every chain) exits 1 naming the chain; without witnesses nothing to see."""
+    w1, _ = witnessed
+    copy(s3_client, s3_bucket, "trail", "gone", lambda n: "cosigned/" in n)
+    capsys.readouterr()
+    assert 1 == verify_cli(f"s3://{s3_bucket}/gone", log, w1.key)
+    assert "no segments of chain 'default'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_bucket_with_an_unreachable_online_witness_warns(
+    log: Log,
+    witnessed: tuple[Served, OrderedSink],
+    s3_bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """verify s3:// --witness "URL KEY" with the witness down: exit 0 and a warning."""
+    w1, _ = witnessed
+    down = f"http://127.0.0.1:{free_port()} {w1.key}"
+    argv = ["verify", f"s3://{s3_bucket}/trail", "--key", str(log.signer.verifier)]
+    capsys.readouterr()
+    assert 0 == main([*argv, "--witness", down, "--quorum", "1"])
+    assert "not reached: only the stored cosignatures were checked" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_bucket_asks_the_witness_online(
+    log: Log,
+    witnessed: tuple[Served, OrderedSink],
+    s3_client: Any,
+    s3_bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Segments cut to 20 and the cosigned objects gone: the witness's own answer (its
+    latest checkpoint, size 30) makes verify s3:// --witness "URL KEY" exit 1."""
+    w1, _ = witnessed
+    ledger = SqliteLedger(log.path, read_only=True, create=False)
+    stored = ledger.latest_checkpoint(CHAIN)
+    rows = ledger.cosignatures(CHAIN)
+    ledger.close()
+    assert stored is not None
+    note = stored.note + "".join(f"{r.line}\n" for r in rows if r.size == stored.size)
+    origin = note.split("\n", 1)[0]
+    keep = {
+        "00000000000000000000-00000000000000000009",
+        "00000000000000000010-00000000000000000019",
+    }
+    copy(s3_client, s3_bucket, "trail", "hidden", lambda n: n[8:49] in keep)
+    argv = ["verify", f"s3://{s3_bucket}/hidden", "--key", str(log.signer.verifier)]
+    with serve_latest({origin: note}) as url:
+        capsys.readouterr()
+        assert 1 == main([*argv, "--witness", f"{url} {w1.key}", "--quorum", "1"])
+    assert "size 30" in capsys.readouterr().err
