@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -781,6 +782,11 @@ class TestHttpFraming:
             with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as slow:
                 slow.sendall(b"GET /health HTTP/1.1\r\nX: a")
                 assert b"" == slow.recv(100)  # closed at the deadline, no answer
+            # its handler gives its slot back when it returns: wait for that event
+            deadline = time.monotonic() + WAIT_S
+            while running.server._active and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert 0 == running.server._active
             held = [socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) for _ in "ab"]
             for s in held:  # each served once: its handler thread is running
                 s.sendall(b"GET /health HTTP/1.1\r\n\r\n")
